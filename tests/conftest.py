@@ -1,0 +1,47 @@
+"""Shared fixtures: scaffolded projects and helpers to run the real command-line tools."""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+
+def run(cmd, cwd, check=True, env=None, timeout=600, **kw):
+    "Run `cmd` (a list) in `cwd`; on failure with `check`, fail the test showing its output."
+    full_env = {**os.environ, **(env or {})}
+    res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {res.returncode}\nstdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}")
+    return res
+
+
+MLNB = str(Path(sys.executable).parent / 'mlnb') if (Path(sys.executable).parent / 'mlnb').exists() else shutil.which('mlnb')
+
+
+def mlnb(*args, cwd, check=True, env=None, timeout=600):
+    "Run the real `mlnb` command line in a fresh process."
+    return run([MLNB, *map(str, args)], cwd=cwd, check=check, env=env, timeout=timeout)
+
+
+def git_snapshot(root):
+    "Commit everything in `root` so later changes show in `git status`."
+    g = ['git', '-c', 'user.email=ci@mlnb.invalid', '-c', 'user.name=ci']
+    run(['git', 'init', '-q'], root)
+    run([*g, 'add', '-A'], root)
+    run([*g, 'commit', '-qm', 'scaffold'], root)
+
+
+@pytest.fixture(scope='session')
+def scaffold_template(tmp_path_factory):
+    "A project made once by `mlnb new` (copy it before changing it)."
+    root = tmp_path_factory.mktemp('tpl') / 'churn'
+    mlnb('new', root, cwd=root.parent)
+    return root
+
+
+@pytest.fixture
+def project(scaffold_template, tmp_path):
+    "A fresh copy of the scaffolded project, for one test to change."
+    import shutil
+    dest = tmp_path / 'churn'
+    shutil.copytree(scaffold_template, dest, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    return dest
