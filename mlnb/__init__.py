@@ -12,3 +12,10 @@ __version__ = "0.1.0"
 
 from .outputs import record, read, upstream
 from .errors import MlnbError
+
+def __getattr__(name):
+    "Import the heavier parts of the notebook API (`mlnb.contract`) on first use."
+    if name == 'contract':
+        import importlib
+        return importlib.import_module('mlnb.contract')
+    raise AttributeError(f"module 'mlnb' has no attribute {name!r}")

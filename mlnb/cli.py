@@ -16,7 +16,7 @@ from . import __version__
 from .errors import MlnbError
 
 # %% auto #0
-__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show']
+__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check']
 
 # %% ../nbs/95_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -137,3 +137,24 @@ def show(run_id: str, as_json: bool):
                  s['notebook'] or ''] for s in r['steps']]
         return Group(head, _table('Steps', ['step', 'status', 'duration', 'params', 'outputs / error', 'executed notebook'], rows))
     emit(r, as_json, render)
+
+# %% ../nbs/95_cli.ipynb #be777d08
+@main.command()
+@click.argument('data_file', type=click.Path(path_type=Path))
+@click.option('--contract', 'name', required=True, help='Contract name: contracts/NAME.yaml in the project.')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
+def check(data_file: Path, name: str, as_json: bool):
+    "Check DATA_FILE (CSV or Parquet) against a data contract."
+    from mlnb.contract import ContractError, check_file
+    try:
+        df = check_file(data_file, name)
+        result = {'valid': True, 'contract': name, 'file': str(data_file), 'rows': len(df), 'failures': []}
+    except ContractError as e:
+        result = {'valid': False, 'contract': name, 'file': str(data_file), 'rows': e.rows, 'failures': e.failures}
+    if as_json: click.echo(json.dumps(result, indent=2))
+    elif result['valid']: click.echo(f"{data_file}: {result['rows']} rows meet contract '{name}'.")
+    else:
+        emit(result, False, lambda r: _table(f"{data_file} does not meet contract '{name}' ({len(r['failures'])} failures, {r['rows']} rows)",
+             ['column', 'check', 'failing rows', 'examples'],
+             [[f['column'], f['check'], f['failing_rows'] or '', ', '.join(f['examples'])] for f in r['failures']]))
+    if not result['valid']: sys.exit(1)

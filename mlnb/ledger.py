@@ -30,6 +30,12 @@ create table if not exists steps (
   started real, ended real, duration real, params text, fingerprint text, outputs text,
   notebook text, cached_from text, error text, primary key (run_id, step));
 create index if not exists steps_fp on steps(step, fingerprint, status);
+create table if not exists champions (
+  seq integer primary key autoincrement, model text not null, tag text not null, previous text, at real not null,
+  kind text not null, by text, reason text, run_id text);
+create table if not exists gates (
+  seq integer primary key autoincrement, run_id text not null, model text, candidate text, champion text, metric text,
+  candidate_value real, champion_value real, promote integer, applied integer, reason text, at real);
 '''
 
 PACKAGES = ('mlnb', 'nbdev', 'papermill', 'scrapbook', 'pandas', 'numpy', 'scikit-learn', 'bentoml', 'pandera')

@@ -64,6 +64,9 @@ export()
 import importlib
 data = importlib.import_module(sys.argv[1] + '.data')
 data.simulate(n=int(sys.argv[2]), seed=0).to_csv('data/customers.csv', index=False)
+import mlnb.contract
+mlnb.contract.infer(data.load_customers('data/customers.csv'), 'customers', keys=['customer_id'],
+                    freshness=('snapshot_date', '365D'), root='.')
 '''
 
 def new_project(path: str | Path, # folder to create (or fill)

@@ -13,7 +13,8 @@ def test_layout(scaffold_template):
     root = scaffold_template
     for rel in ['pyproject.toml', '.gitignore', '.github/workflows/mlnb.yml', 'contracts', 'README.md',
                 'nbs/00_index.ipynb', 'nbs/01_data.ipynb', 'nbs/02_features.ipynb', 'nbs/03_train.ipynb',
-                'nbs/04_evaluate.ipynb', 'churn/__init__.py', 'churn/data.py', 'churn/features.py']:
+                'nbs/04_evaluate.ipynb', 'churn/__init__.py', 'churn/data.py', 'churn/features.py',
+                'contracts/customers.yaml']:
         assert (root / rel).exists(), rel
     cfg = tomllib.loads((root / 'pyproject.toml').read_text())
     assert cfg['tool']['nbdev']['lib_path'] == 'churn'

@@ -1,0 +1,99 @@
+"""Data contracts on the scaffold: `mlnb check` against a matrix of bad data, and the guard in the pipeline."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import mlnb
+
+
+def _csv(project):
+    return project / 'data' / 'customers.csv'
+
+
+def _rewrite(project, fn):
+    df = pd.read_csv(_csv(project), dtype=str, keep_default_na=False)
+    fn(df).to_csv(_csv(project), index=False) if fn is not None else None
+
+
+def drop_region(df): return df.drop(columns='region')
+def extra_column(df): return df.assign(coupon='SPRING')
+def text_in_int(df): df.loc[3, 'tenure_months'] = 'twelve'; return df
+def null_in_required(df): df.loc[[5, 9], 'monthly_charges'] = ''; return df
+def unknown_category(df): df.loc[7, 'contract'] = 'lifetime'; return df
+def out_of_range(df): df.loc[11, 'age'] = '150'; return df
+def duplicate_key(df): df.loc[12, 'customer_id'] = df.loc[13, 'customer_id']; return df
+def stale(df): df.loc[[1, 2], 'snapshot_date'] = '2020-01-31'; return df
+def header_only(df): return df.iloc[:0]
+
+
+MATRIX = [
+    (drop_region, 'region', 'column_in_dataframe'),
+    (extra_column, 'coupon', 'column_in_schema'),
+    (text_in_int, 'tenure_months', 'coerce_dtype'),
+    (null_in_required, 'monthly_charges', 'not_nullable'),
+    (unknown_category, 'contract', 'isin'),
+    (out_of_range, 'age', 'in_range'),
+    (duplicate_key, 'customer_id', 'field_uniqueness'),
+    (stale, 'snapshot_date', 'max_age'),
+    (header_only, '(all rows)', 'min_rows'),
+]
+
+
+@pytest.mark.parametrize('fault, column, check', MATRIX, ids=[m[0].__name__ for m in MATRIX])
+def test_bad_data_is_caught_naming_column_and_check(project, fault, column, check):
+    _rewrite(project, fault)
+    res = mlnb('check', 'data/customers.csv', '--contract', 'customers', '--json', cwd=project, check=False)
+    assert res.returncode == 1, res.stderr
+    out = json.loads(res.stdout)
+    assert out['valid'] is False
+    hits = [f for f in out['failures'] if f['column'] == column and f['check'].startswith(check)]
+    assert hits, out['failures']
+    table = mlnb('check', 'data/customers.csv', '--contract', 'customers', cwd=project, check=False)
+    assert table.returncode == 1 and column in table.stdout and check in table.stdout
+
+
+def test_truncated_csv(project):
+    text = _csv(project).read_text()
+    _csv(project).write_text(text[: len(text) - 40])  # cut in the middle of the last line
+    res = mlnb('check', 'data/customers.csv', '--contract', 'customers', '--json', cwd=project, check=False)
+    assert res.returncode == 1, res.stderr
+    failures = json.loads(res.stdout)['failures']
+    assert any(f['check'] == 'not_nullable' and f['failing_rows'] == 1 for f in failures), failures
+
+
+@pytest.mark.parametrize('content, expected', [(b'', 'is empty (0 bytes)'), (None, 'does not exist')])
+def test_unusable_files_exit_2(project, content, expected):
+    path = project / 'data' / 'other.csv'
+    if content is not None: path.write_bytes(content)
+    res = mlnb('check', 'data/other.csv', '--contract', 'customers', cwd=project, check=False)
+    assert res.returncode == 2 and expected in res.stderr
+
+
+def test_missing_contract_exit_2(project):
+    res = mlnb('check', 'data/customers.csv', '--contract', 'orders', cwd=project, check=False)
+    assert res.returncode == 2 and "There is no contract 'orders'" in res.stderr
+
+
+def test_good_data_and_parquet(project):
+    res = mlnb('check', 'data/customers.csv', '--contract', 'customers', cwd=project)
+    assert '5000 rows meet contract' in res.stdout
+    pd.read_csv(_csv(project)).to_parquet(project / 'data' / 'c.parquet')
+    assert json.loads(mlnb('check', 'data/c.parquet', '--contract', 'customers', '--json', cwd=project).stdout)['valid']
+
+
+def test_pipeline_stops_at_the_data_step(project):
+    mlnb('run', '--engine', 'fast', cwd=project)
+    good = json.loads(mlnb('runs', '--json', cwd=project).stdout)[0]
+    _rewrite(project, lambda df: out_of_range(unknown_category(df)))
+    res = mlnb('run', '--engine', 'fast', cwd=project, check=False)
+    assert res.returncode == 1
+    assert "Step 'data' failed" in res.stderr and 'ContractError' in res.stderr
+    assert 'contract' in res.stderr and 'isin' in res.stderr and 'age' in res.stderr and 'in_range' in res.stderr
+    runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
+    assert runs[0]['status'] == 'failed' and runs[0]['steps'] == {'failed': 1, 'skipped': 3}
+    assert runs[1]['id'] == good['id'] and runs[1]['status'] == 'ok'
+    # the outputs a hand-run notebook would read are still those of the good run
+    from mlnb.ledger import latest_outputs
+    good_train = [s for s in json.loads(mlnb('show', good['id'], '--json', cwd=project).stdout)['steps'] if s['step'] == 'train'][0]
+    assert latest_outputs(project, 'train') == good_train['outputs']
