@@ -13,9 +13,13 @@ __version__ = "0.1.0"
 from .outputs import record, read, upstream
 from .errors import MlnbError
 
+_LAZY = {'contract': ('mlnb.contract', None), 'log_model': ('mlnb.registry', 'log_model'), 'load_model': ('mlnb.registry', 'load_model'),
+         'champion': ('mlnb.registry', 'champion'), 'gate': ('mlnb.registry', 'gate')}
+
 def __getattr__(name):
-    "Import the heavier parts of the notebook API (`mlnb.contract`) on first use."
-    if name == 'contract':
-        import importlib
-        return importlib.import_module('mlnb.contract')
-    raise AttributeError(f"module 'mlnb' has no attribute {name!r}")
+    "Import the heavier parts of the notebook API (`contract`, `log_model`, `load_model`, `champion`, `gate`) on first use."
+    if name not in _LAZY: raise AttributeError(f"module 'mlnb' has no attribute {name!r}")
+    import importlib
+    mod, attr = _LAZY[name]
+    m = importlib.import_module(mod)
+    return m if attr is None else getattr(m, attr)

@@ -16,7 +16,8 @@ from . import __version__
 from .errors import MlnbError
 
 # %% auto #0
-__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check']
+__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'promote', 'rollback', 'lineage', 'build',
+           'serve', 'verify']
 
 # %% ../nbs/95_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -93,6 +94,8 @@ def run(steps: tuple[str, ...], profile, params, force, jobs, engine, quiet):
     counts = {}
     for s in res.steps.values(): counts[s.status] = counts.get(s.status, 0) + 1
     summary = ', '.join(f'{n} {k}' for k, n in counts.items())
+    for g in res.gates:
+        click.echo(f"gate: {g['candidate']}: {g['note']}" + (' (now the champion)' if g['applied'] else ''))
     if res.error is not None: raise res.error
     click.echo(f"Run {res.run_id} {res.status}: {summary}.")
 
@@ -158,3 +161,91 @@ def check(data_file: Path, name: str, as_json: bool):
              ['column', 'check', 'failing rows', 'examples'],
              [[f['column'], f['check'], f['failing_rows'] or '', ', '.join(f['examples'])] for f in r['failures']]))
     if not result['valid']: sys.exit(1)
+
+# %% ../nbs/95_cli.ipynb #e7b1da62
+@main.command()
+@click.argument('name', required=False)
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
+def models(name: str | None, as_json: bool):
+    "List model versions in the BentoML model store (of NAME, or all that mlnb logged), marking the champion."
+    from mlnb.project import load_project
+    from mlnb.registry import models as list_models
+    data = list_models(name, load_project().root)
+    emit(data, as_json, lambda d: _table('Models', ['tag', 'created', 'run', 'metrics', 'champion'],
+         [[m['tag'], m['created'][:19].replace('T', ' '), m['run_id'] or '', ', '.join(f'{k}={v:.4f}' for k, v in m['metrics'].items()),
+           '*' if m['champion'] else ''] for m in d]))
+
+@main.command()
+@click.argument('tag')
+@click.option('--reason', default='promoted by hand', show_default=True, help='Why (kept in the champion history).')
+def promote(tag: str, reason: str):
+    "Make model TAG the champion by hand (recorded as manual, with who and when)."
+    from mlnb.project import load_project
+    from mlnb.registry import promote as do_promote
+    before = do_promote(tag, reason, load_project().root)
+    click.echo(f"{tag} is now the champion (was {before or 'none'}).")
+
+@main.command()
+@click.argument('name')
+def rollback(name: str):
+    "Give model NAME back the champion it had before the current one."
+    from mlnb.project import load_project
+    from mlnb.registry import rollback as do_rollback
+    click.echo(f"{do_rollback(name, load_project().root)} is the champion of '{name}' again.")
+
+@main.command()
+@click.argument('tag')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of text.')
+def lineage(tag: str, as_json: bool):
+    "Show where model TAG came from: run, steps, data, contract, code."
+    from mlnb.project import load_project
+    from mlnb.registry import lineage as get_lineage
+    lin = get_lineage(tag, load_project().root)
+    def render(l):
+        from rich.tree import Tree
+        m, r = l['model'], l['run']
+        t = Tree(f"model {m['tag']} (created {m['created'][:19]}; {', '.join(f'{k}={v:.4f}' for k, v in m['metrics'].items())})")
+        rn = t.add(f"run {r['id']} ({r['status']}, profile {r['profile'] or '-'}, engine {r['engine']})" if r else 'run: none (logged outside `mlnb run`)')
+        st = rn.add(f"step {l['step']['name']} params {l['step']['params']} fingerprint {(l['step']['fingerprint'] or '')[:12]}")
+        for s in l['upstream_steps']:
+            if s['step'] != l['step']['name']:
+                st.add(f"needs {s['step']} ({s['status']}) params {s['params']} fingerprint {s['fingerprint'][:12]}; notebook {s['notebook'] or '-'}")
+        d = rn.add('data')
+        for f, sha in l['data']['inputs'].items(): d.add(f"{f} sha256 {sha[:12]}")
+        c = l['data']['contract']
+        d.add(f"contract {c['name']} sha256 {c['sha256'][:12]}" if c else 'contract: none')
+        code = l['code']
+        rn.add(f"git commit {code['git_commit'] or '-'}{' (dirty)' if code['git_dirty'] else ''}; " +
+               ', '.join(f'{k} {v}' for k, v in (code['packages'] or {}).items() if v))
+        t.add(f"{l['golden_examples']} golden examples")
+        return t
+    emit(lin, as_json, render)
+
+# %% ../nbs/95_cli.ipynb #2ab63972
+@main.command()
+@click.option('--model', 'tag', help='Model tag to build (default: the champion of [tool.mlnb.serve] model).')
+def build(tag: str | None):
+    "Generate the BentoML service for the champion (or --model) and build its Bento."
+    from mlnb.bento import build as do_build
+    bento = do_build(tag=tag)
+    click.echo(f"Built {bento}. `mlnb verify` checks it against the notebook; `mlnb serve` serves it; "
+               f"`bentoml containerize {bento}` makes an image (needs a Docker engine).")
+
+@main.command()
+@click.option('--host', default='127.0.0.1', show_default=True, help='Interface to listen on (loopback by default).')
+@click.option('--port', default=3000, show_default=True, type=click.IntRange(1, 65535), help='Port to listen on.')
+@click.option('--bento', help='Bento tag (default: the latest `mlnb build`).')
+def serve(host: str, port: int, bento: str | None):
+    "Serve the latest build with `bentoml serve`, until interrupted."
+    from mlnb.bento import serve as do_serve
+    sys.exit(do_serve(host=host, port=port, bento=bento))
+
+@main.command()
+@click.argument('bento', required=False)
+@click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
+def verify(bento: str | None, as_json: bool):
+    "Serve BENTO (default: the latest build) on loopback and check it answers the golden examples as the notebook did."
+    from mlnb.bento import verify as do_verify
+    res = do_verify(bento=bento)
+    if as_json: click.echo(json.dumps(res, indent=2))
+    else: click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {res['model']} exactly as the notebook did.")

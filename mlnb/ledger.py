@@ -36,6 +36,8 @@ create table if not exists champions (
 create table if not exists gates (
   seq integer primary key autoincrement, run_id text not null, model text, candidate text, champion text, metric text,
   candidate_value real, champion_value real, promote integer, applied integer, reason text, at real);
+create table if not exists builds (
+  seq integer primary key autoincrement, bento text not null, model text not null, at real not null, path text);
 '''
 
 PACKAGES = ('mlnb', 'nbdev', 'papermill', 'scrapbook', 'pandas', 'numpy', 'scikit-learn', 'bentoml', 'pandera')

@@ -60,7 +60,9 @@ def record(name: str, # output name, a Python identifier
         import scrapbook
         with warnings.catch_warnings(): # scrapbook warns outside a Jupyter kernel (nbdev-test, the fast engine); the glue works
             warnings.filterwarnings('ignore', message="No kernel detected for 'glue'")
-            scrapbook.glue(name, payload, encoder='json')
+            # scrapbook's json encoder parses a str value as JSON text, writing and reading ('abc' fails, '123' comes
+            # back as 123): every payload is glued wrapped in a dict, which it leaves alone
+            scrapbook.glue(name, {'value': payload}, encoder='json')
 
 # %% ../nbs/03_outputs.ipynb #922843de
 def read(notebook: str | Path, # an executed notebook
@@ -69,7 +71,8 @@ def read(notebook: str | Path, # an executed notebook
     import scrapbook
     try: nb = scrapbook.read_notebook(str(notebook))
     except FileNotFoundError: raise RecordError(f"Cannot read outputs: notebook {notebook} does not exist.") from None
-    return {name: json.loads(json.dumps(scrap.data)) for name, scrap in nb.scraps.items() if scrap.encoder == 'json'}
+    return {name: json.loads(json.dumps(scrap.data['value'])) for name, scrap in nb.scraps.items()
+            if scrap.encoder == 'json' and isinstance(scrap.data, dict) and 'value' in scrap.data}
 
 def load(payload: Any, root: str | Path | None = None) -> Any:
     "Resolve the artifact references inside `payload` into values."

@@ -16,7 +16,8 @@ from .errors import ParameterError, PipelineError, did_you_mean
 from .project import Project, StepSpec
 
 # %% auto #0
-__all__ = ['UNKNOWN', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce', 'PlannedStep', 'Plan', 'make_plan']
+__all__ = ['UNKNOWN', 'RESERVED', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce', 'PlannedStep', 'Plan',
+           'make_plan']
 
 # %% ../nbs/05_pipeline.ipynb #56e96e26
 class _Unknown:
@@ -115,6 +116,8 @@ def coerce(value: Any, default: Any, where: str) -> Any:
                          f"got {_TYPE_NAMES.get(type(value), type(value).__name__)} {value!r}.")
 
 # %% ../nbs/05_pipeline.ipynb #422630e5
+RESERVED = ('upstream', 'mlnb_run') # parameters the runner fills: the needed steps' outputs, and the step's context
+
 @dataclass(frozen=True)
 class PlannedStep:
     "A step ready to run: its spec, notebook, and resolved parameters."
@@ -201,16 +204,16 @@ def make_plan(project: Project, # the project
         known = ', '.join(project.profiles) or 'none are declared'
         problems.append(f"There is no profile '{profile}'.{did_you_mean(profile, project.profiles)} Profiles: {known}.")
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
-    declared_anywhere = {k for i in infos.values() for k in i.params if k != 'upstream'}
+    declared_anywhere = {k for i in infos.values() for k in i.params if k not in RESERVED}
     resolved = {n: {} for n in selected}
     def apply(n, key, value, origin, from_text):
         where = f"Step '{n}' parameter '{key}' ({origin})"
         decl = infos[n].params
-        if key == 'upstream':
-            problems.append(f"{where}: 'upstream' is filled by the runner with the outputs of the needed steps and cannot be set.")
+        if key in RESERVED:
+            problems.append(f"{where}: '{key}' is filled by the runner and cannot be set.")
         elif key not in decl:
-            problems.append(f"Step '{n}' declares no parameter '{key}' ({origin}).{did_you_mean(key, [k for k in decl if k != 'upstream'])} "
-                            f"Declared in {steps[n].notebook}: {', '.join(k for k in decl if k != 'upstream') or 'nothing (no cell is tagged `parameters`)'}.")
+            problems.append(f"Step '{n}' declares no parameter '{key}' ({origin}).{did_you_mean(key, [k for k in decl if k not in RESERVED])} "
+                            f"Declared in {steps[n].notebook}: {', '.join(k for k in decl if k not in RESERVED) or 'nothing (no cell is tagged `parameters`)'}.")
         else:
             try: resolved[n][key] = parse_text(value, decl[key], where) if from_text else coerce(value, decl[key], where)
             except ParameterError as e: problems.append(str(e))
@@ -218,9 +221,9 @@ def make_plan(project: Project, # the project
         for k, v in steps[n].params.items(): apply(n, k, v, f'[tool.mlnb.steps.{n}] params', False)
     def broadcast(key, value, origin, from_text):
         hit = [n for n in selected if key in infos[n].params]
-        if key == 'upstream' or (not hit and key not in declared_anywhere):
+        if key in RESERVED or (not hit and key not in declared_anywhere):
             problems.append(f"No step declares a parameter '{key}' ({origin}).{did_you_mean(key, declared_anywhere)}"
-                            if key != 'upstream' else f"'upstream' ({origin}) is filled by the runner and cannot be set.")
+                            if key not in RESERVED else f"'{key}' ({origin}) is filled by the runner and cannot be set.")
         for n in hit: apply(n, key, value, origin, from_text)
     if profile is not None:
         for k, v in project.profiles[profile].items(): broadcast(k, v, f'profile {profile}', False)

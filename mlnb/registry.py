@@ -41,12 +41,19 @@ def _transform(root: Path):
     except (ImportError, AttributeError) as e:
         raise UsageError(f"[tool.mlnb.serve] transform = {spec!r} cannot be imported ({e}). Give 'package.module:function'.") from None
 
+def _jsonable(v):
+    "A cell value as exact JSON: missing values as None, timestamps as ISO text, numpy scalars as Python numbers."
+    import pandas as pd
+    if v is None or (not isinstance(v, (list, dict, str)) and pd.isna(v)): return None
+    if isinstance(v, pd.Timestamp): return v.isoformat()
+    return v.item() if hasattr(v, 'item') else v
+
 def golden_examples(model, rows, transform=None) -> dict:
     "Rows with the predictions (and probabilities, where the model has them) `model` makes for them now."
     import pandas as pd
     rows = rows.reset_index(drop=True)
     X = transform(rows) if transform else rows
-    out = {'rows': json.loads(rows.to_json(orient='records', date_format='iso')),
+    out = {'rows': [{k: _jsonable(v) for k, v in rec.items()} for rec in rows.to_dict(orient='records')],
            'predictions': plain(list(model.predict(X)))}
     if hasattr(model, 'predict_proba'): out['probabilities'] = plain(model.predict_proba(X).tolist())
     return out
@@ -228,7 +235,7 @@ def apply_gates(root: Path, run_id: str, decisions: list[dict], run_ok: bool) ->
     out = []
     for d in decisions:
         applied, note = False, d['reason']
-        if not run_ok: note = f"{d['reason']}; the run did not succeed, so the champion is unchanged"
+        if not run_ok: note = f"{d['reason']}; but the run did not succeed, so nothing was promoted and the champion is unchanged"
         elif d['promote']:
             applied = set_champion(d['candidate'], 'gate', d['reason'], run_id=run_id, expect=d['champion'], root=root)
             if not applied: note = f"{d['reason']}; but the champion changed while the run was going, so it was not promoted: run again"
@@ -260,14 +267,20 @@ def models(name: str | None = None, root: str | Path | None = None) -> list[dict
 def lineage(tag: str, root: str | Path | None = None) -> dict:
     "The chain model <- run <- steps (params, fingerprints, executed notebooks) <- data files and contract <- git commit."
     info = model_info(tag)
-    lin, run = info['lineage'], None
+    lin, run, steps = info['lineage'], None, []
     if lin.get('run_id'):
         led = _ledger(root)
-        try: run = led.get_run(lin['run_id'])
+        try:
+            run = led.get_run(lin['run_id'])
+            for s in run['steps']:
+                if s['step'] != lin.get('step') and s['step'] not in lin.get('upstream', {}): continue
+                nb = s['notebook']
+                if s['cached_from']: # a cached step's notebook is the one of the run that executed it
+                    r = led.db.execute('select notebook from steps where run_id=? and step=?', (s['cached_from'], s['step'])).fetchone()
+                    nb = r['notebook'] if r else None
+                steps.append({**{k: s[k] for k in ('step', 'status', 'params', 'fingerprint', 'cached_from')}, 'notebook': nb})
         except MlnbError: run = None
         finally: led.close()
-    steps = [] if run is None else [{k: s[k] for k in ('step', 'status', 'params', 'fingerprint', 'notebook', 'cached_from')}
-                                    for s in run['steps'] if s['step'] == lin.get('step') or s['step'] in lin.get('upstream', {})]
     return {'model': {'tag': info['tag'], 'created': info['created'], 'metrics': info['metrics']},
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},

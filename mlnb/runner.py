@@ -22,8 +22,8 @@ from .pipeline import Plan, PlannedStep, make_plan
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'fingerprints', 'Progress', 'execute_step', 'StepResult', 'RunResult',
-           'run_pipeline']
+__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'fingerprints', 'step_context', 'Progress',
+           'execute_step', 'StepResult', 'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -74,23 +74,41 @@ def ensure_exported(project: Project) -> bool:
         return True
 
 # %% ../nbs/08_runner.ipynb #c4c126d0
-def fingerprints(plan: Plan, package: str) -> dict[str, str]:
-    "The fingerprint of every step of `plan`, given the package hash."
+def input_hashes(plan: Plan) -> dict[str, dict[str, str]]:
+    "SHA-256 of every declared input file, per step."
+    out = {}
+    for s in plan.steps:
+        out[s.name] = {}
+        for rel in s.spec.inputs:
+            f = plan.project.root / rel
+            if not f.is_file():
+                raise MlnbError(f"Step '{s.name}' declares input file {rel}, which does not exist. Create it or fix "
+                                f"`inputs` in [tool.mlnb.steps.{s.name}].", step=s.name)
+            out[s.name][rel] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    "The fingerprint of every step of `plan`, given the package hash and the input hashes."
     fps = {}
     for s in plan.steps:
         h = hashlib.sha256()
         h.update(s.info.code_hash.encode())
         h.update(json.dumps(dict(s.params), sort_keys=True).encode())
         for n in s.spec.needs: h.update(f'{n}={fps[n]}'.encode())
-        for rel in s.spec.inputs:
-            f = plan.project.root / rel
-            if not f.is_file():
-                raise MlnbError(f"Step '{s.name}' declares input file {rel}, which does not exist. Create it or fix "
-                                f"`inputs` in [tool.mlnb.steps.{s.name}].", step=s.name)
-            h.update(rel.encode()); h.update(hashlib.sha256(f.read_bytes()).digest())
+        for rel, sha in inputs[s.name].items(): h.update(f'{rel}={sha}'.encode())
         h.update(package.encode())
         fps[s.name] = h.hexdigest()
     return fps
+
+def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, str], inputs: Mapping[str, Mapping[str, str]]) -> dict:
+    "What a step is told about itself (the `mlnb_run` parameter): run, step, fingerprint, params, and everything upstream."
+    ups, todo = {}, list(step.spec.needs)
+    while todo:
+        n = todo.pop()
+        if n not in ups: ups[n] = fps[n]; todo.extend(plan[n].spec.needs)
+    files = {rel: sha for n in [*ups, step.name] for rel, sha in inputs[n].items()}
+    return {'run_id': run_id, 'step': step.name, 'fingerprint': fps[step.name], 'params': dict(step.params),
+            'upstream': dict(sorted(ups.items())), 'inputs': files}
 
 # %% ../nbs/08_runner.ipynb #097efdf5
 class Progress:
@@ -128,16 +146,28 @@ class Progress:
         if self._live is not None: self._live.stop()
 
 # %% ../nbs/08_runner.ipynb #b9516d21
+class _DropContextWarning:
+    "Papermill warns about parameters a notebook does not declare; `mlnb_run` is mlnb's own."
+    def filter(self, rec): return 'Passed unknown parameter: mlnb_run' not in rec.getMessage()
+
+def _quiet_papermill():
+    import logging
+    lg = logging.getLogger('papermill')
+    if not any(isinstance(f, _DropContextWarning) for f in lg.filters): lg.addFilter(_DropContextWarning())
+
 def execute_step(step: PlannedStep, # what to run
                  out_path: Path, # where to write the executed notebook
                  upstream: Mapping[str, Any], # outputs of the needed steps
                  engine: str, # papermill engine name
                  root: Path, # the project root (on the step's import path)
+                 context: Mapping[str, Any] | None = None, # the `mlnb_run` parameter
                 ) -> dict[str, Any]:
     "Execute `step` with papermill and return the outputs it recorded."
     import papermill as pm
+    _quiet_papermill()
     params = dict(step.params)
     if step.spec.needs: params['upstream'] = dict(upstream)
+    if context is not None: params['mlnb_run'] = dict(context)
     cwd = step.notebook.parent
     if engine == 'nbclient': kw = {'resources': {'metadata': {'path': str(cwd)}}}
     elif engine == 'mlnb_fast': kw = {'mlnb_cwd': str(cwd), 'mlnb_root': str(root), 'mlnb_env': {'MLNB_PROJECT_ROOT': str(root)}}
@@ -174,6 +204,7 @@ class RunResult:
     run_id: str
     status: str # 'ok' or 'failed'
     steps: dict[str, StepResult] = field(default_factory=dict)
+    gates: list[dict] = field(default_factory=list) # gate decisions of executed steps, with whether they were applied
 
     @property
     def error(self) -> StepFailed | None:
@@ -205,7 +236,8 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     if jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
     project.state.mkdir(parents=True, exist_ok=True)
     ensure_exported(project)
-    fps = fingerprints(plan, package_hash(project))
+    inputs = input_hashes(plan)
+    fps = fingerprints(plan, package_hash(project), inputs)
     root = str(project.root)
     if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
@@ -249,7 +281,8 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                     led.start_step(run_id, s.name, params=dict(s.params), fingerprint=fps[s.name], notebook=str(out_nb))
                     show(s.name, 'running')
                     ups = {n: outputs[n] for n in s.spec.needs}
-                    running[ex.submit(_timed, execute_step, s, out_nb, ups, pm_engine, project.root)] = (s, out_nb)
+                    running[ex.submit(_timed, execute_step, s, out_nb, ups, pm_engine, project.root,
+                                     step_context(plan, s, run_id, fps, inputs))] = (s, out_nb)
                 if not running: continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -261,10 +294,17 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                         led.finish_step(run_id, s.name, 'ok', outputs=outs)
                         show(s.name, 'ok', secs)
                     except StepFailed as e:
-                        result.steps[s.name] = StepResult(s.name, 'failed', fps[s.name], None, None, str(out_nb), error=e)
+                        try: partial = {k: v for k, v in read(out_nb).items() if k == 'gate'} # kept for the record, never reused
+                        except Exception: partial = None
+                        result.steps[s.name] = StepResult(s.name, 'failed', fps[s.name], None, partial, str(out_nb), error=e)
                         led.finish_step(run_id, s.name, 'failed', error=e.fields)
                         show(s.name, 'failed', note=f'{e.ename}: {e.evalue}'[:80])
         result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values()) else 'ok'
+        decisions = [r.outputs['gate'] for r in result.steps.values() if r.status in ('ok', 'failed') and isinstance(r.outputs, dict)
+                     and isinstance(r.outputs.get('gate'), dict) and 'candidate' in r.outputs['gate']]
+        if decisions:
+            from mlnb.registry import apply_gates
+            result.gates = apply_gates(project.root, run_id, decisions, result.status == 'ok')
         led.finish_run(run_id, result.status, None if result.error is None else str(result.error))
         return result
     except BaseException as e:

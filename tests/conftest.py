@@ -30,6 +30,26 @@ def git_snapshot(root):
     run([*g, 'commit', '-qm', 'scaffold'], root)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def bentoml_home(tmp_path_factory):
+    "Every test process (and every kernel it starts) uses a BentoML store of its own, never the user's."
+    home = tmp_path_factory.mktemp('bentoml_home')
+    old = os.environ.get('BENTOML_HOME')
+    os.environ['BENTOML_HOME'] = str(home)
+    yield home
+    if old is None: os.environ.pop('BENTOML_HOME', None)
+    else: os.environ['BENTOML_HOME'] = old
+
+
+@pytest.fixture
+def fresh_store(tmp_path, monkeypatch):
+    "A BentoML store for this test alone."
+    home = tmp_path / 'bentoml'
+    home.mkdir()
+    monkeypatch.setenv('BENTOML_HOME', str(home))
+    return home
+
+
 @pytest.fixture(scope='session')
 def scaffold_template(tmp_path_factory):
     "A project made once by `mlnb new` (copy it before changing it)."

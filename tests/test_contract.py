@@ -82,9 +82,14 @@ def test_good_data_and_parquet(project):
     assert json.loads(mlnb('check', 'data/c.parquet', '--contract', 'customers', '--json', cwd=project).stdout)['valid']
 
 
-def test_pipeline_stops_at_the_data_step(project):
+def champion(project):
+    return [m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=project).stdout) if m['champion']]
+
+
+def test_pipeline_stops_at_the_data_step(project, fresh_store):
     mlnb('run', '--engine', 'fast', cwd=project)
     good = json.loads(mlnb('runs', '--json', cwd=project).stdout)[0]
+    (champ,) = champion(project)
     _rewrite(project, lambda df: out_of_range(unknown_category(df)))
     res = mlnb('run', '--engine', 'fast', cwd=project, check=False)
     assert res.returncode == 1
@@ -97,3 +102,4 @@ def test_pipeline_stops_at_the_data_step(project):
     from mlnb.ledger import latest_outputs
     good_train = [s for s in json.loads(mlnb('show', good['id'], '--json', cwd=project).stdout)['steps'] if s['step'] == 'train'][0]
     assert latest_outputs(project, 'train') == good_train['outputs']
+    assert champion(project) == [champ]  # the model in production is untouched

@@ -1,0 +1,124 @@
+"""The model registry and promotion gate: real BentoML model store (temporary BENTOML_HOME), real runs."""
+import hashlib, json, sqlite3, subprocess, sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import MLNB, git_snapshot, mlnb, run
+
+WORSE = ['-p', 'n_estimators=3', '-p', 'max_depth=2']
+
+
+def models(project):
+    return json.loads(mlnb('models', 'churn', '--json', cwd=project).stdout)
+
+
+def champion(project):
+    return [m['tag'] for m in models(project) if m['champion']]
+
+
+def test_gate_promotes_only_better_models_and_rollback(project, fresh_store):
+    first = mlnb('run', '--engine', 'fast', cwd=project)
+    assert 'no champion yet: promoted (now the champion)' in first.stdout
+    (good,) = champion(project)
+
+    second = mlnb('run', '--engine', 'fast', *WORSE, cwd=project)
+    assert 'not promoted' in second.stdout and 'vs champion' in second.stdout
+    ms = models(project)
+    assert len(ms) == 2 and champion(project) == [good]
+    worse = next(m['tag'] for m in ms if m['tag'] != good)
+
+    # BentoML itself lists both versions, with the metadata mlnb saved
+    listed = json.loads(run([str(Path(sys.executable).parent / 'bentoml'), 'models', 'list', 'churn', '-o', 'json'], project).stdout)
+    assert {m['tag'] for m in listed} == {good, worse}
+    got = json.loads(run([str(Path(sys.executable).parent / 'bentoml'), 'models', 'get', worse, '-o', 'json'], project).stdout)
+    assert got['metadata']['mlnb_run'] and json.loads(got['metadata']['lineage'])['params'] == {'max_depth': 2, 'n_estimators': 3}
+
+    # the gate decisions are in the ledger with their reasons
+    db = sqlite3.connect(project / '.mlnb' / 'ledger.db')
+    rows = db.execute('select candidate, promote, applied, reason from gates order by seq').fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [(good, 1, 1), (worse, 0, 0)]
+    assert 'not promoted' in rows[1][3]
+
+    # by hand: promote the worse one, then roll back
+    out = mlnb('promote', worse, '--reason', 'canary test', cwd=project).stdout
+    assert f'{worse} is now the champion (was {good})' in out
+    assert champion(project) == [worse]
+    hist = db.execute('select tag, previous, kind, by, reason from champions order by seq').fetchall()
+    assert hist[-1][:3] == (worse, good, 'manual') and hist[-1][3] and hist[-1][4] == 'canary test'
+    assert f'{good} is the champion' in mlnb('rollback', 'churn', cwd=project).stdout
+    assert champion(project) == [good]
+    res = mlnb('rollback', 'churn', cwd=project, check=False)
+    assert res.returncode == 2 and 'no earlier champion' in res.stderr
+    assert champion(project) == [good]
+
+
+def test_failed_run_never_changes_the_champion(project, fresh_store):
+    mlnb('run', '--engine', 'fast', *WORSE, cwd=project)
+    (weak,) = champion(project)
+    # a better model is trained and passes the gate, but a later cell of the run fails
+    nb_path = project / 'nbs' / '04_evaluate.ipynb'
+    nb = nbformat.read(nb_path, 4)
+    nb.cells.append(nbformat.v4.new_code_cell('#| notest\nraise RuntimeError("report upload failed")'))
+    nbformat.write(nb, nb_path)
+    res = mlnb('run', '--engine', 'fast', cwd=project, check=False)
+    assert res.returncode == 1 and 'report upload failed' in res.stderr
+    assert 'but the run did not succeed, so nothing was promoted and the champion is unchanged' in res.stdout
+    assert champion(project) == [weak]
+    assert len(models(project)) == 2  # registered all the same
+    # a blocked run (bad data stops the data step) changes nothing either
+    csv = project / 'data' / 'customers.csv'
+    csv.write_text(csv.read_text().replace('month-to-month', 'monthly', 3))
+    res = mlnb('run', '--engine', 'fast', '-p', 'seed=1', cwd=project, check=False)
+    assert res.returncode == 1 and "Step 'data' failed" in res.stderr
+    assert champion(project) == [weak] and len(models(project)) == 2
+
+
+def test_concurrent_promotions_keep_the_pointer_whole(project, fresh_store):
+    mlnb('run', '--engine', 'fast', cwd=project)
+    mlnb('run', '--engine', 'fast', *WORSE, cwd=project)
+    tags = [m['tag'] for m in models(project)]
+    procs = [subprocess.Popen([MLNB, 'promote', tags[i % 2], '--reason', f'race {i}'], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    db = sqlite3.connect(project / '.mlnb' / 'ledger.db')
+    assert db.execute('pragma integrity_check').fetchone()[0] == 'ok'
+    hist = db.execute('select tag, previous, reason from champions order by seq').fetchall()
+    assert len(hist) == 9 and sorted(r[2] for r in hist[1:]) == sorted(f'race {i}' for i in range(8))
+    for before, after in zip(hist, hist[1:]):
+        assert after[1] == before[0], 'each change must name the champion it replaced'
+    assert champion(project) == [hist[-1][0]]
+
+
+def test_lineage_round_trip(project, fresh_store):
+    git_snapshot(project)
+    mlnb('run', '--profile', 'ci', '--engine', 'fast', cwd=project)
+    (tag,) = champion(project)
+    lin = json.loads(mlnb('lineage', tag, '--json', cwd=project).stdout)
+    import bentoml
+    md = bentoml.models.get(tag).info.metadata
+    saved = json.loads(md['lineage'])
+    runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
+    assert lin['run']['id'] == saved['run_id'] == runs[0]['id'] == md['mlnb_run']
+    assert lin['step'] == {'name': 'train', 'params': {'n_estimators': 50}, 'fingerprint': saved['fingerprint']}
+    assert lin['model']['metrics'] == md['metrics'] and 'train_roc_auc' in md['metrics']
+    head = run(['git', 'rev-parse', 'HEAD'], project).stdout.strip()
+    assert lin['code']['git_commit'] == head == lin['run']['git_commit']
+    assert lin['code']['packages']['bentoml'] and lin['code']['packages']['scikit-learn']
+    sha = hashlib.sha256((project / 'data' / 'customers.csv').read_bytes()).hexdigest()
+    assert lin['data']['inputs'] == {'data/customers.csv': sha}
+    assert lin['data']['contract'] == {'name': 'customers', 'sha256': hashlib.sha256((project / 'contracts' / 'customers.yaml').read_bytes()).hexdigest()}
+    assert set(lin['data']['upstream_fingerprints']) == {'data', 'features'}
+    steps = {s['step']: s for s in lin['upstream_steps']}
+    assert set(steps) == {'data', 'features', 'train'} and steps['data']['params'] == {'sample_frac': 0.2}
+    for s in steps.values():
+        assert Path(s['notebook']).is_file()
+        assert s['fingerprint'] == (saved['fingerprint'] if s['step'] == 'train' else saved['upstream'][s['step']])
+    golden = json.loads(md['golden'])
+    assert lin['golden_examples'] == len(golden['rows']) == len(golden['predictions']) == len(golden['probabilities']) == 20
+    assert 'churned' not in golden['rows'][0] and 'customer_id' in golden['rows'][0]
+    text = mlnb('lineage', tag, cwd=project).stdout
+    assert tag in text and 'data/customers.csv' in text and 'contract customers' in text and head in text
