@@ -421,4 +421,5 @@ def verify(project: Project | None = None, # the project
     if diffs:
         raise VerifyError(f"Bento {b.tag} does not answer as the notebook did ({len(diffs)} of {len(golden['rows'])} golden rows differ):\n"
                           + '\n'.join(diffs[:50]), bento=str(b.tag), diffs=diffs)
-    return {'bento': str(b.tag), 'model': tags[0], 'rows': len(golden['rows']), 'metadata_model': meta.get('model')}
+    return {'bento': str(b.tag), 'model': tags[0], 'rows': len(golden['rows']), 'metadata_model': meta.get('model'),
+            'example': {'request': {'rows': golden['rows'][:1]}, 'response': served[:1]}}

@@ -248,4 +248,7 @@ def verify(bento: str | None, as_json: bool):
     from mlnb.bento import verify as do_verify
     res = do_verify(bento=bento)
     if as_json: click.echo(json.dumps(res, indent=2))
-    else: click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {res['model']} exactly as the notebook did.")
+    else:
+        ex = res['example']
+        click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {res['model']} exactly as the notebook did.\n"
+                   f"For example, POST /predict {json.dumps(ex['request'])}\n  -> {json.dumps(ex['response'])}")
