@@ -1,0 +1,226 @@
+"""Serving throughput: the generated service against hand-written BentoML services, in one invocation.
+
+Setup: a scaffolded churn project is trained (`mlnb run --engine fast`) and built (`mlnb build`) in a
+temporary directory with its own BENTOML_HOME. Then, one server at a time on 127.0.0.1:
+
+- generated: the Bento `mlnb build` made (contract-typed rows, prediction log, batching);
+- (a) hand-written: the same model at class level, pydantic rows, no batching;
+- (b) hand-written + adaptive batching (same max_batch_size / max_latency_ms as the generated one);
+- (c) in-process `predict_proba(prepare(row))`, one row per call: the limit without HTTP.
+
+The three servers run side by side (an idle one costs nothing); in each of ROUNDS rounds each gets
+single-row requests from CONCURRENCY keep-alive clients (asyncio, raw HTTP/1.1) for WARMUP then
+DURATION seconds, one server at a time, and the medians over rounds are reported (the machine's
+noise is shared). Also measured: start-up time (launch to first 200 on /predict)
+and rows/s for requests of MANY rows against in-process rows/s.
+
+Usage: python bench/serve.py [--duration 20] [--warmup 5] [--concurrency 32] [--many 1000] [--rounds 3]
+"""
+import argparse, asyncio, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+HAND = '''
+import datetime as dt
+from typing import List, Optional
+import bentoml, pandas as pd
+from pydantic import BaseModel
+from churn.features import prepare
+
+class Row(BaseModel):
+    customer_id: str
+    snapshot_date: dt.datetime
+    age: Optional[int]
+    tenure_months: int
+    contract: str
+    internet_service: str
+    payment_method: Optional[str]
+    region: str
+    monthly_charges: float
+    total_charges: Optional[float]
+    support_calls: int
+
+@bentoml.service(name="hand")
+class Hand:
+    model_ref = bentoml.models.BentoModel("__TAG__")
+    def __init__(self):
+        self.model = bentoml.sklearn.load_model(self.model_ref)
+    @bentoml.api__BATCH__
+    def predict(self, rows: List[Row]) -> List[float]:
+        X = prepare(pd.DataFrame([r.model_dump() for r in rows]))
+        return self.model.predict_proba(X)[:, 1].tolist()
+'''
+
+
+def sh(cmd, cwd, env):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if r.returncode: raise SystemExit(f"{cmd} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+async def request(host, port, body, n=1):
+    "One POST /predict on a fresh connection; returns (status, seconds)."
+    r, w = await asyncio.open_connection(host, port)
+    t0 = time.perf_counter()
+    w.write(b'POST /predict HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body))
+    await w.drain()
+    status, _ = await read_response(r)
+    w.close()
+    return status, time.perf_counter() - t0
+
+
+async def read_response(r):
+    head = await r.readuntil(b'\r\n\r\n')
+    status = int(head.split(b' ', 2)[1])
+    length = 0
+    for line in head.split(b'\r\n'):
+        if line.lower().startswith(b'content-length:'): length = int(line.split(b':')[1])
+        if line.lower().startswith(b'transfer-encoding: chunked'): length = -1
+    if length >= 0: body = await r.readexactly(length)
+    else:
+        body = b''
+        while True:
+            size = int((await r.readline()).strip(), 16)
+            if size == 0: await r.readline(); break
+            body += await r.readexactly(size); await r.readline()
+    return status, body
+
+
+async def load(host, port, body, concurrency, warmup, duration):
+    "Closed-loop load; returns (requests/s, p50, p99, errors) over the measured window."
+    lat, errors, stop_at = [], [0], time.perf_counter() + warmup + duration
+    start_measure = time.perf_counter() + warmup
+    req = b'POST /predict HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body)
+    async def client():
+        r, w = await asyncio.open_connection(host, port)
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at: break
+            w.write(req); await w.drain()
+            try: status, _ = await read_response(r)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                errors[0] += 1; r, w = await asyncio.open_connection(host, port); continue
+            t1 = time.perf_counter()
+            if t0 >= start_measure:
+                if status == 200: lat.append(t1 - t0)
+                else: errors[0] += 1
+        w.close()
+    await asyncio.gather(*[client() for _ in range(concurrency)])
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float('nan')
+    return len(lat) / duration, q(0.5), q(0.99), errors[0]
+
+
+class Served:
+    "A `bentoml serve` process on a free loopback port, with a BentoML home of its own linked to the store."
+    def __init__(self, target, cwd, home, env):
+        self.port = free_port()
+        own = Path(tempfile.mkdtemp(prefix='bench-home-'))
+        for sub in ('models', 'bentos'): (own / sub).symlink_to(Path(home) / sub)
+        self.own = own
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, '-m', 'bentoml', 'serve', target, '--host', '127.0.0.1', '--port', str(self.port)],
+                                     cwd=cwd, env={**env, 'BENTOML_HOME': str(own)}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_first_200(self, body):
+        while True:
+            if self.proc.poll() is not None: raise SystemExit('server exited')
+            try:
+                status, _ = asyncio.run(request('127.0.0.1', self.port, body))
+                if status == 200: return time.perf_counter() - self.t0
+            except OSError: pass
+            time.sleep(0.05)
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try: self.proc.wait(15)
+        except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+        shutil.rmtree(self.own, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--duration', type=float, default=20)
+    ap.add_argument('--warmup', type=float, default=5)
+    ap.add_argument('--concurrency', type=int, default=32)
+    ap.add_argument('--many', type=int, default=1000)
+    ap.add_argument('--rounds', type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix='mlnb-serve-bench-'))
+    home = tmp / 'bentoml'
+    env = {**os.environ, 'BENTOML_HOME': str(home)}
+    mlnb = str(Path(sys.executable).parent / 'mlnb')
+    sh([mlnb, 'new', str(tmp / 'churn')], tmp, env)
+    proj = tmp / 'churn'
+    sh([mlnb, 'run', '-q', '--engine', 'fast'], proj, env)
+    bento = sh([mlnb, 'build'], proj, env).split()[1].rstrip('.')
+    tag = next(m['tag'] for m in json.loads(sh([mlnb, 'models', '--json'], proj, env)) if m['champion'])
+    os.environ['BENTOML_HOME'] = str(home)
+    sys.path.insert(0, str(proj))
+    from mlnb.registry import model_info
+    import bentoml, pandas as pd
+    from churn.features import prepare
+    cfg = __import__('tomllib').loads((proj / 'pyproject.toml').read_text())['tool']['mlnb']['serve']
+    golden = model_info(tag)['golden']['rows']
+    one = json.dumps({'rows': [golden[0]]}).encode()
+    rows = [dict(golden[i % len(golden)], customer_id=f'B{i}') for i in range(args.many)]
+    many = json.dumps({'rows': rows}).encode()
+
+    hand_dir = tmp / 'hand'; hand_dir.mkdir()
+    shutil.copytree(proj / 'churn', hand_dir / 'churn')
+    batch = f"(batchable=True, max_batch_size={cfg['max_batch_size']}, max_latency_ms={cfg['max_latency_ms']})"
+    (hand_dir / 'plain.py').write_text(HAND.replace('__TAG__', tag).replace('__BATCH__', ''))
+    (hand_dir / 'batched.py').write_text(HAND.replace('__TAG__', tag).replace('__BATCH__', batch))
+
+    specs = [('(a) hand-written', 'plain:Hand', hand_dir), ('(b) hand-written + batching', 'batched:Hand', hand_dir),
+             ('generated (mlnb build)', bento, tmp)]
+    servers, results = {}, {}
+    try:
+        for name, target, cwd in specs:  # start-up: launch to the first 200, one server at a time
+            srv = Served(target, cwd, home, {**env, 'MLNB_PREDICTION_LOG': str(tmp / f'predictions-{len(servers)}.jsonl'),
+                                             'PYTHONPATH': str(hand_dir)})
+            servers[name] = srv
+            results[name] = {'startup': srv.wait_first_200(one), 'rounds': []}
+        for rnd in range(args.rounds):  # the same load on each server in turn, so the machine's noise is shared
+            for name, srv in servers.items():
+                results[name]['rounds'].append(asyncio.run(load('127.0.0.1', srv.port, one, args.concurrency, args.warmup, args.duration)))
+        for name, srv in servers.items():
+            results[name]['many_rows_s'] = args.many / statistics.median(asyncio.run(request('127.0.0.1', srv.port, many))[1] for _ in range(5))
+    finally:
+        for srv in servers.values(): srv.stop()
+    for r in results.values():
+        rs = r['rounds']
+        r.update(rps=statistics.median(x[0] for x in rs), p50=statistics.median(x[1] for x in rs),
+                 p99=statistics.median(x[2] for x in rs), errors=sum(x[3] for x in rs))
+
+    model = bentoml.sklearn.load_model(tag)
+    frame1 = pd.DataFrame([golden[0]]).astype({'snapshot_date': 'datetime64[ns]'})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 5: model.predict_proba(prepare(frame1)); n += 1
+    inproc_rps = n / (time.perf_counter() - t0)
+    framen = pd.DataFrame(rows).astype({'snapshot_date': 'datetime64[ns]'})
+    inproc_many = args.many / statistics.median(_timed(lambda: model.predict_proba(prepare(framen))) for _ in range(5))
+
+    base = results['(b) hand-written + batching']['rps']
+    print(f"{os.cpu_count()} cores; {args.concurrency} clients, single-row requests, {args.warmup:.0f} s warm-up, {args.duration:.0f} s measured, "
+          f"median of {args.rounds} rounds; "
+          f"max_batch_size={cfg['max_batch_size']}, max_latency_ms={cfg['max_latency_ms']}\n")
+    print(f"{'service':30} {'req/s':>8} {'vs (b)':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'start s':>8} {f'rows/s ({args.many}/req)':>20}")
+    for k, r in results.items():
+        print(f"{k:30} {r['rps']:8.1f} {r['rps'] / base:6.2f}x {r['p50'] * 1000:7.1f} {r['p99'] * 1000:7.1f} {r['errors']:6d} "
+              f"{r['startup']:8.2f} {r['many_rows_s']:20.0f}")
+    print(f"{'(c) in-process, one row/call':30} {inproc_rps:8.1f} {inproc_rps / base:6.2f}x {'':7} {'':7} {'':6} {'':8} {inproc_many:20.0f}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _timed(fn):
+    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+
+
+if __name__ == '__main__':
+    main()
