@@ -323,8 +323,11 @@ def free_port(host: str = '127.0.0.1') -> int:
 
 def _own_home() -> str:
     "A BentoML home whose models and bentos are the real store's."
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    real = Path(BentoMLContainer.bentoml_home.get())
+    real = os.environ.get('BENTOML_HOME')
+    if not real:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+        real = BentoMLContainer.bentoml_home.get()
+    real = Path(real)
     home = Path(tempfile.mkdtemp(prefix='mlnb-bentoml-'))
     for sub in ('models', 'bentos'):
         (real / sub).mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,14 @@ def git_snapshot(root):
     run([*g, 'commit', '-qm', 'scaffold'], root)
 
 
+BENTOML = str(Path(sys.executable).parent / 'bentoml')
+
+
+def model_metadata(tag, cwd, env=None):
+    "The metadata BentoML keeps for model `tag`, read by the bentoml CLI (BENTOML_HOME from `env` or the environment)."
+    return json.loads(run([BENTOML, 'models', 'get', tag, '-o', 'json'], cwd, env=env).stdout)['metadata']
+
+
 @pytest.fixture(scope='session', autouse=True)
 def bentoml_home(tmp_path_factory):
     "Every test process (and every kernel it starts) uses a BentoML store of its own, never the user's."

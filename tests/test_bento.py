@@ -7,10 +7,7 @@ import nbformat
 import pytest
 import yaml
 
-from conftest import git_snapshot, mlnb, run
-
-BENTOML = str(Path(sys.executable).parent / 'bentoml')
-
+from conftest import BENTOML, git_snapshot, mlnb, model_metadata, run
 
 @pytest.fixture(scope='module')
 def served(scaffold_template, tmp_path_factory):
@@ -40,12 +37,10 @@ def server(served, tmp_path_factory):
 
 
 def golden(root, env):
+    "The champion's tag and the golden examples its notebook recorded."
     models = json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)
     tag = next(m['tag'] for m in models if m['champion'])
-    from mlnb.registry import model_info
-    old = os.environ['BENTOML_HOME']; os.environ['BENTOML_HOME'] = env['BENTOML_HOME']
-    try: return tag, model_info(tag)['golden']
-    finally: os.environ['BENTOML_HOME'] = old
+    return tag, json.loads(model_metadata(tag, root, env)['golden'])
 
 
 def test_build_makes_a_current_bento_with_the_package_inside(served):
@@ -172,24 +167,20 @@ def test_a_broken_log_never_fails_a_prediction(served, tmp_path):
 
 def test_many_rows_in_one_request_and_adaptive_batching(server, served):
     root, env, bento = served
-    import pandas as pd
     from churn_rows import rows_like
     _, gold = golden(root, env)
     rows = rows_like(gold['rows'], 300)
     r = httpx.post(server.url + '/predict', json={'rows': rows}, timeout=60)
     assert r.status_code == 200 and len(r.json()) == 300
-    # the same rows predicted in this process give the same answers
-    import bentoml
-    os.environ['BENTOML_HOME'], old = env['BENTOML_HOME'], os.environ['BENTOML_HOME']
-    try:
-        sys.path.insert(0, str(root))
-        from churn.features import prepare
-        tag = r.json()[0]['model']
-        model = bentoml.sklearn.load_model(tag)
-        frame = pd.DataFrame(rows).astype({'age': 'Int64', 'snapshot_date': 'datetime64[ns]'})
-        want = model.predict_proba(prepare(frame))[:, 1].tolist()
-    finally:
-        os.environ['BENTOML_HOME'] = old; sys.path.remove(str(root))
+    # the same rows predicted by the model in a plain Python process give the same answers
+    script = ("import json, sys, bentoml, pandas as pd\nfrom churn.features import prepare\n"
+              "rows = json.load(sys.stdin)['rows']\n"
+              "frame = pd.DataFrame(rows).astype({'age': 'Int64', 'snapshot_date': 'datetime64[ns]'})\n"
+              f"model = bentoml.sklearn.load_model({r.json()[0]['model']!r})\n"
+              "print(json.dumps(model.predict_proba(prepare(frame))[:, 1].tolist()))")
+    out = subprocess.run([sys.executable, '-c', script], input=json.dumps({'rows': rows}), capture_output=True, text=True,
+                         cwd=root, env={**os.environ, **env, 'PYTHONPATH': str(root)}, check=True)
+    want = json.loads(out.stdout)
     got = [p['probability'] for p in r.json()]
     assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-9
     # concurrent single-row requests are predicted together

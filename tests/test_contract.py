@@ -90,6 +90,7 @@ def test_pipeline_stops_at_the_data_step(project, fresh_store):
     mlnb('run', '--engine', 'fast', cwd=project)
     good = json.loads(mlnb('runs', '--json', cwd=project).stdout)[0]
     (champ,) = champion(project)
+    mlnb('build', cwd=project)
     _rewrite(project, lambda df: out_of_range(unknown_category(df)))
     res = mlnb('run', '--engine', 'fast', cwd=project, check=False)
     assert res.returncode == 1
@@ -103,3 +104,5 @@ def test_pipeline_stops_at_the_data_step(project, fresh_store):
     good_train = [s for s in json.loads(mlnb('show', good['id'], '--json', cwd=project).stdout)['steps'] if s['step'] == 'train'][0]
     assert latest_outputs(project, 'train') == good_train['outputs']
     assert champion(project) == [champ]  # the model in production is untouched
+    served = mlnb('verify', cwd=project).stdout  # and its service still answers as its notebook did
+    assert f'golden examples of {champ} exactly as the notebook did' in served

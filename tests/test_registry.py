@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import MLNB, git_snapshot, mlnb, run
+from conftest import MLNB, git_snapshot, mlnb, model_metadata, run
 
 WORSE = ['-p', 'n_estimators=3', '-p', 'max_depth=2']
 
@@ -98,8 +98,7 @@ def test_lineage_round_trip(project, fresh_store):
     mlnb('run', '--profile', 'ci', '--engine', 'fast', cwd=project)
     (tag,) = champion(project)
     lin = json.loads(mlnb('lineage', tag, '--json', cwd=project).stdout)
-    import bentoml
-    md = bentoml.models.get(tag).info.metadata
+    md = model_metadata(tag, project)
     saved = json.loads(md['lineage'])
     runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
     assert lin['run']['id'] == saved['run_id'] == runs[0]['id'] == md['mlnb_run']
