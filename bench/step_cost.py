@@ -9,7 +9,7 @@ Everything is measured in this one invocation, so the ratios hold on a shared, n
 
 Usage: python bench/step_cost.py [--repeat N]
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import nbformat
@@ -76,7 +76,6 @@ def main():
     write_case(tmp, 'realistic', f'data_path = "{tmp / "data.csv"}"', REALISTIC)
     write_case(tmp, 'trivial', 'x = 1', TRIVIAL)
 
-    import papermill as pm
     from mlnb import engines
     from mlnb.pipeline import make_plan
     from mlnb.project import load_project
@@ -92,7 +91,7 @@ def main():
         r['papermill CLI'] = timed(lambda: sh([sys.executable, '-m', 'papermill', '-k', 'python3', '--no-progress-bar',
                                                f'{case}.ipynb', str(out / f'pm-{case}.ipynb')], tmp), args.repeat)
         r['mlnb kernel engine (step)'] = timed(lambda: execute_step(step, out / f'k-{case}.ipynb', {}, 'nbclient', tmp), args.repeat)
-        with engines.pool(1) as p:
+        with engines.pool(1):
             execute_step(step, out / f'f-{case}.ipynb', {}, 'mlnb_fast', tmp)  # warm-up: the worker's imports
             r['mlnb fast engine (warm step)'] = timed(lambda: execute_step(step, out / f'f-{case}.ipynb', {}, 'mlnb_fast', tmp), args.repeat)
         results[case] = r

@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/artifacts.html.md"""
 
 # %% ../nbs/02_artifacts.ipynb #ebd7d1ee
 from __future__ import annotations
-import hashlib, io, os, pickle, shutil, tempfile
+import hashlib, io, os, pickle, tempfile
 from pathlib import Path
 from typing import Any
 

@@ -6,10 +6,10 @@ Docs: https://mlnb.github.io/mlnb/bento.html.md"""
 
 # %% ../nbs/11_bento.ipynb #82b721b0
 from __future__ import annotations
-import json, math, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from .errors import MlnbError, UsageError, did_you_mean
 from .project import Project, load_project
@@ -220,7 +220,7 @@ def service_source(tag: str, # model tag
                   ) -> str:
     "The text of the generated `service.py`."
     mod, fn = cfg.transform.split(':')
-    cls = ''.join(p.capitalize() for p in cfg.model.split('_')) + 'Service'
+    cls = service_class(cfg)
     body = '\n'.join(f'    {n}: {ann}' for n, ann, _ in fields) or '    pass'
     subs = {'__TAG__': tag, '__CONTRACT__': repr(cfg.contract), '__TRANSFORM__': cfg.transform, '__MODULE__': mod, '__FUNC__': fn,
             '__MAXSTR__': str(cfg.max_string_length), '__COLUMNS__': repr([n for n, _, _ in fields]),

@@ -6,9 +6,9 @@ Docs: https://mlnb.github.io/mlnb/contract.html.md"""
 
 # %% ../nbs/09_contract.ipynb #14bd9bab
 from __future__ import annotations
-import difflib, math, os
+import difflib, math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import pandas as pd

@@ -6,10 +6,9 @@ Docs: https://mlnb.github.io/mlnb/engines.html.md"""
 
 # %% ../nbs/07_engines.ipynb #c2cbf929
 from __future__ import annotations
-import atexit, json, multiprocessing as mp, os, sys, threading, time, traceback
+import atexit, json, multiprocessing as mp, os, sys, threading, traceback
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from .errors import UsageError
 

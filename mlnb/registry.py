@@ -7,7 +7,7 @@ Docs: https://mlnb.github.io/mlnb/registry.html.md"""
 # %% ../nbs/10_registry.ipynb #3cbdd74d
 from __future__ import annotations
 import getpass, json, math, time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,7 +50,6 @@ def _jsonable(v):
 
 def golden_examples(model, rows, transform=None) -> dict:
     "Rows with the predictions (and probabilities, where the model has them) `model` makes for them now."
-    import pandas as pd
     rows = rows.reset_index(drop=True)
     X = transform(rows) if transform else rows
     out = {'rows': [{k: _jsonable(v) for k, v in rec.items()} for rec in rows.to_dict(orient='records')],

@@ -6,8 +6,8 @@ Docs: https://mlnb.github.io/mlnb/runner.html.md"""
 
 # %% ../nbs/08_runner.ipynb #a6730391
 from __future__ import annotations
-import fcntl, hashlib, json, os, subprocess, sys, threading, time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import fcntl, hashlib, json, os, subprocess, sys, time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path

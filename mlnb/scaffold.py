@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/scaffold.html.md"""
 
 # %% ../nbs/04_scaffold.ipynb #053ffe34
 from __future__ import annotations
-import keyword, os, re, shutil, subprocess, sys
+import keyword, os, re, subprocess, sys
 from importlib import resources
 from pathlib import Path
 

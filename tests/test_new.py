@@ -1,6 +1,5 @@
 """`mlnb new`: the scaffold is a working nbdev 3 project whose notebooks run in a real Jupyter kernel."""
-import json, sys, tomllib
-from pathlib import Path
+import json, tomllib
 
 import pandas as pd
 

@@ -3,7 +3,6 @@ import hashlib, json, sqlite3, subprocess, sys
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from conftest import MLNB, git_snapshot, mlnb, model_metadata, run
 
