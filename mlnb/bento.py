@@ -1,4 +1,4 @@
-"""`mlnb build`, `mlnb serve`, `mlnb verify`: a BentoML service generated from the champion model, the data contract and the exported feature function, and the proof that it answers as the notebook did.
+"""`mlnb build`, `mlnb serve`, `mlnb verify`: a BentoML service for the champion model, bound to its data contract and the exported feature function, and the proof that it answers as the notebook did.
 
 Docs: https://mlnb.github.io/mlnb/bento.html.md"""
 
@@ -15,8 +15,8 @@ from .errors import MlnbError, UsageError, did_you_mean
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['ServeConfig', 'request_fields', 'service_source', 'service_class', 'build', 'latest_build', 'free_port', 'Server',
-           'serve', 'VerifyError', 'compare', 'verify']
+__all__ = ['ServeConfig', 'request_fields', 'model_facts', 'describe_answers', 'requirements', 'trained_contract', 'build',
+           'latest_build', 'free_port', 'launch', 'stop_group', 'Server', 'serve', 'VerifyError', 'compare', 'verify']
 
 # %% ../nbs/11_bento.ipynb #784906f6
 @dataclass(frozen=True, kw_only=True)
@@ -27,17 +27,22 @@ class ServeConfig:
     contract: str | None = None # contract the requests follow
     label: str | None = None # label column of the contract (not in requests)
     prediction_log: str | None = None # JSON-lines file for requests and predictions (relative: to where the server runs)
-    max_batch_size: int = 1024 # most rows predicted in one call
-    max_latency_ms: int = 1000 # longest a request may wait for its batch before it is refused (503)
+    max_batch_size: int = 1024 # most rows given to the model in one call
+    max_rows: int = 100_000 # most rows in one request (more: 413)
+    max_body_mb: int = 64 # largest request body in MiB (more: 413)
     max_string_length: int = 1000 # longest string a request field may hold
+    log_max_mb: int = 256 # the prediction log is rotated when it passes this size (and every day)
+    max_latency_ms: int | None = None # no longer used: a request is predicted as soon as the model is free
 
     def __post_init__(self):
         if not self.model.isidentifier(): raise UsageError(f"[tool.mlnb.serve] model {self.model!r} must be a Python identifier.")
         mod, _, fn = self.transform.partition(':')
         if not (mod and fn.isidentifier() and all(p.isidentifier() for p in mod.split('.'))):
             raise UsageError(f"[tool.mlnb.serve] transform {self.transform!r} must read 'package.module:function'.")
-        for k in ('max_batch_size', 'max_latency_ms', 'max_string_length'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) > 0): raise UsageError(f"[tool.mlnb.serve] {k} must be a positive integer.")
+        for k in ('max_batch_size', 'max_rows', 'max_body_mb', 'max_string_length', 'log_max_mb'):
+            v = getattr(self, k)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                raise UsageError(f"[tool.mlnb.serve] {k} must be a positive integer, not {v!r}.")
 
     @classmethod
     def from_project(cls, project: Project) -> ServeConfig:
@@ -52,215 +57,103 @@ class ServeConfig:
         return cls(**table)
 
 # %% ../nbs/11_bento.ipynb #83a88def
-def _py_type(col) -> tuple[str, str]:
-    "(pydantic annotation, pandas dtype) for a pandera column."
+def _field(name: str, col) -> dict:
+    "The request field of pandera column `col`."
     dt = str(col.dtype).lower()
     allowed = next((c.statistics.get('allowed_values') for c in col.checks if c.name == 'isin'), None)
-    if 'datetime' in dt: ann, pd_dt = '_dt.datetime', 'datetime64[ns]'
-    elif 'bool' in dt: ann, pd_dt = 'StrictBool', 'boolean' if col.nullable else 'bool'
-    elif 'int' in dt: ann, pd_dt = 'StrictInt', 'Int64' if col.nullable else 'int64'
-    elif 'float' in dt: ann, pd_dt = 'Union[StrictInt, StrictFloat]', 'float64'
-    else: ann, pd_dt = 'Annotated[StrictStr, Field(max_length=MAX_STRING)]', 'str'
-    if allowed: ann = f"Literal[{', '.join(repr(v) for v in allowed)}]"
-    return (f'Optional[{ann}]' if col.nullable else ann), pd_dt
+    rng = next((c.statistics for c in col.checks if c.name == 'in_range'), None)
+    f = {'name': name, 'nullable': bool(col.nullable)}
+    if 'datetime' in dt:
+        f.update(type='datetime', dtype='datetime64[ns, UTC]' if ',' in dt else 'datetime64[ns]', tz='UTC' if ',' in dt else None, unit='ns')
+    elif 'bool' in dt: f.update(type='bool', dtype='boolean' if col.nullable else 'bool')
+    elif 'int' in dt: f.update(type='int', dtype='Int64' if col.nullable else 'int64')
+    elif 'float' in dt: f.update(type='float', dtype='float64')
+    else: f.update(type='str', dtype='str')
+    if allowed: f['categories'] = [v.item() if hasattr(v, 'item') else v for v in allowed]
+    desc = [f"contract column {name!r}, {f['type']}"]
+    if rng: desc.append(f"the contract's range is {rng.get('min_value'):.6g} to {rng.get('max_value'):.6g} (values outside it are accepted, and monitored)")
+    if col.nullable: desc.append('may be null')
+    f['description'] = '; '.join(desc) + '.'
+    return f
 
-def request_fields(schema, label: str | None = None) -> list[tuple[str, str, str]]:
-    "(field, annotation, pandas dtype) for each request field of contract `schema`."
-    out = []
-    for name, col in schema.columns.items():
-        if name == label: continue
-        if not name.isidentifier():
-            raise UsageError(f"Contract column {name!r} is not a Python identifier, so it cannot be a request field. Rename it in the data.")
-        out.append((name, *_py_type(col)))
-    return out
+def request_fields(schema, # a pandera DataFrameSchema (the contract)
+                   label: str | None = None, # the label column, which requests do not carry
+                  ) -> list[dict]:
+    "The request fields of contract `schema`, in its column order, without `label`."
+    return [_field(str(n), c) for n, c in schema.columns.items() if n != label]
 
 # %% ../nbs/11_bento.ipynb #4c08a5ad
-_SERVICE = '''"""BentoML service for model __TAG__, generated by `mlnb build` from contract __CONTRACT__ and the
-feature function __TRANSFORM__. Regenerate it with `mlnb build`; do not edit it by hand."""
-from __future__ import annotations
+def model_facts(model) -> dict:
+    "What the service must know about `model`: its kind ('classifier' or 'regressor') and, for a classifier, its classes."
+    from mlnb.serving import model_kind, plain_value
+    kind = model_kind(model)
+    if kind == 'classifier' and not hasattr(model, 'classes_'):
+        raise UsageError(f"The model is a classifier without `classes_`; mlnb serves fitted scikit-learn estimators.")
+    return {'kind': kind, 'classes': [plain_value(c) for c in model.classes_] if kind == 'classifier' else None}
 
-import datetime as _dt
-import gc
-import json
-import logging
-import os
-import threading
-import uuid
-from pathlib import Path
-from typing import Annotated, List, Literal, Optional, Union
-
-import bentoml
-import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-
-from __MODULE__ import __FUNC__ as transform  # the feature function exported from the project's notebooks
-
-MODEL_TAG = "__TAG__"
-METADATA = json.loads((Path(__file__).parent / "mlnb_service.json").read_text())
-MAX_STRING = __MAXSTR__
-MAX_BODY = 64 * 1024 * 1024
-COLUMNS = __COLUMNS__
-DTYPES = __DTYPES__
-LOG_PATH = os.environ.get("MLNB_PREDICTION_LOG") or METADATA["prediction_log"]
-log = logging.getLogger("mlnb.service")
-
-
-class Row(BaseModel):
-    """One row as contract __CONTRACT__ describes it (every field is required; Optional ones may be null)."""
-    model_config = ConfigDict(extra="forbid")
-__FIELDS__
-
-
-class Prediction(BaseModel):
-    """The model's answer for one row."""
-    request_id: str
-    label: __LABEL__
-    probability: Optional[float] = None
-    probabilities: Optional[List[float]] = None
-    model: str
-
-
-class PredictionLog:
-    """Appends one JSON line per prediction; a failure to write is logged, never raised."""
-
-    def __init__(self, path):
-        self.path, self.lock, self.failures, self.file = Path(path), threading.Lock(), 0, None
-
-    def write(self, frame, preds):
-        try:
-            ts = json.dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
-            rows = frame.to_json(orient="records", lines=True, date_format="iso", double_precision=15).splitlines()
-            lines = "".join(f'{{"request_id": "{p.request_id}", "ts": {ts}, "model": "{p.model}", "row": {r}, '
-                            f'"prediction": {{"label": {json.dumps(p.label)}, "probability": {json.dumps(p.probability)}}}}}\\n'
-                            for r, p in zip(rows, preds))
-            with self.lock:
-                if self.file is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self.file = open(self.path, "a", encoding="utf-8")
-                self.file.write(lines)
-                self.file.flush()
-        except Exception as e:  # the log must never fail a prediction
-            self.file = None
-            self.failures += 1
-            if self.failures == 1 or self.failures % 1000 == 0:
-                log.warning("could not write the prediction log %s (%d failures): %s", self.path, self.failures, e)
-
-
-@bentoml.service(name="__NAME__")
-class __CLASS__:
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
-
-    def __init__(self):
-        self.model = bentoml.sklearn.load_model(self.model_ref)
-        self.classes = [c.item() if hasattr(c, "item") else c for c in getattr(self.model, "classes_", [])]
-        self.has_proba = hasattr(self.model, "predict_proba")
-        self.log = PredictionLog(LOG_PATH)
-        # What is loaded now lives as long as the server: keep it out of the collector's scans, and collect the young
-        # generation less often. Collector pauses otherwise dominate the latency tail (see BENCHMARKS.md).
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 20)
-
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=__BATCH__, max_latency_ms=__LATENCY__)
-    def predict(self, rows: Annotated[List[Row], Field(min_length=1)]) -> List[Prediction]:
-        """Predict each row; concurrent requests are predicted together."""
-        frame = pd.DataFrame({c: [getattr(r, c) for r in rows] for c in COLUMNS})
-        frame = frame.astype({c: t for c, t in DTYPES.items() if str(frame[c].dtype) != t})  # the contract's dtypes
-        features = transform(frame)
-        batch = uuid.uuid4().hex  # request ids: one random part per call, one number per row
-        if self.has_proba:
-            proba = self.model.predict_proba(features)
-            best = proba.argmax(axis=1).tolist()
-            pos = (proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)).tolist()
-            preds = [Prediction(request_id=f"{batch}-{n}", label=self.classes[i], probability=p, probabilities=row, model=MODEL_TAG)
-                     for n, (i, p, row) in enumerate(zip(best, pos, proba.tolist()))]
-        else:
-            preds = [Prediction(request_id=f"{batch}-{n}", label=l.item() if hasattr(l, "item") else l, model=MODEL_TAG)
-                     for n, l in enumerate(self.model.predict(features))]
-        self.log.write(frame, preds)
-        return preds
-
-
-class Guard:
-    """Serves GET /metadata; refuses what /predict must not read (non-JSON bodies, oversized bodies)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            path, method = scope["path"].rstrip("/") or "/", scope["method"]
-            if path == "/metadata" and method == "GET":
-                return await _reply(send, 200, METADATA)
-            if path == "/predict" and method == "POST":
-                headers = dict(scope["headers"])
-                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
-                if ctype != "application/json":
-                    return await _reply(send, 415, {"error": f"POST /predict takes application/json, not {ctype or 'a body without content type'}."})
-                if int(headers.get(b"content-length", b"0") or 0) > MAX_BODY:
-                    return await _reply(send, 413, {"error": f"The body is larger than {MAX_BODY} bytes; send fewer rows per request."})
-        return await self.app(scope, receive, send)
-
-
-async def _reply(send, status, body):
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
-
-
-__CLASS__.add_asgi_middleware(Guard)
-# The answer is always JSON: saying so spares BentoML building the output's JSON schema for every response.
-__CLASS__.apis["predict"].output_spec.media_type = "application/json"
-'''
-
-def service_source(tag: str, # model tag
-                   cfg: ServeConfig, # serving settings
-                   fields: list[tuple[str, str, str]], # from `request_fields`
-                   label_type: str = 'int', # python type of the model's labels
-                  ) -> str:
-    "The text of the generated `service.py`."
-    mod, fn = cfg.transform.split(':')
-    cls = service_class(cfg)
-    body = '\n'.join(f'    {n}: {ann}' for n, ann, _ in fields) or '    pass'
-    subs = {'__TAG__': tag, '__CONTRACT__': repr(cfg.contract), '__TRANSFORM__': cfg.transform, '__MODULE__': mod, '__FUNC__': fn,
-            '__MAXSTR__': str(cfg.max_string_length), '__COLUMNS__': repr([n for n, _, _ in fields]),
-            '__DTYPES__': repr({n: d for n, _, d in fields}), '__FIELDS__': body, '__LABEL__': label_type, '__NAME__': cfg.model,
-            '__CLASS__': cls, '__BATCH__': str(cfg.max_batch_size), '__LATENCY__': str(cfg.max_latency_ms)}
-    src = _SERVICE
-    for k, v in subs.items(): src = src.replace(k, v)
-    return src
-
-def service_class(cfg: ServeConfig) -> str:
-    "The generated service's class name."
-    return ''.join(p.capitalize() for p in cfg.model.split('_')) + 'Service'
+def describe_answers(facts: dict) -> str:
+    "What `POST /predict` answers, in words (the API's description in the OpenAPI document)."
+    if facts['kind'] == 'regressor':
+        return ("Predict each row. The answer is a list with one object per row: `value`, the predicted value, `request_id` "
+                "and `model`, the tag of the model that answered.")
+    c = facts['classes']
+    prob = (f"`probability`, the probability of class {c[1]!r} (the positive class)" if len(c) == 2
+            else "`probability`, the probability of the predicted label")
+    return (f"Predict each row. The answer is a list with one object per row: `label`, the predicted class (one of {c}); "
+            f"{prob}; `probabilities`, one per class in the order {c}; `request_id` and `model`, the tag of the model that answered.")
 
 # %% ../nbs/11_bento.ipynb #31a996a3
-def _requirements() -> list[str]:
-    "Pinned requirements of a generated service."
+_RUNTIME = ('numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn') # what the runtime and a scikit-learn model import
+
+def requirements(project: Project) -> list[str]:
+    "The service's Python requirements: the project's declared dependencies and the runtime's, pinned to the installed versions."
+    import tomllib
     from importlib import metadata
-    out = []
-    for p in ('numpy', 'pandas', 'scikit-learn', 'pyarrow', 'pydantic'):
-        try: out.append(f'{p}=={metadata.version(p)}')
-        except metadata.PackageNotFoundError: pass
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    declared = tomllib.loads((project.root / 'pyproject.toml').read_text(encoding='utf-8')).get('project', {}).get('dependencies', [])
+    out, seen = [], set()
+    for spec in [*declared, *_RUNTIME]:
+        try: req = Requirement(spec)
+        except InvalidRequirement as e: raise UsageError(f"[project] dependencies has {spec!r}, which is not a requirement: {e}.") from None
+        name = canonicalize_name(req.name)
+        if name in seen or name in ('mlnb', 'bentoml'): continue
+        seen.add(name)
+        if req.marker is not None and not req.marker.evaluate(): continue
+        try: version = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            if spec in _RUNTIME: continue
+            raise UsageError(f"The project depends on {spec!r}, which is not installed here, so its version cannot be pinned "
+                             "for the service. Install the project (`pip install -e .`), then build again.") from None
+        extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ''
+        out.append(f'{req.name}{extras}=={version}')
     return out
 
-def _label_type(golden: Mapping | None) -> str:
-    preds = (golden or {}).get('predictions') or []
-    if preds and all(isinstance(p, bool) for p in preds): return 'bool'
-    if preds and all(isinstance(p, int) and not isinstance(p, bool) for p in preds): return 'int'
-    if preds and all(isinstance(p, str) for p in preds): return 'str'
-    return 'Union[StrictInt, StrictStr, StrictBool, float]'
+# %% ../nbs/11_bento.ipynb #1a4d0282
+def trained_contract(tag: str, # the model's tag
+                     name: str, # the contract's name
+                     root: Path, # the project root
+                    ) -> tuple:
+    "(pandera schema, {'name', 'sha256'}) of the contract model `tag` was trained under."
+    import hashlib, bentoml
+    import pandera.pandas as pa
+    from mlnb.contract import contract_hash, load as load_contract # registers mlnb's checks with pandera
+    text = bentoml.models.get(tag).info.metadata.get('contract_yaml')
+    if text: return pa.DataFrameSchema.from_yaml(text), {'name': name, 'sha256': hashlib.sha256(text.encode()).hexdigest()}
+    return load_contract(name, root), {'name': name, 'sha256': contract_hash(name, root)}
 
 def build(project: Project | None = None, # the project (default: the current one)
           tag: str | None = None, # model tag (default: the champion of [tool.mlnb.serve] model)
          ) -> str:
-    "Generate the service for `tag` and build its Bento; returns the Bento tag."
+    "Write the Bento's source for model `tag` and build the Bento; returns the Bento tag."
     import bentoml
-    from mlnb.contract import contract_path, load as load_contract
+    import mlnb.serving
     from mlnb.ledger import Ledger
     from mlnb.registry import champion, model_info
+    from mlnb.runner import ensure_exported
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
+    if not cfg.contract: raise UsageError("[tool.mlnb.serve] needs `contract`: the request model is derived from it.")
     if tag is None:
         tag = champion(cfg.model, project.root)
         if tag is None:
@@ -268,36 +161,41 @@ def build(project: Project | None = None, # the project (default: the current on
                              "the gate, promote one (`mlnb promote TAG`), or pass --model TAG.")
     info = model_info(tag)
     tag = info['tag']
+    project.state.mkdir(parents=True, exist_ok=True)
+    ensure_exported(project)
     pkg_dir = project.root / cfg.transform.split(':')[0].split('.')[0]
     if not (pkg_dir / '__init__.py').is_file():
         raise UsageError(f"The feature function {cfg.transform} should come from the project package, but {pkg_dir} is not a "
                          "package. Run `nbdev-export`, or fix [tool.mlnb.serve] transform.")
-    if cfg.contract:
-        schema = load_contract(cfg.contract, project.root)
-        fields = request_fields(schema, cfg.label)
-    else: raise UsageError("[tool.mlnb.serve] needs `contract`: the request model is generated from it.")
+    schema, contract = trained_contract(tag, cfg.contract, project.root)
+    fields = request_fields(schema, cfg.label)
+    facts = model_facts(bentoml.sklearn.load_model(tag))
     out = project.state / 'build' / tag.replace(':', '-')
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copytree(pkg_dir, out / pkg_dir.name, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
-    (out / 'contracts').mkdir()
-    shutil.copy2(contract_path(cfg.contract, project.root), out / 'contracts')
+    shutil.copy2(mlnb.serving.__file__, out / 'mlnb_serving.py')
+    (out / 'service.py').write_text(mlnb.serving.SERVICE_PY)
     lin = info['lineage']
+    limits = {'max_body_bytes': cfg.max_body_mb * 2**20, 'max_rows': cfg.max_rows, 'max_string_length': cfg.max_string_length,
+              'max_batch_size': cfg.max_batch_size}
     meta = {'model': tag, 'name': info['name'], 'created': info['created'], 'metrics': info['metrics'], 'run_id': lin.get('run_id'),
-            'step': lin.get('step'), 'params': lin.get('params'), 'contract': lin.get('contract') or {'name': cfg.contract},
-            'transform': cfg.transform, 'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'),
-            'data': lin.get('inputs'), 'upstream': lin.get('upstream'), 'packages': lin.get('packages'),
-            'built_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'prediction_log': cfg.prediction_log,
-            'batching': {'max_batch_size': cfg.max_batch_size, 'max_latency_ms': cfg.max_latency_ms}}
-    (out / 'mlnb_service.json').write_text(json.dumps(meta, indent=2))
-    (out / 'service.py').write_text(service_source(tag, cfg, fields, _label_type(info['golden'])))
+            'step': lin.get('step'), 'params': lin.get('params'), 'contract': contract, 'transform': cfg.transform,
+            'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'data': lin.get('inputs'),
+            'upstream': lin.get('upstream'), 'packages': lin.get('packages'), **facts, 'answer': describe_answers(facts),
+            'fields': [{k: f[k] for k in ('name', 'type', 'nullable', 'categories') if k in f} for f in fields],
+            'limits': limits, 'built_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    config = {'name': cfg.model, 'model': tag, 'transform': cfg.transform, **facts, 'fields': fields, 'label': cfg.label, **limits,
+              'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),
+              'metadata': meta}
+    (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:
-        bento = bentoml.bentos.build(f'service:{service_class(cfg)}', name=cfg.model, build_ctx=str(out),
-                                     include=['service.py', 'mlnb_service.json', f'{pkg_dir.name}/**/*.py', 'contracts/*.yaml'],
+        bento = bentoml.bentos.build('service:Service', name=cfg.model, build_ctx=str(out),
+                                     include=['service.py', 'mlnb_serving.py', 'mlnb_service.json', f'{pkg_dir.name}/**/*.py'],
                                      labels={'mlnb.model': tag.replace(':', '-'), 'mlnb.run': lin.get('run_id') or 'none'},
-                                     python={'packages': _requirements(), 'lock_packages': False})
+                                     python={'packages': requirements(project), 'lock_packages': False})
     except Exception as e:
-        raise MlnbError(f"BentoML could not build the service generated in {out}: {type(e).__name__}: {e}") from None
+        raise MlnbError(f"BentoML could not build the service in {out}: {type(e).__name__}: {e}") from None
     led = Ledger(project.root)
     try:
         with led.tx() as db:
@@ -321,9 +219,9 @@ def free_port(host: str = '127.0.0.1') -> int:
         s.bind((host, 0))
         return s.getsockname()[1]
 
-def _own_home() -> str:
-    "A BentoML home whose models and bentos are the real store's."
-    real = os.environ.get('BENTOML_HOME')
+def _own_home(real: str | None = None) -> str:
+    "A BentoML home whose models and bentos are those of the store at `real` (default: the current one)."
+    real = real or os.environ.get('BENTOML_HOME')
     if not real:
         from bentoml._internal.configuration.containers import BentoMLContainer
         real = BentoMLContainer.bentoml_home.get()
@@ -334,20 +232,64 @@ def _own_home() -> str:
         (home / sub).symlink_to(real / sub)
     return str(home)
 
+def _die_with_parent():
+    "In the server's process, before it starts: ask Linux to send it SIGTERM when the process that started it dies."
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) # PR_SET_PDEATHSIG
+    except Exception: pass
+
+def launch(bento: str, host: str, port: int, env: dict, **popen) -> subprocess.Popen:
+    "Start `bentoml serve BENTO` in a process group of its own, which stops when this process dies."
+    return subprocess.Popen([sys.executable, '-m', 'bentoml', 'serve', bento, '--host', host, '--port', str(port)], env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent, **popen)
+
+def _processes() -> dict[int, tuple[int, str]]:
+    "pid -> (parent pid, start time) of every process (Linux /proc)."
+    out = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try: fields = stat.read_text().rsplit(')', 1)[1].split()
+        except (OSError, IndexError): continue
+        out[int(stat.parent.name)] = (int(fields[1]), fields[19])
+    return out
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    "(pid, start time) of the processes started by `pid`, and by them, and so on (BentoML's workers run in sessions of their own)."
+    procs = _processes()
+    children = {}
+    for p, (parent, _) in procs.items(): children.setdefault(parent, []).append(p)
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []): out.add((c, procs[c][1])); todo.append(c)
+    return out
+
+def stop_group(proc: subprocess.Popen, grace: float = 15):
+    "Stop `proc` and what it started: SIGTERM to its group (the server stops its workers), then SIGKILL to whatever of it is left after `grace` seconds."
+    if proc.poll() is not None: return
+    family = _descendants(proc.pid)
+    try: os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError: pass
+    try: proc.wait(grace)
+    except subprocess.TimeoutExpired: proc.kill()
+    now = _processes()
+    for pid, started in family | _descendants(proc.pid):
+        if now.get(pid, (None, None))[1] == started: # the same process, not a new one with a reused pid
+            try: os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError): pass
+    proc.wait()
+
 class Server:
     "A running `bentoml serve` process."
     def __init__(self, bento: str, host: str = '127.0.0.1', port: int | None = None, log_path: str | None = None,
-                 own_home: bool = True, timeout: float = 120):
+                 own_home: bool = True, timeout: float = 120, env: dict | None = None):
         self.host, self.port = host, port or free_port(host)
         self.url = f'http://{host}:{self.port}'
-        env = dict(os.environ)
-        if own_home: env['BENTOML_HOME'] = self.home = _own_home()
+        env = {**os.environ, **(env or {})}
+        if own_home: env['BENTOML_HOME'] = self.home = _own_home(env.get('BENTOML_HOME'))
         else: self.home = None
         if log_path: env['MLNB_PREDICTION_LOG'] = str(log_path)
         self.out = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, '-m', 'bentoml', 'serve', bento, '--host', host, '--port', str(self.port)],
-                                     env=env, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     cwd=tempfile.gettempdir())
+        self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
         self._wait(timeout)
 
     def _wait(self, timeout):
@@ -359,7 +301,7 @@ class Server:
             try:
                 if httpx.get(self.url + '/readyz', timeout=1).status_code == 200: return
             except httpx.HTTPError: pass
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise MlnbError(f"`bentoml serve` was not ready after {timeout:.0f} s:\n{self.output()[-3000:]}")
 
@@ -370,25 +312,28 @@ class Server:
 
     def stop(self):
         "Stop the server and everything it started."
-        if self.proc.poll() is None:
-            try: os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError: pass
-            try: self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
+        stop_group(self.proc)
         if self.home: shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
 
 def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3000, bento: str | None = None) -> int:
-    "Serve the latest build (or `bento`) in the foreground; returns the server's exit code."
+    "Serve the latest build (or `bento`) in the foreground until SIGINT, SIGTERM or SIGHUP; returns the server's exit code."
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
     log_path = Path(cfg.prediction_log)
     env = {**os.environ, 'MLNB_PREDICTION_LOG': str(log_path if log_path.is_absolute() else project.root / log_path)}
-    return subprocess.call([sys.executable, '-m', 'bentoml', 'serve', bento, '--host', host, '--port', str(port)], env=env)
+    proc = launch(bento, host, port, env)
+    def forward(signum, frame):
+        try: os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError: pass
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try: return proc.wait()
+    finally:
+        stop_group(proc)
+        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/11_bento.ipynb #ed3c53bd
 class VerifyError(MlnbError):
@@ -396,12 +341,15 @@ class VerifyError(MlnbError):
     exit_code = 1
 
 def compare(golden: Mapping, served: list[Mapping], tol: float = 1e-9) -> list[str]:
-    "Differences between the notebook's predictions in `golden` and the service's answers."
+    "Differences between the notebook's predictions in `golden` and the service's answers (labels exactly; values and probabilities to `tol`)."
     diffs = []
     if len(served) != len(golden['predictions']):
         return [f"the service returned {len(served)} predictions for {len(golden['predictions'])} rows"]
+    close = lambda a, b: isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= tol * max(1.0, abs(b))
     for i, (want, got) in enumerate(zip(golden['predictions'], served)):
-        if got.get('label') != want: diffs.append(f"row {i}: label {got.get('label')!r}, the notebook predicted {want!r}")
+        if 'value' in got:
+            if not close(got['value'], want): diffs.append(f"row {i}: value {got['value']!r}, the notebook predicted {want!r}")
+        elif got.get('label') != want: diffs.append(f"row {i}: label {got.get('label')!r}, the notebook predicted {want!r}")
         wp = (golden.get('probabilities') or [None] * len(served))[i]
         gp = got.get('probabilities')
         if wp is not None:

@@ -73,3 +73,43 @@ def project(scaffold_template, tmp_path):
     dest = tmp_path / 'churn'
     shutil.copytree(scaffold_template, dest, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
     return dest
+
+
+def train_and_build(root, home, engine='fast'):
+    "Run the pipeline of the project at `root` and build its champion; returns (root, env, bento tag)."
+    env = {'BENTOML_HOME': str(home)}
+    mlnb('run', '--engine', engine, cwd=root, env=env)
+    out = mlnb('build', cwd=root, env=env).stdout
+    return root, env, out.split()[1].rstrip('.')
+
+
+def start_server(served, log):
+    "A `bentoml serve` of the built Bento of `served`, logging predictions to `log`."
+    from mlnb.bento import Server
+    root, env, bento = served
+    srv = Server(bento, log_path=log, env=env)
+    srv.log = log
+    return srv
+
+
+def golden(root, env, name='churn'):
+    "The champion's tag of model `name` and the golden examples its notebook recorded."
+    models = json.loads(mlnb('models', name, '--json', cwd=root, env=env).stdout)
+    tag = next(m['tag'] for m in models if m['champion'])
+    return tag, json.loads(model_metadata(tag, root, env)['golden'])
+
+
+@pytest.fixture(scope='session')
+def served(scaffold_template, tmp_path_factory):
+    "The scaffolded churn project, trained and built once, with a model store of its own."
+    root = tmp_path_factory.mktemp('served') / 'churn'
+    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    return train_and_build(root, tmp_path_factory.mktemp('served_home'))
+
+
+@pytest.fixture(scope='session')
+def server(served, tmp_path_factory):
+    "The churn service, served on a free loopback port for the whole session."
+    srv = start_server(served, tmp_path_factory.mktemp('log') / 'predictions.jsonl')
+    yield srv
+    srv.stop()

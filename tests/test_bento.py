@@ -7,43 +7,9 @@ import nbformat
 import pytest
 import yaml
 
-from conftest import BENTOML, git_snapshot, mlnb, model_metadata, run
+from conftest import BENTOML, MLNB, git_snapshot, golden, mlnb, model_metadata, run
 
-@pytest.fixture(scope='module')
-def served(scaffold_template, tmp_path_factory):
-    "A scaffolded project, trained and built once, with a model store of its own."
-    root = tmp_path_factory.mktemp('served') / 'churn'
-    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    home = tmp_path_factory.mktemp('served_home')
-    env = {'BENTOML_HOME': str(home)}
-    mlnb('run', '--engine', 'fast', cwd=root, env=env)
-    out = mlnb('build', cwd=root, env=env).stdout
-    bento = out.split()[1].rstrip('.')
-    return root, env, bento
-
-
-@pytest.fixture(scope='module')
-def server(served, tmp_path_factory):
-    root, env, bento = served
-    old = os.environ.get('BENTOML_HOME')
-    os.environ['BENTOML_HOME'] = env['BENTOML_HOME']
-    from mlnb.bento import Server
-    log = tmp_path_factory.mktemp('log') / 'predictions.jsonl'
-    srv = Server(bento, log_path=log)
-    srv.log = log
-    yield srv
-    srv.stop()
-    os.environ['BENTOML_HOME'] = old
-
-
-def golden(root, env):
-    "The champion's tag and the golden examples its notebook recorded."
-    models = json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)
-    tag = next(m['tag'] for m in models if m['champion'])
-    return tag, json.loads(model_metadata(tag, root, env)['golden'])
-
-
-def test_build_makes_a_current_bento_with_the_package_inside(served):
+def test_build_makes_a_current_bento_with_the_runtime_inside(served):
     root, env, bento = served
     listed = json.loads(run([BENTOML, 'list', '-o', 'json'], root, env=env).stdout)
     assert bento in [b['tag'] for b in listed]
@@ -53,10 +19,33 @@ def test_build_makes_a_current_bento_with_the_package_inside(served):
     tag, _ = golden(root, env)
     assert [m['tag'] for m in info['services'][0]['models']] == [tag]
     assert (path / 'env' / 'docker' / 'Dockerfile').is_file()
-    src = (path / 'src' / 'service.py').read_text()
-    assert 'from churn.features import prepare as transform' in src and 'def prepare' not in src
-    assert 'bentoml.models.BentoModel(MODEL_TAG)' in src and 'batchable=True' in src
+    import mlnb.serving
+    # the service is the runtime module as it is in mlnb, bound to settings that are data: no generated code
+    assert (path / 'src' / 'service.py').read_text() == mlnb.serving.SERVICE_PY
+    assert (path / 'src' / 'mlnb_serving.py').read_text() == Path(mlnb.serving.__file__).read_text()
+    import ast
+    tree = ast.parse((path / 'src' / 'mlnb_serving.py').read_text())
+    imported = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split('.')[0]
+                for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    third_party = imported - set(sys.stdlib_module_names)
+    assert third_party == {'bentoml', 'numpy', 'pandas', 'pydantic', 'starlette'}, third_party  # never mlnb: an image needs no mlnb
+    cfg = json.loads((path / 'src' / 'mlnb_service.json').read_text())
+    assert cfg['model'] == tag and cfg['transform'] == 'churn.features:prepare' and cfg['kind'] == 'classifier' and cfg['classes'] == [0, 1]
+    assert [f['name'] for f in cfg['fields']][:3] == ['customer_id', 'snapshot_date', 'age'] and 'churned' not in [f['name'] for f in cfg['fields']]
     assert (path / 'src' / 'churn' / 'features.py').read_text() == (root / 'churn' / 'features.py').read_text()
+    # the stored schema describes the real types: floats are numbers, categories are enums, answers name their classes
+    route = json.loads((path / 'apis' / 'schema.json').read_text())['routes'][0]
+    props = route['input']['properties']['rows']['items']['properties']
+    assert props['monthly_charges']['type'] == 'number' and props['support_calls']['type'] == 'integer'
+    assert props['contract']['enum'] == ['month-to-month', 'one-year', 'two-year']
+    answer = route['output']['$defs']['Answer']['properties']
+    assert answer['label']['enum'] == [0, 1] and 'positive class' in answer['probability']['description']
+    # requirements: the project's declared dependencies and the runtime's, pinned; never mlnb itself
+    reqs = (path / 'env' / 'python' / 'requirements.txt').read_text()
+    from importlib.metadata import version
+    for p in ('pandas', 'numpy', 'scikit-learn', 'pydantic'):
+        assert f'{p}=={version(p)}' in reqs, (p, reqs)
+    assert 'mlnb' not in reqs
 
 
 def test_verify_replays_the_golden_examples(served):
@@ -64,6 +53,22 @@ def test_verify_replays_the_golden_examples(served):
     out = mlnb('verify', cwd=root, env=env).stdout
     assert f'{bento} answers the 20 golden examples' in out and 'exactly as the notebook did' in out
     assert 'POST /predict' in out and '"probability"' in out
+
+
+def test_build_exports_changed_notebooks_first(served, tmp_path):
+    "An `#| export` cell changed since the last export: the Bento holds the new code, not the stale package."
+    root0, env, _ = served
+    root = tmp_path / 'churn'
+    shutil.copytree(root0, root)
+    nb_path = root / 'nbs' / '02_features.ipynb'
+    nb = nbformat.read(nb_path, 4)
+    cell = next(c for c in nb.cells if c.cell_type == 'code' and 'def prepare' in c.source)
+    cell.source = cell.source.replace('"Model-ready features', '"Model-ready features (v2)')
+    nbformat.write(nb, nb_path)
+    bento = mlnb('build', cwd=root, env=env).stdout.split()[1].rstrip('.')
+    src = Path(env['BENTOML_HOME']) / 'bentos' / bento.replace(':', '/') / 'src' / 'churn' / 'features.py'
+    assert 'Model-ready features (v2)' in src.read_text()
+    assert 'Model-ready features (v2)' in (root / 'churn' / 'features.py').read_text()
 
 
 def test_verify_fails_when_the_feature_function_changed(served, tmp_path):
@@ -77,7 +82,6 @@ def test_verify_fails_when_the_feature_function_changed(served, tmp_path):
     assert '"tenure_years": tenure / 12,' in cell.source
     cell.source = cell.source.replace('"tenure_years": tenure / 12,', '"tenure_years": tenure / 6,')
     nbformat.write(nb, nb_path)
-    run(['nbdev-export'], root)
     bento = mlnb('build', cwd=root, env=env).stdout.split()[1].rstrip('.')
     res = mlnb('verify', bento, cwd=root, env=env, check=False)
     assert res.returncode == 1
@@ -95,7 +99,18 @@ ROW_OVERRIDES = [
     ('nested garbage', lambda r: {**r, 'monthly_charges': {'a': [1, {'b': None}]}}, 'monthly_charges'),
     ('unknown field', lambda r: {**r, 'coupon': 'SPRING'}, 'coupon'),
     ('bad timestamp', lambda r: {**r, 'snapshot_date': 'yesterday'}, 'snapshot_date'),
+    ('date only', lambda r: {**r, 'snapshot_date': '2026-11-02'}, 'snapshot_date'),
+    ('timestamp after pandas range', lambda r: {**r, 'snapshot_date': '9999-12-31T23:59:59'}, 'snapshot_date'),
+    ('timestamp before pandas range', lambda r: {**r, 'snapshot_date': '0001-01-01T00:00:00'}, 'snapshot_date'),
+    ('timestamp as a number', lambda r: {**r, 'snapshot_date': 1700000000}, 'snapshot_date'),
+    ('integer beyond int64', lambda r: {**r, 'support_calls': 2**64 - 1}, 'support_calls'),
+    ('integer just beyond int64', lambda r: {**r, 'support_calls': 2**63}, 'support_calls'),
+    ('bool for an integer', lambda r: {**r, 'age': True}, 'age'),
+    ('float for an integer', lambda r: {**r, 'tenure_months': 12.0}, 'tenure_months'),
 ]
+
+# JSON that Python's json module writes but no finite number is: the service must refuse it naming the field
+NON_FINITE = ['Infinity', '-Infinity', 'NaN', '1e400', '-1e400']
 
 
 def test_malformed_requests_are_4xx_and_the_server_stays_healthy(server, served):
@@ -104,9 +119,13 @@ def test_malformed_requests_are_4xx_and_the_server_stays_healthy(server, served)
     row = gold['rows'][0]
     url = server.url + '/predict'
     for name, change, field in ROW_OVERRIDES:
-        r = httpx.post(url, json={'rows': [change(row)]}, timeout=30)
+        r = httpx.post(url, json={'rows': [row, change(row)]}, timeout=30)
         assert r.status_code == 400, (name, r.status_code, r.text[:300])
-        assert field in r.text, (name, r.text[:300])
+        assert f"row 1, field '{field}'" in r.json()['error'], (name, r.text[:300])
+    for token in NON_FINITE:
+        body = json.dumps({'rows': [{**row, 'monthly_charges': 1.5}]}).replace('1.5', token)
+        r = httpx.post(url, content=body, headers={'content-type': 'application/json'}, timeout=30)
+        assert r.status_code == 400 and "field 'monthly_charges': Input should be a finite number" in r.json()['error'], (token, r.text)
     bodies = [
         ('empty list', dict(json={'rows': []}), 400),
         ('rows not a list', dict(json={'rows': row}), 400),
@@ -116,6 +135,8 @@ def test_malformed_requests_are_4xx_and_the_server_stays_healthy(server, served)
         ('no content type', dict(content=json.dumps({'rows': [row]})), 415),
         ('pickle', dict(content=b'\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01.', headers={'content-type': 'application/vnd.bentoml+pickle'}), 415),
         ('form upload', dict(files={'rows': ('rows.json', b'[]')}), 415),
+        ('two content types', dict(content=json.dumps({'rows': [row]}),
+                                   headers=[('content-type', 'multipart/form-data; boundary=x'), ('content-type', 'application/json')]), 415),
     ]
     for name, kw, status in bodies:
         r = httpx.post(url, timeout=30, **kw)
@@ -132,6 +153,97 @@ def test_malformed_requests_are_4xx_and_the_server_stays_healthy(server, served)
     assert 'status=5' not in server.output()  # BentoML's access log: no request ended in a server error
 
 
+def test_timestamps_with_offsets_are_normalised(server, served):
+    root, env, bento = served
+    _, gold = golden(root, env)
+    row = {**gold['rows'][0], 'snapshot_date': '2026-11-02T05:00:00'}
+    answers = []
+    for ts in ('2026-11-02T05:00:00', '2026-11-02T05:00:00Z', '2026-11-02T10:00:00+05:00', '2026-11-01T23:00:00-06:00'):
+        r = httpx.post(server.url + '/predict', json={'rows': [{**row, 'snapshot_date': ts}]}, timeout=30)
+        assert r.status_code == 200, (ts, r.text)
+        answers.append({k: v for k, v in r.json()[0].items() if k != 'request_id'})
+    assert all(a == answers[0] for a in answers)
+    logged = [json.loads(l) for l in server.log.read_text().splitlines()][-4:]
+    assert {l['row']['snapshot_date'] for l in logged} == {'2026-11-02T05:00:00.000'}  # the contract's timestamps are naive UTC
+
+
+def test_a_row_the_model_cannot_use_fails_only_its_own_request(server, served):
+    "Concurrent requests are predicted together; a poisoned row must not fail its neighbours."
+    from concurrent.futures import ThreadPoolExecutor
+    root, env, bento = served
+    _, gold = golden(root, env)
+    from churn_rows import rows_like
+    good = rows_like(gold['rows'], 30, seed=3)
+    poison = {**good[0], 'customer_id': 'POISON', 'monthly_charges': 1e308}  # valid JSON and contract; too large for the forest
+    batches_before = _metric(server, 'mlnb_batch_rows_count')
+    statuses = {'good': [], 'bad': []}
+    with ThreadPoolExecutor(31) as ex:
+        for _ in range(10):
+            futs = [ex.submit(httpx.post, server.url + '/predict', json={'rows': [r]}, timeout=60) for r in good]
+            bad = ex.submit(httpx.post, server.url + '/predict', json={'rows': [poison]}, timeout=60)
+            statuses['good'] += [f.result().status_code for f in futs]
+            res = bad.result()
+            statuses['bad'].append(res.status_code)
+    assert statuses['good'] == [200] * 300, sorted(set(statuses['good']))
+    assert statuses['bad'] == [422] * 10
+    body = res.json()
+    assert body['rows'][0]['row'] == 0 and 'too large' in body['rows'][0]['error'] and 'row 0' in body['error']
+    calls = _metric(server, 'mlnb_batch_rows_count') - batches_before
+    assert calls < 310, f'{calls} model calls for 310 requests: nothing was predicted together'
+    # several rows in one request: the one bad row is named, the request fails as a whole
+    r = httpx.post(server.url + '/predict', json={'rows': [good[1], poison, good[2]]}, timeout=60)
+    assert r.status_code == 422 and [x['row'] for x in r.json()['rows']] == [1]
+
+
+def _metric(server, name):
+    "The sum of a Prometheus metric's samples on the server's /metrics."
+    text = httpx.get(server.url + '/metrics', timeout=30).text
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name))
+
+
+def test_body_limits_are_enforced_on_the_bytes_read(server, served):
+    import socket, time
+    root, env, bento = served
+    _, gold = golden(root, env)
+    # a chunked body of 100 MiB, with no Content-Length: refused with 413 once it passes 64 MiB
+    piece = (json.dumps(gold['rows'][0]) + ',').encode() * 2000
+    with socket.create_connection((server.host, server.port), timeout=60) as s:
+        s.sendall(b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n')
+        sent, refused = 0, None
+        try:
+            s.sendall(b'%x\r\n{"rows": [\r\n' % 10)
+            while sent < 100 * 2**20:
+                s.sendall(b'%x\r\n%s\r\n' % (len(piece), piece))
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError): refused = sent
+        s.settimeout(30)
+        head = s.recv(4096)
+    assert head.split(b'\r\n')[0] == b'HTTP/1.1 413 Request Entity Too Large', head[:200]
+    assert b'64 MiB' in head
+    assert refused is None or refused < 100 * 2**20  # the server did not read the rest
+    # 50,000 rows (about 9 MiB) are answered, never refused as overload
+    t0 = time.time()
+    r = httpx.post(server.url + '/predict', json={'rows': gold['rows'] * 2500}, timeout=300)
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()) == 50_000 and r.json()[-1]['label'] == gold['predictions'][-1]
+    # more rows than the limit: 413 naming the limit
+    r = httpx.post(server.url + '/predict', json={'rows': gold['rows'][:1] * 100_001}, timeout=300)
+    assert r.status_code == 413 and 'limit of 100000' in r.json()['error']
+    assert httpx.get(server.url + '/healthz').status_code == 200
+
+
+def test_client_errors_are_logged_in_one_line(server, served):
+    root, env, bento = served
+    _, gold = golden(root, env)
+    mark = len(server.output())
+    for i in range(5):
+        httpx.post(server.url + '/predict', json={'rows': [{**gold['rows'][0], 'contract': f'lifetime-{i}'}]}, timeout=30)
+    out = server.output()[mark:]
+    lines = [l for l in out.splitlines() if 'client error' in l]
+    assert len(lines) == 5 and all("rows.0.contract: Input should be" in l for l in lines), out[-2000:]
+    assert 'Traceback' not in out and 'ERROR' not in out
+
+
 def test_predictions_metadata_and_log(server, served):
     root, env, bento = served
     tag, gold = golden(root, env)
@@ -142,27 +254,40 @@ def test_predictions_metadata_and_log(server, served):
     meta = httpx.get(server.url + '/metadata').json()
     assert meta['model'] == tag and 'train_roc_auc' in meta['metrics'] and meta['run_id']
     assert meta['contract']['name'] == 'customers' and meta['transform'] == 'churn.features:prepare'
+    assert meta['kind'] == 'classifier' and meta['classes'] == [0, 1] and 'positive class' in meta['answer']
+    assert meta['limits'] == {'max_body_bytes': 64 * 2**20, 'max_rows': 100_000, 'max_string_length': 1000, 'max_batch_size': 1024}
+    assert {f['name']: f['type'] for f in meta['fields']}['monthly_charges'] == 'float'
     assert httpx.get(server.url + '/readyz').status_code == 200
     lines = [json.loads(l) for l in server.log.read_text().splitlines()]
     logged = {l['request_id']: l for l in lines}
     for p, row in zip(preds, gold['rows'][:5]):
         entry = logged[p['request_id']]
-        assert entry['prediction']['label'] == p['label'] and entry['row']['customer_id'] == row['customer_id'] and entry['ts']
+        assert entry['prediction'] == {k: p[k] for k in ('label', 'probability', 'probabilities')}
+        assert entry['row']['customer_id'] == row['customer_id'] and entry['ts'] and entry['model'] == tag and entry['variant'] == 'champion'
+
+
+def test_openapi_document_describes_the_real_fields_and_answers(server):
+    doc = httpx.get(server.url + '/docs.json', timeout=30).json()
+    post = doc['paths']['/predict']['post']
+    assert {'200', '400', '413', '415', '422'} <= set(post['responses'])
+    assert "`label`, the predicted class (one of [0, 1])" in post['description']
+    schemas = doc['components']['schemas']
+    row = schemas['Row']['properties']
+    assert row['monthly_charges']['type'] == 'number' and row['snapshot_date']['format'] == 'date-time'
+    assert {'type': 'null'} in row['age']['anyOf'] and schemas['Row']['additionalProperties'] is False
+    assert schemas['Answer']['properties']['label']['enum'] == [0, 1]
 
 
 def test_a_broken_log_never_fails_a_prediction(served, tmp_path):
     root, env, bento = served
-    old = os.environ['BENTOML_HOME']; os.environ['BENTOML_HOME'] = env['BENTOML_HOME']
     from mlnb.bento import Server
     blocker = tmp_path / 'not-a-dir'
     blocker.write_text('a file where the log folder should be')
-    try:
-        with Server(bento, log_path=blocker / 'predictions.jsonl') as srv:
-            _, gold = golden(root, env)
-            r = httpx.post(srv.url + '/predict', json={'rows': gold['rows'][:2]}, timeout=30)
-            assert r.status_code == 200 and len(r.json()) == 2
-            assert 'could not write the prediction log' in srv.output()
-    finally: os.environ['BENTOML_HOME'] = old
+    with Server(bento, log_path=blocker / 'predictions.jsonl', env=env) as srv:
+        _, gold = golden(root, env)
+        r = httpx.post(srv.url + '/predict', json={'rows': gold['rows'][:2]}, timeout=30)
+        assert r.status_code == 200 and len(r.json()) == 2
+        assert 'could not write the prediction log' in srv.output()
 
 
 def test_many_rows_in_one_request_and_adaptive_batching(server, served):
@@ -188,10 +313,37 @@ def test_many_rows_in_one_request_and_adaptive_batching(server, served):
     threads = [threading.Thread(target=one, args=(i,)) for i in range(48)]
     for t in threads: t.start()
     for t in threads: t.join()
-    metrics = httpx.get(server.url + '/metrics').text
-    count = sum(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith('bentoml_service_adaptive_batch_size_count'))
-    total = sum(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith('bentoml_service_adaptive_batch_size_sum'))
+    count, total = _metric(server, 'mlnb_batch_rows_count'), _metric(server, 'mlnb_batch_rows_sum')
     assert count > 0 and total / count > 1, (count, total)
+
+
+@pytest.mark.parametrize('sig', ['SIGTERM', 'SIGINT', 'SIGKILL'])
+def test_mlnb_serve_leaves_no_server_behind(served, sig):
+    "`mlnb serve` stopped by a signal (even SIGKILL) stops `bentoml serve` and its workers."
+    import signal, socket, time
+    from mlnb.bento import _descendants, free_port
+    root, env, bento = served
+    port = free_port()
+    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f'http://127.0.0.1:{port}/readyz', timeout=1).status_code == 200: break
+            except httpx.HTTPError: time.sleep(0.2)
+        else: pytest.fail('mlnb serve never became ready')
+        family = _descendants(proc.pid)
+        assert len(family) >= 2  # bentoml serve and at least one worker
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(60)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(Path(f'/proc/{pid}').exists() for pid, _ in family): time.sleep(0.2)
+        alive = [pid for pid, _ in family if Path(f'/proc/{pid}').exists() and 'Z' not in Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]]
+        assert alive == [], f'{sig}: processes still running: {alive}'
+        with pytest.raises(httpx.ConnectError): httpx.get(f'http://127.0.0.1:{port}/readyz', timeout=2)
+    finally:
+        if proc.poll() is None: proc.kill()
 
 
 def test_the_scaffold_ci_workflow_runs_locally(scaffold_template, tmp_path, fresh_store):
