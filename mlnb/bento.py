@@ -129,7 +129,7 @@ def requirements(project: Project) -> list[str]:
         out.append(f'{req.name}{extras}=={version}')
     return out
 
-# %% ../nbs/11_bento.ipynb #1a4d0282
+# %% ../nbs/11_bento.ipynb #a2c19592
 def trained_contract(tag: str, # the model's tag
                      name: str, # the contract's name
                      root: Path, # the project root
@@ -241,8 +241,13 @@ def _die_with_parent():
 
 def launch(bento: str, host: str, port: int, env: dict, **popen) -> subprocess.Popen:
     "Start `bentoml serve BENTO` in a process group of its own, which stops when this process dies."
-    return subprocess.Popen([sys.executable, '-m', 'bentoml', 'serve', bento, '--host', host, '--port', str(port)], env=env,
-                            start_new_session=True, preexec_fn=_die_with_parent, **popen)
+    # An empty working folder of its own: `bentoml serve churn:v1` first tries `churn` as a module of the working folder,
+    # and a project folder there would shadow the Bento's own copy of the package (served code != built code).
+    cwd = tempfile.mkdtemp(prefix='mlnb-serve-')
+    proc = subprocess.Popen([sys.executable, '-m', 'bentoml', 'serve', bento, '--host', host, '--port', str(port)], env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent, cwd=cwd, **popen)
+    proc.mlnb_cwd = cwd
+    return proc
 
 def _processes() -> dict[int, tuple[int, str]]:
     "pid -> (parent pid, start time) of every process (Linux /proc)."
@@ -265,7 +270,9 @@ def _descendants(pid: int) -> set[tuple[int, str]]:
 
 def stop_group(proc: subprocess.Popen, grace: float = 15):
     "Stop `proc` and what it started: SIGTERM to its group (the server stops its workers), then SIGKILL to whatever of it is left after `grace` seconds."
-    if proc.poll() is not None: return
+    if proc.poll() is not None:
+        if getattr(proc, 'mlnb_cwd', None): shutil.rmtree(proc.mlnb_cwd, ignore_errors=True)
+        return
     family = _descendants(proc.pid)
     try: os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError: pass
@@ -277,6 +284,7 @@ def stop_group(proc: subprocess.Popen, grace: float = 15):
             try: os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError): pass
     proc.wait()
+    if getattr(proc, 'mlnb_cwd', None): shutil.rmtree(proc.mlnb_cwd, ignore_errors=True)
 
 class Server:
     "A running `bentoml serve` process."
@@ -289,7 +297,7 @@ class Server:
         else: self.home = None
         if log_path: env['MLNB_PREDICTION_LOG'] = str(log_path)
         self.out = tempfile.TemporaryFile()
-        self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+        self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT)
         self._wait(timeout)
 
     def _wait(self, timeout):

@@ -10,7 +10,7 @@ __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_mode
            'validation_message', 'document', 'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function',
            'answer_model', 'make_service']
 
-# %% ../nbs/12_serving.ipynb #62d358f1
+# %% ../nbs/12_serving.ipynb #3f7ca1c5
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Literal, Optional
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
-# %% ../nbs/12_serving.ipynb #c159d5c9
+# %% ../nbs/12_serving.ipynb #9d33de5a
 INT64 = (-2**63, 2**63 - 1)
 _NS_RANGE = (_dt.datetime(1677, 9, 22), _dt.datetime(2262, 4, 11)) # whole days inside what datetime64[ns] can hold
 _NS_YEARS = r'^(16(7[89]|[89][0-9])|1[7-9][0-9]{2}|2[01][0-9]{2}|22[0-5][0-9]|226[01])-' # years 1678 to 2261, for the OpenAPI document
@@ -63,7 +63,7 @@ def field_type(f: dict, # a request field: name, type, nullable, categories, tz,
     else: ann = Annotated[str, Field(strict=True, max_length=max_string)]
     return Optional[ann] if f.get('nullable') else ann
 
-# %% ../nbs/12_serving.ipynb #b3d640a7
+# %% ../nbs/12_serving.ipynb #684c4738
 def request_model(fields: list[dict], # request fields, in the contract's order
                   max_string: int = 1000, # longest string accepted
                   name: str = 'Row', # the model's name in the OpenAPI document
@@ -74,14 +74,14 @@ def request_model(fields: list[dict], # request fields, in the contract's order
     return create_model(name, __config__=ConfigDict(extra='forbid', populate_by_name=False), **defs,
                         __doc__="One row as the model's data contract describes it: every field is required; nullable ones may be null.")
 
-# %% ../nbs/12_serving.ipynb #2f2fc584
+# %% ../nbs/12_serving.ipynb #14356e6e
 def to_frame(rows: list, # validated request rows
              fields: list[dict], # their fields
             ) -> pd.DataFrame:
     "The rows as a DataFrame with the contract's column names and dtypes."
     return pd.DataFrame({f['name']: pd.Series([getattr(r, f'f{i}') for r in rows], dtype=f['dtype']) for i, f in enumerate(fields)})
 
-# %% ../nbs/12_serving.ipynb #45774c38
+# %% ../nbs/12_serving.ipynb #f2443e3c
 def plain_value(v):
     "A label as plain JSON data (numpy scalars become Python numbers)."
     return v.item() if hasattr(v, 'item') else v
@@ -110,7 +110,7 @@ def answers(model, # a fitted estimator
                  for i, q, row in zip(best.tolist(), p.tolist(), proba.tolist())], np.isfinite(proba).all(axis=1))
     return [{'label': plain_value(l)} for l in model.predict(X)], np.ones(len(X), dtype=bool)
 
-# %% ../nbs/12_serving.ipynb #2269a730
+# %% ../nbs/12_serving.ipynb #e87f5e41
 def describe_error(e: BaseException) -> str:
     "An exception in one line: its type and the first line of its message."
     msg = str(e).strip().splitlines()
@@ -151,10 +151,10 @@ class Predictor:
         "The answer of each row (None where it failed) and, by row position, why rows failed."
         out, errors = [None] * len(frame), {}
         for start in range(0, len(frame), self.chunk):
-            self._isolate(frame.iloc[start:start + self.chunk], out, errors, start)
+            self._isolate(frame if len(frame) <= self.chunk else frame.iloc[start:start + self.chunk], out, errors, start)
         return out, errors
 
-# %% ../nbs/12_serving.ipynb #a07ca314
+# %% ../nbs/12_serving.ipynb #01901950
 class _Job:
     __slots__ = ('payload', 'n', 'future', 'loop')
     def __init__(self, payload, n, future, loop): self.payload, self.n, self.future, self.loop = payload, n, future, loop
@@ -210,7 +210,7 @@ class Batcher:
                 try: hook(*args)
                 except Exception as e: logging.getLogger('mlnb.service').warning('%s failed: %s', getattr(hook, '__name__', hook), describe_error(e))
 
-# %% ../nbs/12_serving.ipynb #97f909f0
+# %% ../nbs/12_serving.ipynb #f36680e4
 log = logging.getLogger('mlnb.service')
 
 class JsonLinesLog:
@@ -251,7 +251,7 @@ class JsonLinesLog:
             if self.failures == 1 or self.failures % 1000 == 0:
                 log.warning('could not write the prediction log %s (%d failures): %s', self.path, self.failures, describe_error(e))
 
-# %% ../nbs/12_serving.ipynb #ec858ea9
+# %% ../nbs/12_serving.ipynb #9d34132d
 def _dumps(v) -> str: return json.dumps(v, separators=(',', ':'), ensure_ascii=False)
 
 class Runtime:
@@ -282,7 +282,7 @@ class Runtime:
         results, start = [], 0
         for rows in payloads:
             end = start + len(rows)
-            bad = {i - start: e for i, e in errors.items() if start <= i < end}
+            bad = {i - start: e for i, e in errors.items() if start <= i < end} if errors else None
             if bad:
                 listed = [{'row': i, 'error': e} for i, e in sorted(bad.items())]
                 body = {'error': f"{len(bad)} of {len(rows)} rows could not be predicted ("
@@ -295,25 +295,25 @@ class Runtime:
             else:
                 rid = uuid.uuid4().hex[:20]
                 answered = [{'request_id': f'{rid}-{n}', **a, 'model': self.tag} for n, a in enumerate(out[start:end])]
-                results.append((200, _dumps(answered).encode(), frame.iloc[start:end], answered))
+                results.append((200, _dumps(answered).encode(), (frame, start), answered))
             start = end
         return results
 
     def _after(self, payloads, results):
-        if self.log is None: return
+        "Write the answered rows of a call to the prediction log (the whole call's rows are serialised at once)."
+        ok = [r for r in results if not isinstance(r, BaseException) and r[0] == 200]
+        if self.log is None or not ok: return
         ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
+        rows = ok[0][2][0].to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
         lines = []
-        for res in results:
-            if isinstance(res, BaseException) or res[0] != 200: continue
-            _, _, frame, answered = res
-            rows = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
-            for row, a in zip(rows, answered):
+        for _, _, (_, start), answered in ok:
+            for row, a in zip(rows[start:start + len(answered)], answered):
                 pred = {k: v for k, v in a.items() if k not in ('request_id', 'model')}
                 lines.append(f'{{"request_id":"{a["request_id"]}","ts":{ts},"model":{_dumps(a["model"])},'
                              f'"variant":"champion","row":{row},"prediction":{_dumps(pred)}}}\n')
         self.log.write(''.join(lines))
 
-# %% ../nbs/12_serving.ipynb #05807b06
+# %% ../nbs/12_serving.ipynb #0092495e
 async def reply(send, status: int, body: Any, headers: list | None = None):
     "Send a JSON response from an ASGI app."
     data = _dumps(body).encode()
@@ -420,7 +420,7 @@ class Guard:
         if held.get('status') != 200: return await reply(send, held.get('status', 500), {'error': 'The OpenAPI document is not available.'})
         await reply(send, 200, document(json.loads(held['body']), self.routes))
 
-# %% ../nbs/12_serving.ipynb #7205113b
+# %% ../nbs/12_serving.ipynb #6a1ced44
 class ClientErrorsOneLine(logging.Filter):
     "Turns log records about client errors (validation errors, BentoML errors with a 4xx code) into one line without traceback."
     def filter(self, record):
@@ -441,7 +441,7 @@ def quiet_client_errors(logger: str = 'bentoml._internal.server.http_app'):
     lg = logging.getLogger(logger)
     if not any(isinstance(f, ClientErrorsOneLine) for f in lg.filters): lg.addFilter(ClientErrorsOneLine())
 
-# %% ../nbs/12_serving.ipynb #fed40688
+# %% ../nbs/12_serving.ipynb #0a873fa5
 SERVICE_PY = '''"""The BentoML service of this Bento, written by `mlnb build`: it binds the request model of the model's data
 contract and this Bento's settings (mlnb_service.json) to the mlnb service runtime (mlnb_serving.py)."""
 from pathlib import Path
