@@ -129,7 +129,7 @@ def requirements(project: Project) -> list[str]:
         out.append(f'{req.name}{extras}=={version}')
     return out
 
-# %% ../nbs/11_bento.ipynb #a2c19592
+# %% ../nbs/11_bento.ipynb #2070465c
 def trained_contract(tag: str, # the model's tag
                      name: str, # the contract's name
                      root: Path, # the project root
@@ -185,9 +185,11 @@ def build(project: Project | None = None, # the project (default: the current on
             'upstream': lin.get('upstream'), 'packages': lin.get('packages'), **facts, 'answer': describe_answers(facts),
             'fields': [{k: f[k] for k in ('name', 'type', 'nullable', 'categories') if k in f} for f in fields],
             'limits': limits, 'built_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+    monitor = {k: v for k, v in project.settings.get('monitor', {}).items() if k in ('action_limits', 'window', 'min_rows')}
+    meta['action_limits'] = monitor.get('action_limits', {})
     config = {'name': cfg.model, 'model': tag, 'transform': cfg.transform, **facts, 'fields': fields, 'label': cfg.label, **limits,
               'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),
-              'metadata': meta}
+              'monitor': monitor, 'metadata': meta}
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:
         bento = bentoml.bentos.build('service:Service', name=cfg.model, build_ctx=str(out),
