@@ -70,6 +70,7 @@ def _field(name: str, col) -> dict:
     elif 'float' in dt: f.update(type='float', dtype='float64')
     else: f.update(type='str', dtype='str')
     if allowed: f['categories'] = [v.item() if hasattr(v, 'item') else v for v in allowed]
+    if rng: f['range'] = [rng.get('min_value'), rng.get('max_value')]
     desc = [f"contract column {name!r}, {f['type']}"]
     if rng: desc.append(f"the contract's range is {rng.get('min_value'):.6g} to {rng.get('max_value'):.6g} (values outside it are accepted, and monitored)")
     if col.nullable: desc.append('may be null')
@@ -129,7 +130,7 @@ def requirements(project: Project) -> list[str]:
         out.append(f'{req.name}{extras}=={version}')
     return out
 
-# %% ../nbs/11_bento.ipynb #2070465c
+# %% ../nbs/11_bento.ipynb #cbe15d23
 def trained_contract(tag: str, # the model's tag
                      name: str, # the contract's name
                      root: Path, # the project root
