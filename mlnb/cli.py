@@ -17,7 +17,7 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'promote', 'rollback', 'lineage', 'build',
-           'serve', 'verify']
+           'serve', 'verify', 'monitor', 'feedback']
 
 # %% ../nbs/95_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -252,3 +252,71 @@ def verify(bento: str | None, as_json: bool):
         ex = res['example']
         click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {res['model']} exactly as the notebook did.\n"
                    f"For example, POST /predict {json.dumps(ex['request'])}\n  -> {json.dumps(ex['response'])}")
+
+# %% ../nbs/95_cli.ipynb #4c036176
+def _monitor_table(r: dict):
+    "The result of `mlnb monitor` as rich tables."
+    from rich.console import Group
+    w = r['window']
+    head = (f"{r['model']}: {w['rows']} predictions in {w['description']} ({w['first'][:19]} to {w['last'][:19]} UTC); "
+            f"reference of {r['reference_rows']} held-out rows, judged by {r['tests']}"
+            + (f"; {sum(w['other_models'].values())} predictions of other models left out" if w['other_models'] else ''))
+    rows = []
+    for name, d in [*r['columns'].items(), *[(f'answer: {k}', v) for k, v in r['predictions'].items()]]:
+        unseen = ', '.join(f'{k} ({n})' for k, n in list(d.get('unseen', {}).items())[:3])
+        rows.append([name, d['kind'], d.get('method') or '-', '' if d.get('score') is None else f"{d['score']:.3g}",
+                     '[red]yes[/]' if d.get('drifted') else 'no', '' if d.get('psi') is None else f"{d['psi']:.3f}",
+                     f"{d['reference_null_rate']:.1%} -> {d['null_rate']:.1%}", d.get('out_of_range', ''), unseen])
+    drift = _table('Drift (training -> now)', ['column', 'kind', 'test', 'score', 'drift', 'PSI', 'nulls', 'outside contract', 'unseen'], rows)
+    p, b, a = r['performance'], r['bias'], r['action_limits']
+    fmt = lambda v: '' if v is None else f'{v:.4f}' if isinstance(v, float) else json.dumps(v)
+    facts = [['realised ' + str(p['metric']), fmt(p.get('realised')) or (p.get('why_none') or 'no ground truth yet')],
+             ['at evaluation', fmt(p.get('evaluation'))], ['gate floor', fmt(p.get('floor'))],
+             ['with ground truth', p['joined']], ['without ground truth', p['without_feedback']],
+             ['ground truth matching no prediction', p['unmatched_feedback']],
+             ['answers (share or mean)', fmt(b.get('predicted'))], ['true labels', fmt(b.get('observed'))], ['in training', fmt(b.get('training'))],
+             ['action limits', ', '.join(f'{k} {v}' for k, v in a['limits'].items()) or 'none'],
+             ['broken', ', '.join(f'{k} = {v:.3f}' for k, v in a['breached'].items()) or 'none']]
+    alerts = '\n'.join(f"[red]alert[/] {x['kind']}: {x['message']}" for x in r['alerts']) or '[green]No alert: everything is within bounds.[/]'
+    sent = r.get('alert_command')
+    if sent: alerts += '\n' + (f"alert command: {sent['message']}" if sent['ok'] else f"[red]{sent['message']}[/]")
+    return Group(head, drift, _table('Ground truth, bias and action limits', ['', 'value'], facts), alerts)
+
+@main.command()
+@click.option('--model', 'model', help='Model tag to watch (default: the model of the latest build, else the champion).')
+@click.option('--bento', help='Watch the model of this Bento.')
+@click.option('--log', 'log', type=click.Path(path_type=Path), help='Prediction log (default: [tool.mlnb.serve] prediction_log).')
+@click.option('--since', help='Window: the last 30m, 24h, 7d... (default: [tool.mlnb.monitor] since).')
+@click.option('--last', type=int, help='Window: the last N predictions.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the whole result as JSON.')
+@click.option('--report', type=click.Path(path_type=Path), help='Also write an HTML report (the project\'s monitoring notebook, executed).')
+def monitor(model, bento, log, since, last, as_json, report):
+    "Check logged predictions against the reference frozen with the model: drift, bias, ground truth, action limits."
+    from mlnb.monitor import monitor as check, report as write_report
+    res = check(model=model, bento=bento, log=log, since=since, last=last)
+    if report is not None: res['report'] = str(write_report(res, report))
+    emit(res, as_json, _monitor_table)
+    if report is not None and not as_json: click.echo(f"Report: {res['report']}")
+    sent = res.get('alert_command')
+    if sent and not sent['ok']: click.secho(f"Error: {sent['message']}", fg='red', err=True)
+    if res['alerts']: sys.exit(1)
+
+@main.command()
+@click.argument('file', type=click.Path(path_type=Path))
+@click.option('--model', 'model', help='Model tag the labels are for (default: the model of the latest build, else the champion).')
+def feedback(file: Path, model: str | None):
+    "Store ground truth from FILE (CSV with columns request_id,label) in the feedback log."
+    from mlnb.bento import ServeConfig
+    from mlnb.contract import read_data
+    from mlnb.monitor import _model_to_watch, feedback_rows, frozen_reference
+    from mlnb.project import load_project
+    from mlnb.serving import JsonLinesLog, feedback_lines, feedback_path
+    project = load_project()
+    serve = ServeConfig.from_project(project)
+    ref = frozen_reference(_model_to_watch(project, serve, model, None))
+    frame = read_data(file)
+    items = feedback_rows(frame, ref.get('kind'), ref.get('classes'))
+    path = feedback_path(project.root / serve.prediction_log)
+    if not JsonLinesLog(path).write(feedback_lines((i['request_id'], i['label']) for i in items)):
+        raise MlnbError(f"Could not write the feedback log {path}; nothing was stored.")
+    click.echo(f"Stored {len(items)} ground-truth labels in {path}.")

@@ -6,11 +6,12 @@ Docs: https://mlnb.github.io/mlnb/serving.html.md"""
 
 # %% auto #0
 __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_model', 'label_type', 'feedback_model', 'to_frame',
-           'plain_value', 'model_kind', 'answers', 'describe_error', 'Predictor', 'Batcher', 'feedback_path',
-           'JsonLinesLog', 'limit_breaches', 'Rates', 'Runtime', 'reply', 'validation_message', 'document', 'Guard',
-           'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
+           'plain_value', 'model_kind', 'answers', 'describe_error', 'Predictor', 'Batcher', 'feedback_lines',
+           'feedback_path', 'JsonLinesLog', 'limit_breaches', 'Rates', 'Runtime', 'reply', 'validation_message',
+           'document', 'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model',
+           'make_service']
 
-# %% ../nbs/12_serving.ipynb #1925de2c
+# %% ../nbs/12_serving.ipynb #6b6ebf29
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Literal, Mapping, Optional
@@ -19,7 +20,9 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
-# %% ../nbs/12_serving.ipynb #c40785e6
+# %% ../nbs/12_serving.ipynb #7b238509
+def _dumps(v) -> str: return json.dumps(v, separators=(',', ':'), ensure_ascii=False)
+
 INT64 = (-2**63, 2**63 - 1)
 _NS_RANGE = (_dt.datetime(1677, 9, 22), _dt.datetime(2262, 4, 11)) # whole days inside what datetime64[ns] can hold
 _NS_YEARS = r'^(16(7[89]|[89][0-9])|1[7-9][0-9]{2}|2[01][0-9]{2}|22[0-5][0-9]|226[01])-' # years 1678 to 2261, for the OpenAPI document
@@ -63,7 +66,7 @@ def field_type(f: dict, # a request field: name, type, nullable, categories, tz,
     else: ann = Annotated[str, Field(strict=True, max_length=max_string)]
     return Optional[ann] if f.get('nullable') else ann
 
-# %% ../nbs/12_serving.ipynb #b829d961
+# %% ../nbs/12_serving.ipynb #669fecb9
 def request_model(fields: list[dict], # request fields, in the contract's order
                   max_string: int = 1000, # longest string accepted
                   name: str = 'Row', # the model's name in the OpenAPI document
@@ -74,7 +77,7 @@ def request_model(fields: list[dict], # request fields, in the contract's order
     return create_model(name, __config__=ConfigDict(extra='forbid', populate_by_name=False), **defs,
                         __doc__="One row as the model's data contract describes it: every field is required; nullable ones may be null.")
 
-# %% ../nbs/12_serving.ipynb #7ac6c470
+# %% ../nbs/12_serving.ipynb #a6f152fe
 def label_type(config: dict):
     "The annotation of a label of the model: one of its classes, exactly typed, or a finite number for a regressor."
     classes = config.get('classes')
@@ -87,14 +90,14 @@ def feedback_model(config: dict) -> type[BaseModel]:
         request_id=(Annotated[str, Field(strict=True, min_length=1, max_length=200)], Field(description='The `request_id` of the answer.')),
         label=(label_type(config), Field(description='The true label (a class of the model) or value.')))
 
-# %% ../nbs/12_serving.ipynb #73477a80
+# %% ../nbs/12_serving.ipynb #56e61b62
 def to_frame(rows: list, # validated request rows
              fields: list[dict], # their fields
             ) -> pd.DataFrame:
     "The rows as a DataFrame with the contract's column names and dtypes."
     return pd.DataFrame({f['name']: pd.Series([getattr(r, f'f{i}') for r in rows], dtype=f['dtype']) for i, f in enumerate(fields)})
 
-# %% ../nbs/12_serving.ipynb #3fcccefd
+# %% ../nbs/12_serving.ipynb #503cd7ab
 def plain_value(v):
     "A label as plain JSON data (numpy scalars become Python numbers)."
     return v.item() if hasattr(v, 'item') else v
@@ -123,7 +126,7 @@ def answers(model, # a fitted estimator
                  for i, q, row in zip(best.tolist(), p.tolist(), proba.tolist())], np.isfinite(proba).all(axis=1))
     return [{'label': plain_value(l)} for l in model.predict(X)], np.ones(len(X), dtype=bool)
 
-# %% ../nbs/12_serving.ipynb #504d8085
+# %% ../nbs/12_serving.ipynb #307e1b88
 def describe_error(e: BaseException) -> str:
     "An exception in one line: its type and the first line of its message."
     msg = str(e).strip().splitlines()
@@ -167,7 +170,7 @@ class Predictor:
             self._isolate(frame if len(frame) <= self.chunk else frame.iloc[start:start + self.chunk], out, errors, start)
         return out, errors
 
-# %% ../nbs/12_serving.ipynb #c521917c
+# %% ../nbs/12_serving.ipynb #63794f90
 class _Job:
     __slots__ = ('payload', 'n', 'future', 'loop')
     def __init__(self, payload, n, future, loop): self.payload, self.n, self.future, self.loop = payload, n, future, loop
@@ -223,8 +226,13 @@ class Batcher:
                 try: hook(*args)
                 except Exception as e: logging.getLogger('mlnb.service').warning('%s failed: %s', getattr(hook, '__name__', hook), describe_error(e))
 
-# %% ../nbs/12_serving.ipynb #d00d05dc
+# %% ../nbs/12_serving.ipynb #2d398d8c
 log = logging.getLogger('mlnb.service')
+
+def feedback_lines(pairs) -> str:
+    "JSON lines of ground truth for (request id, label) pairs, stamped with the time now."
+    ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
+    return ''.join(f'{{"request_id":{_dumps(r)},"label":{_dumps(l)},"ts":{ts}}}\n' for r, l in pairs)
 
 def feedback_path(prediction_log: str | Path) -> Path:
     "Where the ground truth for a prediction log goes: `churn.jsonl` -> `churn.feedback.jsonl`, beside it."
@@ -271,7 +279,7 @@ class JsonLinesLog:
                 log.warning('could not write the prediction log %s (%d failures): %s', self.path, self.failures, describe_error(e))
             return False
 
-# %% ../nbs/12_serving.ipynb #dc502a2d
+# %% ../nbs/12_serving.ipynb #ffd935e4
 def limit_breaches(current: Mapping, # {'share': {label: share}} or {'mean': value}
                    limits: Mapping, # label (or 'mean') -> [low, high]
                   ) -> dict[str, float]:
@@ -318,9 +326,7 @@ class Rates:
         cur = self.current()
         return limit_breaches(cur, self.limits) if cur['rows'] >= self.min_rows else {}
 
-# %% ../nbs/12_serving.ipynb #a5a7f662
-def _dumps(v) -> str: return json.dumps(v, separators=(',', ':'), ensure_ascii=False)
-
+# %% ../nbs/12_serving.ipynb #1b497d0d
 class Runtime:
     "Predicts requests of validated rows: batching, per-row isolation, answers and the prediction log."
     def __init__(self, config: dict, # the service settings (mlnb_service.json)
@@ -400,13 +406,11 @@ class Runtime:
     def feedback(self, items: list) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
         if self.feedback_log is None: return 503, _dumps({'error': 'This service has no feedback log configured.'}).encode()
-        ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
-        lines = ''.join(f'{{"request_id":{_dumps(i.request_id)},"label":{_dumps(i.label)},"ts":{ts}}}\n' for i in items)
-        if not self.feedback_log.write(lines):
+        if not self.feedback_log.write(feedback_lines((i.request_id, i.label) for i in items)):
             return 503, _dumps({'error': f'The feedback could not be stored ({self.feedback_log.path}); nothing was kept. Send it again later.'}).encode()
         return 200, _dumps({'received': len(items)}).encode()
 
-# %% ../nbs/12_serving.ipynb #3909909c
+# %% ../nbs/12_serving.ipynb #9fe7e90f
 async def reply(send, status: int, body: Any, headers: list | None = None):
     "Send a JSON response from an ASGI app."
     data = _dumps(body).encode()
@@ -514,7 +518,7 @@ class Guard:
         if held.get('status') != 200: return await reply(send, held.get('status', 500), {'error': 'The OpenAPI document is not available.'})
         await reply(send, 200, document(json.loads(held['body']), self.routes))
 
-# %% ../nbs/12_serving.ipynb #514965ae
+# %% ../nbs/12_serving.ipynb #c981baf2
 class ClientErrorsOneLine(logging.Filter):
     "Turns log records about client errors (validation errors, BentoML errors with a 4xx code) into one line without traceback."
     def filter(self, record):
@@ -535,7 +539,7 @@ def quiet_client_errors(logger: str = 'bentoml._internal.server.http_app'):
     lg = logging.getLogger(logger)
     if not any(isinstance(f, ClientErrorsOneLine) for f in lg.filters): lg.addFilter(ClientErrorsOneLine())
 
-# %% ../nbs/12_serving.ipynb #3d0371ab
+# %% ../nbs/12_serving.ipynb #9864a03e
 SERVICE_PY = '''"""The BentoML service of this Bento, written by `mlnb build`: it binds the request model of the model's data
 contract and this Bento's settings (mlnb_service.json) to the mlnb service runtime (mlnb_serving.py)."""
 from pathlib import Path
