@@ -1,0 +1,154 @@
+"""Operating the served model: drift, ground truth, action limits, alerts and the report, against a real `bentoml serve`."""
+import json, shutil, sys
+
+import httpx
+import pandas as pd
+import pytest
+
+from conftest import golden, mlnb, start_server, train_and_build
+
+ALERTS = 'alerts.jsonl'
+
+
+def request_rows(df, label):
+    "A frame as request rows: no label, timestamps as ISO text, missing values as null."
+    return json.loads(df.drop(columns=label).to_json(orient='records', date_format='iso'))
+
+
+def send(server, rows, size=500):
+    "POST the rows in requests of `size`; returns the answers."
+    out = []
+    for i in range(0, len(rows), size):
+        r = httpx.post(server.url + '/predict', json={'rows': rows[i:i + size]}, timeout=120)
+        assert r.status_code == 200, r.text[:500]
+        out += r.json()
+    return out
+
+
+def monitor(root, env, *args, check=True):
+    "`mlnb monitor --json` on the project at `root`: (exit code, result)."
+    res = mlnb('monitor', '--json', *args, cwd=root, env=env, check=False)
+    if check: assert res.returncode in (0, 1), res.stderr
+    return res.returncode, (json.loads(res.stdout) if res.stdout.strip() else None), res.stderr
+
+
+@pytest.fixture(scope='module')
+def churn(scaffold_template, tmp_path_factory):
+    "The churn project with an alert command, trained, built and served; its package imported for `simulate`."
+    root = tmp_path_factory.mktemp('monitored') / 'churn'
+    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    with open(root / 'pyproject.toml', 'a') as f:
+        f.write(f'\n[tool.mlnb.alerts]\ncommand = "cat >> {ALERTS}; echo >> {ALERTS}"\n')
+    served = train_and_build(root, tmp_path_factory.mktemp('monitored_home'))
+    srv = start_server(served, root / '.mlnb' / 'predictions' / 'churn.jsonl')
+    sys.path.insert(0, str(root))
+    from churn.data import simulate
+    yield root, served[1], srv, simulate
+    srv.stop()
+    sys.path.remove(str(root))
+
+
+def alerts_sent(root):
+    path = root / ALERTS
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def test_drift_demo_with_the_scaffolds_simulator(churn):
+    root, env, srv, simulate = churn
+    send(srv, request_rows(simulate(2000, seed=11, drift=0.0), 'churned'))
+    code, res, _ = monitor(root, env, '--last', '2000')
+    assert code == 0 and res['alerts'] == [], res['alerts']
+    assert res['window']['rows'] == 2000 and res['tests'] == 'distances'  # the reference: 1,250 held-out customers
+    assert not [k for k, d in res['columns'].items() if d['drifted']]
+    assert alerts_sent(root) == []
+
+    send(srv, request_rows(simulate(2000, seed=12, drift=1.0), 'churned'))
+    code, res, _ = monitor(root, env, '--last', '2000')
+    assert code == 1
+    drifted = {k for k, d in res['columns'].items() if d['drifted']}
+    assert {'monthly_charges', 'contract', 'age', 'support_calls'} <= drifted, drifted
+    assert 'region' not in drifted and 'internet_service' not in drifted and 'payment_method' not in drifted
+    assert res['columns']['snapshot_date']['method'] is None and res['columns']['customer_id']['method'] is None  # described, not tested
+    assert res['predictions']['label']['drifted'] or res['predictions']['probability']['drifted']
+    assert [a['kind'] for a in res['alerts']][:1] == ['drift']
+    sent = alerts_sent(root)
+    assert len(sent) == 1 and sent[0]['kind'] == 'monitor' and sent[0]['model'] == res['model']
+    assert 'monthly_charges' in json.dumps(sent[0]['alerts'])
+    # the table says the same, for people
+    text = mlnb('monitor', '--last', '2000', cwd=root, env=env, check=False)
+    assert text.returncode == 1 and 'monthly_charges' in text.stdout and 'alert drift' in text.stdout
+
+
+def test_ground_truth_bias_and_action_limits(churn):
+    root, env, srv, simulate = churn
+    frame = simulate(2000, seed=13, drift=1.0)
+    answers = send(srv, request_rows(frame, 'churned'))
+    truth = [{'request_id': a['request_id'], 'label': int(y)} for a, y in zip(answers, frame['churned'])]
+    r = httpx.post(srv.url + '/feedback', json={'feedback': truth[:1500]}, timeout=60)
+    assert r.status_code == 200 and r.json() == {'received': 1500}
+    # the rest in bulk from a file, with a label for a prediction nobody made
+    pd.DataFrame(truth[1500:] + [{'request_id': 'never-made-0', 'label': 1}]).to_csv(root / 'truth.csv', index=False)
+    out = mlnb('feedback', 'truth.csv', cwd=root, env=env)
+    assert 'Stored 501 ground-truth labels' in out.stdout
+    code, res, _ = monitor(root, env, '--last', '2000')
+    perf = res['performance']
+    assert perf['metric'] == 'roc_auc' and perf['joined'] == 2000 and perf['without_feedback'] == 0
+    assert perf['unmatched_feedback'] == 1
+    assert 0.6 < perf['realised'] < 1 and perf['evaluation'] is not None
+    observed = frame['churned'].mean()
+    assert abs(res['bias']['observed']['1'] - observed) < 1e-9 and res['bias']['training']['1'] < observed
+    assert any(t.get('roc_auc') is not None for t in res['timeline'])
+    # an action limit below the observed positive rate fires
+    text = (root / 'pyproject.toml').read_text()
+    (root / 'pyproject.toml').write_text(text + '\n[tool.mlnb.monitor]\naction_limits = { "1" = [0.0, 0.2] }\n')
+    try:
+        code, res, _ = monitor(root, env, '--last', '2000')
+        assert code == 1 and res['action_limits']['breached'].keys() == {'1'}
+        assert any(a['kind'] == 'action_limit' for a in res['alerts'])
+    finally: (root / 'pyproject.toml').write_text(text)
+
+
+def test_bad_feedback_is_refused_and_nothing_is_lost(churn):
+    root, env, srv, simulate = churn
+    r = httpx.post(srv.url + '/feedback', json={'feedback': [{'request_id': 'x-0', 'label': 1}, {'request_id': 'x-1', 'label': 'yes'}]})
+    assert r.status_code == 400 and "item 1, field 'label'" in r.json()['error']
+    r = httpx.post(srv.url + '/feedback', json={'feedback': [{'request_id': 'x-2', 'label': True}]})
+    assert r.status_code == 400
+    log = root / '.mlnb' / 'predictions' / 'churn.feedback.jsonl'
+    before = log.read_text() if log.exists() else ''
+    assert '"x-0"' not in before  # a refused request stores nothing
+    pd.DataFrame({'request_id': ['a-0', 'a-1'], 'label': [1, 7]}).to_csv(root / 'bad.csv', index=False)
+    res = mlnb('feedback', 'bad.csv', cwd=root, env=env, check=False)
+    assert res.returncode == 2 and "row 1: label 7 is not one of the classes [0, 1]" in res.stderr
+    assert (log.read_text() if log.exists() else '') == before
+
+
+def test_the_service_exports_the_answer_shares(churn):
+    root, env, srv, simulate = churn
+    send(srv, request_rows(simulate(300, seed=14), 'churned'))
+    metrics = httpx.get(srv.url + '/metrics').text
+    shares = {l.split('label="')[1].split('"')[0]: float(l.split()[-1]) for l in metrics.splitlines()
+              if l.startswith('mlnb_prediction_share{')}
+    assert set(shares) == {'0', '1'} and abs(sum(shares.values()) - 1) < 1e-6, shares
+
+
+def test_requests_that_cannot_be_used(churn, tmp_path):
+    root, env, srv, simulate = churn
+    code, _, err = monitor(root, env, '--since', 'yesterday', check=False)
+    assert code == 2 and "'yesterday' is not a window" in err
+    code, _, err = monitor(root, env, '--log', str(tmp_path / 'nothing.jsonl'), check=False)
+    assert code == 2 and 'There is no prediction log' in err
+    code, _, err = monitor(root, env, '--model', 'churn:doesnotexist', check=False)
+    assert code == 2 and 'churn:doesnotexist' in err and 'Traceback' not in err
+
+
+def test_report_is_one_html_page_with_plots(churn, tmp_path):
+    root, env, srv, simulate = churn
+    out = tmp_path / 'report.html'
+    res = mlnb('monitor', '--last', '2000', '--report', str(out), cwd=root, env=env, check=False)
+    assert res.returncode in (0, 1), res.stderr
+    page = out.read_text()
+    assert page.count('<svg') >= 10 and 'monthly_charges' in page and '<script' not in page
+    from browser import screenshot
+    shot = screenshot(out, tmp_path / 'report.png')
+    assert shot['svgs'] >= 10 and shot['width'] > 600 and 'Data drift' in shot['text']
