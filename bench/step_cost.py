@@ -90,7 +90,7 @@ def main():
         r['python script.py'] = timed(lambda: sh([sys.executable, f'{case}.py'], tmp), args.repeat)
         r['papermill CLI'] = timed(lambda: sh([sys.executable, '-m', 'papermill', '-k', 'python3', '--no-progress-bar',
                                                f'{case}.ipynb', str(out / f'pm-{case}.ipynb')], tmp), args.repeat)
-        r['mlnb kernel engine (step)'] = timed(lambda: execute_step(step, out / f'k-{case}.ipynb', {}, 'nbclient', tmp), args.repeat)
+        r['mlnb kernel engine (step)'] = timed(lambda: execute_step(step, out / f'k-{case}.ipynb', {}, 'mlnb_kernel', tmp), args.repeat)
         with engines.pool(1):
             execute_step(step, out / f'f-{case}.ipynb', {}, 'mlnb_fast', tmp)  # warm-up: the worker's imports
             r['mlnb fast engine (warm step)'] = timed(lambda: execute_step(step, out / f'f-{case}.ipynb', {}, 'mlnb_fast', tmp), args.repeat)

@@ -16,8 +16,8 @@ from . import __version__
 from .errors import MlnbError
 
 # %% auto #0
-__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'promote', 'rollback', 'lineage', 'build',
-           'serve', 'verify', 'monitor', 'feedback']
+__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
+           'build', 'serve', 'verify', 'monitor', 'feedback']
 
 # %% ../nbs/95_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -110,25 +110,30 @@ def _secs(v: float | None) -> str: return '' if v is None else f'{v:.2f}s'
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
 @click.option('-n', '--limit', default=20, show_default=True, help='How many runs, newest first.')
 def runs(as_json: bool, limit: int):
-    "List the latest runs recorded in the ledger."
+    "List the latest runs recorded in the ledger (a run whose process died shows as killed)."
     from mlnb.ledger import Ledger
     from mlnb.project import load_project
     led = Ledger(load_project().root)
-    try: data = led.runs(limit)
+    try:
+        led.reap()
+        data = led.runs(limit)
     finally: led.close()
-    emit(data, as_json, lambda d: _table('Runs', ['run', 'started', 'status', 'duration', 'steps', 'profile', 'commit'],
+    emit(data, as_json, lambda d: _table('Runs', ['run', 'started', 'status', 'duration', 'steps', 'gate', 'profile', 'commit'],
          [[r['id'], _ago(r['started']), r['status'], _secs(r['duration']), ', '.join(f'{n} {k}' for k, n in r['steps'].items()),
-           r['profile'] or '', (r['git_commit'] or '')[:10] + ('*' if r['git_dirty'] else '')] for r in d]))
+           ', '.join(f"{g['candidate']} {g['status']}" for g in r['gates']), r['profile'] or '',
+           (r['git_commit'] or '')[:10] + ('*' if r['git_dirty'] else '')] for r in d]))
 
 @main.command()
 @click.argument('run_id')
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
 def show(run_id: str, as_json: bool):
-    "Show one run (a unique prefix of its id is enough) with its steps."
+    "Show one run (a unique prefix of its id is enough) with its steps and its gate decisions."
     from mlnb.ledger import Ledger
     from mlnb.project import load_project
     led = Ledger(load_project().root)
-    try: r = led.get_run(run_id)
+    try:
+        led.reap()
+        r = led.get_run(run_id)
     finally: led.close()
     def render(r):
         from rich.console import Group
@@ -138,7 +143,12 @@ def show(run_id: str, as_json: bool):
                  ', '.join(f'{k}={v!r}' for k, v in (s['params'] or {}).items()),
                  ', '.join(sorted(s['outputs'] or {})) or (s['error'] or {}).get('evalue', '') or (s['error'] or {}).get('reason', ''),
                  s['notebook'] or ''] for s in r['steps']]
-        return Group(head, _table('Steps', ['step', 'status', 'duration', 'params', 'outputs / error', 'executed notebook'], rows))
+        steps = _table('Steps', ['step', 'status', 'duration', 'params', 'outputs / error', 'executed notebook'], rows)
+        if not r['gates']: return Group(head, steps)
+        gates = _table('Gate decisions', ['step', 'candidate', 'champion then', 'decision', 'what happened'],
+                       [[g['step'] or '', g['candidate'], g['champion'] or '-', f"{'promote' if g['promote'] else 'keep'}: {g['reason']}",
+                         f"{g['status']}: {g['outcome'] or ''}"] for g in r['gates']])
+        return Group(head, steps, gates)
     emit(r, as_json, render)
 
 # %% ../nbs/95_cli.ipynb #be777d08
@@ -171,9 +181,27 @@ def models(name: str | None, as_json: bool):
     from mlnb.project import load_project
     from mlnb.registry import models as list_models
     data = list_models(name, load_project().root)
-    emit(data, as_json, lambda d: _table('Models', ['tag', 'created', 'run', 'metrics', 'champion'],
-         [[m['tag'], m['created'][:19].replace('T', ' '), m['run_id'] or '', ', '.join(f'{k}={v:.4f}' for k, v in m['metrics'].items()),
-           '*' if m['champion'] else ''] for m in d]))
+    emit(data, as_json, lambda d: _table('Models', ['tag', 'created', 'run', 'evaluation (gate)', 'training', 'gate', 'champion'],
+         [[m['tag'], m['created'][:19].replace('T', ' '), m['run_id'] or '', _metrics(m['evaluation_metrics']) or '-',
+           _metrics(m['training_metrics']), (m['gate'] or {}).get('status', '-'), '*' if m['champion'] else ''] for m in d]))
+
+def _metrics(m: dict | None) -> str:
+    "Metrics as `name=value` pairs."
+    return ', '.join(f'{k}={v:.4f}' if isinstance(v, (int, float)) else f'{k}={v}' for k, v in (m or {}).items())
+
+@main.command()
+@click.argument('name')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
+def history(name: str, as_json: bool):
+    "List every change of model NAME's champion: when, how (gate, manual, rollback), from which tag to which, by whom, why."
+    from mlnb.project import load_project
+    from mlnb.registry import history as get_history
+    data = get_history(name, load_project().root)
+    if not data and not as_json:
+        click.echo(f"Model '{name}' has never had a champion.")
+        return
+    emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'kind', 'from', 'to', 'by', 'why', 'run'],
+         [[_ago(h['at']), h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or ''] for h in d]))
 
 @main.command()
 @click.argument('tag')
@@ -204,7 +232,9 @@ def lineage(tag: str, as_json: bool):
     def render(l):
         from rich.tree import Tree
         m, r = l['model'], l['run']
-        t = Tree(f"model {m['tag']} (created {m['created'][:19]}; {', '.join(f'{k}={v:.4f}' for k, v in m['metrics'].items())})")
+        t = Tree(f"model {m['tag']} (created {m['created'][:19]}; trained to {_metrics(m['metrics'])})")
+        g = l['gate']
+        if g: t.add(f"gate (run {g['run_id']}): {g['reason']}; {g['status']}: {g['outcome'] or ''}; evaluated on {_metrics(g['metrics'])}")
         rn = t.add(f"run {r['id']} ({r['status']}, profile {r['profile'] or '-'}, engine {r['engine']})" if r else 'run: none (logged outside `mlnb run`)')
         st = rn.add(f"step {l['step']['name']} params {l['step']['params']} fingerprint {(l['step']['fingerprint'] or '')[:12]}")
         for s in l['upstream_steps']:

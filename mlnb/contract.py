@@ -17,20 +17,24 @@ from pandera import extensions
 
 from .errors import MlnbError, UsageError
 from .outputs import project_root
+from .project import contract_file, valid_contract_name
 
 # %% auto #0
-__all__ = ['QUANTILES', 'infer_schema', 'contract_path', 'to_yaml', 'infer', 'load', 'contract_hash', 'ContractError', 'check',
-           'profile', 'read_data', 'check_file']
+__all__ = ['MAX_FUTURE', 'QUANTILES', 'infer_schema', 'contract_path', 'to_yaml', 'infer', 'load', 'contract_hash',
+           'ContractError', 'check', 'profile', 'read_data', 'check_file']
 
 # %% ../nbs/09_contract.ipynb #2ef196e7
+MAX_FUTURE = '1D' # how far ahead of now a timestamp may be, unless the contract says otherwise
+
 def _register_checks():
     "Register mlnb's checks with pandera once per process."
     if hasattr(pa.Check, 'max_age'): return
-    @extensions.register_check_method(statistics=['max_age'], supported_types=pd.Series)
-    def max_age(series, *, max_age):
-        "Each timestamp is at most `max_age` old (a pandas Timedelta string such as '7D')."
+    @extensions.register_check_method(statistics=['max_age', 'max_future'], supported_types=pd.Series)
+    def max_age(series, *, max_age, max_future=None):
+        "Each timestamp is at most `max_age` old and at most `max_future` (default '1D') ahead of now (pandas Timedelta strings)."
         now = pd.Timestamp.now(tz=series.dt.tz) if hasattr(series, 'dt') else pd.Timestamp.now()
-        return series.isna() | (series >= now - pd.Timedelta(max_age))
+        ahead = pd.Timedelta(MAX_FUTURE if max_future is None else max_future)
+        return series.isna() | ((series >= now - pd.Timedelta(max_age)) & (series <= now + ahead))
     @extensions.register_check_method(statistics=['min_rows'], supported_types=pd.DataFrame)
     def min_rows(df, *, min_rows):
         "The frame has at least `min_rows` rows."
@@ -71,7 +75,7 @@ def _column(s: pd.Series, max_categories: int, margin: float, unique: bool, max_
         checks.append(pa.Check.in_range(lo2, hi2))
     if max_age is not None:
         if kind != 'datetime': raise UsageError(f"Freshness needs a timestamp column; '{s.name}' is {s.dtype}. Parse it with pd.to_datetime first.")
-        checks.append(pa.Check.max_age(max_age))
+        checks.append(pa.Check.max_age(max_age, max_future=MAX_FUTURE))
     return pa.Column(dtype, checks=checks, nullable=bool(s.isna().any()), unique=unique)
 
 def infer_schema(df: pd.DataFrame, # a representative sample of the data
@@ -93,9 +97,9 @@ def infer_schema(df: pd.DataFrame, # a representative sample of the data
 # %% ../nbs/09_contract.ipynb #484072f5
 def contract_path(name: str, root: str | Path | None = None) -> Path:
     "Where contract `name` lives: `contracts/<name>.yaml` in the project."
-    if not name.replace('-', '_').isidentifier():
+    if not valid_contract_name(name):
         raise UsageError(f"Contract name {name!r} must be letters, digits, '_' or '-', e.g. 'customers'.")
-    return Path(root or project_root()) / 'contracts' / f'{name}.yaml'
+    return contract_file(root or project_root(), name)
 
 _HEADER = ('# Data contract {name!r}: a pandera schema (https://pandera.readthedocs.io), checked by mlnb.contract.check\n'
            '# and `mlnb check`. Inferred from data, then edited and reviewed like code.\n')

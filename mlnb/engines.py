@@ -13,10 +13,10 @@ from typing import Iterator
 from .errors import UsageError
 
 # %% auto #0
-__all__ = ['ENGINES', 'PRELOAD', 'papermill_engine', 'Worker', 'WorkerPool', 'pool', 'FastEngine']
+__all__ = ['ENGINES', 'PRELOAD', 'papermill_engine', 'Worker', 'WorkerPool', 'pool', 'FastEngine', 'KernelEngine']
 
 # %% ../nbs/07_engines.ipynb #3e8c03bf
-ENGINES = {'kernel': 'nbclient', 'fast': 'mlnb_fast'}
+ENGINES = {'kernel': 'mlnb_kernel', 'fast': 'mlnb_fast'}
 
 def papermill_engine(name: str | None, # 'kernel', 'fast', or any registered papermill engine name
                     ) -> str:
@@ -45,6 +45,22 @@ def _like_a_kernel():
         pd.reset_option('^display')
         pd.set_option('display.max_columns', 20)
 
+@contextmanager
+def _process_output_to(path: str | None):
+    "Send this process's own stdout and stderr (file descriptors 1 and 2) to the file at `path` while the block runs."
+    if not path:
+        yield
+        return
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, 'ab') as f:
+        os.dup2(f.fileno(), 1); os.dup2(f.fileno(), 2)
+    try: yield
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd); os.close(old)
+
 def _worker_main(conn, preload):
     "Worker process: import `preload`, then run notebooks received on `conn` until told to stop."
     for m in preload:
@@ -56,7 +72,8 @@ def _worker_main(conn, preload):
         job = conn.recv()
         if job is None: break
         cwd0, env0, path0 = os.getcwd(), dict(os.environ), list(sys.path)
-        shell = None
+        shell, out = None, _process_output_to(job.get('log'))
+        out.__enter__()
         try:
             os.environ.update(job['env'])
             os.chdir(job['cwd'])
@@ -76,6 +93,7 @@ def _worker_main(conn, preload):
             if shell is not None: shell.close()
             os.chdir(cwd0); sys.path[:] = path0
             os.environ.clear(); os.environ.update(env0)
+            out.__exit__(None, None, None)
         conn.send(('done',))
 
 class Worker:
@@ -95,11 +113,12 @@ class Worker:
             assert msg[0] == 'ready', msg
             self._ready = True
 
-    def execute(self, cells, cwd, root=None, env=None) -> Iterator[tuple]:
-        "Run `cells` [(index, source)] in `cwd`; yields ('cell', index, outputs, count, error) then ends."
+    def execute(self, cells, cwd, root=None, env=None, log=None) -> Iterator[tuple]:
+        "Run `cells` [(index, source)] in `cwd` (the process's own output to the file `log`); yields ('cell', index, outputs, count, error) then ends."
         self.wait_ready()
         self.runs += 1
-        self.conn.send({'cells': cells, 'cwd': str(cwd), 'root': str(root) if root else None, 'env': env or {}})
+        self.conn.send({'cells': cells, 'cwd': str(cwd), 'root': str(root) if root else None, 'env': env or {},
+                        'log': str(log) if log else None})
         while True:
             try: msg = self.conn.recv()
             except (EOFError, OSError):
@@ -168,8 +187,8 @@ def _default_pool() -> WorkerPool:
     return _POOL[0]
 
 # %% ../nbs/07_engines.ipynb #022917e6
-class FastEngine:
-    "A papermill engine that runs cells in a warm worker process instead of a new kernel."
+class _Engine:
+    "What papermill asks of an engine, besides running the cells (`execute_managed_notebook`)."
     @classmethod
     def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False, autosave_cell_every=30, **kwargs):
         "Papermill's engine entry: wrap `nb` in papermill's execution manager and run it."
@@ -184,20 +203,8 @@ class FastEngine:
         return nb_man.nb
 
     @classmethod
-    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, mlnb_cwd=None, mlnb_root=None, mlnb_env=None, **kwargs):
-        "Run the code cells of `nb_man.nb` in a worker, updating each cell as it completes."
-        import nbformat
-        nb = nb_man.nb
-        cells = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == 'code']
-        with (_POOL[0] or _default_pool()).worker() as w:
-            for _, idx, outs, count, err in w.execute(cells, mlnb_cwd or os.getcwd(), mlnb_root, mlnb_env):
-                cell = nb.cells[idx]
-                nb_man.cell_start(cell, idx)
-                cell.outputs = [nbformat.from_dict(o) for o in outs]
-                cell.execution_count = count
-                if err is not None: nb_man.cell_exception(cell, idx)
-                nb_man.cell_complete(cell, idx)
-        return nb
+    def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+        raise NotImplementedError(f'{cls.__name__} must implement execute_managed_notebook')
 
     @classmethod
     def nb_kernel_name(cls, nb, name=None):
@@ -208,3 +215,41 @@ class FastEngine:
     def nb_language(cls, nb, language=None):
         from papermill.utils import nb_language
         return nb_language(nb, language)
+
+class FastEngine(_Engine):
+    "A papermill engine that runs cells in a warm worker process instead of a new kernel."
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, mlnb_cwd=None, mlnb_root=None, mlnb_env=None,
+                                 mlnb_log=None, **kwargs):
+        "Run the code cells of `nb_man.nb` in a worker (its own output to the file `mlnb_log`), updating each cell as it completes."
+        import nbformat
+        nb = nb_man.nb
+        cells = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == 'code']
+        with (_POOL[0] or _default_pool()).worker() as w:
+            for _, idx, outs, count, err in w.execute(cells, mlnb_cwd or os.getcwd(), mlnb_root, mlnb_env, mlnb_log):
+                cell = nb.cells[idx]
+                nb_man.cell_start(cell, idx)
+                cell.outputs = [nbformat.from_dict(o) for o in outs]
+                cell.execution_count = count
+                if err is not None: nb_man.cell_exception(cell, idx)
+                nb_man.cell_complete(cell, idx)
+        return nb
+
+# %% ../nbs/07_engines.ipynb #8e6b1bc1
+class KernelEngine(_Engine):
+    "papermill's nbclient engine, with the kernel process's own output (its log) written to the file `mlnb_log`."
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                 start_timeout=60, execution_timeout=None, mlnb_log=None, **kwargs):
+        "Run `nb_man.nb` in a new kernel, as papermill's `NBClientEngine` does."
+        from papermill.clientwrap import PapermillNotebookClient
+        from papermill.engines import logger
+        from papermill.utils import merge_kwargs, remove_args
+        kwargs = remove_args(['input_path'], **kwargs)
+        final = merge_kwargs(remove_args(['timeout', 'startup_timeout'], **kwargs),
+                             timeout=execution_timeout if execution_timeout else kwargs.get('timeout'), startup_timeout=start_timeout,
+                             kernel_name=kernel_name, log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+        client = PapermillNotebookClient(nb_man, **final)
+        if mlnb_log is None: return client.execute()
+        with open(mlnb_log, 'ab') as log: # Popen arguments of the kernel process, through nbclient and KernelManager.start_kernel
+            return client.execute(stdout=log, stderr=log)

@@ -10,14 +10,14 @@ import json, os, secrets, socket, sqlite3, subprocess, sys, time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from fastcore.basics import patch
 
 from .errors import MlnbError
 
 # %% auto #0
-__all__ = ['PACKAGES', 'git_state', 'new_run_id', 'Ledger', 'latest_outputs']
+__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'git_state', 'new_run_id', 'Ledger', 'latest_outputs']
 
 # %% ../nbs/06_ledger.ipynb #89bb1561
 _SCHEMA = '''
@@ -39,6 +39,20 @@ create table if not exists gates (
 create table if not exists builds (
   seq integer primary key autoincrement, bento text not null, model text not null, at real not null, path text);
 '''
+
+# Columns added after the first release: a ledger made by an older mlnb gets them when it is opened.
+_ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), ('settled', 'real'),
+                    ('metrics', 'text'), ('champion_metrics', 'text'))}
+
+# What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
+# execution that made it be reused from the cache; any other leaves the decision to be made again.
+GATE_STATES = {'pending': 'recorded; its run has not finished',
+               'applied': 'the run succeeded and the candidate became the champion',
+               'declined': 'the run succeeded and the gate did not promote the candidate',
+               'stale': 'the run succeeded, but the champion had changed since the comparison, so nothing was promoted',
+               'run_failed': 'the run did not succeed, so nothing was promoted',
+               'abandoned': 'the run was killed before it finished, so nothing was promoted'}
+SETTLED_OK = ('applied', 'declined')
 
 PACKAGES = ('mlnb', 'nbdev', 'papermill', 'scrapbook', 'pandas', 'numpy', 'scikit-learn', 'bentoml', 'pandera')
 
@@ -87,6 +101,10 @@ class Ledger:
         with self.tx():
             for stmt in _SCHEMA.split(';'):
                 if stmt.strip(): self.db.execute(stmt)
+            for table, cols in _ADDED.items():
+                have = {r['name'] for r in self.db.execute(f'pragma table_info({table})')}
+                for name, typ in cols:
+                    if name not in have: self.db.execute(f'alter table {table} add column {name} {typ}')
 
     def close(self): self.db.close()
 
@@ -122,10 +140,16 @@ def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprin
 
 @patch
 def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=None, error=None, cached_from=None,
-                params=None, fingerprint=None):
-    "Record how `step` of `run_id` ended: 'ok', 'cached', 'failed' or 'skipped'."
+                params=None, fingerprint=None, gates=()):
+    "Record how `step` of `run_id` ended: 'ok', 'cached', 'failed' or 'skipped'; and, in the same transaction, its gate decisions as pending."
     now = time.time()
     with self.tx() as db:
+        for d in gates:
+            db.execute('insert into gates (run_id, step, model, candidate, champion, metric, candidate_value, champion_value, promote, '
+                       'applied, reason, at, status, metrics, champion_metrics) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                       (run_id, step, d['model'], d['candidate'], d['champion'], d['metric'], d['candidate_value'],
+                        d['champion_value'], int(bool(d['promote'])), 0, d['reason'], now, 'pending',
+                        _j(d.get('metrics')), _j(d.get('champion_metrics'))))
         row = db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
         if row is None:
             db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error) '
@@ -136,10 +160,14 @@ def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=No
                        (status, now, now - row['started'], _j(outputs), _j(error), cached_from, run_id, step))
 
 @patch
-def finish_run(self: Ledger, run_id: str, status: str, error: str | None = None):
-    "Record how run `run_id` ended: 'ok' or 'failed'."
+def finish_run(self: Ledger, run_id: str, status: str, error: str | None = None,
+               within: Callable[[sqlite3.Connection], Any] | None = None, # also done in the same transaction (e.g. settling gates)
+              ) -> Any:
+    "Record how run `run_id` ended, 'ok' or 'failed', in one transaction with `within(db)`; returns what `within` returned."
     with self.tx() as db:
+        out = within(db) if within is not None else None
         db.execute('update runs set status=?, ended=?, error=? where id=?', (status, time.time(), error, run_id))
+    return out
 
 # %% ../nbs/06_ledger.ipynb #9e9933ae
 @patch
@@ -152,6 +180,9 @@ def reap(self: Ledger) -> list[str]:
                 dead.append(r['id'])
                 db.execute("update runs set status='killed', error='the mlnb process died during the run' where id=?", (r['id'],))
                 db.execute("update steps set status='killed' where run_id=? and status='running'", (r['id'],))
+                db.execute("update gates set status='abandoned', applied=0, settled=?, outcome=? where run_id=? and status='pending'",
+                           (time.time(), "not applied: the run was killed before it finished, so the champion is unchanged; "
+                            "the next `mlnb run` evaluates the step again and decides anew", r['id']))
     return dead
 
 def _run_row(r: sqlite3.Row) -> dict:
@@ -160,6 +191,14 @@ def _run_row(r: sqlite3.Row) -> dict:
     for k in ('targets', 'overrides', 'packages'): d[k] = json.loads(d[k]) if d[k] else d[k]
     if d['status'] == 'running' and d['host'] == socket.gethostname() and not _alive(d['pid']): d['status'] = 'killed'
     d['duration'] = (d['ended'] - d['started']) if d['ended'] else None
+    return d
+
+def _gate_row(r: sqlite3.Row) -> dict:
+    "A gate decision as a plain dict (a decision recorded before mlnb kept states counts as settled)."
+    d = dict(r)
+    for k in ('metrics', 'champion_metrics'): d[k] = json.loads(d[k]) if d[k] else None
+    d['promote'], d['applied'] = bool(d['promote']), bool(d['applied'])
+    if d['status'] is None: d['status'] = 'applied' if d['applied'] else 'declined'
     return d
 
 def _step_row(r: sqlite3.Row, run_status: str) -> dict:
@@ -176,6 +215,7 @@ def runs(self: Ledger, limit: int = 20) -> list[dict]:
         d = _run_row(r)
         d['steps'] = {s['status']: s['n'] for s in self.db.execute(
             'select status, count(*) n from steps where run_id=? group by status', (d['id'],))}
+        d['gates'] = self.gates(d['id'])
         out.append(d)
     return out
 
@@ -188,13 +228,20 @@ def get_run(self: Ledger, run_id: str) -> dict:
                         f"'{run_id}' matches {len(rows)} runs ({', '.join(r['id'] for r in rows[:5])}). Give more of the id.")
     d = _run_row(rows[0])
     d['steps'] = [_step_row(s, d['status']) for s in self.db.execute('select * from steps where run_id=? order by started', (d['id'],))]
+    d['gates'] = self.gates(d['id'])
     return d
 
 @patch
+def gates(self: Ledger, run_id: str) -> list[dict]:
+    "The gate decisions of run `run_id`, with what became of each (`status`, `outcome`)."
+    return [_gate_row(g) for g in self.db.execute('select * from gates where run_id=? order by seq', (run_id,))]
+
+@patch
 def cached(self: Ledger, step: str, fingerprint: str) -> tuple[str, Any] | None:
-    "(run id, outputs) of the latest successful execution of `step` with `fingerprint`, or None."
-    r = self.db.execute("select run_id, cached_from, outputs from steps where step=? and fingerprint=? and status in ('ok', 'cached') "
-                        "order by ended desc limit 1", (step, fingerprint)).fetchone()
+    "(run id, outputs) of the latest successful execution of `step` with `fingerprint` whose gate decisions were settled by its own successful run, or None."
+    r = self.db.execute("select s.run_id, s.cached_from, s.outputs from steps s where s.step=? and s.fingerprint=? and s.status in ('ok', 'cached') "
+                        "and not exists (select 1 from gates g where g.run_id = coalesce(s.cached_from, s.run_id) and g.step = s.step "
+                        f"and coalesce(g.status, 'applied') not in {SETTLED_OK}) order by s.ended desc limit 1", (step, fingerprint)).fetchone()
     return None if r is None else (r['cached_from'] or r['run_id'], json.loads(r['outputs']) if r['outputs'] else {})
 
 @patch

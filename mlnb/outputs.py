@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .artifacts import ArtifactStore, is_ref
-from .errors import RecordError
+from .errors import MlnbError, RecordError
 from .project import find_root
 
 # %% auto #0
-__all__ = ['plain', 'project_root', 'store', 'encode', 'record', 'read', 'load', 'upstream']
+__all__ = ['plain', 'project_root', 'store', 'encode', 'record', 'read_refs', 'load', 'read', 'upstream']
 
 # %% ../nbs/03_outputs.ipynb #17ac6ddc
 def plain(value: Any) -> Any:
@@ -65,8 +65,8 @@ def record(name: str, # output name, a Python identifier
             scrapbook.glue(name, {'value': payload}, encoder='json')
 
 # %% ../nbs/03_outputs.ipynb #922843de
-def read(notebook: str | Path, # an executed notebook
-        ) -> dict[str, Any]:
+def read_refs(notebook: str | Path, # an executed notebook
+             ) -> dict[str, Any]:
     "The outputs recorded in `notebook`, by name, with artifact references left as references."
     import scrapbook
     try: nb = scrapbook.read_notebook(str(notebook))
@@ -80,6 +80,16 @@ def load(payload: Any, root: str | Path | None = None) -> Any:
     if isinstance(payload, dict): return {k: load(v, root) for k, v in payload.items()}
     if isinstance(payload, list): return [load(v, root) for v in payload]
     return payload
+
+def read(notebook: str | Path, # an executed notebook
+         root: str | Path | None = None, # the project whose artifacts it recorded (default: the one holding the notebook)
+        ) -> dict[str, Any]:
+    "The outputs recorded in `notebook`, by name, as values: DataFrames, objects, `Path`s to stored files, plain data."
+    refs = read_refs(notebook)
+    if root is None and os.environ.get('MLNB_PROJECT_ROOT') is None:
+        try: root = find_root(Path(notebook).resolve().parent)
+        except MlnbError: root = None
+    return load(refs, root)
 
 # %% ../nbs/03_outputs.ipynb #dedd17aa
 def upstream(step: str, # the upstream step's name

@@ -13,11 +13,55 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from .errors import ParameterError, PipelineError, did_you_mean
-from .project import Project, StepSpec
+from .project import Project, StepSpec, contract_file, valid_contract_name
 
 # %% auto #0
-__all__ = ['UNKNOWN', 'RESERVED', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce', 'PlannedStep', 'Plan',
-           'make_plan']
+__all__ = ['UNKNOWN', 'RESERVED', 'checked_contracts', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce',
+           'PlannedStep', 'Plan', 'make_plan']
+
+# %% ../nbs/05_pipeline.ipynb #92674df4
+_CHECK_FUNCTIONS = ('mlnb.contract.check', 'mlnb.contract.check_file') # both take the contract as 2nd argument or `contract=`
+
+def _parse(src: str) -> ast.Module | None:
+    "The syntax tree of cell `src`, with IPython magics and shell escapes blanked out; None if it is not Python."
+    try: return ast.parse(src)
+    except SyntaxError: pass
+    lines = [l[:len(l) - len(l.lstrip())] + 'pass' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines()]
+    try: return ast.parse('\n'.join(lines))
+    except SyntaxError: return None
+
+def _dotted(node: ast.AST) -> str | None:
+    "`a.b.c` for the expression `a.b.c`, else None."
+    if isinstance(node, ast.Name): return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f'{base}.{node.attr}'
+    return None
+
+def checked_contracts(sources: Iterable[str], # the code cells of a notebook
+                     ) -> tuple[str, ...]:
+    "Names of the data contracts that the code `sources` checks with a literal name, sorted."
+    trees = [t for t in map(_parse, sources) if t is not None]
+    names = {'mlnb': 'mlnb', 'contract': 'mlnb.contract'} # local name -> what it is, from the notebook's imports
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname: names[a.asname] = a.name
+                    else: names[a.name.split('.')[0]] = a.name.split('.')[0]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names: names[a.asname or a.name] = f'{node.module}.{a.name}'
+    found = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call): continue
+            dotted = _dotted(node.func)
+            if dotted is None: continue
+            head, _, rest = dotted.partition('.')
+            if '.'.join(filter(None, (names.get(head, head), rest))) not in _CHECK_FUNCTIONS: continue
+            arg = next((k.value for k in node.keywords if k.arg == 'contract'), node.args[1] if len(node.args) > 1 else None)
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str): found.add(arg.value)
+    return tuple(sorted(found))
 
 # %% ../nbs/05_pipeline.ipynb #56e96e26
 class _Unknown:
@@ -32,6 +76,7 @@ class NotebookInfo:
     params: Mapping[str, Any] # declared parameter -> default (UNKNOWN when not a literal)
     has_params_cell: bool # whether a cell is tagged `parameters`
     code_hash: str # SHA-256 of the code cells' sources
+    contracts: tuple[str, ...] = () # data contracts its code checks (literal names passed to `mlnb.contract.check`/`check_file`)
 
 def _declared(src: str) -> dict[str, Any]:
     "Names assigned at the top level of the parameters cell source `src`, with their literal defaults."
@@ -52,18 +97,19 @@ def notebook_info(path: str | Path, # the step notebook
     try: nb = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError) as e:
         raise PipelineError(f"Cannot read notebook {path}: {e}.", path=str(path)) from None
-    h, params, has = hashlib.sha256(), {}, False
+    h, params, has, sources = hashlib.sha256(), {}, False, []
     for cell in nb.get('cells', []):
         if cell.get('cell_type') != 'code': continue
         src = cell['source'] if isinstance(cell['source'], str) else ''.join(cell['source'])
         h.update(src.encode()); h.update(b'\0')
+        sources.append(src)
         if not has and 'parameters' in cell.get('metadata', {}).get('tags', []):
             has = True
             try: params = _declared(src)
             except SyntaxError as e:
                 raise PipelineError(f"The parameters cell of {path} is not valid Python ({e.msg}, line {e.lineno}). Fix it in JupyterLab.",
                                     path=str(path)) from None
-    return NotebookInfo(path, MappingProxyType(params), has, h.hexdigest())
+    return NotebookInfo(path, MappingProxyType(params), has, h.hexdigest(), checked_contracts(sources))
 
 # %% ../nbs/05_pipeline.ipynb #21467ce6
 _TYPE_NAMES = {bool: 'bool', int: 'int', float: 'float', str: 'str', list: 'list', dict: 'dict', type(None): 'None'}
@@ -85,6 +131,10 @@ def check_plain(value: Any, where: str) -> Any:
 _TRUE, _FALSE = {'true', 'yes', 'on', '1'}, {'false', 'no', 'off', '0'}
 
 def parse_text(text: str, default: Any, where: str) -> Any:
+    "The command-line `text` read as the type of `default`; what is not plain, finite data (`nan`, `1e400`) is refused."
+    return check_plain(_typed(text, default, where), where)
+
+def _typed(text: str, default: Any, where: str) -> Any:
     "The command-line `text` read as the type of `default`."
     t = type(default)
     try:
@@ -124,7 +174,9 @@ class PlannedStep:
     spec: StepSpec # as declared
     notebook: Path # absolute path of the notebook
     info: NotebookInfo # what the notebook declares
-    params: Mapping[str, Any] # resolved parameters (without `upstream`)
+    params: Mapping[str, Any] # resolved parameters: the notebook's literal defaults, then the overrides (without `upstream`)
+    overrides: Mapping[str, Any] # what is set over the notebook's defaults: what the runner injects
+    contracts: tuple[str, ...] = () # data contracts the step checks (found in its code or declared), sorted
 
     @property
     def name(self) -> str: return self.spec.name
@@ -205,7 +257,7 @@ def make_plan(project: Project, # the project
         problems.append(f"There is no profile '{profile}'.{did_you_mean(profile, project.profiles)} Profiles: {known}.")
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
     declared_anywhere = {k for i in infos.values() for k in i.params if k not in RESERVED}
-    resolved = {n: {} for n in selected}
+    resolved = {n: {} for n in selected} # what is set over the notebook's defaults
     def apply(n, key, value, origin, from_text):
         where = f"Step '{n}' parameter '{key}' ({origin})"
         decl = infos[n].params
@@ -239,6 +291,30 @@ def make_plan(project: Project, # the project
         if steps[n].needs and 'upstream' not in infos[n].params:
             problems.append(f"Step '{n}' needs {', '.join(steps[n].needs)} but its parameters cell does not declare "
                             f"`upstream = None`; add it to {steps[n].notebook} so the runner can pass the upstream outputs.")
+    contracts = {n: _contracts(project, steps[n], infos[n], problems) for n in selected}
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
-    planned = tuple(PlannedStep(steps[n], project.root / steps[n].notebook, infos[n], MappingProxyType(resolved[n])) for n in selected)
+    planned = tuple(PlannedStep(steps[n], project.root / steps[n].notebook, infos[n],
+                                MappingProxyType({**_literal_defaults(infos[n]), **resolved[n]}), MappingProxyType(resolved[n]),
+                                contracts[n]) for n in selected)
     return Plan(project, planned, profile)
+
+def _literal_defaults(info: NotebookInfo) -> dict[str, Any]:
+    "The notebook's defaults that are plain data (a default that is not a literal, or not plain, cannot be known before running)."
+    out = {}
+    for k, v in info.params.items():
+        if k in RESERVED or v is UNKNOWN: continue
+        try: out[k] = check_plain(v, k)
+        except ParameterError: pass
+    return out
+
+def _contracts(project: Project, spec: StepSpec, info: NotebookInfo, problems: list[str]) -> tuple[str, ...]:
+    "The contracts step `spec` checks, found in its code or declared; a missing contract file is added to `problems`."
+    for c in sorted(set(info.contracts) | set(spec.contracts)):
+        origin = (f"declared in [tool.mlnb.steps.{spec.name}] contracts" if c in spec.contracts else f"in the code of {spec.notebook}")
+        if not valid_contract_name(c):
+            problems.append(f"Step '{spec.name}' checks contract {c!r} ({origin}), which is not a contract name (letters, digits, "
+                            "'_' or '-'). Pass the name of contracts/<name>.yaml, e.g. mlnb.contract.check(df, \"customers\").")
+        elif not contract_file(project.root, c).is_file():
+            problems.append(f"Step '{spec.name}' checks contract '{c}' ({origin}), but contracts/{c}.yaml does not exist. Create it "
+                            f"from a good sample with mlnb.contract.infer(df, {c!r}), review and commit it, or fix the name.")
+    return tuple(sorted(set(info.contracts) | set(spec.contracts)))

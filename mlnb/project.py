@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from .errors import ProjectError, PipelineError, did_you_mean
 
 # %% auto #0
-__all__ = ['find_root', 'StepSpec', 'Project', 'load_project']
+__all__ = ['find_root', 'valid_contract_name', 'contract_file', 'StepSpec', 'Project', 'load_project']
 
 # %% ../nbs/01_project.ipynb #c4028891
 def find_root(start: str | Path | None = None, # folder to search from (default: the working directory)
@@ -42,6 +42,17 @@ def _read_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise ProjectError(f"Could not parse {path}: {e}. Fix the TOML syntax and try again.", path=str(path)) from None
 
+# %% ../nbs/01_project.ipynb #3c578e41
+def valid_contract_name(name: str) -> bool:
+    "Whether `name` can name a contract file (`contracts/<name>.yaml`)."
+    return isinstance(name, str) and name.replace('-', '_').isidentifier()
+
+def contract_file(root: str | Path, # the project root
+                  name: str, # the contract's name
+                 ) -> Path:
+    "Where contract `name` of the project at `root` lives: `contracts/<name>.yaml`."
+    return Path(root) / 'contracts' / f'{name}.yaml'
+
 # %% ../nbs/01_project.ipynb #b910869a
 @dataclass(frozen=True, kw_only=True)
 class StepSpec:
@@ -51,6 +62,7 @@ class StepSpec:
     needs: tuple[str, ...] = () # steps whose outputs this step reads
     params: Mapping[str, Any] = field(default_factory=dict) # overrides of the notebook's declared defaults
     inputs: tuple[str, ...] = () # files (relative to the root) whose content is part of the fingerprint
+    contracts: tuple[str, ...] = () # data contracts the step checks, besides those found in its code
 
     def __post_init__(self):
         if not (self.name.isidentifier() and not keyword.iskeyword(self.name)):
@@ -59,8 +71,9 @@ class StepSpec:
         object.__setattr__(self, 'params', MappingProxyType(dict(self.params)))
         object.__setattr__(self, 'needs', tuple(self.needs))
         object.__setattr__(self, 'inputs', tuple(self.inputs))
+        object.__setattr__(self, 'contracts', tuple(self.contracts))
 
-_STEP_KEYS = ('notebook', 'needs', 'params', 'inputs')
+_STEP_KEYS = ('notebook', 'needs', 'params', 'inputs', 'contracts')
 
 def _step(name: str, table: Any) -> StepSpec:
     "Build a `StepSpec` from its TOML table, naming the step in every complaint."
@@ -73,12 +86,17 @@ def _step(name: str, table: Any) -> StepSpec:
     if not isinstance(table.get('notebook'), str):
         raise PipelineError(f"{where} needs `notebook = \"nbs/<file>.ipynb\"` (a path relative to the project root).", step=name)
     needs, inputs, params = table.get('needs', []), table.get('inputs', []), table.get('params', {})
-    for key, val in (('needs', needs), ('inputs', inputs)):
+    contracts = table.get('contracts', [])
+    for key, val in (('needs', needs), ('inputs', inputs), ('contracts', contracts)):
         if not (isinstance(val, list) and all(isinstance(v, str) for v in val)):
             raise PipelineError(f"{where} `{key}` must be a list of strings, found {val!r}.", step=name)
+    for c in contracts:
+        if not valid_contract_name(c):
+            raise PipelineError(f"{where} `contracts` names {c!r}, which is not a contract name (letters, digits, '_' or '-', "
+                                "the file name of contracts/<name>.yaml without '.yaml'), e.g. contracts = [\"customers\"].", step=name)
     if not isinstance(params, dict):
         raise PipelineError(f"{where} `params` must be a table such as `params = {{ n_estimators = 200 }}`, found {params!r}.", step=name)
-    return StepSpec(name=name, notebook=Path(table['notebook']), needs=needs, params=params, inputs=inputs)
+    return StepSpec(name=name, notebook=Path(table['notebook']), needs=needs, params=params, inputs=inputs, contracts=contracts)
 
 # %% ../nbs/01_project.ipynb #089bda4b
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/registry.html.md"""
 
 # %% ../nbs/10_registry.ipynb #3cbdd74d
 from __future__ import annotations
-import getpass, json, math, time
+import getpass, json, math, re, sqlite3, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,8 +16,27 @@ from .ledger import Ledger, _versions, git_state
 from .outputs import plain, project_root, record
 
 # %% auto #0
-__all__ = ['context', 'golden_examples', 'log_model', 'load_model', 'model_info', 'champion', 'history', 'set_champion',
-           'promote', 'rollback', 'GateConfig', 'gate', 'apply_gates', 'models', 'lineage']
+__all__ = ['check_tag', 'context', 'golden_examples', 'log_model', 'load_model', 'model_info', 'champion', 'history',
+           'set_champion', 'promote', 'rollback', 'GateConfig', 'gate', 'settle_gates', 'models', 'lineage']
+
+# %% ../nbs/10_registry.ipynb #e8b20d77
+_TAG_PART = re.compile(r'^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$') # BentoML's rule for a tag's name and version, at most 63 characters
+_FORMS = {'tag': "a model tag, name:version, e.g. 'churn:q7ddjlhfoclhqax4'",
+          'name': "a model name, e.g. 'churn'",
+          'tag-or-name': "a model tag, name:version (e.g. 'churn:q7ddjlhfoclhqax4'), or a model name alone for its latest version"}
+
+def check_tag(value: Any, # what was given
+              form: str = 'tag', # 'tag' (name:version), 'name' (a model name) or 'tag-or-name'
+             ) -> str:
+    "`value` if it is a model tag or name of the `form` asked for; else a `UsageError` naming it and the form expected."
+    ok = lambda part: len(part) <= 63 and _TAG_PART.match(part) is not None
+    name, sep, version = value.partition(':') if isinstance(value, str) else ('', '', '')
+    if sep and form == 'name': problem = 'is a tag, not a model name'
+    elif not sep and form == 'tag': problem = 'has no version'
+    elif not ok(name) or (sep and not ok(version)): problem = 'is not valid'
+    else: return value
+    raise UsageError(f"{value!r} {problem}: expected {_FORMS[form]}. Names and versions are lowercase letters, digits, '-', '_' "
+                     "or '.' (at most 63 characters, starting and ending with a letter or digit); `mlnb models` lists the tags.")
 
 # %% ../nbs/10_registry.ipynb #1f5e4954
 def context() -> dict:
@@ -67,6 +86,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     import bentoml
     root, ctx = project_root(), context()
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
+    check_tag(name, 'name')
     commit, dirty = git_state(root)
     lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
@@ -86,13 +106,15 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
 def load_model(tag: str):
     "The model saved under `tag` (`name:version`, or `name` for the latest)."
     import bentoml
+    check_tag(tag, 'tag-or-name')
     try: return bentoml.sklearn.load_model(tag)
     except bentoml.exceptions.NotFound:
         raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME). See `mlnb models`.") from None
 
 def model_info(tag: str) -> dict:
-    "Tag, creation time and the metadata `log_model` saved for `tag`."
+    "Tag, creation time and the metadata `log_model` saved for `tag` (`name:version`, or `name` for the latest)."
     import bentoml
+    check_tag(tag, 'tag-or-name')
     try: m = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME). See `mlnb models`.") from None
@@ -107,14 +129,24 @@ def _ledger(root=None) -> Ledger: return Ledger(root or project_root())
 
 def champion(name: str, root: str | Path | None = None) -> str | None:
     "The tag of the current champion of model `name`, or None."
+    check_tag(name, 'name')
     led = _ledger(root)
-    try:
-        r = led.db.execute('select tag from champions where model=? order by seq desc limit 1', (name,)).fetchone()
-        return r['tag'] if r else None
+    try: return _current(led.db, name)
     finally: led.close()
 
+def _current(db: sqlite3.Connection, name: str) -> str | None:
+    "The champion of `name` as `db` sees it (inside the caller's transaction)."
+    r = db.execute('select tag from champions where model=? order by seq desc limit 1', (name,)).fetchone()
+    return r['tag'] if r else None
+
+def _move(db: sqlite3.Connection, tag: str, kind: str, reason: str, run_id: str | None, current: str | None):
+    "Append the change of the champion to `tag` (from `current`) to the history, inside the caller's transaction."
+    db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id) values (?,?,?,?,?,?,?,?)',
+               (tag.split(':')[0], tag, current, time.time(), kind, getpass.getuser(), reason, run_id))
+
 def history(name: str, root: str | Path | None = None) -> list[dict]:
-    "Every change of model `name`'s champion, oldest first."
+    "Every change of model `name`'s champion, oldest first: when, kind ('gate', 'manual', 'rollback'), from which tag to which, by whom, why, run."
+    check_tag(name, 'name')
     led = _ledger(root)
     try: return [dict(r) for r in led.db.execute('select * from champions where model=? order by seq', (name,))]
     finally: led.close()
@@ -129,27 +161,26 @@ def set_champion(tag: str, # the new champion, name:version
                  root: str | Path | None = None,
                 ) -> bool:
     "Make `tag` the champion of its model atomically; False when `expect` no longer holds."
-    name = tag.split(':')[0]
+    check_tag(tag)
     led = _ledger(root)
     try:
         with led.tx() as db:
-            r = db.execute('select tag from champions where model=? order by seq desc limit 1', (name,)).fetchone()
-            current = r['tag'] if r else None
+            current = _current(db, tag.split(':')[0])
             if expect is not _UNSET and current != expect: return False
-            db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id) values (?,?,?,?,?,?,?,?)',
-                       (name, tag, current, time.time(), kind, getpass.getuser(), reason, run_id))
+            _move(db, tag, kind, reason, run_id, current)
         return True
     finally: led.close()
 
 def promote(tag: str, reason: str = 'promoted by hand', root: str | Path | None = None) -> str | None:
     "Make the model `tag` the champion by hand (recorded as manual, with who and when); returns the previous champion."
-    tag = model_info(tag)['tag']
+    tag = model_info(check_tag(tag))['tag']
     before = champion(tag.split(':')[0], root)
     set_champion(tag, 'manual', reason, root=root)
     return before
 
 def rollback(name: str, root: str | Path | None = None) -> str:
     "Give model `name` back the champion it had before the current one; returns that tag."
+    check_tag(name, 'name')
     led = _ledger(root)
     try:
         with led.tx() as db:
@@ -162,30 +193,53 @@ def rollback(name: str, root: str | Path | None = None) -> str:
             if len(stack) < 2:
                 raise UsageError(f"Model '{name}' has no earlier champion to roll back to (its champion is {stack[-1] if stack else None}).")
             target = stack[-2]
-            db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id) values (?,?,?,?,?,?,?,?)',
-                       (name, target, rows[-1]['tag'], time.time(), 'rollback', getpass.getuser(), f"rolled back from {rows[-1]['tag']}", None))
+            _move(db, target, 'rollback', f"rolled back from {rows[-1]['tag']}", None, rows[-1]['tag'])
         return target
     finally: led.close()
 
 # %% ../nbs/10_registry.ipynb #c17652b7
+def _margin(value: Any) -> tuple[float, bool]:
+    "(margin, relative?) from `min_improvement`: a number >= 0 is absolute, a string 'N%' relative."
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0: return float(value), False
+    elif isinstance(value, str) and value.strip().endswith('%'):
+        try: pct = float(value.strip()[:-1])
+        except ValueError: pct = math.nan
+        if math.isfinite(pct) and pct >= 0: return pct / 100, True
+    raise UsageError(f"[tool.mlnb.gate] min_improvement = {value!r} cannot be used. Give a number >= 0 for an absolute margin "
+                     "(0.005: the candidate must beat the champion by 0.005) or a percentage string for a relative one (\"2%\": by 2% "
+                     "of the champion's distance from `best`, or of the champion's value when no `best` is set).")
+
+def _finite(value: Any, key: str) -> float | None:
+    "`value` as a float if it is a finite number (or None); else a `UsageError` naming `key`."
+    if value is None: return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value): return float(value)
+    raise UsageError(f"[tool.mlnb.gate] {key} = {value!r} cannot be used: give a finite number, or leave {key} out.")
+
 @dataclass(frozen=True, kw_only=True)
 class GateConfig:
     "How the gate compares a candidate with the champion."
     metric: str = 'roc_auc' # metric name in the metrics dicts
     direction: str = 'maximize' # 'maximize' or 'minimize'
-    min_improvement: float = 0.0 # required margin over the champion
+    min_improvement: float | str = 0.0 # required margin over the champion: a number (absolute) or 'N%' (relative)
     floor: float | None = None # absolute bound every promoted model must meet
+    best: float | None = None # the best value the metric can take (1.0 for ROC AUC), the basis of a relative margin
 
     def __post_init__(self):
         if self.direction not in ('maximize', 'minimize'):
             raise UsageError(f"[tool.mlnb.gate] direction must be 'maximize' or 'minimize', not {self.direction!r}.")
-        if not (isinstance(self.min_improvement, (int, float)) and self.min_improvement >= 0):
-            raise UsageError(f"[tool.mlnb.gate] min_improvement must be a number >= 0, not {self.min_improvement!r}.")
+        if not (isinstance(self.metric, str) and self.metric):
+            raise UsageError(f"[tool.mlnb.gate] metric must be the name of a metric, e.g. \"roc_auc\", not {self.metric!r}.")
+        _margin(self.min_improvement)
+        floor, best = _finite(self.floor, 'floor'), _finite(self.best, 'best')
+        if floor is not None and best is not None and (floor - best) * (1 if self.direction == 'maximize' else -1) > 0:
+            raise UsageError(f"[tool.mlnb.gate] floor = {floor} is beyond best = {best}: no model could ever be promoted. Fix one of them.")
 
     @classmethod
     def from_settings(cls, table: Mapping[str, Any]) -> GateConfig:
         "Read `[tool.mlnb.gate]`, naming any unknown key."
-        known = ('metric', 'direction', 'min_improvement', 'floor')
+        known = ('metric', 'direction', 'min_improvement', 'floor', 'best')
+        if not isinstance(table, Mapping): raise UsageError(f"[tool.mlnb.gate] must be a table with keys {', '.join(known)}, found {table!r}.")
         for k in table:
             if k not in known: raise UsageError(f"[tool.mlnb.gate] has an unknown key '{k}'.{did_you_mean(k, known)} Known keys: {', '.join(known)}.")
         return cls(**table)
@@ -201,10 +255,18 @@ class GateConfig:
         if champion is None: return True, f"{m} {c:.4f} and no champion yet: promoted"
         if m not in champion: raise UsageError(f"The champion's metrics lack '{m}'; score both models on the same data.")
         ch = float(champion[m])
-        gain = sign * (c - ch)
-        if gain >= self.min_improvement and gain > 0:
-            return True, f"{m} {c:.4f} vs champion {ch:.4f}: promoted (improves by {gain:.4f}, needed {self.min_improvement})"
-        return False, f"{m} {c:.4f} vs champion {ch:.4f}: not promoted (needs an improvement of at least {self.min_improvement})"
+        gain, (margin, relative) = sign * (c - ch), _margin(self.min_improvement)
+        head, basis = f"{m} {c:.4f} vs champion {ch:.4f}", ''
+        if relative and self.best is not None:
+            room = sign * (self.best - ch)
+            if room <= 0:
+                return False, f"{head}: not promoted (the champion is already at the best possible {m}, {self.best}: nothing can beat it)"
+            need, basis = margin * room, f" = {self.min_improvement} of the champion's distance {room:.4g} from the best {m} {self.best}"
+        elif relative: need, basis = margin * abs(ch), f" = {self.min_improvement} of the champion's {m}"
+        else: need = margin
+        shown = self.min_improvement if not relative else f'{need:.4g}{basis}'
+        if gain >= need and gain > 0: return True, f"{head}: promoted (improves by {gain:.4f}, needed {shown})"
+        return False, f"{head}: not promoted (needs an improvement of at least {shown})"
 
 # %% ../nbs/10_registry.ipynb #099c4a97
 def gate(name: str, # model name
@@ -213,8 +275,10 @@ def gate(name: str, # model name
          champion_metrics: Mapping[str, float] | None = None, # the champion's, on the same data (None: no champion)
          champion_tag: str | None = None, # the champion that was scored (default: the current one)
         ) -> dict:
-    "Decide whether `candidate` should replace the champion; records and returns the decision."
+    "Decide whether `candidate` should replace the champion; records and returns the decision, with both models' metrics."
     from mlnb.project import load_project
+    check_tag(name, 'name'); check_tag(candidate)
+    if champion_tag is not None: check_tag(champion_tag)
     root = project_root()
     cfg = GateConfig.from_settings(load_project(root).settings.get('gate', {}))
     current = champion_tag if champion_tag is not None else champion(name, root)
@@ -223,50 +287,73 @@ def gate(name: str, # model name
     promote_, reason = cfg.decide(metrics, champion_metrics if current is not None else None)
     decision = {'model': name, 'candidate': candidate, 'champion': current, 'metric': cfg.metric,
                 'candidate_value': plain(metrics.get(cfg.metric)), 'champion_value': plain((champion_metrics or {}).get(cfg.metric)),
-                'promote': promote_, 'reason': reason}
+                'promote': promote_, 'reason': reason, 'metrics': plain(dict(metrics)),
+                'champion_metrics': plain(dict(champion_metrics)) if champion_metrics is not None and current is not None else None}
     record('gate', decision)
     print(f"gate: {candidate}: {reason}" + ('' if context() else ' (shown, not applied: only `mlnb run` promotes)'))
     return decision
 
 # %% ../nbs/10_registry.ipynb #499dc229
-def apply_gates(root: Path, run_id: str, decisions: list[dict], run_ok: bool) -> list[dict]:
-    "Record the gate decisions of run `run_id`; promote when the run succeeded. Returns them with what happened."
+_OUTCOMES = {'applied': 'now the champion (was {champion})',
+             'declined': 'not promoted by the gate; the champion is unchanged',
+             'stale': 'but the champion changed while the run was going (to {current}), so it was not promoted: run again',
+             'run_failed': 'but the run did not succeed, so nothing was promoted and the champion is unchanged'}
+
+def settle_gates(db: sqlite3.Connection, # the ledger, inside the transaction that finishes the run
+                 run_id: str, # the run
+                 run_ok: bool, # whether every step of the run succeeded
+                ) -> list[dict]:
+    "Apply the pending gate decisions of `run_id` (promote only if `run_ok`) and mark what became of each; returns them."
+    from mlnb.ledger import _gate_row
     out = []
-    for d in decisions:
-        applied, note = False, d['reason']
-        if not run_ok: note = f"{d['reason']}; but the run did not succeed, so nothing was promoted and the champion is unchanged"
-        elif d['promote']:
-            applied = set_champion(d['candidate'], 'gate', d['reason'], run_id=run_id, expect=d['champion'], root=root)
-            if not applied: note = f"{d['reason']}; but the champion changed while the run was going, so it was not promoted: run again"
-        led = Ledger(root)
-        try:
-            with led.tx() as db:
-                db.execute('insert into gates (run_id, model, candidate, champion, metric, candidate_value, champion_value, '
-                           'promote, applied, reason, at) values (?,?,?,?,?,?,?,?,?,?,?)',
-                           (run_id, d['model'], d['candidate'], d['champion'], d['metric'], d['candidate_value'],
-                            d['champion_value'], int(bool(d['promote'])), int(applied), note, time.time()))
-        finally: led.close()
-        out.append({**d, 'applied': applied, 'note': note})
+    for g in [_gate_row(r) for r in db.execute("select * from gates where run_id=? and status='pending' order by seq", (run_id,))]:
+        current = _current(db, g['model'])
+        if not run_ok: status = 'run_failed'
+        elif not g['promote']: status = 'declined'
+        elif current != g['champion']: status = 'stale'
+        else:
+            _move(db, g['candidate'], 'gate', g['reason'], run_id, current)
+            status = 'applied'
+        outcome = _OUTCOMES[status].format(champion=g['champion'] or 'none', current=current or 'none')
+        db.execute('update gates set status=?, applied=?, outcome=?, settled=? where seq=?',
+                   (status, int(status == 'applied'), outcome, time.time(), g['seq']))
+        note = g['reason'] if status in ('applied', 'declined') else f"{g['reason']}; {outcome}"
+        out.append({**g, 'status': status, 'applied': status == 'applied', 'outcome': outcome, 'note': note})
     return out
 
 # %% ../nbs/10_registry.ipynb #31346ef6
 def models(name: str | None = None, root: str | Path | None = None) -> list[dict]:
-    "Versions in the model store (of `name`, or of every model mlnb logged), newest first, with the champion marked."
+    "Versions in the model store (of `name`, or of every model mlnb logged), newest first: the champion marked, the metrics the gate scored each on, its training metrics."
     import bentoml
+    if name is not None: check_tag(name, 'name')
     out, champs = [], {}
-    for m in bentoml.models.list(name) if name else bentoml.models.list():
-        md = m.info.metadata
-        if 'lineage' not in md: continue
-        n = m.tag.name
-        if n not in champs: champs[n] = champion(n, root)
-        out.append({'tag': str(m.tag), 'name': n, 'created': m.info.creation_time.isoformat(), 'run_id': md.get('mlnb_run') or None,
-                    'metrics': dict(md.get('metrics') or {}), 'champion': str(m.tag) == champs[n]})
+    led = _ledger(root)
+    try:
+        for m in bentoml.models.list(name) if name else bentoml.models.list():
+            md = m.info.metadata
+            if 'lineage' not in md: continue
+            n, g = m.tag.name, _last_gate(led, str(m.tag))
+            if n not in champs: champs[n] = _current(led.db, n)
+            out.append({'tag': str(m.tag), 'name': n, 'created': m.info.creation_time.isoformat(), 'run_id': md.get('mlnb_run') or None,
+                        'evaluation_metrics': g['metrics'] if g else None, 'training_metrics': dict(md.get('metrics') or {}),
+                        'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'at')},
+                        'champion': str(m.tag) == champs[n]})
+    finally: led.close()
     return sorted(out, key=lambda r: r['created'], reverse=True)
 
+def _last_gate(led: Ledger, tag: str) -> dict | None:
+    "The latest gate decision about candidate `tag`, with the metrics it was evaluated on, or None."
+    from mlnb.ledger import _gate_row
+    r = led.db.execute('select * from gates where candidate=? order by seq desc limit 1', (tag,)).fetchone()
+    return None if r is None else _gate_row(r)
+
 def lineage(tag: str, root: str | Path | None = None) -> dict:
-    "The chain model <- run <- steps (params, fingerprints, executed notebooks) <- data files and contract <- git commit."
-    info = model_info(tag)
+    "The chain model <- run <- steps (params, fingerprints, executed notebooks) <- data files and contract <- git commit; and the gate's last word on it."
+    info = model_info(check_tag(tag))
     lin, run, steps = info['lineage'], None, []
+    led = _ledger(root)
+    try: g = _last_gate(led, info['tag'])
+    finally: led.close()
     if lin.get('run_id'):
         led = _ledger(root)
         try:
@@ -281,6 +368,7 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
         except MlnbError: run = None
         finally: led.close()
     return {'model': {'tag': info['tag'], 'created': info['created'], 'metrics': info['metrics']},
+            'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'metrics', 'champion', 'champion_metrics')},
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),

@@ -17,13 +17,14 @@ from .artifacts import is_ref
 from .engines import papermill_engine, pool
 from .errors import MlnbError, StepFailed
 from .ledger import Ledger, new_run_id
-from .outputs import read, store
+from .outputs import read_refs, store
 from .pipeline import Plan, PlannedStep, make_plan
-from .project import Project, load_project
+from .project import Project, contract_file, load_project
+from .registry import GateConfig, settle_gates
 
 # %% auto #0
-__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'fingerprints', 'step_context', 'Progress',
-           'execute_step', 'StepResult', 'RunResult', 'run_pipeline']
+__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'fingerprints', 'step_context',
+           'Progress', 'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -87,8 +88,15 @@ def input_hashes(plan: Plan) -> dict[str, dict[str, str]]:
             out[s.name][rel] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
-def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    "The fingerprint of every step of `plan`, given the package hash and the input hashes."
+def contract_hashes(plan: Plan) -> dict[str, dict[str, str]]:
+    "SHA-256 of every data contract a step checks, per step (the plan has checked that the files exist)."
+    return {s.name: {c: hashlib.sha256(contract_file(plan.project.root, c).read_bytes()).hexdigest() for c in s.contracts}
+            for s in plan.steps}
+
+def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
+                 contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
+                ) -> dict[str, str]:
+    "The fingerprint of every step of `plan`, given the package hash, the input hashes and the contract hashes."
     fps = {}
     for s in plan.steps:
         h = hashlib.sha256()
@@ -96,19 +104,22 @@ def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str
         h.update(json.dumps(dict(s.params), sort_keys=True).encode())
         for n in s.spec.needs: h.update(f'{n}={fps[n]}'.encode())
         for rel, sha in inputs[s.name].items(): h.update(f'{rel}={sha}'.encode())
+        for name, sha in (contracts or {}).get(s.name, {}).items(): h.update(f'contract:{name}={sha}'.encode())
         h.update(package.encode())
         fps[s.name] = h.hexdigest()
     return fps
 
-def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, str], inputs: Mapping[str, Mapping[str, str]]) -> dict:
-    "What a step is told about itself (the `mlnb_run` parameter): run, step, fingerprint, params, and everything upstream."
+def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, str], inputs: Mapping[str, Mapping[str, str]],
+                 contracts: Mapping[str, Mapping[str, str]] | None = None) -> dict:
+    "What a step is told about itself (the `mlnb_run` parameter): run, step, fingerprint, resolved params, and everything upstream."
     ups, todo = {}, list(step.spec.needs)
     while todo:
         n = todo.pop()
         if n not in ups: ups[n] = fps[n]; todo.extend(plan[n].spec.needs)
     files = {rel: sha for n in [*ups, step.name] for rel, sha in inputs[n].items()}
+    checked = {c: sha for n in [*ups, step.name] for c, sha in (contracts or {}).get(n, {}).items()}
     return {'run_id': run_id, 'step': step.name, 'fingerprint': fps[step.name], 'params': dict(step.params),
-            'upstream': dict(sorted(ups.items())), 'inputs': files}
+            'upstream': dict(sorted(ups.items())), 'inputs': files, 'contracts': checked}
 
 # %% ../nbs/08_runner.ipynb #097efdf5
 class Progress:
@@ -162,28 +173,41 @@ def execute_step(step: PlannedStep, # what to run
                  root: Path, # the project root (on the step's import path)
                  context: Mapping[str, Any] | None = None, # the `mlnb_run` parameter
                 ) -> dict[str, Any]:
-    "Execute `step` with papermill and return the outputs it recorded."
+    "Execute `step` with papermill and return the outputs it recorded (artifact references as references)."
     import papermill as pm
     _quiet_papermill()
-    params = dict(step.params)
+    params = dict(step.overrides) # the notebook's own defaults stay as the notebook wrote them
     if step.spec.needs: params['upstream'] = dict(upstream)
     if context is not None: params['mlnb_run'] = dict(context)
-    cwd = step.notebook.parent
-    if engine == 'nbclient': kw = {'resources': {'metadata': {'path': str(cwd)}}}
+    cwd, log = step.notebook.parent, kernel_log(out_path)
+    if engine in ('mlnb_kernel', 'nbclient'): kw = {'resources': {'metadata': {'path': str(cwd)}}}
     elif engine == 'mlnb_fast': kw = {'mlnb_cwd': str(cwd), 'mlnb_root': str(root), 'mlnb_env': {'MLNB_PROJECT_ROOT': str(root)}}
     else: kw = {'cwd': str(cwd)}
+    if engine in ('mlnb_kernel', 'mlnb_fast'): kw['mlnb_log'] = str(log)
     try:
         pm.execute_notebook(str(step.notebook), str(out_path), parameters=params, engine_name=engine,
                             progress_bar=False, **kw)
     except pm.PapermillExecutionError as e:
         raise StepFailed(f"Step '{step.name}' failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}\n"
-                         f"The executed notebook, with the traceback, is at {out_path}", step=step.name,
-                         cell=e.exec_count, ename=e.ename, evalue=e.evalue, notebook=str(out_path)) from None
+                         f"The executed notebook, with the traceback, is at {out_path}{_see_log(log)}", step=step.name,
+                         cell=e.exec_count, ename=e.ename, evalue=e.evalue, notebook=str(out_path), kernel_log=_log_path(log)) from None
     except Exception as e:
         raise StepFailed(f"Step '{step.name}' could not be executed: {type(e).__name__}: {e}\n"
-                         f"The notebook as far as it ran is at {out_path}", step=step.name, cell=None,
-                         ename=type(e).__name__, evalue=str(e), notebook=str(out_path)) from None
-    return read(out_path)
+                         f"The notebook as far as it ran is at {out_path}{_see_log(log)}", step=step.name, cell=None,
+                         ename=type(e).__name__, evalue=str(e), notebook=str(out_path), kernel_log=_log_path(log)) from None
+    return read_refs(out_path)
+
+def kernel_log(out_path: Path) -> Path:
+    "Where the kernel (or fast worker) that executes into `out_path` writes its own output: `<step>.kernel.log` beside it."
+    return out_path.with_suffix('.kernel.log')
+
+def _log_path(log: Path) -> str | None:
+    "`log` as text if the kernel wrote anything to it, else None."
+    return str(log) if log.is_file() and log.stat().st_size else None
+
+def _see_log(log: Path) -> str:
+    "A sentence naming the kernel's log, when it holds anything."
+    return f"\nThe kernel's own log (its stderr: warnings, crashes) is at {log}" if _log_path(log) else ''
 
 # %% ../nbs/08_runner.ipynb #accd7dc7
 @dataclass
@@ -232,12 +256,14 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     project = project or load_project()
     targets, overrides = list(targets), list(overrides)
     plan = make_plan(project, targets, profile, overrides)
-    pm_engine = papermill_engine(engine or project.settings.get('engine'))
+    engine = engine or project.settings.get('engine') or 'kernel' # recorded as asked: 'kernel', 'fast', or a papermill engine
+    pm_engine = papermill_engine(engine)
+    if 'gate' in project.settings: GateConfig.from_settings(project.settings['gate']) # a bad gate is refused before anything runs
     if jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
     project.state.mkdir(parents=True, exist_ok=True)
     ensure_exported(project)
-    inputs = input_hashes(plan)
-    fps = fingerprints(plan, package_hash(project), inputs)
+    inputs, contracts = input_hashes(plan), contract_hashes(plan)
+    fps = fingerprints(plan, package_hash(project), inputs, contracts)
     root = str(project.root)
     if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
@@ -246,7 +272,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     run_id = new_run_id()
     run_dir = project.state / 'runs' / run_id
     run_dir.mkdir(parents=True)
-    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=pm_engine)
+    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine)
     result, outputs = RunResult(run_id, 'running'), {}
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     def show(*a, **k):
@@ -282,7 +308,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                     show(s.name, 'running')
                     ups = {n: outputs[n] for n in s.spec.needs}
                     running[ex.submit(_timed, execute_step, s, out_nb, ups, pm_engine, project.root,
-                                     step_context(plan, s, run_id, fps, inputs))] = (s, out_nb)
+                                     step_context(plan, s, run_id, fps, inputs, contracts))] = (s, out_nb)
                 if not running: continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -291,28 +317,32 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                         outs, secs = fut.result()
                         outputs[s.name] = outs
                         result.steps[s.name] = StepResult(s.name, 'ok', fps[s.name], secs, outs, str(out_nb))
-                        led.finish_step(run_id, s.name, 'ok', outputs=outs)
+                        led.finish_step(run_id, s.name, 'ok', outputs=outs, gates=_decisions(outs))
                         show(s.name, 'ok', secs)
                     except StepFailed as e:
-                        try: partial = {k: v for k, v in read(out_nb).items() if k == 'gate'} # kept for the record, never reused
+                        try: partial = {k: v for k, v in read_refs(out_nb).items() if k == 'gate'} # kept for the record, never reused
                         except Exception: partial = None
                         result.steps[s.name] = StepResult(s.name, 'failed', fps[s.name], None, partial, str(out_nb), error=e)
-                        led.finish_step(run_id, s.name, 'failed', error=e.fields)
+                        led.finish_step(run_id, s.name, 'failed', error=e.fields, gates=_decisions(partial))
                         show(s.name, 'failed', note=f'{e.ename}: {e.evalue}'[:80])
-        result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values()) else 'ok'
-        decisions = [r.outputs['gate'] for r in result.steps.values() if r.status in ('ok', 'failed') and isinstance(r.outputs, dict)
-                     and isinstance(r.outputs.get('gate'), dict) and 'candidate' in r.outputs['gate']]
-        if decisions:
-            from mlnb.registry import apply_gates
-            result.gates = apply_gates(project.root, run_id, decisions, result.status == 'ok')
-        led.finish_run(run_id, result.status, None if result.error is None else str(result.error))
+            result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values()) else 'ok'
+            ok = result.status == 'ok'
+            # the gate decisions are applied, and the run marked finished, in one transaction (a kill leaves all or nothing),
+            # before the fast engine's workers are stopped
+            result.gates = led.finish_run(run_id, result.status, None if result.error is None else str(result.error),
+                                          within=lambda db: settle_gates(db, run_id, ok))
         return result
     except BaseException as e:
-        led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}')
+        led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=lambda db: settle_gates(db, run_id, False))
         raise
     finally:
         if prog: prog.close()
         led.close()
+
+def _decisions(outputs: Any) -> list[dict]:
+    "The gate decision a step recorded (`mlnb.gate`), as a list."
+    g = outputs.get('gate') if isinstance(outputs, dict) else None
+    return [g] if isinstance(g, dict) and 'candidate' in g else []
 
 def _timed(fn, *args):
     "(fn(*args), seconds it took)."

@@ -25,6 +25,7 @@ def out_of_range(df): df.loc[11, 'age'] = '150'; return df
 def duplicate_key(df): df.loc[12, 'customer_id'] = df.loc[13, 'customer_id']; return df
 def stale(df): df.loc[[1, 2], 'snapshot_date'] = '2020-01-31'; return df
 def header_only(df): return df.iloc[:0]
+def future(df): df.loc[[4], 'snapshot_date'] = '2099-01-01'; return df
 
 
 MATRIX = [
@@ -36,6 +37,7 @@ MATRIX = [
     (out_of_range, 'age', 'in_range'),
     (duplicate_key, 'customer_id', 'field_uniqueness'),
     (stale, 'snapshot_date', 'max_age'),
+    (future, 'snapshot_date', 'max_age'),
     (header_only, '(all rows)', 'min_rows'),
 ]
 
@@ -106,3 +108,44 @@ def test_pipeline_stops_at_the_data_step(project, fresh_store):
     assert champion(project) == [champ]  # the model in production is untouched
     served = mlnb('verify', cwd=project).stdout  # and its service still answers as its notebook did
     assert f'golden examples of {champ} exactly as the notebook did' in served
+
+
+def test_a_contract_written_before_max_future_refuses_future_dates(project):
+    "An older contract file has only `max_age`: it loads as it is and gets the default tolerance of one day."
+    path = project / 'contracts' / 'customers.yaml'
+    text = path.read_text()
+    assert '      max_future: 1D\n' in text
+    path.write_text(text.replace('      max_future: 1D\n', '').replace(', max_future=1D', ''))
+    assert 'max_future' not in path.read_text()
+    assert mlnb('check', 'data/customers.csv', '--contract', 'customers', cwd=project).returncode == 0
+    _rewrite(project, future)
+    res = mlnb('check', 'data/customers.csv', '--contract', 'customers', '--json', cwd=project, check=False)
+    assert res.returncode == 1
+    assert [(f['column'], f['check'].split('(')[0], f['failing_rows'], f['examples']) for f in json.loads(res.stdout)['failures']] == [
+        ('snapshot_date', 'max_age', 1, ['2099-01-01 00:00:00'])]
+
+
+def test_editing_the_contract_invalidates_the_steps_that_check_it(project):
+    mlnb('run', 'data', 'features', '--engine', 'fast', cwd=project)
+    runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
+    data = json.loads(mlnb('show', runs[0]['id'], '--json', cwd=project).stdout)['steps'][0]
+    # the step context records the hash of the contract the data step checks
+    import hashlib, nbformat
+    sha = hashlib.sha256((project / 'contracts' / 'customers.yaml').read_bytes()).hexdigest()
+    injected = [c for c in nbformat.read(data['notebook'], 4).cells if 'injected-parameters' in c.metadata.get('tags', [])][0]
+    assert f'"contracts": {{"customers": "{sha}"}}' in injected.source
+    # a column made non-nullable: `mlnb check` fails the data, and `mlnb run` checks it again instead of reusing the cache
+    path = project / 'contracts' / 'customers.yaml'
+    text = path.read_text()
+    age = text.index('  age:\n')
+    path.write_text(text[:age] + text[age:].replace('    nullable: true\n', '', 1))
+    assert mlnb('check', 'data/customers.csv', '--contract', 'customers', cwd=project, check=False).returncode == 1
+    res = mlnb('run', 'data', 'features', '--engine', 'fast', cwd=project, check=False)
+    assert res.returncode == 1 and "Step 'data' failed" in res.stderr and 'not_nullable' in res.stderr
+    runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
+    assert runs[0]['steps'] == {'failed': 1, 'skipped': 1}
+    # a contract the pipeline names but the project lacks is a planning error
+    path.unlink()
+    res = mlnb('run', '--engine', 'fast', cwd=project, check=False)
+    assert res.returncode == 2 and "Step 'data' checks contract 'customers' (in the code of nbs/01_data.ipynb), but " \
+        "contracts/customers.yaml does not exist" in res.stderr

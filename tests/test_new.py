@@ -41,6 +41,7 @@ def test_each_notebook_runs_in_a_kernel(project):
     "papermill with the default kernel runs every notebook top to bottom, upstream outputs injected as in a pipeline."
     import papermill as pm
     from mlnb import read
+    from mlnb.outputs import read_refs
     out_dir = project / '.mlnb' / 'manual'
     out_dir.mkdir(parents=True)
     needs = {'data': [], 'features': ['data'], 'train': ['data', 'features'], 'evaluate': ['data', 'train']}
@@ -56,7 +57,10 @@ def test_each_notebook_runs_in_a_kernel(project):
             out = out_dir / f'{step}.ipynb'
             pm.execute_notebook(str(project / 'nbs' / f'{stem}.ipynb'), str(out), parameters=params,
                                 kernel_name='python3', cwd=str(project / 'nbs'), progress_bar=False)
-            outputs[step] = read(out)
+            outputs[step] = read_refs(out)  # references, as the runner injects them
+            if step == 'data':  # `mlnb.read` gives the values
+                values = read(out)
+                assert len(values['train']) + len(values['test']) == values['n_rows'] == 5000
     finally:
         if old is None: os.environ.pop('PYTHONPATH')
         else: os.environ['PYTHONPATH'] = old

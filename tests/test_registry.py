@@ -3,6 +3,7 @@ import hashlib, json, sqlite3, subprocess, sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from conftest import MLNB, git_snapshot, mlnb, model_metadata, run
 
@@ -27,12 +28,20 @@ def test_gate_promotes_only_better_models_and_rollback(project, fresh_store):
     ms = models(project)
     assert len(ms) == 2 and champion(project) == [good]
     worse = next(m['tag'] for m in ms if m['tag'] != good)
+    # `mlnb models` shows what the gate scored each version on (every metric evaluate passed), and its training metrics
+    by_tag = {m['tag']: m for m in ms}
+    for tag, status in ((good, 'applied'), (worse, 'declined')):
+        assert set(by_tag[tag]['evaluation_metrics']) == {'roc_auc', 'accuracy', 'f1', 'log_loss'}
+        assert set(by_tag[tag]['training_metrics']) == {'train_roc_auc'} and by_tag[tag]['gate']['status'] == status
+    assert by_tag[good]['evaluation_metrics']['roc_auc'] > by_tag[worse]['evaluation_metrics']['roc_auc']
+    table = mlnb('models', 'churn', cwd=project).stdout
+    assert 'evaluation' in table and 'accuracy=' in table and 'train_roc_auc=' in table
 
     # BentoML itself lists both versions, with the metadata mlnb saved
     listed = json.loads(run([str(Path(sys.executable).parent / 'bentoml'), 'models', 'list', 'churn', '-o', 'json'], project).stdout)
     assert {m['tag'] for m in listed} == {good, worse}
     got = json.loads(run([str(Path(sys.executable).parent / 'bentoml'), 'models', 'get', worse, '-o', 'json'], project).stdout)
-    assert got['metadata']['mlnb_run'] and json.loads(got['metadata']['lineage'])['params'] == {'max_depth': 2, 'n_estimators': 3}
+    assert got['metadata']['mlnb_run'] and json.loads(got['metadata']['lineage'])['params'] == {'max_depth': 2, 'n_estimators': 3, 'seed': 42}
 
     # the gate decisions are in the ledger with their reasons
     db = sqlite3.connect(project / '.mlnb' / 'ledger.db')
@@ -51,6 +60,13 @@ def test_gate_promotes_only_better_models_and_rollback(project, fresh_store):
     res = mlnb('rollback', 'churn', cwd=project, check=False)
     assert res.returncode == 2 and 'no earlier champion' in res.stderr
     assert champion(project) == [good]
+
+    # every change of the pointer, oldest first
+    hist = json.loads(mlnb('history', 'churn', '--json', cwd=project).stdout)
+    assert [(h['kind'], h['previous'], h['tag']) for h in hist] == [('gate', None, good), ('manual', good, worse), ('rollback', worse, good)]
+    assert hist[0]['run_id'] == ms[-1]['run_id'] and hist[1]['reason'] == 'canary test' and all(h['by'] and h['at'] for h in hist)
+    text = mlnb('history', 'churn', cwd=project).stdout
+    assert 'rollback' in text and 'canary test' in text and worse in text
 
 
 def test_failed_run_never_changes_the_champion(project, fresh_store):
@@ -101,7 +117,7 @@ def test_lineage_round_trip(project, fresh_store):
     saved = json.loads(md['lineage'])
     runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
     assert lin['run']['id'] == saved['run_id'] == runs[0]['id'] == md['mlnb_run']
-    assert lin['step'] == {'name': 'train', 'params': {'n_estimators': 50}, 'fingerprint': saved['fingerprint']}
+    assert lin['step'] == {'name': 'train', 'params': {'max_depth': 8, 'n_estimators': 50, 'seed': 42}, 'fingerprint': saved['fingerprint']}
     assert lin['model']['metrics'] == md['metrics'] and 'train_roc_auc' in md['metrics']
     head = run(['git', 'rev-parse', 'HEAD'], project).stdout.strip()
     assert lin['code']['git_commit'] == head == lin['run']['git_commit']
@@ -111,7 +127,9 @@ def test_lineage_round_trip(project, fresh_store):
     assert lin['data']['contract'] == {'name': 'customers', 'sha256': hashlib.sha256((project / 'contracts' / 'customers.yaml').read_bytes()).hexdigest()}
     assert set(lin['data']['upstream_fingerprints']) == {'data', 'features'}
     steps = {s['step']: s for s in lin['upstream_steps']}
-    assert set(steps) == {'data', 'features', 'train'} and steps['data']['params'] == {'sample_frac': 0.2}
+    assert set(steps) == {'data', 'features', 'train'}
+    assert steps['data']['params'] == {'data_path': '../data/customers.csv', 'sample_frac': 0.2, 'seed': 42, 'test_size': 0.25}
+    assert lin['run']['engine'] == 'fast' and lin['gate']['status'] == 'applied' and 'roc_auc' in lin['gate']['metrics']
     for s in steps.values():
         assert Path(s['notebook']).is_file()
         assert s['fingerprint'] == (saved['fingerprint'] if s['step'] == 'train' else saved['upstream'][s['step']])
@@ -120,3 +138,32 @@ def test_lineage_round_trip(project, fresh_store):
     assert 'churned' not in golden['rows'][0] and 'customer_id' in golden['rows'][0]
     text = mlnb('lineage', tag, cwd=project).stdout
     assert tag in text and 'data/customers.csv' in text and 'contract customers' in text and head in text
+
+
+@pytest.mark.parametrize('args, bad', [
+    (['lineage', 'bad tag!'], 'bad tag!'),
+    (['lineage', 'churn'], 'churn'),
+    (['promote', 'churn:x y'], 'churn:x y'),
+    (['promote', 'Churn:v1'], 'Churn:v1'),
+    (['models', 'x y'], 'x y'),
+    (['models', 'churn:v1'], 'churn:v1'),
+    (['rollback', 'a/b'], 'a/b'),
+    (['history', 'bad name'], 'bad name'),
+    (['build', '--model', 'bad:tag!'], 'bad:tag!'),
+])
+def test_invalid_tags_are_refused_with_the_form_expected(scaffold_template, args, bad):
+    res = mlnb(*args, cwd=scaffold_template, check=False)
+    assert res.returncode == 2, res.stderr
+    assert f"Error: {bad!r}" in res.stderr and 'expected a model' in res.stderr, res.stderr
+    assert ('name:version' in res.stderr) == (args[0] not in ('models', 'rollback', 'history')), res.stderr
+    assert 'Traceback' not in res.stderr
+
+
+def test_unknown_tag_and_bad_gate_settings(project, fresh_store):
+    res = mlnb('promote', 'churn:doesnotexist', cwd=project, check=False)
+    assert res.returncode == 2 and "There is no model 'churn:doesnotexist'" in res.stderr and 'Traceback' not in res.stderr
+    toml = project / 'pyproject.toml'
+    toml.write_text(toml.read_text().replace('min_improvement = 0.005', 'min_improvement = "two%"'))
+    res = mlnb('run', cwd=project, check=False)
+    assert res.returncode == 2 and "min_improvement = 'two%' cannot be used" in res.stderr and '"2%"' in res.stderr
+    assert not (project / '.mlnb' / 'runs').exists()

@@ -31,11 +31,20 @@ def insert_cell(nb_path, source, after_tag='parameters'):
     nbformat.write(nb, nb_path)
 
 
+TRAIN_DEFAULTS = {'max_depth': 8, 'n_estimators': 200, 'seed': 42}
+DATA_DEFAULTS = {'data_path': '../data/customers.csv', 'sample_frac': 1.0, 'seed': 42, 'test_size': 0.25}
+
+
 def test_run_record_cache_and_partial_rerun(project):
     res = mlnb('run', cwd=project)
     assert 'ok: 4 ok.' in res.stdout
+    # stderr (not a terminal) holds mlnb's own lines only; the kernels' own logs are kept beside the executed notebooks
+    assert res.stderr and all(line.startswith('mlnb:') for line in res.stderr.splitlines()), res.stderr
     first = runs(project)[0]
-    assert first['status'] == 'ok' and first['steps'] == {'ok': 4}
+    assert first['status'] == 'ok' and first['steps'] == {'ok': 4} and first['engine'] == 'kernel'
+    logs = {p.name: p.read_text() for p in (project / '.mlnb' / 'runs' / first['id']).glob('*.kernel.log')}
+    assert set(logs) == {f'{s}.kernel.log' for s in STEPS}
+    assert 'Kernel is running over TCP without encryption' in logs['data.kernel.log']
     detail = show(project, first['id'])
     steps = {s['step']: s for s in detail['steps']}
     assert detail['python'] and detail['packages']['papermill'] and detail['packages']['mlnb']
@@ -43,9 +52,12 @@ def test_run_record_cache_and_partial_rerun(project):
         nb = Path(steps[name]['notebook'])
         assert nb == project / '.mlnb' / 'runs' / first['id'] / f'{name}.ipynb' and nb.is_file()
         assert steps[name]['fingerprint'] and steps[name]['duration'] > 0
-    assert steps['train']['params'] == {'n_estimators': 200}
+    assert steps['train']['params'] == TRAIN_DEFAULTS  # resolved: the notebook's defaults and the step's params
+    assert steps['data']['params'] == DATA_DEFAULTS and steps['evaluate']['params'] == {}
     injected = [c for c in nbformat.read(steps['train']['notebook'], 4).cells if 'injected-parameters' in c.metadata.get('tags', [])]
     assert 'n_estimators = 200' in injected[0].source and 'upstream' in injected[0].source
+    assert 'max_depth = 8' not in injected[0].source  # only what differs from the notebook's defaults is injected
+    assert '"params": {"n_estimators": 200, "max_depth": 8, "seed": 42}' in injected[0].source  # the context has them all
     assert 0.7 < steps['evaluate']['outputs']['roc_auc'] < 1
 
     # nothing changed: everything cached
@@ -65,7 +77,7 @@ def test_run_record_cache_and_partial_rerun(project):
     res = mlnb('run', '-p', 'n_estimators=60', cwd=project)
     last = runs(project)[0]['id']
     assert statuses(project, last) == {'data': 'cached', 'features': 'cached', 'train': 'ok', 'evaluate': 'ok'}
-    assert {s['step']: s for s in show(project, last)['steps']}['train']['params'] == {'n_estimators': 60}
+    assert {s['step']: s for s in show(project, last)['steps']}['train']['params'] == {**TRAIN_DEFAULTS, 'n_estimators': 60}
 
     # --force executes everything; named steps bring what they need
     mlnb('run', 'features', '--force', cwd=project)
@@ -74,8 +86,9 @@ def test_run_record_cache_and_partial_rerun(project):
 
 def test_profile_and_typed_parameters(project):
     mlnb('run', 'data', '--profile', 'ci', '-p', 'seed=7', '--engine', 'fast', cwd=project)
-    step = show(project, runs(project)[0]['id'])['steps'][0]
-    assert step['params'] == {'sample_frac': 0.2, 'seed': 7}
+    run = show(project, runs(project)[0]['id'])
+    step = run['steps'][0]
+    assert step['params'] == {**DATA_DEFAULTS, 'sample_frac': 0.2, 'seed': 7} and run['engine'] == 'fast'
     assert step['outputs']['n_rows'] == 1000
 
 
@@ -89,8 +102,13 @@ def test_profile_and_typed_parameters(project):
     (['trian'], "There is no step 'trian'. Did you mean 'train'?"),
     (['--profile', 'cii'], "There is no profile 'cii'. Did you mean 'ci'?"),
     (['--engine', 'warp'], "There is no engine 'warp'"),
+    (['-p', 'test_size=nan'], "Step 'data' parameter 'test_size' (-p test_size=nan): nan is not a finite number."),
+    (['-p', 'data.test_size=1e400'], "(-p data.test_size=1e400): inf is not a finite number."),
+    (['-p', 'sample_frac=-inf'], "-inf is not a finite number"),
+    (['--profile', 'broken'], "Step 'data' parameter 'sample_frac' (profile broken): nan is not a finite number."),
 ])
 def test_bad_requests_are_refused_before_anything_runs(project, args, expected):
+    with open(project / 'pyproject.toml', 'a') as f: f.write('\n[tool.mlnb.profiles.broken]\nparams = { sample_frac = nan }\n')
     res = mlnb('run', *args, cwd=project, check=False)
     assert res.returncode == 2, res.stderr
     assert expected in res.stderr, res.stderr
@@ -142,6 +160,7 @@ def test_failing_step_reports_and_resumes(project):
     nb_out = project / '.mlnb' / 'runs' / failed['id'] / 'features.ipynb'
     assert "Step 'features' failed in cell [" in res.stderr
     assert 'ValueError: feature table is broken' in res.stderr and str(nb_out) in res.stderr
+    assert f"The kernel's own log (its stderr: warnings, crashes) is at {nb_out.with_suffix('.kernel.log')}" in res.stderr
     executed = nbformat.read(nb_out, 4)
     assert any(o.get('ename') == 'ValueError' for c in executed.cells if c.cell_type == 'code' for o in c.outputs)
 
