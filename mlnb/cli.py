@@ -96,6 +96,9 @@ def run(steps: tuple[str, ...], profile, params, force, jobs, engine, quiet):
     summary = ', '.join(f'{n} {k}' for k, n in counts.items())
     for g in res.gates:
         click.echo(f"gate: {g['candidate']}: {g['note']}" + (' (now the champion)' if g['applied'] else ''))
+    if res.alert is not None:
+        if res.alert.get('ok'): click.echo(f"alert: a data guard stopped the run; {res.alert['message']}.")
+        else: click.secho(f"Error: a data guard stopped the run and {res.alert['message']}", fg='red', err=True)
     if res.error is not None: raise res.error
     click.echo(f"Run {res.run_id} {res.status}: {summary}.")
 

@@ -115,7 +115,7 @@ class Project:
         "The local state folder (`.mlnb/`): ledger, executed notebooks, artifacts."
         return self.root / '.mlnb'
 
-_TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor')
+_TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor', 'alerts')
 
 def load_project(start: str | Path | None = None, # a folder inside the project (default: the working directory)
                 ) -> Project:

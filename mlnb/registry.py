@@ -16,8 +16,9 @@ from .ledger import Ledger, _versions, git_state
 from .outputs import plain, project_root, record
 
 # %% auto #0
-__all__ = ['check_tag', 'context', 'golden_examples', 'log_model', 'load_model', 'model_info', 'champion', 'history',
-           'set_champion', 'promote', 'rollback', 'GateConfig', 'gate', 'settle_gates', 'models', 'lineage']
+__all__ = ['check_tag', 'context', 'rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model',
+           'model_info', 'champion', 'history', 'set_champion', 'promote', 'rollback', 'GateConfig', 'gate',
+           'settle_gates', 'models', 'lineage']
 
 # %% ../nbs/10_registry.ipynb #e8b20d77
 _TAG_PART = re.compile(r'^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$') # BentoML's rule for a tag's name and version, at most 63 characters
@@ -67,22 +68,76 @@ def _jsonable(v):
     if isinstance(v, pd.Timestamp): return v.isoformat()
     return v.item() if hasattr(v, 'item') else v
 
+def rows_json(frame) -> list[dict]:
+    "The rows of `frame` as JSON-able dicts, exactly (see `_jsonable`)."
+    return [{k: _jsonable(v) for k, v in rec.items()} for rec in frame.reset_index(drop=True).to_dict(orient='records')]
+
 def golden_examples(model, rows, transform=None) -> dict:
-    "Rows with the predictions (and probabilities, where the model has them) `model` makes for them now."
+    "Rows with the answers `model` gives them now (labels or values, and probabilities), as the service computes them (`mlnb.serving.answers`)."
+    from mlnb.serving import answers, model_kind, plain_value
     rows = rows.reset_index(drop=True)
     X = transform(rows) if transform else rows
-    out = {'rows': [{k: _jsonable(v) for k, v in rec.items()} for rec in rows.to_dict(orient='records')],
-           'predictions': plain(list(model.predict(X)))}
-    if hasattr(model, 'predict_proba'): out['probabilities'] = plain(model.predict_proba(X).tolist())
+    kind = model_kind(model)
+    ans, _ = answers(model, X, kind, [plain_value(c) for c in model.classes_] if kind == 'classifier' else None)
+    out = {'rows': rows_json(rows), 'predictions': [a['value'] if kind == 'regressor' else a['label'] for a in ans]}
+    if ans and 'probabilities' in ans[0]: out['probabilities'] = [a['probabilities'] for a in ans]
     return out
+
+def _request_fields(root: Path, contract: str | None) -> list[dict] | None:
+    "The fields of a service request: the contract's columns without `[tool.mlnb.serve] label` (None without a contract)."
+    if contract is None: return None
+    from mlnb.bento import request_fields
+    from mlnb.contract import load
+    from mlnb.project import load_project
+    return request_fields(load(contract, root), load_project(root).settings.get('serve', {}).get('label'))
+
+def check_golden(rows: list[dict], # golden rows as JSON-able dicts
+                 fields: list[dict], # the request fields
+                 contract: str, # the contract's name, for the message
+                ):
+    "Raise `UsageError` naming every golden row and field the service would refuse."
+    from pydantic import ValidationError
+    from mlnb.serving import request_model, validation_message
+    Row, problems = request_model(fields), []
+    for i, row in enumerate(rows):
+        try: Row.model_validate_json(json.dumps(row))
+        except ValidationError as e: problems += [{'loc': ['rows', i, *d['loc']], 'msg': d['msg']} for d in e.errors()]
+    if problems:
+        extra = sorted({str(p['loc'][2]) for p in problems if p['msg'] == 'Extra inputs are not permitted'})
+        hint = f" Leave out the columns a request does not have: golden=rows.drop(columns={extra})." if extra else ''
+        raise UsageError(validation_message(problems, f"The golden rows are not what the service of contract '{contract}' accepts", hint))
+
+def freeze_reference(model, # the fitted model
+                     reference, # held-out rows (DataFrame, with or without the label), or a data profile (dict)
+                     fields: list[dict] | None, # the request fields
+                     transform=None, # the feature function
+                     label: str | None = None, # the label column
+                    ) -> dict:
+    "The reference monitoring compares live data with: request columns, the model's answers on the rows, observed labels."
+    import pandas as pd
+    from mlnb.drift import from_profile, reference as freeze
+    from mlnb.serving import Predictor, model_kind, plain_value
+    kind = model_kind(model)
+    classes = [plain_value(c) for c in model.classes_] if kind == 'classifier' else None
+    if isinstance(reference, pd.DataFrame):
+        frame = reference.reset_index(drop=True)
+        feats = frame.drop(columns=[label]) if label in frame else frame
+        answers, errors = Predictor(model, transform, kind, classes).predict(feats)
+        keep = [i for i in range(len(frame)) if i not in errors]
+        fields = fields or [{'name': str(c)} for c in feats.columns]
+        ref = freeze(frame.iloc[keep].reset_index(drop=True), fields, [answers[i] for i in keep], kind, label)
+    elif isinstance(reference, Mapping) and 'columns' in reference: ref = from_profile(reference, fields)
+    else: raise UsageError(f"log_model(reference=...) takes held-out rows (a DataFrame) or a data profile (mlnb.contract.profile), not {type(reference).__name__}.")
+    return {**ref, 'kind': kind, 'classes': classes}
 
 def log_model(model, # a fitted scikit-learn estimator or pipeline
               name: str, # model name in the store, e.g. 'churn'
               metrics: Mapping[str, float] | None = None, # how good it is (e.g. on the training data)
               contract: str | None = None, # the data contract its training data met
               golden: Any = None, # a few raw rows (DataFrame) to replay against the served model
+              reference: Any = None, # held-out rows (DataFrame, label included or not), or a data profile: what monitoring compares with
              ) -> str:
-    "Save `model` to the BentoML model store with its lineage; returns the model tag."
+    "Save `model` to the BentoML model store with its lineage, its contract and its monitoring reference; returns the model tag."
     import bentoml
     root, ctx = project_root(), context()
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
@@ -92,14 +147,23 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
                'inputs': ctx.get('inputs', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': _versions(),
                'metrics': plain(dict(metrics or {})), 'contract': None}
+    contract_text = ''
     if contract is not None:
-        from mlnb.contract import contract_hash
+        from mlnb.contract import contract_hash, contract_path
         lineage['contract'] = {'name': contract, 'sha256': contract_hash(contract, root)}
-    gold = golden_examples(model, golden, _transform(root)) if golden is not None else None
+        contract_text = contract_path(contract, root).read_text(encoding='utf-8')
+    fields, transform = _request_fields(root, contract), _transform(root)
+    if golden is not None and fields is not None: check_golden(rows_json(golden), fields, contract) # before the model sees them
+    gold = golden_examples(model, golden, transform) if golden is not None else None
+    ref = None
+    if reference is not None:
+        from mlnb.project import load_project
+        ref = freeze_reference(model, reference, fields, transform, load_project(root).settings.get('serve', {}).get('label'))
     labels = {'mlnb.run': ctx.get('run_id') or 'interactive', 'mlnb.step': ctx.get('step') or 'interactive'}
     meta = {'mlnb_run': ctx.get('run_id') or '', 'mlnb_step': ctx.get('step') or '', 'metrics': lineage['metrics'],
-            'contract': contract or '', 'git_commit': commit or '', 'lineage': json.dumps(lineage, sort_keys=True),
-            'golden': json.dumps(gold) if gold is not None else ''}
+            'contract': contract or '', 'contract_yaml': contract_text, 'git_commit': commit or '',
+            'lineage': json.dumps(lineage, sort_keys=True), 'golden': json.dumps(gold) if gold is not None else '',
+            'reference': json.dumps(ref) if ref is not None else ''}
     m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=meta)
     return str(m.tag)
 
@@ -122,7 +186,8 @@ def model_info(tag: str) -> dict:
     return {'tag': str(m.tag), 'name': m.tag.name, 'version': m.tag.version, 'created': m.info.creation_time.isoformat(),
             'labels': dict(m.info.labels), 'metrics': dict(md.get('metrics') or {}),
             'lineage': json.loads(md['lineage']) if md.get('lineage') else {},
-            'golden': json.loads(md['golden']) if md.get('golden') else None}
+            'golden': json.loads(md['golden']) if md.get('golden') else None,
+            'reference': json.loads(md['reference']) if md.get('reference') else None}
 
 # %% ../nbs/10_registry.ipynb #47d2c593
 def _ledger(root=None) -> Ledger: return Ledger(root or project_root())
@@ -374,4 +439,7 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),
                                               'contract': lin.get('contract')},
             'code': {'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'packages': lin.get('packages')},
-            'golden_examples': len((info['golden'] or {}).get('rows', []))}
+            'golden_examples': len((info['golden'] or {}).get('rows', [])),
+            'reference': None if not info['reference'] else {'rows': info['reference']['rows'], 'columns': list(info['reference']['columns']),
+                                                             'answers': list(info['reference'].get('predictions') or {}),
+                                                             'bytes': len(json.dumps(info['reference']))}}

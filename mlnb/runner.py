@@ -229,6 +229,7 @@ class RunResult:
     status: str # 'ok' or 'failed'
     steps: dict[str, StepResult] = field(default_factory=dict)
     gates: list[dict] = field(default_factory=list) # gate decisions of executed steps, with whether they were applied
+    alert: dict | None = None # how the alert command went, when a data guard stopped the run
 
     @property
     def error(self) -> StepFailed | None:
@@ -331,6 +332,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
             # before the fast engine's workers are stopped
             result.gates = led.finish_run(run_id, result.status, None if result.error is None else str(result.error),
                                           within=lambda db: settle_gates(db, run_id, ok))
+        result.alert = _guard_alert(project, run_id, result)
         return result
     except BaseException as e:
         led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=lambda db: settle_gates(db, run_id, False))
@@ -338,6 +340,15 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     finally:
         if prog: prog.close()
         led.close()
+
+def _guard_alert(project: Project, run_id: str, result: RunResult) -> dict | None:
+    "Tell the team (the alert command) when a data guard stopped the run: a step failed on a contract the data does not meet."
+    guarded = [r for r in result.steps.values() if r.status == 'failed' and r.error is not None and r.error.fields.get('ename') == 'ContractError']
+    if not guarded: return None
+    from mlnb.monitor import send_alert
+    alerts = [{'kind': 'contract', 'step': r.name, 'notebook': r.notebook, 'message': r.error.fields.get('evalue')} for r in guarded]
+    try: return send_alert(project.root, {'kind': 'data_guard', 'run_id': run_id, 'steps': [r.name for r in guarded], 'alerts': alerts})
+    except MlnbError as e: return {'ok': False, 'message': str(e)}
 
 def _decisions(outputs: Any) -> list[dict]:
     "The gate decision a step recorded (`mlnb.gate`), as a list."

@@ -11,7 +11,7 @@ __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_mode
            'document', 'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model',
            'make_service']
 
-# %% ../nbs/12_serving.ipynb #6b6ebf29
+# %% ../nbs/12_serving.ipynb #74b0bbd4
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Literal, Mapping, Optional
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
-# %% ../nbs/12_serving.ipynb #7b238509
+# %% ../nbs/12_serving.ipynb #ea66f68a
 def _dumps(v) -> str: return json.dumps(v, separators=(',', ':'), ensure_ascii=False)
 
 INT64 = (-2**63, 2**63 - 1)
@@ -66,7 +66,7 @@ def field_type(f: dict, # a request field: name, type, nullable, categories, tz,
     else: ann = Annotated[str, Field(strict=True, max_length=max_string)]
     return Optional[ann] if f.get('nullable') else ann
 
-# %% ../nbs/12_serving.ipynb #669fecb9
+# %% ../nbs/12_serving.ipynb #44729863
 def request_model(fields: list[dict], # request fields, in the contract's order
                   max_string: int = 1000, # longest string accepted
                   name: str = 'Row', # the model's name in the OpenAPI document
@@ -77,7 +77,7 @@ def request_model(fields: list[dict], # request fields, in the contract's order
     return create_model(name, __config__=ConfigDict(extra='forbid', populate_by_name=False), **defs,
                         __doc__="One row as the model's data contract describes it: every field is required; nullable ones may be null.")
 
-# %% ../nbs/12_serving.ipynb #a6f152fe
+# %% ../nbs/12_serving.ipynb #da168715
 def label_type(config: dict):
     "The annotation of a label of the model: one of its classes, exactly typed, or a finite number for a regressor."
     classes = config.get('classes')
@@ -90,14 +90,14 @@ def feedback_model(config: dict) -> type[BaseModel]:
         request_id=(Annotated[str, Field(strict=True, min_length=1, max_length=200)], Field(description='The `request_id` of the answer.')),
         label=(label_type(config), Field(description='The true label (a class of the model) or value.')))
 
-# %% ../nbs/12_serving.ipynb #56e61b62
+# %% ../nbs/12_serving.ipynb #aff9bf5a
 def to_frame(rows: list, # validated request rows
              fields: list[dict], # their fields
             ) -> pd.DataFrame:
     "The rows as a DataFrame with the contract's column names and dtypes."
     return pd.DataFrame({f['name']: pd.Series([getattr(r, f'f{i}') for r in rows], dtype=f['dtype']) for i, f in enumerate(fields)})
 
-# %% ../nbs/12_serving.ipynb #503cd7ab
+# %% ../nbs/12_serving.ipynb #caceb09b
 def plain_value(v):
     "A label as plain JSON data (numpy scalars become Python numbers)."
     return v.item() if hasattr(v, 'item') else v
@@ -126,7 +126,7 @@ def answers(model, # a fitted estimator
                  for i, q, row in zip(best.tolist(), p.tolist(), proba.tolist())], np.isfinite(proba).all(axis=1))
     return [{'label': plain_value(l)} for l in model.predict(X)], np.ones(len(X), dtype=bool)
 
-# %% ../nbs/12_serving.ipynb #307e1b88
+# %% ../nbs/12_serving.ipynb #ae4218d4
 def describe_error(e: BaseException) -> str:
     "An exception in one line: its type and the first line of its message."
     msg = str(e).strip().splitlines()
@@ -170,7 +170,7 @@ class Predictor:
             self._isolate(frame if len(frame) <= self.chunk else frame.iloc[start:start + self.chunk], out, errors, start)
         return out, errors
 
-# %% ../nbs/12_serving.ipynb #63794f90
+# %% ../nbs/12_serving.ipynb #d93d223c
 class _Job:
     __slots__ = ('payload', 'n', 'future', 'loop')
     def __init__(self, payload, n, future, loop): self.payload, self.n, self.future, self.loop = payload, n, future, loop
@@ -226,7 +226,7 @@ class Batcher:
                 try: hook(*args)
                 except Exception as e: logging.getLogger('mlnb.service').warning('%s failed: %s', getattr(hook, '__name__', hook), describe_error(e))
 
-# %% ../nbs/12_serving.ipynb #2d398d8c
+# %% ../nbs/12_serving.ipynb #b17f21f6
 log = logging.getLogger('mlnb.service')
 
 def feedback_lines(pairs) -> str:
@@ -279,7 +279,7 @@ class JsonLinesLog:
                 log.warning('could not write the prediction log %s (%d failures): %s', self.path, self.failures, describe_error(e))
             return False
 
-# %% ../nbs/12_serving.ipynb #ffd935e4
+# %% ../nbs/12_serving.ipynb #0a525332
 def limit_breaches(current: Mapping, # {'share': {label: share}} or {'mean': value}
                    limits: Mapping, # label (or 'mean') -> [low, high]
                   ) -> dict[str, float]:
@@ -326,7 +326,7 @@ class Rates:
         cur = self.current()
         return limit_breaches(cur, self.limits) if cur['rows'] >= self.min_rows else {}
 
-# %% ../nbs/12_serving.ipynb #1b497d0d
+# %% ../nbs/12_serving.ipynb #fa079b07
 class Runtime:
     "Predicts requests of validated rows: batching, per-row isolation, answers and the prediction log."
     def __init__(self, config: dict, # the service settings (mlnb_service.json)
@@ -410,7 +410,7 @@ class Runtime:
             return 503, _dumps({'error': f'The feedback could not be stored ({self.feedback_log.path}); nothing was kept. Send it again later.'}).encode()
         return 200, _dumps({'received': len(items)}).encode()
 
-# %% ../nbs/12_serving.ipynb #9fe7e90f
+# %% ../nbs/12_serving.ipynb #e6ffba3d
 async def reply(send, status: int, body: Any, headers: list | None = None):
     "Send a JSON response from an ASGI app."
     data = _dumps(body).encode()
@@ -418,7 +418,10 @@ async def reply(send, status: int, body: Any, headers: list | None = None):
                 'headers': [(b'content-type', b'application/json'), (b'content-length', str(len(data)).encode()), *(headers or [])]})
     await send({'type': 'http.response.body', 'body': data})
 
-def validation_message(detail: list) -> str:
+def validation_message(detail: list, # pydantic's errors (`loc`, `msg`)
+                       lead: str = "The request does not match the model's contract", # what the sentence starts with
+                       tail: str = ' See GET /metadata for the fields.', # what it ends with
+                      ) -> str:
     "One sentence naming the row and field of each of pydantic's errors (the first five)."
     parts = []
     for d in detail[:5]:
@@ -430,7 +433,7 @@ def validation_message(detail: list) -> str:
         else: where = 'the body'
         parts.append(f"{where}: {d.get('msg', 'invalid')}")
     more = f" (and {len(detail) - 5} more)" if len(detail) > 5 else ''
-    return 'The request does not match the model\'s contract: ' + '; '.join(parts) + more + '. See GET /metadata for the fields.'
+    return f"{lead}: " + '; '.join(parts) + more + '.' + tail
 
 _ERROR = {'type': 'object', 'properties': {'error': {'type': 'string'}}, 'required': ['error']}
 _INVALID = {'type': 'object', 'required': ['error'], 'properties': {
@@ -518,7 +521,7 @@ class Guard:
         if held.get('status') != 200: return await reply(send, held.get('status', 500), {'error': 'The OpenAPI document is not available.'})
         await reply(send, 200, document(json.loads(held['body']), self.routes))
 
-# %% ../nbs/12_serving.ipynb #c981baf2
+# %% ../nbs/12_serving.ipynb #9c0503d1
 class ClientErrorsOneLine(logging.Filter):
     "Turns log records about client errors (validation errors, BentoML errors with a 4xx code) into one line without traceback."
     def filter(self, record):
@@ -539,7 +542,7 @@ def quiet_client_errors(logger: str = 'bentoml._internal.server.http_app'):
     lg = logging.getLogger(logger)
     if not any(isinstance(f, ClientErrorsOneLine) for f in lg.filters): lg.addFilter(ClientErrorsOneLine())
 
-# %% ../nbs/12_serving.ipynb #9864a03e
+# %% ../nbs/12_serving.ipynb #6bae6861
 SERVICE_PY = '''"""The BentoML service of this Bento, written by `mlnb build`: it binds the request model of the model's data
 contract and this Bento's settings (mlnb_service.json) to the mlnb service runtime (mlnb_serving.py)."""
 from pathlib import Path
