@@ -15,8 +15,9 @@ from .errors import MlnbError, UsageError, did_you_mean
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['ServeConfig', 'request_fields', 'model_facts', 'describe_answers', 'requirements', 'trained_contract', 'build',
-           'latest_build', 'free_port', 'launch', 'stop_group', 'Server', 'serve', 'VerifyError', 'compare', 'verify']
+__all__ = ['ROLLOUTS', 'ServeConfig', 'request_fields', 'model_facts', 'describe_answers', 'requirements', 'trained_contract',
+           'rollout', 'build', 'latest_build', 'free_port', 'launch', 'stop_group', 'Server', 'serve', 'VerifyError',
+           'compare', 'bento_config', 'verify']
 
 # %% ../nbs/11_bento.ipynb #784906f6
 @dataclass(frozen=True, kw_only=True)
@@ -32,13 +33,18 @@ class ServeConfig:
     max_body_mb: int = 64 # largest request body in MiB (more: 413)
     max_string_length: int = 1000 # longest string a request field may hold
     log_max_mb: int = 256 # the prediction log is rotated when it passes this size (and every day)
+    fallback: str | None = None # 'package.module:function' answering without the model (the feature flag's other side)
+    flags: str = '.mlnb/flags.json' # where `mlnb flag` keeps the flags `mlnb serve` reads (a deployment sets MLNB_FLAGS)
     max_latency_ms: int | None = None # no longer used: a request is predicted as soon as the model is free
 
     def __post_init__(self):
         if not self.model.isidentifier(): raise UsageError(f"[tool.mlnb.serve] model {self.model!r} must be a Python identifier.")
-        mod, _, fn = self.transform.partition(':')
-        if not (mod and fn.isidentifier() and all(p.isidentifier() for p in mod.split('.'))):
-            raise UsageError(f"[tool.mlnb.serve] transform {self.transform!r} must read 'package.module:function'.")
+        for key in ('transform', 'fallback'):
+            spec = getattr(self, key)
+            if spec is None: continue
+            mod, _, fn = spec.partition(':')
+            if not (mod and fn.isidentifier() and all(p.isidentifier() for p in mod.split('.'))):
+                raise UsageError(f"[tool.mlnb.serve] {key} {spec!r} must read 'package.module:function'.")
         for k in ('max_batch_size', 'max_rows', 'max_body_mb', 'max_string_length', 'log_max_mb'):
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
@@ -143,10 +149,30 @@ def trained_contract(tag: str, # the model's tag
     if text: return pa.DataFrameSchema.from_yaml(text), {'name': name, 'sha256': hashlib.sha256(text.encode()).hexdigest()}
     return load_contract(name, root), {'name': name, 'sha256': contract_hash(name, root)}
 
+ROLLOUTS = {'shadow': None, 'canary': 0.1, 'ab': 0.5} # mode -> default share
+
+def rollout(mode: str | None, share: float | None, key: str | None, challenger: str | None, fields: list[dict]) -> dict | None:
+    "The checked rollout settings of a build with a challenger."
+    if challenger is None:
+        if mode or share is not None or key: raise UsageError("--mode, --share and --key go with --challenger TAG (the model to roll out).")
+        return None
+    if mode not in ROLLOUTS: raise UsageError(f"--mode must be one of {', '.join(ROLLOUTS)} with --challenger, not {mode!r}.")
+    if mode == 'shadow' and (share is not None or key): raise UsageError("In shadow mode the challenger sees every row: --share and --key do not apply.")
+    share = ROLLOUTS[mode] if share is None else share
+    if mode != 'shadow' and not (isinstance(share, (int, float)) and 0 < share < 1):
+        raise UsageError(f"--share must be between 0 and 1 (the share of rows the challenger answers), not {share!r}.")
+    names = [f['name'] for f in fields]
+    if key is not None and key not in names: raise UsageError(f"--key {key!r} is not a request field.{did_you_mean(key, names)} Fields: {', '.join(names)}.")
+    return {'mode': mode, 'share': None if mode == 'shadow' else float(share), 'key': key}
+
 def build(project: Project | None = None, # the project (default: the current one)
           tag: str | None = None, # model tag (default: the champion of [tool.mlnb.serve] model)
+          challenger: str | None = None, # a second model to roll out beside it
+          mode: str | None = None, # with a challenger: 'shadow', 'canary' or 'ab'
+          share: float | None = None, # canary / ab: the share of rows the challenger answers
+          key: str | None = None, # canary / ab: the request field whose value routes a row (default: its request id)
          ) -> str:
-    "Write the Bento's source for model `tag` and build the Bento; returns the Bento tag."
+    "Write the Bento's source for model `tag` (and a challenger) and build the Bento; returns the Bento tag."
     import bentoml
     import mlnb.serving
     from mlnb.ledger import Ledger
@@ -171,7 +197,25 @@ def build(project: Project | None = None, # the project (default: the current on
     schema, contract = trained_contract(tag, cfg.contract, project.root)
     fields = request_fields(schema, cfg.label)
     facts = model_facts(bentoml.sklearn.load_model(tag))
-    out = project.state / 'build' / tag.replace(':', '-')
+    variants = {'champion': {'model': tag}}
+    ro = rollout(mode, share, key, challenger, fields)
+    if challenger is not None:
+        other = model_info(challenger)['tag']
+        if other == tag: raise UsageError(f"The challenger {other} is the champion itself; roll out another version.")
+        theirs = request_fields(trained_contract(other, cfg.contract, project.root)[0], cfg.label)
+        if theirs != fields:
+            diff = sorted({f['name'] for f in fields} ^ {f['name'] for f in theirs}) or [a['name'] for a, b in zip(fields, theirs) if a != b]
+            raise UsageError(f"The challenger {other} was trained under another contract than {tag}: their request fields differ "
+                             f"({', '.join(diff)}). Both models of a rollout must take the same requests.")
+        if model_facts(bentoml.sklearn.load_model(other)) != facts:
+            raise UsageError(f"The challenger {other} answers differently from {tag} (kind or classes differ); both must answer alike.")
+        variants['challenger'] = {'model': other}
+    if cfg.fallback:
+        from mlnb.serving import load_function
+        try: load_function(cfg.fallback)
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"[tool.mlnb.serve] fallback {cfg.fallback!r} cannot be imported ({e}). Export it from a notebook, then build again.") from None
+    out = project.state / 'build' / (tag.replace(':', '-') + (f"-{ro['mode']}-{variants['challenger']['model'].split(':')[1]}" if ro else ''))
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copytree(pkg_dir, out / pkg_dir.name, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
@@ -186,16 +230,19 @@ def build(project: Project | None = None, # the project (default: the current on
             'upstream': lin.get('upstream'), 'packages': lin.get('packages'), **facts, 'answer': describe_answers(facts),
             'fields': [{k: f[k] for k in ('name', 'type', 'nullable', 'categories') if k in f} for f in fields],
             'limits': limits, 'built_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-    monitor = {k: v for k, v in project.settings.get('monitor', {}).items() if k in ('action_limits', 'window', 'min_rows')}
+    monitor = {k: v for k, v in project.settings.get('monitor', {}).items()
+               if k in ('action_limits', 'window', 'min_rows', 'fallback_on_action_limit')}
     meta['action_limits'] = monitor.get('action_limits', {})
     config = {'name': cfg.model, 'model': tag, 'transform': cfg.transform, **facts, 'fields': fields, 'label': cfg.label, **limits,
               'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),
-              'monitor': monitor, 'metadata': meta}
+              'variants': variants, 'rollout': ro, 'fallback': cfg.fallback, 'monitor': monitor,
+              'alerts': dict(project.settings.get('alerts', {})), 'metadata': meta}
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:
         bento = bentoml.bentos.build('service:Service', name=cfg.model, build_ctx=str(out),
                                      include=['service.py', 'mlnb_serving.py', 'mlnb_service.json', f'{pkg_dir.name}/**/*.py'],
-                                     labels={'mlnb.model': tag.replace(':', '-'), 'mlnb.run': lin.get('run_id') or 'none'},
+                                     labels={'mlnb.model': tag.replace(':', '-'), 'mlnb.run': lin.get('run_id') or 'none',
+                                             **({'mlnb.challenger': variants['challenger']['model'].replace(':', '-'), 'mlnb.mode': ro['mode']} if ro else {})},
                                      python={'packages': requirements(project), 'lock_packages': False})
     except Exception as e:
         raise MlnbError(f"BentoML could not build the service in {out}: {type(e).__name__}: {e}") from None
@@ -292,13 +339,14 @@ def stop_group(proc: subprocess.Popen, grace: float = 15):
 class Server:
     "A running `bentoml serve` process."
     def __init__(self, bento: str, host: str = '127.0.0.1', port: int | None = None, log_path: str | None = None,
-                 own_home: bool = True, timeout: float = 120, env: dict | None = None):
+                 own_home: bool = True, timeout: float = 120, env: dict | None = None, flags: str | None = None):
         self.host, self.port = host, port or free_port(host)
         self.url = f'http://{host}:{self.port}'
         env = {**os.environ, **(env or {})}
         if own_home: env['BENTOML_HOME'] = self.home = _own_home(env.get('BENTOML_HOME'))
         else: self.home = None
         if log_path: env['MLNB_PREDICTION_LOG'] = str(log_path)
+        if flags: env['MLNB_FLAGS'] = str(flags)
         self.out = tempfile.TemporaryFile()
         self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT)
         self._wait(timeout)
@@ -334,8 +382,8 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
-    log_path = Path(cfg.prediction_log)
-    env = {**os.environ, 'MLNB_PREDICTION_LOG': str(log_path if log_path.is_absolute() else project.root / log_path)}
+    absolute = lambda p: str(Path(p) if Path(p).is_absolute() else project.root / p)
+    env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags)}
     proc = launch(bento, host, port, env)
     def forward(signum, frame):
         try: os.killpg(proc.pid, signal.SIGTERM)
@@ -371,31 +419,46 @@ def compare(golden: Mapping, served: list[Mapping], tol: float = 1e-9) -> list[s
                                                   f"{[round(x, 12) for x in wp]} (differ by {worst:.3g} > {tol})")
     return diffs
 
+def bento_config(b) -> dict:
+    "The settings (`mlnb_service.json`) inside Bento `b`."
+    path = Path(b.path) / 'src' / 'mlnb_service.json'
+    if not path.is_file(): raise UsageError(f"Bento {b.tag} was not built by `mlnb build` (it has no mlnb_service.json).")
+    return json.loads(path.read_text())
+
 def verify(project: Project | None = None, # the project
            bento: str | None = None, # Bento tag (default: the latest build)
-           tol: float = 1e-9, # tolerance for probabilities
+           tol: float = 1e-9, # tolerance for values and probabilities
           ) -> dict:
-    "Serve `bento`, replay its model's golden examples, compare; raises `VerifyError` with a diff on any mismatch."
+    "Serve `bento`, replay the golden examples of each of its models (pinned with X-Mlnb-Variant), compare; raises `VerifyError` with a diff on any mismatch."
     import bentoml, httpx
     from mlnb.registry import model_info
     project = project or load_project()
     bento = bento or latest_build(project)['bento']
     try: b = bentoml.get(bento)
-    except bentoml.exceptions.NotFound: raise UsageError(f"There is no Bento {bento!r} in the store. Run `mlnb build`.") from None
-    tags = [str(m.tag) for m in b.info.all_models]
-    if not tags: raise UsageError(f"Bento {bento} holds no model to verify.")
-    golden = model_info(tags[0])['golden']
-    if not golden or not golden.get('rows'):
-        raise UsageError(f"Model {tags[0]} has no golden examples: log it with mlnb.log_model(..., golden=some_rows).")
-    with Server(str(b.tag), log_path=Path(tempfile.mkdtemp()) / 'verify.jsonl') as srv:
-        r = httpx.post(srv.url + '/predict', json={'rows': golden['rows']}, timeout=120)
-        if r.status_code != 200:
-            raise VerifyError(f"The service at {srv.url} answered the golden examples with HTTP {r.status_code}: {r.text[:2000]}")
-        served = r.json()
+    except (bentoml.exceptions.NotFound, bentoml.exceptions.BentoMLException, ValueError):
+        raise UsageError(f"There is no Bento {bento!r} in the store (a tag reads name:version). Run `mlnb build`, or see `bentoml list`.") from None
+    variants = bento_config(b).get('variants') or {'champion': {'model': str(b.info.all_models[0].tag)}}
+    goldens = {}
+    for name, v in variants.items():
+        g = model_info(v['model'])['golden']
+        if not g or not g.get('rows'):
+            raise UsageError(f"Model {v['model']} has no golden examples: log it with mlnb.log_model(..., golden=some_rows).")
+        goldens[name] = g
+    served, diffs = {}, []
+    with Server(str(b.tag), log_path=Path(tempfile.mkdtemp()) / 'verify.jsonl', flags=Path(tempfile.mkdtemp()) / 'flags.json') as srv:
+        for name, g in goldens.items():
+            r = httpx.post(srv.url + '/predict', json={'rows': g['rows']}, headers={'X-Mlnb-Variant': name}, timeout=120)
+            if r.status_code != 200:
+                raise VerifyError(f"The service at {srv.url} answered the golden examples of {variants[name]['model']} with HTTP "
+                                  f"{r.status_code}: {r.text[:2000]}")
+            served[name] = r.json()
+            diffs += [f"{variants[name]['model']} {d}" for d in compare(g, served[name], tol)]
         meta = httpx.get(srv.url + '/metadata', timeout=10).json()
-    diffs = compare(golden, served, tol)
+    rows = sum(len(g['rows']) for g in goldens.values())
     if diffs:
-        raise VerifyError(f"Bento {b.tag} does not answer as the notebook did ({len(diffs)} of {len(golden['rows'])} golden rows differ):\n"
+        raise VerifyError(f"Bento {b.tag} does not answer as the notebook did ({len(diffs)} of {rows} golden rows differ):\n"
                           + '\n'.join(diffs[:50]), bento=str(b.tag), diffs=diffs)
-    return {'bento': str(b.tag), 'model': tags[0], 'rows': len(golden['rows']), 'metadata_model': meta.get('model'),
-            'example': {'request': {'rows': golden['rows'][:1]}, 'response': served[:1]}}
+    first = next(iter(goldens))
+    return {'bento': str(b.tag), 'model': variants['champion']['model'] if 'champion' in variants else variants[first]['model'],
+            'models': {n: v['model'] for n, v in variants.items()}, 'rows': rows, 'metadata_model': meta.get('model'),
+            'example': {'request': {'rows': goldens[first]['rows'][:1]}, 'response': served[first][:1]}}

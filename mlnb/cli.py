@@ -17,7 +17,7 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'build', 'serve', 'verify', 'monitor', 'feedback']
+           'build', 'serve', 'verify', 'monitor', 'feedback', 'flag']
 
 # %% ../nbs/95_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -257,10 +257,14 @@ def lineage(tag: str, as_json: bool):
 # %% ../nbs/95_cli.ipynb #2ab63972
 @main.command()
 @click.option('--model', 'tag', help='Model tag to build (default: the champion of [tool.mlnb.serve] model).')
-def build(tag: str | None):
-    "Generate the BentoML service for the champion (or --model) and build its Bento."
+@click.option('--challenger', help='A second model to roll out beside it, in one Bento.')
+@click.option('--mode', type=click.Choice(['shadow', 'canary', 'ab']), help='How the challenger is rolled out.')
+@click.option('--share', type=float, help='canary / ab: the share of rows the challenger answers (default 0.1 / 0.5).')
+@click.option('--key', help='canary / ab: the request field that routes a row, sticky per value (default: the request id).')
+def build(tag: str | None, challenger, mode, share, key):
+    "Build the BentoML service for the champion (or --model), with a challenger beside it if asked."
     from mlnb.bento import build as do_build
-    bento = do_build(tag=tag)
+    bento = do_build(tag=tag, challenger=challenger, mode=mode, share=share, key=key)
     click.echo(f"Built {bento}. `mlnb verify` checks it against the notebook; `mlnb serve` serves it; "
                f"`bentoml containerize {bento}` makes an image (needs a Docker engine).")
 
@@ -283,7 +287,7 @@ def verify(bento: str | None, as_json: bool):
     if as_json: click.echo(json.dumps(res, indent=2))
     else:
         ex = res['example']
-        click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {res['model']} exactly as the notebook did.\n"
+        click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {' and '.join(res['models'].values())} exactly as the notebook did.\n"
                    f"For example, POST /predict {json.dumps(ex['request'])}\n  -> {json.dumps(ex['response'])}")
 
 # %% ../nbs/95_cli.ipynb #4c036176
@@ -353,3 +357,32 @@ def feedback(file: Path, model: str | None):
     if not JsonLinesLog(path).write(feedback_lines((i['request_id'], i['label']) for i in items)):
         raise MlnbError(f"Could not write the feedback log {path}; nothing was stored.")
     click.echo(f"Stored {len(items)} ground-truth labels in {path}.")
+
+# %% ../nbs/95_cli.ipynb #72924286
+@main.command()
+@click.argument('name', required=False, type=click.Choice(['fallback']))
+@click.argument('state', required=False, type=click.Choice(['on', 'off']))
+@click.option('--reason', default='', help='Why (kept in the file and shown by GET /metadata).')
+@click.option('--file', 'path', type=click.Path(path_type=Path), help='The flags file (default: [tool.mlnb.serve] flags in the project).')
+@click.option('--json', 'as_json', is_flag=True, help='Print the flags as JSON.')
+def flag(name, state, reason, path, as_json):
+    "Show the flags, or switch flag NAME (fallback) on or off for the running service."
+    import getpass, os, tempfile, time
+    from mlnb.bento import ServeConfig
+    from mlnb.errors import UsageError
+    from mlnb.project import load_project
+    if path is None:
+        p = load_project()
+        path = Path(ServeConfig.from_project(p).flags)
+        path = path if path.is_absolute() else p.root / path
+    try: flags = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError: raise UsageError(f"The flags file {path} is not JSON; fix or delete it, then try again.") from None
+    if name is not None:
+        if state is None: raise UsageError(f"Say on or off: `mlnb flag {name} on`.")
+        flags[name] = {'on': state == 'on', 'reason': reason, 'at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'by': getpass.getuser()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.flags-')
+        with os.fdopen(fd, 'w') as f: f.write(json.dumps(flags, indent=1))
+        os.replace(tmp, path) # a reader sees the old file or the new one, never half of one
+    emit(flags, as_json, lambda d: _table(f'Flags ({path})', ['flag', 'state', 'since', 'by', 'reason'],
+         [[k, 'on' if v.get('on') else 'off', v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))

@@ -7,9 +7,9 @@ Docs: https://mlnb.github.io/mlnb/serving.html.md"""
 # %% auto #0
 __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_model', 'label_type', 'feedback_model', 'to_frame',
            'plain_value', 'model_kind', 'answers', 'describe_error', 'Predictor', 'Batcher', 'feedback_lines',
-           'feedback_path', 'JsonLinesLog', 'limit_breaches', 'Rates', 'Runtime', 'reply', 'validation_message',
-           'document', 'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model',
-           'make_service']
+           'feedback_path', 'JsonLinesLog', 'limit_breaches', 'Rates', 'bucket', 'route', 'Fallback', 'Flag', 'Shadow',
+           'run_alert', 'Runtime', 'reply', 'validation_message', 'document', 'Guard', 'ClientErrorsOneLine',
+           'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
 
 # %% ../nbs/12_serving.ipynb #74b0bbd4
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
@@ -326,73 +326,265 @@ class Rates:
         cur = self.current()
         return limit_breaches(cur, self.limits) if cur['rows'] >= self.min_rows else {}
 
+# %% ../nbs/12_serving.ipynb #8c29c555
+def bucket(keys) -> np.ndarray:
+    "A number in [0, 1) for each key, the same for the same key everywhere (SHA-256 of its text)."
+    import hashlib
+    return np.array([int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], 'big') / 2**64 for k in keys])
+
+def route(frame: pd.DataFrame, # the rows
+          config: Mapping, # the service settings: `rollout`, `segments`
+          request_ids: list[str], # the rows' request ids (the key of last resort)
+         ) -> np.ndarray:
+    "The name of the variant that answers each row."
+    seg = config.get('segments')
+    if seg:
+        values = frame[seg['by']].astype(str).tolist()
+        names = [seg['variants'].get(v) or seg['variants'].get(str(seg.get('default'))) for v in values]
+        return np.array(names, dtype=object)
+    ro = config.get('rollout') or {}
+    if ro.get('mode') in ('canary', 'ab'):
+        keys = frame[ro['key']].astype(str).tolist() if ro.get('key') else request_ids
+        return np.where(bucket(keys) < ro.get('share', 0.1), 'challenger', 'champion').astype(object)
+    return np.full(len(frame), 'champion', dtype=object)
+
+# %% ../nbs/12_serving.ipynb #3e67e3b7
+class Fallback(Predictor):
+    "A fallback function answering like a model: per-row isolation, answers checked against the classes."
+    def __init__(self, fn: Callable, kind: str, classes: list | None = None, chunk: int = 1024):
+        super().__init__(None, None, kind, classes, chunk)
+        self.fn = fn
+
+    def _call(self, frame: pd.DataFrame):
+        res = self.fn(frame)
+        if isinstance(res, pd.DataFrame): cols = {k: res[k].tolist() for k in ('label', 'probability', 'probabilities', 'value') if k in res}
+        else: cols = {'value' if self.kind == 'regressor' else 'label': list(np.asarray(res, dtype=object).ravel())}
+        n = len(next(iter(cols.values()), []))
+        if n != len(frame): raise ValueError(f"the fallback returned {n} answers for {len(frame)} rows")
+        out, ok = [], np.ones(len(frame), dtype=bool)
+        for i in range(n):
+            a = {k: plain_value(v[i]) for k, v in cols.items()}
+            if self.kind == 'regressor':
+                ok[i] = isinstance(a.get('value'), (int, float)) and math.isfinite(a['value'])
+            elif self.classes and a.get('label') not in self.classes:
+                raise ValueError(f"the fallback answered {a.get('label')!r}, which is not one of the classes {self.classes}")
+            out.append(a)
+        return out, ok
+
+class Flag:
+    "A switch kept in a JSON file, read at most once every `every` seconds."
+    def __init__(self, path: str | Path | None, every: float = 1.0):
+        self.path, self.every, self._next, self._stamp, self.state = Path(path) if path else None, every, 0.0, None, {}
+
+    def current(self) -> dict:
+        "The flags, as the file said when last read."
+        now = time.monotonic()
+        if self.path is None or now < self._next: return self.state
+        self._next = now + self.every
+        try: stamp = self.path.stat().st_mtime_ns
+        except OSError: stamp = None
+        if stamp != self._stamp:
+            try: self.state = json.loads(self.path.read_text()) if stamp is not None else {}
+            except (OSError, ValueError) as e: log.warning('could not read the flags %s, keeping the last state: %s', self.path, describe_error(e))
+            else: self._stamp = stamp
+        return self.state
+
+    def on(self, name: str) -> bool:
+        "Whether flag `name` is on."
+        return bool((self.current().get(name) or {}).get('on'))
+
+# %% ../nbs/12_serving.ipynb #100f0d1c
+class Shadow:
+    "Runs `work(item)` off the response path in a thread of its own; drops (and counts) items when `limit` are waiting."
+    def __init__(self, work: Callable, limit: int = 32):
+        import queue
+        self.work, self.queue, self.skipped, self.done, self._thread = work, queue.Queue(maxsize=limit), 0, 0, None
+
+    def submit(self, item):
+        "Queue `item`, or skip it when the queue is full."
+        import queue
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name='mlnb-shadow', daemon=True)
+            self._thread.start()
+        try: self.queue.put_nowait(item)
+        except queue.Full: self.skipped += 1
+
+    def _run(self):
+        while True:
+            item = self.queue.get()
+            try: self.work(item)
+            except Exception as e: log.warning('a shadow prediction failed: %s', describe_error(e))
+            self.done += 1
+
+# %% ../nbs/12_serving.ipynb #a4209232
+def run_alert(command: str, # a shell command
+              document: Mapping, # what happened (JSON-able)
+              cwd: str | Path | None = None, # where to run it
+              timeout: float = 30, # seconds it may take
+             ) -> dict:
+    "Run `command` with `document` as JSON on its standard input; returns how it went (never raises)."
+    import subprocess
+    try:
+        res = subprocess.run(command, shell=True, cwd=cwd, input=json.dumps(document, default=str), capture_output=True,
+                             text=True, timeout=timeout)
+        ok = res.returncode == 0
+        return {'command': command, 'ok': ok, 'returncode': res.returncode, 'stderr': res.stderr[-2000:],
+                'message': 'the alert command ran' if ok else f"the alert command `{command}` failed with exit code {res.returncode}: {res.stderr.strip()[-500:]}"}
+    except subprocess.TimeoutExpired:
+        return {'command': command, 'ok': False, 'returncode': None, 'message': f"the alert command `{command}` did not finish in {timeout} s"}
+    except OSError as e:
+        return {'command': command, 'ok': False, 'returncode': None, 'message': f"the alert command `{command}` could not run: {e}"}
+
 # %% ../nbs/12_serving.ipynb #fa079b07
+def _rejected(bad: dict[int, str], n: int) -> bytes:
+    "The body of a 422: which rows of the request could not be answered, and why."
+    listed = [{'row': i, 'error': e} for i, e in sorted(bad.items())]
+    body = {'error': f"{len(bad)} of {n} rows could not be predicted ("
+                     + '; '.join(f"row {x['row']}: {x['error']}" for x in listed[:5])
+                     + (f"; and {len(bad) - 5} more" if len(bad) > 5 else '')
+                     + "). Check the values of these rows: each is valid for the contract, but the feature "
+                       "function or the model cannot use it. The other rows of this request were not predicted.",
+            'rows': listed}
+    return _dumps(body).encode()
+
 class Runtime:
-    "Predicts requests of validated rows: batching, per-row isolation, answers and the prediction log."
+    "Predicts requests of validated rows: routing to variants, batching, per-row isolation, fallback, answers and the prediction log."
     def __init__(self, config: dict, # the service settings (mlnb_service.json)
-                 model, # the fitted estimator
+                 models: Mapping[str, Any] | Any, # variant name -> fitted model (one model: the champion)
                  transform: Callable | None = None, # the feature function
                  log: JsonLinesLog | None = None, # where answered rows go (default: the configured prediction log)
+                 fallback: Callable | None = None, # the fallback function (default: none)
                 ):
-        self.config, self.fields, self.tag = config, config['fields'], config['model']
-        self.predictor = Predictor(model, transform, config.get('kind'), config.get('classes'), config.get('max_batch_size', 1024))
+        self.config, self.fields = config, config['fields']
+        variants = config.get('variants') or {'champion': {'model': config['model']}}
+        models = models if isinstance(models, Mapping) else {'champion': models}
+        chunk = config.get('max_batch_size', 1024)
+        self.predictors = {name: Predictor(models[name], transform, config.get('kind'), config.get('classes'), chunk) for name in variants}
+        self.tags = {name: v['model'] for name, v in variants.items()}
+        self.kind = next(iter(self.predictors.values())).kind
+        self.fallback = Fallback(fallback, self.kind, config.get('classes'), chunk) if fallback is not None else None
+        self.flag = Flag(os.environ.get('MLNB_FLAGS') or config.get('flags'))
         path = os.environ.get('MLNB_PREDICTION_LOG') or config.get('prediction_log')
         size = config.get('log_max_bytes', 256 * 1024 * 1024)
         self.log = log if log is not None else JsonLinesLog(path, size) if path else None
         fb = os.environ.get('MLNB_FEEDBACK_LOG') or (feedback_path(self.log.path) if self.log is not None else None)
         self.feedback_log = JsonLinesLog(fb, size) if fb else None
         mon = config.get('monitor') or {}
-        self.rates = Rates(self.predictor.kind, mon.get('action_limits'), mon.get('window', 1000), mon.get('min_rows', 100))
+        self.rates = Rates(self.kind, mon.get('action_limits'), mon.get('window', 1000), mon.get('min_rows', 100))
+        self.limit_fallback, self.tripped, self.alerts = bool(mon.get('fallback_on_action_limit')), False, config.get('alerts') or {}
+        self.shadow = Shadow(self._shadow) if (config.get('rollout') or {}).get('mode') == 'shadow' else None
         self.batch_rows = None # a histogram of rows per call, when the server has metrics
         self.gauges = None # (share, mean, breached) Prometheus gauges, when the server has metrics
-        self.batcher = Batcher(self._work, config.get('max_batch_size', 1024), after=self._after, observe=self._observe)
+        self.batcher = Batcher(self._work, chunk, after=self._after, observe=self._observe)
 
     def _observe(self, n: int):
         if self.batch_rows is not None: self.batch_rows.observe(n)
 
-    async def predict(self, rows: list) -> tuple[int, bytes]:
+    async def predict(self, rows: list, # validated rows
+                      variant: str | None = None, # the variant that must answer (default: as routed)
+                     ) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for one request of validated rows."
-        status, body, *_ = await self.batcher.submit(rows, len(rows))
+        status, body, *_ = await self.batcher.submit((rows, variant), len(rows))
         return status, body
 
-    def _work(self, payloads: list[list]) -> list[tuple]:
-        frame = to_frame([r for rows in payloads for r in rows], self.fields)
-        out, errors = self.predictor.predict(frame)
-        results, start = [], 0
-        for rows in payloads:
+    def _answer(self, frame: pd.DataFrame, names: np.ndarray) -> tuple[list, dict, list]:
+        "Answers (with their model tag and variant), errors by row, and each row's answer by a model (for the action limits)."
+        n = len(frame)
+        out, errors, models = [None] * n, {}, [None] * n
+        if self.fallback is not None and self.flag.on('fallback'): names = np.full(n, 'fallback', dtype=object)
+        for name in dict.fromkeys(names.tolist()):
+            idx = np.flatnonzero(names == name)
+            part = frame if len(idx) == n else frame.iloc[idx]
+            who = self.fallback if name == 'fallback' else self.predictors[name]
+            got, errs = who.predict(part)
+            tag = 'fallback' if name == 'fallback' else self.tags[name]
+            for j, a in enumerate(got):
+                if a is not None:
+                    out[idx[j]] = {**a, 'model': tag, '_variant': name}
+                    if name != 'fallback': models[idx[j]] = a
+            errors.update({int(idx[j]): e for j, e in errs.items()})
+        tripped = self.fallback is not None and self.limit_fallback and self._limits_broken()
+        if self.fallback is not None:
+            redo = [i for i in range(n) if out[i] is not None and out[i]['model'] != 'fallback'] if tripped else []
+            redo += sorted(errors)
+            if redo:
+                got, _ = self.fallback.predict(frame.iloc[redo])
+                for j, a in enumerate(got):
+                    if a is not None:
+                        out[redo[j]] = {**a, 'model': 'fallback', '_variant': 'fallback'}
+                        errors.pop(redo[j], None)
+        return out, errors, models
+
+    def _limits_broken(self) -> bool:
+        "Whether an action limit is broken now; the first time in an episode, run the alert command in the background."
+        broken = self.rates.breaches()
+        if broken and not self.tripped and self.alerts.get('command'):
+            doc = {'kind': 'action_limit', 'model': self.tags.get('champion'), 'limits': broken, 'at': _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                   'alerts': [{'kind': 'action_limit', 'message': 'the service answers with its fallback: action limits broken: '
+                               + ', '.join(f'{k} = {v:.3f}' for k, v in broken.items())}]}
+            threading.Thread(target=run_alert, args=(self.alerts['command'], doc, None, float(self.alerts.get('timeout', 30))), daemon=True).start()
+        self.tripped = bool(broken)
+        return self.tripped
+
+    def _work(self, payloads: list) -> list[tuple]:
+        frame = to_frame([r for rows, _ in payloads for r in rows], self.fields)
+        rids = [f'{uuid.uuid4().hex[:20]}-{n}' for rows, _ in payloads for n in range(len(rows))]
+        names = route(frame, self.config, rids)
+        start = 0
+        for rows, forced in payloads:
+            if forced is not None: names[start:start + len(rows)] = forced
+            start += len(rows)
+        out, errors, models = self._answer(frame, names)
+        results, start, counted = [], 0, []
+        for rows, _ in payloads:
             end = start + len(rows)
             bad = {i - start: e for i, e in errors.items() if start <= i < end} if errors else None
-            if bad:
-                listed = [{'row': i, 'error': e} for i, e in sorted(bad.items())]
-                body = {'error': f"{len(bad)} of {len(rows)} rows could not be predicted ("
-                                 + '; '.join(f"row {x['row']}: {x['error']}" for x in listed[:5])
-                                 + (f"; and {len(bad) - 5} more" if len(bad) > 5 else '')
-                                 + "). Check the values of these rows: each is valid for the contract, but the feature "
-                                   "function or the model cannot use it. The other rows of this request were not predicted.",
-                        'rows': listed}
-                results.append((422, _dumps(body).encode(), None, None))
+            if bad: results.append((422, _rejected(bad, len(rows)), None, None))
             else:
-                rid = uuid.uuid4().hex[:20]
-                answered = [{'request_id': f'{rid}-{n}', **a, 'model': self.tag} for n, a in enumerate(out[start:end])]
-                results.append((200, _dumps(answered).encode(), (frame, start), answered))
+                answered = [{'request_id': rid, **{k: v for k, v in a.items() if k != '_variant'}} for rid, a in zip(rids[start:end], out[start:end])]
+                results.append((200, _dumps(answered).encode(), (frame, start, [a['_variant'] for a in out[start:end]]), answered))
+                counted += [a for a in models[start:end] if a is not None]
             start = end
+        if counted: self.rates.add(counted)
         return results
 
+    def _lines(self, frame: pd.DataFrame, rows: list[tuple], ts: str) -> str:
+        "Log lines for (position in frame, request id, variant, model tag, answer) tuples."
+        js = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
+        return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{_dumps(tag)},"variant":"{variant}","row":{js[i]},'
+                       f'"prediction":{_dumps(pred)}}}\n' for i, rid, variant, tag, pred in rows)
+
     def _after(self, payloads, results):
-        "Count the answers of a call for the action limits, and write its answered rows to the prediction log."
+        "Export the action-limit gauges, write the answered rows to the prediction log, and hand the champion's rows to the shadow."
         ok = [r for r in results if not isinstance(r, BaseException) and r[0] == 200]
-        for r in ok: self.rates.add(r[3])
         if ok and self.gauges is not None: self._export()
-        if self.log is None or not ok: return
+        if not ok: return
+        frame = ok[0][2][0]
+        rows = [(start + j, a['request_id'], v, a['model'], {k: x for k, x in a.items() if k not in ('request_id', 'model')})
+                for _, _, (_, start, variants), answered in ok for j, (a, v) in enumerate(zip(answered, variants))]
         ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
-        rows = ok[0][2][0].to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
-        lines = []
-        for _, _, (_, start), answered in ok:
-            for row, a in zip(rows[start:start + len(answered)], answered):
-                pred = {k: v for k, v in a.items() if k not in ('request_id', 'model')}
-                lines.append(f'{{"request_id":"{a["request_id"]}","ts":{ts},"model":{_dumps(a["model"])},'
-                             f'"variant":"champion","row":{row},"prediction":{_dumps(pred)}}}\n')
-        self.log.write(''.join(lines))
+        if self.log is not None: self.log.write(self._lines(frame, rows, ts))
+        if self.shadow is not None:
+            mine = [r for r in rows if r[2] == 'champion']
+            if mine: self.shadow.submit((frame, [r[0] for r in mine], [r[1] for r in mine]))
+
+    def _shadow(self, item):
+        "The challenger's predictions for rows the champion answered, into the log."
+        frame, idx, rids = item
+        got, _ = self.predictors['challenger'].predict(frame.iloc[idx].reset_index(drop=True))
+        ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
+        part = frame.iloc[idx].reset_index(drop=True)
+        rows = [(j, rid, 'challenger', self.tags['challenger'], a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
+        if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
+
+    def live(self) -> dict:
+        "What GET /metadata adds to the static metadata: variants, rollout, segments, and the fallback's state."
+        flag = (self.flag.current().get('fallback') or {})
+        return {'variants': dict(self.tags), 'rollout': self.config.get('rollout'), 'segments': self.config.get('segments'),
+                'fallback': {'configured': self.fallback is not None, 'function': self.config.get('fallback'),
+                             'flag': bool(flag.get('on')), 'flag_reason': flag.get('reason'),
+                             'on_action_limit': self.limit_fallback, 'action_limit_broken': self.tripped},
+                'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped}}
 
     def _export(self):
         "Set the Prometheus gauges of the action limits."
@@ -458,7 +650,7 @@ def document(doc: dict, # an OpenAPI document
 class Guard:
     "ASGI middleware: serves GET /metadata, refuses bodies that are not one JSON document within the size limit, explains 400s."
     def __init__(self, app, # the app it guards
-                 metadata: dict | None = None, # what GET /metadata answers
+                 metadata: dict | Callable | None = None, # what GET /metadata answers (or a function returning it)
                  max_body: int = 64 * 1024 * 1024, # largest body accepted, in bytes
                  routes: tuple = ('/predict', '/feedback'), # the routes that take JSON bodies
                 ):
@@ -467,7 +659,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
         path, method = scope['path'].rstrip('/') or '/', scope['method']
-        if path == '/metadata' and method == 'GET': return await reply(send, 200, self.metadata)
+        if path == '/metadata' and method == 'GET': return await reply(send, 200, self.metadata() if callable(self.metadata) else self.metadata)
         if path == '/docs.json' and method == 'GET': return await self._document(scope, receive, send)
         if path not in self.routes or method != 'POST': return await self.app(scope, receive, send)
         ctypes = [v for k, v in scope['headers'] if k.lower() == b'content-type']
@@ -578,18 +770,24 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
     import bentoml
     from starlette.responses import Response
     config = json.loads(Path(config_path).read_text(encoding='utf-8'))
-    Row, Answer = request_model(config['fields'], config.get('max_string_length', 1000)), answer_model(config)
+    fields = config['fields']
+    seg = config.get('segments')
+    if seg and seg.get('default') is None: # a segment without a model is refused by the request model, naming the known ones
+        fields = [{**f, 'categories': sorted(seg['variants'])} if f['name'] == seg['by'] else f for f in fields]
+    Row, Answer = request_model(fields, config.get('max_string_length', 1000)), answer_model(config)
     Feedback = feedback_model(config)
     Received = create_model('Received', received=(int, Field(description='How many items were stored.')))
     transform = load_function(config['transform']) if config.get('transform') else None
+    fallback = load_function(config['fallback']) if config.get('fallback') else None
+    variants = config.get('variants') or {'champion': {'model': config['model']}}
     max_rows = config.get('max_rows', 100_000)
     quiet_client_errors()
+    state = {}
 
     class Service:
-        model_ref = bentoml.models.BentoModel(config['model'])
-
         def __init__(self):
-            self.runtime = Runtime(config, bentoml.sklearn.load_model(self.model_ref), transform)
+            models = {name: bentoml.sklearn.load_model(getattr(self, f'model_{i}')) for i, name in enumerate(variants)}
+            self.runtime = state['runtime'] = Runtime(config, models, transform, fallback=fallback)
             try:
                 self.runtime.batch_rows = bentoml.metrics.Histogram(name='mlnb_batch_rows', documentation='Rows per model call',
                                                                     buckets=[2 ** i for i in range(15)])
@@ -603,11 +801,15 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
             gc.freeze()
             gc.set_threshold(50_000, 20, 20)
 
-        async def predict(self, rows: Annotated[List[Row], Field(min_length=1)]) -> List[Answer]:
+        async def predict(self, rows: Annotated[List[Row], Field(min_length=1)], ctx: bentoml.Context) -> List[Answer]:
             if len(rows) > max_rows:
                 body = {'error': f'The request has {len(rows)} rows, more than the limit of {max_rows}: send fewer rows per request.'}
                 return Response(_dumps(body).encode(), status_code=413, media_type='application/json')
-            status, body = await self.runtime.predict(rows)
+            forced = ctx.request.headers.get('x-mlnb-variant')
+            if forced is not None and forced not in variants:
+                body = {'error': f"Header X-Mlnb-Variant names {forced!r}, which this service does not have; it has {', '.join(variants)}."}
+                return Response(_dumps(body).encode(), status_code=400, media_type='application/json')
+            status, body = await self.runtime.predict(rows, forced)
             return Response(body, status_code=status, media_type='application/json')
 
         async def feedback(self, feedback: Annotated[List[Feedback], Field(min_length=1)]) -> Received:
@@ -619,9 +821,12 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
             status, body = self.runtime.feedback(feedback)
             return Response(body, status_code=status, media_type='application/json')
 
+    for i, name in enumerate(variants): setattr(Service, f'model_{i}', bentoml.models.BentoModel(variants[name]['model']))
     Service.predict.__doc__ = config.get('description') or 'Predict each row.'
     Service.predict = bentoml.api(route='/predict')(Service.predict)
     Service.feedback = bentoml.api(route='/feedback')(Service.feedback)
     svc = bentoml.service(name=config['name'])(Service)
-    svc.add_asgi_middleware(Guard, metadata=config.get('metadata', {}), max_body=config.get('max_body_bytes', 64 * 2**20))
+    static = config.get('metadata', {})
+    svc.add_asgi_middleware(Guard, metadata=lambda: {**static, **(state['runtime'].live() if 'runtime' in state else {})},
+                            max_body=config.get('max_body_bytes', 64 * 2**20))
     return svc

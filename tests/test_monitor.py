@@ -37,8 +37,9 @@ def churn(scaffold_template, tmp_path_factory):
     "The churn project with an alert command, trained, built and served; its package imported for `simulate`."
     root = tmp_path_factory.mktemp('monitored') / 'churn'
     shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    with open(root / 'pyproject.toml', 'a') as f:
-        f.write(f'\n[tool.mlnb.alerts]\ncommand = "cat >> {ALERTS}; echo >> {ALERTS}"\n')
+    toml = (root / 'pyproject.toml').read_text()
+    assert '[tool.mlnb.alerts]\ncommand = ""' in toml
+    (root / 'pyproject.toml').write_text(toml.replace('[tool.mlnb.alerts]\ncommand = ""', f'[tool.mlnb.alerts]\ncommand = "cat >> {ALERTS}; echo >> {ALERTS}"'))
     served = train_and_build(root, tmp_path_factory.mktemp('monitored_home'))
     srv = start_server(served, root / '.mlnb' / 'predictions' / 'churn.jsonl')
     sys.path.insert(0, str(root))
@@ -100,7 +101,8 @@ def test_ground_truth_bias_and_action_limits(churn):
     assert any(t.get('roc_auc') is not None for t in res['timeline'])
     # an action limit below the observed positive rate fires
     text = (root / 'pyproject.toml').read_text()
-    (root / 'pyproject.toml').write_text(text + '\n[tool.mlnb.monitor]\naction_limits = { "1" = [0.0, 0.2] }\n')
+    assert 'action_limits = { "1" = [0.02, 0.6] }' in text
+    (root / 'pyproject.toml').write_text(text.replace('action_limits = { "1" = [0.02, 0.6] }', 'action_limits = { "1" = [0.0, 0.2] }'))
     try:
         code, res, _ = monitor(root, env, '--last', '2000')
         assert code == 1 and res['action_limits']['breached'].keys() == {'1'}
