@@ -212,6 +212,7 @@ def build(project: Project | None = None, # the project (default: the current on
         variants['challenger'] = {'model': other}
     if cfg.fallback:
         from mlnb.serving import load_function
+        if str(project.root) not in sys.path: sys.path.insert(0, str(project.root)) # the project package, as the service will import it
         try: load_function(cfg.fallback)
         except (ImportError, AttributeError) as e:
             raise UsageError(f"[tool.mlnb.serve] fallback {cfg.fallback!r} cannot be imported ({e}). Export it from a notebook, then build again.") from None

@@ -203,18 +203,22 @@ def history(name: str, as_json: bool):
     if not data and not as_json:
         click.echo(f"Model '{name}' has never had a champion.")
         return
-    emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'kind', 'from', 'to', 'by', 'why', 'run'],
-         [[_ago(h['at']), h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or ''] for h in d]))
+    live = lambda e: '' if not e else f"{e.get('reason') or ''} ({e.get('rows')} rows, {e.get('mode') or 'live'})"
+    emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'kind', 'from', 'to', 'by', 'why', 'run', 'live evidence'],
+         [[_ago(h['at']), h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or '', live(h.get('evidence'))] for h in d]))
 
 @main.command()
 @click.argument('tag')
 @click.option('--reason', default='promoted by hand', show_default=True, help='Why (kept in the champion history).')
 def promote(tag: str, reason: str):
-    "Make model TAG the champion by hand (recorded as manual, with who and when)."
+    "Make model TAG the champion by hand (recorded as manual, with who and when, and the latest live evidence on it)."
     from mlnb.project import load_project
-    from mlnb.registry import promote as do_promote
-    before = do_promote(tag, reason, load_project().root)
-    click.echo(f"{tag} is now the champion (was {before or 'none'}).")
+    from mlnb.registry import latest_evidence, promote as do_promote
+    root = load_project().root
+    before = do_promote(tag, reason, root)
+    ev = latest_evidence(tag, root)
+    click.echo(f"{tag} is now the champion (was {before or 'none'})."
+               + (f" Live evidence kept with it: {ev['reason']} ({ev['rows']} rows, {ev['mode'] or 'live'})." if ev else ''))
 
 @main.command()
 @click.argument('name')
@@ -314,10 +318,17 @@ def _monitor_table(r: dict):
              ['answers (share or mean)', fmt(b.get('predicted'))], ['true labels', fmt(b.get('observed'))], ['in training', fmt(b.get('training'))],
              ['action limits', ', '.join(f'{k} {v}' for k, v in a['limits'].items()) or 'none'],
              ['broken', ', '.join(f'{k} = {v:.3f}' for k, v in a['breached'].items()) or 'none']]
+    parts = [head, drift, _table('Ground truth, bias and action limits', ['', 'value'], facts)]
+    v = r.get('variants')
+    if v:
+        rows = [[n, x['model'], x['rows'], fmt(x.get('share') or x.get('mean')), fmt(x.get(p['metric']))] for n, x in v['variants'].items()]
+        parts.append(_table(f"Champion and challenger ({v.get('shadowed_rows', 0)} rows predicted by both, agreement "
+                            f"{fmt(v.get('agreement'))})", ['variant', 'model', 'rows', 'answers', str(p['metric'])], rows))
+        parts.append(('[green]' if v.get('promote') else '') + f"By the gate's rule: {v['reason']}" + ('[/]' if v.get('promote') else ''))
     alerts = '\n'.join(f"[red]alert[/] {x['kind']}: {x['message']}" for x in r['alerts']) or '[green]No alert: everything is within bounds.[/]'
     sent = r.get('alert_command')
     if sent: alerts += '\n' + (f"alert command: {sent['message']}" if sent['ok'] else f"[red]{sent['message']}[/]")
-    return Group(head, drift, _table('Ground truth, bias and action limits', ['', 'value'], facts), alerts)
+    return Group(*parts, alerts)
 
 @main.command()
 @click.option('--model', 'model', help='Model tag to watch (default: the model of the latest build, else the champion).')

@@ -38,11 +38,15 @@ create table if not exists gates (
   candidate_value real, champion_value real, promote integer, applied integer, reason text, at real);
 create table if not exists builds (
   seq integer primary key autoincrement, bento text not null, model text not null, at real not null, path text);
+create table if not exists evidence (
+  seq integer primary key autoincrement, at real not null, model text not null, champion text, challenger text, mode text,
+  metric text, champion_value real, challenger_value real, rows integer, agreement real, promote integer, reason text, detail text);
 '''
 
 # Columns added after the first release: a ledger made by an older mlnb gets them when it is opened.
 _ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), ('settled', 'real'),
-                    ('metrics', 'text'), ('champion_metrics', 'text'))}
+                    ('metrics', 'text'), ('champion_metrics', 'text')),
+          'champions': (('evidence', 'text'),)}
 
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
 # execution that made it be reused from the cache; any other leaves the decision to be made again.

@@ -411,7 +411,8 @@ def monitor(project=None, # the project (default: the current one)
     kind, classes = ref.get('kind'), ref.get('classes')
     columns = {k: c.get('type') or ('float' if c['kind'] == 'numeric' else 'str') for k, c in ref['columns'].items()}
     events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last)
-    mine = (events['model'] == tag).to_numpy()
+    everything = events
+    mine = ((events['model'] == tag) & (events['variant'] != 'challenger')).to_numpy()
     others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items()}
     events = select(events, mine)
     window = f'the last {last} predictions' if last is not None else f'the last {since or cfg.since}'
@@ -424,6 +425,12 @@ def monitor(project=None, # the project (default: the current one)
     gate = GateConfig.from_settings(project.settings.get('gate', {}))
     metric, evaluation = _evaluation(project.root, tag)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes)
+    variants = compare_variants(everything, tag, kind, classes, feedback, gate)
+    if variants is not None:
+        from mlnb.registry import record_evidence
+        variants['window'] = window
+        variants['evidence'] = record_evidence(variants, project.root)
+    res['variants'] = variants
     res = {'model': tag, 'kind': kind, 'classes': classes, 'log': str(path), 'feedback_log': str(fb_path),
            'window': {'description': window, 'since': start.isoformat() if start else None, 'first': events['ts'].min().isoformat(),
                       'last': events['ts'].max().isoformat(), 'rows': len(events), 'other_models': others}, **res}

@@ -17,8 +17,8 @@ from .outputs import plain, project_root, record
 
 # %% auto #0
 __all__ = ['check_tag', 'context', 'rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model',
-           'model_info', 'champion', 'history', 'set_champion', 'promote', 'rollback', 'GateConfig', 'gate',
-           'settle_gates', 'models', 'lineage']
+           'model_info', 'champion', 'history', 'set_champion', 'record_evidence', 'latest_evidence', 'promote',
+           'rollback', 'GateConfig', 'gate', 'settle_gates', 'models', 'lineage']
 
 # %% ../nbs/10_registry.ipynb #e8b20d77
 _TAG_PART = re.compile(r'^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$') # BentoML's rule for a tag's name and version, at most 63 characters
@@ -204,17 +204,20 @@ def _current(db: sqlite3.Connection, name: str) -> str | None:
     r = db.execute('select tag from champions where model=? order by seq desc limit 1', (name,)).fetchone()
     return r['tag'] if r else None
 
-def _move(db: sqlite3.Connection, tag: str, kind: str, reason: str, run_id: str | None, current: str | None):
+def _move(db: sqlite3.Connection, tag: str, kind: str, reason: str, run_id: str | None, current: str | None, evidence: Mapping | None = None):
     "Append the change of the champion to `tag` (from `current`) to the history, inside the caller's transaction."
-    db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id) values (?,?,?,?,?,?,?,?)',
-               (tag.split(':')[0], tag, current, time.time(), kind, getpass.getuser(), reason, run_id))
+    db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id, evidence) values (?,?,?,?,?,?,?,?,?)',
+               (tag.split(':')[0], tag, current, time.time(), kind, getpass.getuser(), reason, run_id,
+                json.dumps(evidence) if evidence else None))
 
 def history(name: str, root: str | Path | None = None) -> list[dict]:
     "Every change of model `name`'s champion, oldest first: when, kind ('gate', 'manual', 'rollback'), from which tag to which, by whom, why, run."
     check_tag(name, 'name')
     led = _ledger(root)
-    try: return [dict(r) for r in led.db.execute('select * from champions where model=? order by seq', (name,))]
+    try: rows = [dict(r) for r in led.db.execute('select * from champions where model=? order by seq', (name,))]
     finally: led.close()
+    for r in rows: r['evidence'] = json.loads(r['evidence']) if r.get('evidence') else None
+    return rows
 
 _UNSET = object()
 
@@ -224,6 +227,7 @@ def set_champion(tag: str, # the new champion, name:version
                  run_id: str | None = None, # the run whose gate decided it
                  expect: Any = _UNSET, # only if the champion is still this tag (None: no champion yet)
                  root: str | Path | None = None,
+                 evidence: Mapping | None = None, # what live traffic said of the candidate (see `record_evidence`)
                 ) -> bool:
     "Make `tag` the champion of its model atomically; False when `expect` no longer holds."
     check_tag(tag)
@@ -232,15 +236,38 @@ def set_champion(tag: str, # the new champion, name:version
         with led.tx() as db:
             current = _current(db, tag.split(':')[0])
             if expect is not _UNSET and current != expect: return False
-            _move(db, tag, kind, reason, run_id, current)
+            _move(db, tag, kind, reason, run_id, current, evidence)
         return True
     finally: led.close()
 
+def record_evidence(evidence: Mapping, # a comparison of champion and challenger on live traffic (`mlnb monitor`)
+                    root: str | Path | None = None) -> int:
+    "Keep what live traffic said of a challenger, for the champion history when it is promoted; returns its number."
+    led = _ledger(root)
+    try:
+        with led.tx() as db:
+            cur = db.execute('insert into evidence (at, model, champion, challenger, mode, metric, champion_value, challenger_value, rows, '
+                             'agreement, promote, reason, detail) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                             (time.time(), evidence['challenger'].split(':')[0], evidence['champion'], evidence['challenger'], evidence.get('mode'),
+                              evidence.get('metric'), evidence.get('champion_value'), evidence.get('challenger_value'), evidence.get('rows'),
+                              evidence.get('agreement'), None if evidence.get('promote') is None else int(bool(evidence['promote'])),
+                              evidence.get('reason'), json.dumps(evidence, default=str)))
+            return cur.lastrowid
+    finally: led.close()
+
+def latest_evidence(tag: str, root: str | Path | None = None) -> dict | None:
+    "The latest live comparison recorded for challenger `tag`, or None."
+    led = _ledger(root)
+    try: r = led.db.execute('select * from evidence where challenger=? order by seq desc limit 1', (tag,)).fetchone()
+    finally: led.close()
+    return None if r is None else {**{k: r[k] for k in r.keys() if k != 'detail'}, 'detail': json.loads(r['detail'])}
+
 def promote(tag: str, reason: str = 'promoted by hand', root: str | Path | None = None) -> str | None:
-    "Make the model `tag` the champion by hand (recorded as manual, with who and when); returns the previous champion."
+    "Make the model `tag` the champion by hand (recorded as manual, with who and when, and the latest live evidence on it); returns the previous champion."
     tag = model_info(check_tag(tag))['tag']
     before = champion(tag.split(':')[0], root)
-    set_champion(tag, 'manual', reason, root=root)
+    ev = latest_evidence(tag, root)
+    set_champion(tag, 'manual', reason, root=root, evidence=ev)
     return before
 
 def rollback(name: str, root: str | Path | None = None) -> str:
