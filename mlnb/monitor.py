@@ -19,7 +19,8 @@ from .errors import MlnbError, UsageError, did_you_mean
 
 # %% auto #0
 __all__ = ['METRICS', 'MonitorConfig', 'parse_since', 'log_files', 'read_events', 'select', 'probabilities', 'read_feedback',
-           'feedback_rows', 'score', 'check', 'timeline', 'send_alert', 'frozen_reference', 'monitor', 'report']
+           'feedback_rows', 'score', 'check', 'timeline', 'send_alert', 'compare_variants', 'frozen_reference',
+           'monitor', 'report']
 
 # %% ../nbs/14_monitor.ipynb #45fc2994
 @dataclass(frozen=True, kw_only=True)
@@ -338,6 +339,48 @@ def send_alert(root: str | Path, # the project root
     from mlnb.serving import run_alert
     doc = {'at': _dt.datetime.now(_dt.timezone.utc).isoformat(), 'project': str(root), **document}
     return run_alert(cmd, doc, root, float(settings.get('timeout', 30)))
+
+# %% ../nbs/14_monitor.ipynb #4f825d97
+def compare_variants(events: pd.DataFrame, # the window's events of every variant
+                     champion: str, # the champion's tag
+                     kind: str, classes: list | None = None, # what the models answer
+                     feedback: pd.DataFrame | None = None, # ground truth
+                     gate=None, # a `mlnb.registry.GateConfig`
+                    ) -> dict | None:
+    "Champion against challenger on the same window: rows, answers, agreement on shadowed rows, realised metric, the gate's verdict; None without a challenger."
+    ch = events[(events['variant'] == 'challenger').to_numpy()]
+    if not len(ch): return None
+    challenger = str(ch['model'].mode().iloc[0])
+    key = 'prediction.value' if kind == 'regressor' else 'prediction.label'
+    out = {'champion': champion, 'challenger': challenger, 'variants': {}}
+    fb = feedback.set_index('request_id')['label'] if feedback is not None and len(feedback) else None
+    values = {}
+    for name, tag in (('champion', champion), ('challenger', challenger)):
+        mask = ((events['model'] == tag) & (events['variant'] == name)).to_numpy()
+        part = select(events, mask)
+        v = {'model': tag, 'rows': int(len(part))}
+        v.update({'mean': float(part[key].mean())} if kind == 'regressor' else {'share': _shares(part[key])})
+        if fb is not None and gate is not None and len(part):
+            hit = part['request_id'].isin(fb.index).to_numpy()
+            proba = probabilities(part)
+            v['joined'] = int(hit.sum())
+            v[gate.metric], why = score(gate.metric, fb.reindex(part['request_id'][hit]).to_numpy(), part[hit], classes,
+                                        proba[hit] if proba is not None else None) if hit.any() else (None, 'no ground truth')
+            values[name] = v[gate.metric]
+        out['variants'][name] = v
+    both = events[events['variant'].isin(['champion', 'challenger']).to_numpy()]
+    pairs = both.pivot_table(index='request_id', columns='variant', values=key, aggfunc='first').dropna()
+    if len(pairs) and {'champion', 'challenger'} <= set(pairs.columns):
+        out['shadowed_rows'] = int(len(pairs))
+        out['agreement'] = (float((pairs['champion'] - pairs['challenger']).abs().mean()) if kind == 'regressor'
+                            else float((pairs['champion'].astype(str) == pairs['challenger'].astype(str)).mean()))
+    if gate is not None and values.get('challenger') is not None and values.get('champion') is not None:
+        out['promote'], out['reason'] = gate.decide({gate.metric: values['challenger']}, {gate.metric: values['champion']})
+        out.update(metric=gate.metric, champion_value=values['champion'], challenger_value=values['challenger'])
+    else:
+        out['promote'], out['reason'] = None, 'no verdict: the ground truth does not cover both variants yet'
+    out['rows'] = int(len(both))
+    return out
 
 # %% ../nbs/14_monitor.ipynb #19484bcc
 def frozen_reference(tag: str) -> dict:

@@ -1,0 +1,176 @@
+"""Safe rollout inside one Bento: shadow, canary, the fallback and its flag, action-limit fallback; real `bentoml serve`."""
+import json, os, shutil, subprocess, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import mlnb
+from test_monitor import request_rows
+
+WORSE = ['-p', 'n_estimators=5', '-p', 'max_depth=2']
+
+
+@pytest.fixture(scope='module')
+def rollout(scaffold_template, tmp_path_factory):
+    "The churn project with a champion and a worse challenger; `simulate` and `prepare` of its package."
+    root = tmp_path_factory.mktemp('rollout') / 'churn'
+    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    env = {'BENTOML_HOME': str(tmp_path_factory.mktemp('rollout_home'))}
+    mlnb('run', '--engine', 'fast', cwd=root, env=env)
+    mlnb('run', '--engine', 'fast', *WORSE, cwd=root, env=env)
+    models = json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)
+    champion = next(m['tag'] for m in models if m['champion'])
+    challenger = next(m['tag'] for m in models if not m['champion'])
+    sys.path.insert(0, str(root))
+    from churn.data import simulate
+    from churn.features import prepare
+    yield root, env, champion, challenger, simulate, prepare
+    sys.path.remove(str(root))
+
+
+def serve(root, env, tmp, *build_args):
+    "Build with `build_args` and serve the Bento with a log and a flags file of its own."
+    from mlnb.bento import Server
+    bento = mlnb('build', *build_args, cwd=root, env=env).stdout.split()[1].rstrip('.')
+    srv = Server(bento, log_path=tmp / 'predictions.jsonl', env=env, flags=tmp / 'flags.json')
+    srv.log, srv.flags, srv.bento = tmp / 'predictions.jsonl', tmp / 'flags.json', bento
+    return srv
+
+
+def logged(srv):
+    return [json.loads(l) for l in srv.log.read_text().splitlines()] if srv.log.exists() else []
+
+
+def test_shadow_answers_with_the_champion_and_logs_both(rollout, tmp_path):
+    root, env, champion, challenger, simulate, prepare = rollout
+    frame = simulate(500, seed=21)
+    rows = request_rows(frame, 'churned')
+    with serve(root, env, tmp_path, '--challenger', challenger, '--mode', 'shadow') as srv:
+        meta = httpx.get(srv.url + '/metadata').json()
+        assert meta['variants'] == {'champion': champion, 'challenger': challenger} and meta['rollout']['mode'] == 'shadow'
+        with ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(lambda r: httpx.post(srv.url + '/predict', json={'rows': [r]}, timeout=60), rows))
+        assert all(a.status_code == 200 for a in answers)
+        answers = [a.json()[0] for a in answers]
+        assert {a['model'] for a in answers} == {champion}  # the client never sees the challenger
+        deadline = time.time() + 60
+        while time.time() < deadline and sum(l['variant'] == 'challenger' for l in logged(srv)) < 500: time.sleep(0.2)
+        lines = logged(srv)
+        assert httpx.get(srv.url + '/metadata').json()['shadow']['skipped'] == 0
+    by = {(l['request_id'], l['variant']): l for l in lines}
+    assert all((a['request_id'], 'champion') in by and (a['request_id'], 'challenger') in by for a in answers)
+    # the challenger's shadow predictions are what its model gives for these rows in a plain Python process
+    import bentoml
+    os.environ['BENTOML_HOME'], old = env['BENTOML_HOME'], os.environ.get('BENTOML_HOME')
+    try: model = bentoml.sklearn.load_model(challenger)
+    finally: os.environ['BENTOML_HOME'] = old
+    want = model.predict_proba(prepare(frame.drop(columns='churned')))[:, 1]
+    got = [by[(a['request_id'], 'challenger')]['prediction']['probability'] for a in answers]
+    assert max(abs(g - w) for g, w in zip(got, want)) <= 1e-9
+    assert all(by[(a['request_id'], 'challenger')]['model'] == challenger for a in answers)
+
+
+def test_canary_routes_a_sticky_share_by_key(rollout, tmp_path):
+    root, env, champion, challenger, simulate, prepare = rollout
+    frame = simulate(5000, seed=22)
+    frame['customer_id'] = [f'K{i:05d}' for i in range(5000)]
+    rows = request_rows(frame, 'churned')
+    with serve(root, env, tmp_path, '--challenger', challenger, '--mode', 'canary', '--share', '0.2', '--key', 'customer_id') as srv:
+        meta = httpx.get(srv.url + '/metadata').json()
+        assert meta['rollout'] == {'mode': 'canary', 'share': 0.2, 'key': 'customer_id'}
+        first = {}
+        for i in range(0, 5000, 500):
+            for row, a in zip(rows[i:i + 500], httpx.post(srv.url + '/predict', json={'rows': rows[i:i + 500]}, timeout=120).json()):
+                first[row['customer_id']] = a['model']
+        share = sum(m == challenger for m in first.values()) / len(first)
+        assert 0.17 <= share <= 0.23, share
+        again = rows[::-1][:1000]  # the same keys, another order, other requests
+        second = httpx.post(srv.url + '/predict', json={'rows': again}, timeout=120).json()
+        assert all(first[r['customer_id']] == a['model'] for r, a in zip(again, second))
+        # verify replays both models' golden rows, each pinned to its model
+        assert 'golden examples of' in mlnb('verify', srv.bento, cwd=root, env=env).stdout
+
+
+def test_fallback_flag_and_a_row_the_model_cannot_use(rollout, tmp_path):
+    root, env, champion, challenger, simulate, prepare = rollout
+    rows = request_rows(simulate(50, seed=23), 'churned')
+    with serve(root, env, tmp_path) as srv:
+        flip = lambda state: mlnb('flag', 'fallback', state, '--file', str(srv.flags), '--reason', 'test', cwd=root, env=env)
+        seen, stop = [], threading.Event()
+        def stream():
+            i = 0
+            while not stop.is_set():
+                r = httpx.post(srv.url + '/predict', json={'rows': [rows[i % 50]]}, timeout=30)
+                seen.append((time.time(), r.status_code, r.json()[0]['model'] if r.status_code == 200 else r.text))
+                i += 1
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(2); on = time.time(); flip('on')
+        time.sleep(4); off = time.time(); flip('off')
+        time.sleep(4); stop.set(); t.join()
+        assert all(s == 200 for _, s, _ in seen), [x for x in seen if x[1] != 200][:3]
+        assert all(m == champion for t0, _, m in seen if t0 < on)
+        assert all(m == 'fallback' for t0, _, m in seen if on + 2 < t0 < off), 'the flag did not reach the service within 2 s'
+        assert all(m == champion for t0, _, m in seen if t0 > off + 2)
+        assert sum(1 for t0, _, m in seen if on < t0 < off and m == 'fallback') > 10
+        meta = httpx.get(srv.url + '/metadata').json()
+        assert meta['fallback']['configured'] and meta['fallback']['flag'] is False
+        # a row the model cannot use gets the fallback's answer; the rest of its request gets the model's
+        poison = {**rows[1], 'monthly_charges': 1e308}
+        r = httpx.post(srv.url + '/predict', json={'rows': [rows[0], poison, rows[2]]}, timeout=30)
+        assert r.status_code == 200 and [a['model'] for a in r.json()] == [champion, 'fallback', champion]
+        assert r.json()[1]['label'] in (0, 1)
+    assert json.loads(srv.flags.read_text())['fallback']['on'] is False
+    assert 'fallback' in mlnb('flag', '--file', str(srv.flags), cwd=root, env=env).stdout
+
+
+def test_an_action_limit_switches_to_the_fallback_and_alerts(rollout, tmp_path):
+    root0, env, champion, challenger, simulate, prepare = rollout
+    root = tmp_path / 'churn'
+    shutil.copytree(root0, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    text = (root / 'pyproject.toml').read_text()
+    text = text.replace('action_limits = { "1" = [0.02, 0.6] }',
+                        'action_limits = { "1" = [0.0, 0.3] }\nfallback_on_action_limit = true\nwindow = 200\nmin_rows = 100')
+    text = text.replace('[tool.mlnb.alerts]\ncommand = ""', f'[tool.mlnb.alerts]\ncommand = "cat > {tmp_path}/alert.json"')
+    (root / 'pyproject.toml').write_text(text)
+    mlnb('promote', champion, cwd=root, env=env)
+    rows = request_rows(simulate(600, seed=24, drift=1.0), 'churned')  # about 45% churn: over the limit of 30%
+    with serve(root, env, tmp_path, '--model', champion) as srv:
+        models = []
+        for i in range(0, 600, 50):
+            models += [a['model'] for a in httpx.post(srv.url + '/predict', json={'rows': rows[i:i + 50]}, timeout=60).json()]
+        assert set(models[:100]) == {champion}  # nothing is judged before min_rows answers
+        assert set(models[-100:]) == {'fallback'}
+        meta = httpx.get(srv.url + '/metadata').json()
+        assert meta['fallback']['action_limit_broken'] is True
+        deadline = time.time() + 30
+        while time.time() < deadline and not (tmp_path / 'alert.json').exists(): time.sleep(0.2)
+    alert = json.loads((tmp_path / 'alert.json').read_text())
+    assert alert['kind'] == 'action_limit' and '1' in alert['limits'] and 'fallback' in alert['alerts'][0]['message']
+
+
+def test_monitor_compares_the_variants_and_promote_keeps_the_evidence(rollout, tmp_path):
+    root, env, champion, challenger, simulate, prepare = rollout
+    frame = simulate(800, seed=25)
+    with serve(root, env, tmp_path, '--challenger', challenger, '--mode', 'shadow') as srv:
+        answers = []
+        for i in range(0, 800, 100):
+            answers += httpx.post(srv.url + '/predict', json={'rows': request_rows(frame.iloc[i:i + 100], 'churned')}, timeout=60).json()
+        truth = [{'request_id': a['request_id'], 'label': int(y)} for a, y in zip(answers, frame['churned'])]
+        assert httpx.post(srv.url + '/feedback', json={'feedback': truth}).status_code == 200
+        deadline = time.time() + 60
+        while time.time() < deadline and sum(l['variant'] == 'challenger' for l in logged(srv)) < 800: time.sleep(0.2)
+    res = mlnb('monitor', '--json', '--model', champion, '--log', str(srv.log), '--last', '1600', cwd=root, env=env, check=False)
+    assert res.returncode in (0, 1) and res.stdout.startswith('{'), (res.returncode, res.stdout[:500], res.stderr[-2000:])
+    v = json.loads(res.stdout)['variants']
+    assert v['challenger'] == challenger and v['shadowed_rows'] == 800 and 0 < v['agreement'] <= 1
+    assert v['variants']['champion']['roc_auc'] > v['variants']['challenger']['roc_auc']
+    assert v['promote'] is False and 'not promoted' in v['reason']
+    out = mlnb('promote', challenger, '--reason', 'trying it live', cwd=root, env=env).stdout
+    assert 'Live evidence kept with it' in out
+    hist = json.loads(mlnb('history', 'churn', '--json', cwd=root, env=env).stdout)
+    assert hist[-1]['tag'] == challenger and hist[-1]['evidence']['challenger'] == challenger
+    assert hist[-1]['evidence']['detail']['shadowed_rows'] == 800
+    mlnb('rollback', 'churn', cwd=root, env=env)
