@@ -7,17 +7,17 @@ Docs: https://mlnb.github.io/mlnb/bento.html.md"""
 # %% ../nbs/11_bento.ipynb #82b721b0
 from __future__ import annotations
 import json, os, shutil, signal, socket, subprocess, sys, tempfile, time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from .errors import MlnbError, UsageError, did_you_mean
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['ROLLOUTS', 'ServeConfig', 'request_fields', 'model_facts', 'describe_answers', 'requirements', 'trained_contract',
-           'rollout', 'build', 'latest_build', 'free_port', 'launch', 'stop_group', 'Server', 'serve', 'VerifyError',
-           'compare', 'bento_config', 'verify']
+__all__ = ['ROLLOUTS', 'ServeConfig', 'request_fields', 'model_facts', 'describe_answers', 'uses_kafka', 'requirements',
+           'trained_contract', 'rollout', 'build', 'latest_build', 'free_port', 'launch', 'stop_group', 'Server',
+           'serve', 'VerifyError', 'compare', 'bento_config', 'verify']
 
 # %% ../nbs/11_bento.ipynb #784906f6
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +27,9 @@ class ServeConfig:
     transform: str # 'package.module:function', the feature function
     contract: str | None = None # contract the requests follow
     label: str | None = None # label column of the contract (not in requests)
-    prediction_log: str | None = None # JSON-lines file for requests and predictions (relative: to where the server runs)
+    prediction_log: str | None = None # JSON-lines file for requests and predictions (relative: to where the server runs), or kafka://HOST:PORT/TOPIC
+    feedback_log: str | None = None # where ground truth goes (default: beside the prediction log, or its topic + '-feedback')
+    kafka: Mapping[str, Any] = field(default_factory=dict) # librdkafka settings for kafka:// logs (security, timeouts, queue size)
     max_batch_size: int = 1024 # most rows given to the model in one call
     max_rows: int = 100_000 # most rows in one request (more: 413)
     max_body_mb: int = 64 # largest request body in MiB (more: 413)
@@ -45,6 +47,16 @@ class ServeConfig:
             mod, _, fn = spec.partition(':')
             if not (mod and fn.isidentifier() and all(p.isidentifier() for p in mod.split('.'))):
                 raise UsageError(f"[tool.mlnb.serve] {key} {spec!r} must read 'package.module:function'.")
+        for key in ('prediction_log', 'feedback_log'):
+            url = getattr(self, key)
+            if url and str(url).startswith('kafka://'):
+                from mlnb.serving import parse_kafka
+                try: parse_kafka(url)
+                except ValueError as e: raise UsageError(f"[tool.mlnb.serve] {key}: {e}.") from None
+                try: import confluent_kafka # noqa: F401
+                except ImportError:
+                    raise UsageError(f"[tool.mlnb.serve] {key} is a Kafka topic, and the Kafka client is not installed: "
+                                     'pip install "mlnb[kafka]"') from None
         for k in ('max_batch_size', 'max_rows', 'max_body_mb', 'max_string_length', 'log_max_mb'):
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
@@ -112,15 +124,19 @@ def describe_answers(facts: dict) -> str:
 # %% ../nbs/11_bento.ipynb #31a996a3
 _RUNTIME = ('numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn') # what the runtime and a scikit-learn model import
 
-def requirements(project: Project) -> list[str]:
-    "The service's Python requirements: the project's declared dependencies and the runtime's, pinned to the installed versions."
+def uses_kafka(cfg: ServeConfig) -> bool:
+    "Whether the service logs to Kafka."
+    return any(str(u).startswith('kafka://') for u in (cfg.prediction_log, cfg.feedback_log) if u)
+
+def requirements(project: Project, kafka: bool = False) -> list[str]:
+    "The service's Python requirements: the project's declared dependencies and the runtime's (with `kafka`, the Kafka client), pinned to the installed versions."
     import tomllib
     from importlib import metadata
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
     declared = tomllib.loads((project.root / 'pyproject.toml').read_text(encoding='utf-8')).get('project', {}).get('dependencies', [])
     out, seen = [], set()
-    for spec in [*declared, *_RUNTIME]:
+    for spec in [*declared, *_RUNTIME, *(['confluent-kafka'] if kafka else [])]:
         try: req = Requirement(spec)
         except InvalidRequirement as e: raise UsageError(f"[project] dependencies has {spec!r}, which is not a requirement: {e}.") from None
         name = canonicalize_name(req.name)
@@ -130,6 +146,7 @@ def requirements(project: Project) -> list[str]:
         try: version = metadata.version(req.name)
         except metadata.PackageNotFoundError:
             if spec in _RUNTIME: continue
+            if spec == 'confluent-kafka': raise UsageError('The service logs to Kafka, and the Kafka client is not installed: pip install "mlnb[kafka]"') from None
             raise UsageError(f"The project depends on {spec!r}, which is not installed here, so its version cannot be pinned "
                              "for the service. Install the project (`pip install -e .`), then build again.") from None
         extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ''
@@ -237,6 +254,7 @@ def build(project: Project | None = None, # the project (default: the current on
     config = {'name': cfg.model, 'model': tag, 'transform': cfg.transform, **facts, 'fields': fields, 'label': cfg.label, **limits,
               'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),
               'variants': variants, 'rollout': ro, 'fallback': cfg.fallback, 'monitor': monitor,
+              'feedback_log': cfg.feedback_log, 'kafka': dict(cfg.kafka),
               'alerts': dict(project.settings.get('alerts', {})), 'metadata': meta}
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:
@@ -244,7 +262,7 @@ def build(project: Project | None = None, # the project (default: the current on
                                      include=['service.py', 'mlnb_serving.py', 'mlnb_service.json', f'{pkg_dir.name}/**/*.py'],
                                      labels={'mlnb.model': tag.replace(':', '-'), 'mlnb.run': lin.get('run_id') or 'none',
                                              **({'mlnb.challenger': variants['challenger']['model'].replace(':', '-'), 'mlnb.mode': ro['mode']} if ro else {})},
-                                     python={'packages': requirements(project), 'lock_packages': False})
+                                     python={'packages': requirements(project, kafka=uses_kafka(cfg)), 'lock_packages': False})
     except Exception as e:
         raise MlnbError(f"BentoML could not build the service in {out}: {type(e).__name__}: {e}") from None
     led = Ledger(project.root)
@@ -383,7 +401,7 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
-    absolute = lambda p: str(Path(p) if Path(p).is_absolute() else project.root / p)
+    absolute = lambda p: str(p) if '://' in str(p) or Path(p).is_absolute() else str(project.root / p)
     env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags)}
     proc = launch(bento, host, port, env)
     def forward(signum, frame):

@@ -7,9 +7,9 @@ Docs: https://mlnb.github.io/mlnb/serving.html.md"""
 # %% auto #0
 __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_model', 'label_type', 'feedback_model', 'to_frame',
            'plain_value', 'model_kind', 'answers', 'describe_error', 'Predictor', 'Batcher', 'feedback_lines',
-           'feedback_path', 'JsonLinesLog', 'limit_breaches', 'Rates', 'bucket', 'route', 'Fallback', 'Flag', 'Shadow',
-           'run_alert', 'Runtime', 'reply', 'validation_message', 'document', 'Guard', 'ClientErrorsOneLine',
-           'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
+           'feedback_path', 'JsonLinesLog', 'parse_kafka', 'KafkaLog', 'open_log', 'limit_breaches', 'Rates', 'bucket',
+           'route', 'Fallback', 'Flag', 'Shadow', 'run_alert', 'Runtime', 'reply', 'validation_message', 'document',
+           'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
 
 # %% ../nbs/12_serving.ipynb #74b0bbd4
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
@@ -234,8 +234,9 @@ def feedback_lines(pairs) -> str:
     ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
     return ''.join(f'{{"request_id":{_dumps(r)},"label":{_dumps(l)},"ts":{ts}}}\n' for r, l in pairs)
 
-def feedback_path(prediction_log: str | Path) -> Path:
-    "Where the ground truth for a prediction log goes: `churn.jsonl` -> `churn.feedback.jsonl`, beside it."
+def feedback_path(prediction_log: str | Path) -> Path | str:
+    "Where the ground truth for a prediction log goes: `churn.jsonl` -> `churn.feedback.jsonl` beside it; topic `T` -> `T-feedback`."
+    if str(prediction_log).startswith('kafka://'): return f'{prediction_log}-feedback'
     p = Path(prediction_log)
     return p.with_name(f'{p.stem}.feedback{p.suffix or ".jsonl"}')
 
@@ -278,6 +279,71 @@ class JsonLinesLog:
             if self.failures == 1 or self.failures % 1000 == 0:
                 log.warning('could not write the prediction log %s (%d failures): %s', self.path, self.failures, describe_error(e))
             return False
+
+# %% ../nbs/12_serving.ipynb #9080c2de
+def parse_kafka(url: str) -> tuple[str, str]:
+    "(bootstrap servers, topic) of a `kafka://HOST:PORT[,HOST:PORT]/TOPIC` URL."
+    if not url.startswith('kafka://'): raise ValueError(f"{url!r} is not a kafka:// URL")
+    servers, _, topic = url[len('kafka://'):].partition('/')
+    if not servers or not topic or '/' in topic:
+        raise ValueError(f"{url!r} must read kafka://HOST:PORT/TOPIC (brokers separated by commas, one topic)")
+    return servers, topic
+
+class KafkaLog:
+    "Publishes JSON lines to a Kafka topic, one message each, keyed by request id; never blocks a caller, counts what is lost."
+    def __init__(self, url: str, # kafka://HOST:PORT/TOPIC
+                 config: Mapping | None = None, # librdkafka settings (e.g. `message.timeout.ms`)
+                ):
+        from confluent_kafka import Producer
+        self.servers, self.topic = parse_kafka(url)
+        self.path = url
+        settings = {'bootstrap.servers': self.servers, 'linger.ms': 20, 'queue.buffering.max.messages': 100_000,
+                    'message.timeout.ms': 30_000, 'log_level': 3, **(config or {})}
+        self.producer = Producer(settings, logger=logging.getLogger('mlnb.kafka'))
+        self.lock, self.written, self.delivered, self.undelivered, self.failures = threading.Lock(), 0, 0, 0, 0
+        self.gauge = None # a Prometheus gauge of the events lost, when the server has metrics
+        threading.Thread(target=self._serve, name='mlnb-kafka', daemon=True).start()
+
+    def _lost(self, n: int = 1):
+        with self.lock:
+            self.undelivered += n
+            if self.gauge is not None: self.gauge.set(self.undelivered)
+
+    def _serve(self):
+        while True: self.producer.poll(0.2) # runs the delivery reports
+
+    def _report(self, err, msg):
+        if err is None:
+            with self.lock: self.delivered += 1
+            return
+        self._lost()
+        if self.undelivered == 1 or self.undelivered % 1000 == 0:
+            log.warning('could not deliver events to Kafka %s (%d lost so far): %s', self.path, self.undelivered, err)
+
+    def write(self, text: str, wait: float | None = None) -> bool:
+        "Queue each line of `text` as a message; with `wait`, wait that long for them all to be acknowledged. Returns whether all were (queued, or acknowledged)."
+        lines = text.splitlines()
+        before = self.undelivered
+        for line in lines:
+            key = line[15:line.index('"', 15)] if line.startswith('{"request_id":"') else None
+            try: self.producer.produce(self.topic, value=line.encode(), key=key, on_delivery=self._report)
+            except BufferError:
+                self._lost()
+                if self.undelivered - before == 1: log.warning('the Kafka queue for %s is full: events are lost', self.path)
+            except Exception as e:
+                self._lost()
+                log.warning('could not queue an event for Kafka %s: %s', self.path, describe_error(e))
+        self.written += len(lines)
+        if wait is None: return self.undelivered == before
+        return self.producer.flush(wait) == 0 and self.undelivered == before
+
+def open_log(where: str | Path | None, # a file path or a kafka:// URL
+             max_bytes: int, # rotation size of a file
+             kafka: Mapping | None = None, # librdkafka settings
+            ):
+    "The log at `where`: JSON lines in a rotated file, or a Kafka topic; None for none."
+    if not where: return None
+    return KafkaLog(str(where), kafka) if str(where).startswith('kafka://') else JsonLinesLog(where, max_bytes)
 
 # %% ../nbs/12_serving.ipynb #0a525332
 def limit_breaches(current: Mapping, # {'share': {label: share}} or {'mean': value}
@@ -465,10 +531,10 @@ class Runtime:
         self.fallback = Fallback(fallback, self.kind, config.get('classes'), chunk) if fallback is not None else None
         self.flag = Flag(os.environ.get('MLNB_FLAGS') or config.get('flags'))
         path = os.environ.get('MLNB_PREDICTION_LOG') or config.get('prediction_log')
-        size = config.get('log_max_bytes', 256 * 1024 * 1024)
-        self.log = log if log is not None else JsonLinesLog(path, size) if path else None
-        fb = os.environ.get('MLNB_FEEDBACK_LOG') or (feedback_path(self.log.path) if self.log is not None else None)
-        self.feedback_log = JsonLinesLog(fb, size) if fb else None
+        size, kafka = config.get('log_max_bytes', 256 * 1024 * 1024), config.get('kafka')
+        self.log = log if log is not None else open_log(path, size, kafka)
+        fb = os.environ.get('MLNB_FEEDBACK_LOG') or config.get('feedback_log') or (feedback_path(self.log.path) if self.log is not None else None)
+        self.feedback_log = open_log(fb, size, kafka)
         mon = config.get('monitor') or {}
         self.rates = Rates(self.kind, mon.get('action_limits'), mon.get('window', 1000), mon.get('min_rows', 100))
         self.limit_fallback, self.tripped, self.alerts = bool(mon.get('fallback_on_action_limit')), False, config.get('alerts') or {}
@@ -584,7 +650,9 @@ class Runtime:
                 'fallback': {'configured': self.fallback is not None, 'function': self.config.get('fallback'),
                              'flag': bool(flag.get('on')), 'flag_reason': flag.get('reason'),
                              'on_action_limit': self.limit_fallback, 'action_limit_broken': self.tripped},
-                'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped}}
+                'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped},
+                'events': None if self.log is None else {'log': str(self.log.path), 'written': self.log.written,
+                                                         'undelivered': getattr(self.log, 'undelivered', self.log.failures)}}
 
     def _export(self):
         "Set the Prometheus gauges of the action limits."
@@ -598,7 +666,8 @@ class Runtime:
     def feedback(self, items: list) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
         if self.feedback_log is None: return 503, _dumps({'error': 'This service has no feedback log configured.'}).encode()
-        if not self.feedback_log.write(feedback_lines((i.request_id, i.label) for i in items)):
+        wait = {'wait': 10.0} if isinstance(self.feedback_log, KafkaLog) else {}
+        if not self.feedback_log.write(feedback_lines((i.request_id, i.label) for i in items), **wait):
             return 503, _dumps({'error': f'The feedback could not be stored ({self.feedback_log.path}); nothing was kept. Send it again later.'}).encode()
         return 200, _dumps({'received': len(items)}).encode()
 
@@ -795,6 +864,8 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
                     bentoml.metrics.Gauge(name='mlnb_prediction_share', documentation='Share of each predicted label over the last answers', labelnames=['label']),
                     bentoml.metrics.Gauge(name='mlnb_prediction_mean', documentation='Mean predicted value over the last answers'),
                     bentoml.metrics.Gauge(name='mlnb_action_limit_breached', documentation='1 while an action limit is broken', labelnames=['limit']))
+                if isinstance(self.runtime.log, KafkaLog):
+                    self.runtime.log.gauge = bentoml.metrics.Gauge(name='mlnb_events_undelivered', documentation='Prediction events that could not be delivered to Kafka')
             except Exception as e: log.warning('no mlnb metrics: %s', describe_error(e))
             # What is loaded now lives as long as the server: keep it out of the collector's scans, and collect the young
             # generation less often; collector pauses otherwise dominate the latency tail (BENCHMARKS.md).
