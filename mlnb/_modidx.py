@@ -207,5 +207,7 @@ d = { 'settings': { 'branch': 'main',
             'mlnb.scaffold': { 'mlnb.scaffold._dest_name': ('scaffold.html#_dest_name', 'mlnb/scaffold.py'),
                                'mlnb.scaffold._template': ('scaffold.html#_template', 'mlnb/scaffold.py'),
                                'mlnb.scaffold.check_name': ('scaffold.html#check_name', 'mlnb/scaffold.py'),
+                               'mlnb.scaffold.mlnb_requirement': ('scaffold.html#mlnb_requirement', 'mlnb/scaffold.py'),
                                'mlnb.scaffold.new_project': ('scaffold.html#new_project', 'mlnb/scaffold.py'),
+                               'mlnb.scaffold.requirement_from': ('scaffold.html#requirement_from', 'mlnb/scaffold.py'),
                                'mlnb.scaffold.write_template': ('scaffold.html#write_template', 'mlnb/scaffold.py')}}}
