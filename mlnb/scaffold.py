@@ -6,14 +6,14 @@ Docs: https://mlnb.github.io/mlnb/scaffold.html.md"""
 
 # %% ../nbs/04_scaffold.ipynb #053ffe34
 from __future__ import annotations
-import keyword, os, re, subprocess, sys
-from importlib import resources
+import json, keyword, os, re, subprocess, sys
+from importlib import metadata, resources
 from pathlib import Path
 
 from .errors import MlnbError, ScaffoldError
 
 # %% auto #0
-__all__ = ['check_name', 'write_template', 'new_project']
+__all__ = ['check_name', 'requirement_from', 'mlnb_requirement', 'write_template', 'new_project']
 
 # %% ../nbs/04_scaffold.ipynb #a689972b
 _TAKEN = {'mlnb', 'nbdev', 'papermill', 'scrapbook', 'pandas', 'numpy', 'sklearn', 'bentoml', 'pandera', 'test', 'tests'}
@@ -31,6 +31,32 @@ def check_name(name: str, # the proposed package name
                             f"Pass another --name, e.g. --name {name}_model.", name=name)
     return name
 
+# %% ../nbs/04_scaffold.ipynb #f54f8c50
+_DEFAULT_REPOSITORY = 'https://github.com/mlnb/mlnb'
+
+def requirement_from(direct_url: str | None, # the text of the distribution's `direct_url.json`, or None
+                     version: str, # the installed version
+                     project_urls: list[str] | None = None, # the `Project-URL` metadata lines, "Label, URL"
+                    ) -> str:
+    "The pip requirement that installs this mlnb on a CI runner, from how it was installed."
+    info = json.loads(direct_url) if direct_url else {}
+    url, vcs = info.get('url', ''), info.get('vcs_info') or {}
+    remote = url.startswith(('https://', 'http://', 'ssh://'))
+    if remote and vcs.get('vcs') == 'git' and vcs.get('commit_id'): return f"mlnb @ git+{url}@{vcs['commit_id']}"
+    if remote and 'archive_info' in info: return f"mlnb @ {url}"
+    labels = {k.strip().lower(): v.strip() for k, _, v in (u.partition(',') for u in project_urls or [])}
+    repo = next((labels[k] for k in ('repository', 'source', 'source code') if labels.get(k, '').startswith('https://')), _DEFAULT_REPOSITORY)
+    return f"mlnb @ git+{repo.rstrip('/')}@v{version}"
+
+# %% ../nbs/04_scaffold.ipynb #c8f3199f
+def mlnb_requirement() -> str:
+    "The pip requirement that installs the running mlnb on a CI runner (see `requirement_from`)."
+    # An installed distribution (it has INSTALLER) over an `mlnb.egg-info` left by a build in a checkout on sys.path.
+    dists = sorted(metadata.distributions(name='mlnb'), key=lambda d: d.read_text('INSTALLER') is None)
+    if not dists: return requirement_from(None, '0.0.0')
+    d = dists[0]
+    return requirement_from(d.read_text('direct_url.json'), d.version, d.metadata.get_all('Project-URL') or [])
+
 # %% ../nbs/04_scaffold.ipynb #0ca51adc
 def _template() -> Path:
     "The folder of the project template."
@@ -43,16 +69,19 @@ def _dest_name(part: str) -> str:
 def write_template(target: Path, # the new project's folder
                    name: str, # distribution name
                    package: str, # package name
+                   requirement: str | None = None, # how CI installs mlnb (default: `mlnb_requirement()`)
                   ) -> list[Path]:
     "Copy the project template into `target`, filling in the names; returns the files written."
     src, written = _template(), []
+    values = {'{{name}}': name, '{{package}}': package, '{{mlnb_requirement}}': requirement or mlnb_requirement()}
     for f in sorted(src.rglob('*')):
         if f.is_dir() or '__pycache__' in f.parts: continue
         rel = Path(*[_dest_name(p) for p in f.relative_to(src).parts])
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         text = f.read_text(encoding='utf-8')
-        dest.write_text(text.replace('{{name}}', name).replace('{{package}}', package), encoding='utf-8')
+        for k, v in values.items(): text = text.replace(k, v)
+        dest.write_text(text, encoding='utf-8')
         written.append(rel)
     return written
 

@@ -113,3 +113,18 @@ def server(served, tmp_path_factory):
     srv = start_server(served, tmp_path_factory.mktemp('log') / 'predictions.jsonl')
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope='session', params=['wine', 'diabetes'])
+def ported_template(request, tmp_path_factory):
+    "A ported project of tests/projects/ (wine: multiclass, diabetes: regression), made runnable once (copy it before changing it)."
+    from projects import make_project
+    return make_project(request.param, tmp_path_factory.mktemp(f'ported_{request.param}') / request.param)
+
+
+@pytest.fixture
+def ported(ported_template, tmp_path):
+    "A fresh copy of a ported project, for one test to change."
+    dest = tmp_path / ported_template.name
+    shutil.copytree(ported_template, dest, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    return dest

@@ -344,24 +344,3 @@ def test_mlnb_serve_leaves_no_server_behind(served, sig):
         with pytest.raises(httpx.ConnectError): httpx.get(f'http://127.0.0.1:{port}/readyz', timeout=2)
     finally:
         if proc.poll() is None: proc.kill()
-
-
-def test_the_scaffold_ci_workflow_runs_locally(scaffold_template, tmp_path, fresh_store):
-    "The steps of .github/workflows/mlnb.yml, in their order, on a fresh copy of the scaffold."
-    root = tmp_path / 'churn'
-    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    git_snapshot(root)
-    venv = tmp_path / 'venv'
-    run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)], tmp_path)
-    env = {'PATH': f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", 'VIRTUAL_ENV': str(venv)}
-    wf = yaml.safe_load((root / '.github' / 'workflows' / 'mlnb.yml').read_text())
-    steps = [s for s in wf['jobs']['pipeline']['steps'] if 'run' in s]
-    names = [s['name'] for s in steps]
-    assert names == ['Install', 'Notebooks and package in sync, notebooks clean', 'Notebook tests',
-                     'Pipeline (ci profile)', 'Build the service (champion model)', 'Verify the service answers as the notebook did']
-    for s in steps:
-        res = subprocess.run(['bash', '-eo', 'pipefail', '-c', s['run']], cwd=root, env={**os.environ, **env},
-                             capture_output=True, text=True, timeout=900)
-        assert res.returncode == 0, f"step {s['name']!r} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    assert 'exactly as the notebook did' in res.stdout
-    assert any((root / '.mlnb' / 'runs').iterdir())
