@@ -251,6 +251,10 @@ def lineage(tag: str, as_json: bool):
         for f, sha in l['data']['inputs'].items(): d.add(f"{f} sha256 {sha[:12]}")
         c = l['data']['contract']
         d.add(f"contract {c['name']} sha256 {c['sha256'][:12]}" if c else 'contract: none')
+        for w in l['data'].get('windows') or []:
+            d.add(f"production data ({w['step']}): {w['labelled']} labelled rows of {w['events']} events from {w['source']}, {w['since'] or 'the start'} to {w['until']}")
+        ref = l.get('reference')
+        if ref: t.add(f"monitoring reference: {ref['rows']} held-out rows, {len(ref['columns'])} columns, answers {', '.join(ref['answers']) or 'none'} ({ref['bytes']} bytes)")
         code = l['code']
         rn.add(f"git commit {code['git_commit'] or '-'}{' (dirty)' if code['git_dirty'] else ''}; " +
                ', '.join(f'{k} {v}' for k, v in (code['packages'] or {}).items() if v))
@@ -333,7 +337,7 @@ def _monitor_table(r: dict):
 @main.command()
 @click.option('--model', 'model', help='Model tag to watch (default: the model of the latest build, else the champion).')
 @click.option('--bento', help='Watch the model of this Bento.')
-@click.option('--log', 'log', type=click.Path(path_type=Path), help='Prediction log (default: [tool.mlnb.serve] prediction_log).')
+@click.option('--log', '--source', 'log', help='Prediction log file or kafka://HOST:PORT/TOPIC (default: [tool.mlnb.serve] prediction_log).')
 @click.option('--since', help='Window: the last 30m, 24h, 7d... (default: [tool.mlnb.monitor] since).')
 @click.option('--last', type=int, help='Window: the last N predictions.')
 @click.option('--json', 'as_json', is_flag=True, help='Print the whole result as JSON.')

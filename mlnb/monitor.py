@@ -92,17 +92,13 @@ def _schema(columns: Mapping[str, str], label: str | None, regressor: bool):
     return pa.schema([('request_id', pa.string()), ('ts', pa.string()), ('model', pa.string()), ('variant', pa.string()),
                       ('row', row), ('prediction', pa.struct(pred))])
 
-def read_events(path: str | Path, # the prediction log (its rotated files are read too)
-                columns: Mapping[str, str], # request field -> type ('float', 'int', 'bool', 'str', 'datetime')
-                label: str | None = None, # the arrow type of a classifier's labels ('int64', 'string', 'bool')
-                regressor: bool = False, # the answers are values
-                since: _dt.datetime | None = None, # only predictions from then on (UTC)
-                last: int | None = None, # only the last `last` predictions
-               ) -> pd.DataFrame:
-    "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns."
+def _tables(path, opts, since=None, last=None, kafka: Mapping | None = None) -> tuple[list, dict]:
+    "The arrow tables of a log (files or a kafka:// topic) that can hold the window, and where they came from."
     import pyarrow as pa, pyarrow.json as pj
-    schema = _schema(columns, label, regressor)
-    opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
+    if str(path).startswith('kafka://'):
+        from mlnb.stream import read_kafka
+        data, info = read_kafka(str(path), since, last, kafka)
+        return ([pj.read_json(io.BytesIO(data), parse_options=opts)] if data else []), info
     files = log_files(path, since)
     if last is not None: files = files[::-1]
     tables, n = [], 0
@@ -110,13 +106,28 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
         if not f.stat().st_size: continue
         try: t = pj.read_json(f, parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
         except pa.ArrowInvalid as e:
-            raise MlnbError(f"The prediction log {f} cannot be read: {e}. A line may have been cut by a crash; "
-                            "move the file aside to monitor the rest.", path=str(f)) from None
+            raise MlnbError(f"The log {f} cannot be read: {e}. A line may have been cut by a crash; "
+                            "move the file aside to read the rest.", path=str(f)) from None
         tables.append(t)
         n += len(t)
         if last is not None and n >= last: break
-    if last is not None: tables = tables[::-1]
+    return (tables[::-1] if last is not None else tables), {'source': str(path), 'files': [str(f) for f in files]}
+
+def read_events(path: str | Path, # the prediction log (its rotated files are read too), or a kafka://HOST:PORT/TOPIC
+                columns: Mapping[str, str], # request field -> type ('float', 'int', 'bool', 'str', 'datetime')
+                label: str | None = None, # the arrow type of a classifier's labels ('int64', 'string', 'bool')
+                regressor: bool = False, # the answers are values
+                since: _dt.datetime | None = None, # only predictions from then on (UTC)
+                last: int | None = None, # only the last `last` predictions
+                kafka: Mapping | None = None, # librdkafka settings, for a topic
+               ) -> pd.DataFrame:
+    "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns."
+    import pyarrow as pa, pyarrow.json as pj
+    schema = _schema(columns, label, regressor)
+    opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
+    tables, info = _tables(path, opts, since, last, kafka)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
+    if str(path).startswith('kafka://') and len(table): table = table.sort_by('ts') # partitions interleave
     flat = table.flatten()
     probs = flat.column('prediction.probabilities') if 'prediction.probabilities' in flat.column_names else None
     df = flat.drop_columns(['prediction.probabilities']).to_pandas() if probs is not None else flat.to_pandas()
@@ -125,7 +136,9 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
     keep = np.ones(len(df), dtype=bool)
     if since is not None: keep &= (df['ts'] >= pd.Timestamp(since)).to_numpy()
     if last is not None: keep &= np.arange(len(df)) >= len(df) - last
-    return select(df, keep)
+    out = select(df, keep)
+    out.attrs['source'] = info
+    return out
 
 def select(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     "The rows of `df` where `keep` is true, with their probabilities."
@@ -143,14 +156,18 @@ def probabilities(df: pd.DataFrame) -> np.ndarray | None:
     return flat.reshape(len(p), -1) if len(p) else None
 
 # %% ../nbs/14_monitor.ipynb #8a265700
-def read_feedback(path: str | Path, # the feedback log (its rotated files are read too)
+def read_feedback(path: str | Path, # the feedback log (its rotated files are read too), or a kafka:// topic
                   label: str | None = None, # the arrow type of the labels ('int64', 'string', 'bool', 'float64')
+                  kafka: Mapping | None = None, # librdkafka settings, for a topic
                  ) -> pd.DataFrame:
     "Ground truth: request_id, label, ts; the latest label of each request id."
     import pyarrow as pa, pyarrow.json as pj
     schema = pa.schema([('request_id', pa.string()), ('label', pa.type_for_alias(label or 'string')), ('ts', pa.string())])
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
-    tables = [pj.read_json(f, parse_options=opts) for f in log_files(path) if f.stat().st_size]
+    try: tables = _tables(path, opts, kafka=kafka)[0]
+    except UsageError:
+        if not str(path).startswith('kafka://'): raise
+        tables = [] # no feedback topic yet: no ground truth yet
     df = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
     df['ts'] = pd.to_datetime(df['ts'], utc=True, format='ISO8601')
     return df.dropna(subset=['request_id']).drop_duplicates('request_id', keep='last').reset_index(drop=True)
@@ -429,7 +446,7 @@ def _label_arrow(classes) -> str | None:
 def monitor(project=None, # the project (default: the current one)
             model: str | None = None, # the model tag to watch
             bento: str | None = None, # or the Bento whose model to watch
-            log: str | Path | None = None, # the prediction log (default: the project's)
+            log: str | Path | None = None, # the prediction log (default: the project's), or a kafka://HOST:PORT/TOPIC
             since: str | None = None, # the window, e.g. '24h'
             last: int | None = None, # or the last N predictions
             alert: bool = True, # run the alert command when alerts fire
@@ -446,14 +463,15 @@ def monitor(project=None, # the project (default: the current one)
     if last is not None and last < 1: raise UsageError(f"--last must be at least 1, not {last}.")
     tag = _model_to_watch(project, serve, model, bento)
     ref = frozen_reference(tag)
-    path = Path(log) if log else project.root / serve.prediction_log
-    if not log_files(path):
+    path = log if log and str(log).startswith('kafka://') else Path(log) if log else \
+        (serve.prediction_log if serve.prediction_log.startswith('kafka://') else project.root / serve.prediction_log)
+    if not str(path).startswith('kafka://') and not log_files(path):
         raise UsageError(f"There is no prediction log at {path} (nor rotated files beside it). Serve the model (`mlnb serve`), "
                          "or pass --log PATH.")
     start = None if last is not None else _dt.datetime.now(_dt.timezone.utc) - parse_since(since or cfg.since)
     kind, classes = ref.get('kind'), ref.get('classes')
     columns = {k: c.get('type') or ('float' if c['kind'] == 'numeric' else 'str') for k, c in ref['columns'].items()}
-    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last)
+    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka)
     everything = events
     mine = ((events['model'] == tag) & (events['variant'] != 'challenger')).to_numpy()
     others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items()}
@@ -463,8 +481,10 @@ def monitor(project=None, # the project (default: the current one)
         raise UsageError(f"{path} holds {len(events)} predictions of {tag} in {window}"
                          + (f" (and {sum(others.values())} of other models: {', '.join(others)})" if others else '')
                          + f"; at least {cfg.min_rows} are needed to judge (min_rows). Widen the window (--since, --last) or pick the model (--model).")
-    fb_path = feedback_path(path)
-    feedback = read_feedback(fb_path, 'float64' if kind == 'regressor' else _label_arrow(classes)) if log_files(fb_path) else None
+    fb_path = serve.feedback_log if (serve.feedback_log and not log) else feedback_path(path)
+    if not str(fb_path).startswith('kafka://') and not Path(fb_path).is_absolute(): fb_path = project.root / fb_path
+    label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
+    feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
     gate = GateConfig.from_settings(project.settings.get('gate', {}))
     metric, evaluation = _evaluation(project.root, tag)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes)
@@ -474,7 +494,7 @@ def monitor(project=None, # the project (default: the current one)
         variants['window'] = window
         variants['evidence'] = record_evidence(variants, project.root)
     res['variants'] = variants
-    res = {'model': tag, 'kind': kind, 'classes': classes, 'log': str(path), 'feedback_log': str(fb_path),
+    res = {'model': tag, 'kind': kind, 'classes': classes, 'log': str(path), 'feedback_log': str(fb_path), 'source': events.attrs.get('source'),
            'window': {'description': window, 'since': start.isoformat() if start else None, 'first': events['ts'].min().isoformat(),
                       'last': events['ts'].max().isoformat(), 'rows': len(events), 'other_models': others}, **res}
     if res['alerts'] and alert:

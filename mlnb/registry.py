@@ -442,7 +442,7 @@ def _last_gate(led: Ledger, tag: str) -> dict | None:
 def lineage(tag: str, root: str | Path | None = None) -> dict:
     "The chain model <- run <- steps (params, fingerprints, executed notebooks) <- data files and contract <- git commit; and the gate's last word on it."
     info = model_info(check_tag(tag))
-    lin, run, steps = info['lineage'], None, []
+    lin, run, steps, windows = info['lineage'], None, [], []
     led = _ledger(root)
     try: g = _last_gate(led, info['tag'])
     finally: led.close()
@@ -457,6 +457,8 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
                     r = led.db.execute('select notebook from steps where run_id=? and step=?', (s['cached_from'], s['step'])).fetchone()
                     nb = r['notebook'] if r else None
                 steps.append({**{k: s[k] for k in ('step', 'status', 'params', 'fingerprint', 'cached_from')}, 'notebook': nb})
+                if isinstance(s.get('outputs'), dict) and 'production_window' in s['outputs']: # trained on production data: which window
+                    windows.append({'step': s['step'], **s['outputs']['production_window']})
         except MlnbError: run = None
         finally: led.close()
     return {'model': {'tag': info['tag'], 'created': info['created'], 'metrics': info['metrics']},
@@ -464,7 +466,7 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),
-                                              'contract': lin.get('contract')},
+                                              'contract': lin.get('contract'), 'windows': windows},
             'code': {'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'packages': lin.get('packages')},
             'golden_examples': len((info['golden'] or {}).get('rows', [])),
             'reference': None if not info['reference'] else {'rows': info['reference']['rows'], 'columns': list(info['reference']['columns']),
