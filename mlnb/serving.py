@@ -280,7 +280,7 @@ class JsonLinesLog:
                 log.warning('could not write the prediction log %s (%d failures): %s', self.path, self.failures, describe_error(e))
             return False
 
-# %% ../nbs/12_serving.ipynb #9080c2de
+# %% ../nbs/12_serving.ipynb #a970f1f1
 def parse_kafka(url: str) -> tuple[str, str]:
     "(bootstrap servers, topic) of a `kafka://HOST:PORT[,HOST:PORT]/TOPIC` URL."
     if not url.startswith('kafka://'): raise ValueError(f"{url!r} is not a kafka:// URL")
@@ -652,6 +652,7 @@ class Runtime:
                              'on_action_limit': self.limit_fallback, 'action_limit_broken': self.tripped},
                 'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped},
                 'events': None if self.log is None else {'log': str(self.log.path), 'written': self.log.written,
+                                                         'delivered': getattr(self.log, 'delivered', None),
                                                          'undelivered': getattr(self.log, 'undelivered', self.log.failures)}}
 
     def _export(self):
