@@ -28,7 +28,11 @@ def test_build_makes_a_current_bento_with_the_runtime_inside(served):
     imported = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split('.')[0]
                 for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     third_party = imported - set(sys.stdlib_module_names)
-    assert third_party == {'bentoml', 'numpy', 'pandas', 'pydantic', 'starlette'}, third_party  # never mlnb: an image needs no mlnb
+    # never mlnb: an image needs no mlnb; the Kafka client only when a log is a kafka:// topic (imported there, not at start)
+    assert third_party == {'bentoml', 'numpy', 'pandas', 'pydantic', 'starlette', 'confluent_kafka'}, third_party
+    loaded = subprocess.run([sys.executable, '-c', 'import sys, mlnb_serving; print(sorted(m for m in sys.modules if m.split(".")[0] in ("mlnb", "confluent_kafka")))'],
+                            cwd=path / 'src', capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['mlnb_serving']", loaded
     cfg = json.loads((path / 'src' / 'mlnb_service.json').read_text())
     assert cfg['model'] == tag and cfg['transform'] == 'churn.features:prepare' and cfg['kind'] == 'classifier' and cfg['classes'] == [0, 1]
     assert [f['name'] for f in cfg['fields']][:3] == ['customer_id', 'snapshot_date', 'age'] and 'churned' not in [f['name'] for f in cfg['fields']]
