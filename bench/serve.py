@@ -15,7 +15,13 @@ DURATION seconds, one server at a time, and the medians over rounds are reported
 noise is shared). Also measured: start-up time (launch to first 200 on /predict)
 and rows/s for requests of MANY rows against in-process rows/s.
 
-Usage: python bench/serve.py [--duration 20] [--warmup 5] [--concurrency 32] [--many 1000] [--rounds 3]
+With --compare rollout: the generated service plain, with a shadow challenger, and with a 10% canary (same champion).
+With --compare kafka: the generated service logging to JSON lines, and to a Kafka topic (librdkafka's mock cluster in a
+process of its own: the real protocol on a loopback port).
+
+Each server is also measured with a single client (p50 latency of a lone request).
+
+Usage: python bench/serve.py [--compare hand|rollout|kafka] [--duration 20] [--warmup 5] [--concurrency 32] [--many 1000] [--rounds 3]
 """
 import argparse, asyncio, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -147,6 +153,18 @@ class Served:
         shutil.rmtree(self.own, ignore_errors=True)
 
 
+BROKER = """import time
+from confluent_kafka import Producer
+p = Producer({'test.mock.num.brokers': 1, 'log_level': 0})
+print(','.join(f'{b.host}:{b.port}' for b in p.list_topics(timeout=10).brokers.values()), flush=True)
+time.sleep(36000)
+"""
+
+
+def build(mlnb, proj, env, *args):
+    return sh([mlnb, 'build', *args], proj, env).split()[1].rstrip('.')
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--duration', type=float, default=20)
@@ -154,6 +172,9 @@ def main():
     ap.add_argument('--concurrency', type=int, default=32)
     ap.add_argument('--many', type=int, default=1000)
     ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--compare', choices=['hand', 'rollout', 'kafka'], default='hand',
+                    help='hand: the generated service against hand-written ones; rollout: plain, shadow and canary builds; '
+                         'kafka: the JSON-lines log against a Kafka topic (librdkafka mock cluster)')
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='mlnb-serve-bench-'))
     home = tmp / 'bentoml'
@@ -162,7 +183,6 @@ def main():
     sh([mlnb, 'new', str(tmp / 'churn')], tmp, env)
     proj = tmp / 'churn'
     sh([mlnb, 'run', '-q', '--engine', 'fast'], proj, env)
-    bento = sh([mlnb, 'build'], proj, env).split()[1].rstrip('.')
     tag = next(m['tag'] for m in json.loads(sh([mlnb, 'models', '--json'], proj, env)) if m['champion'])
     os.environ['BENTOML_HOME'] = str(home)
     sys.path.insert(0, str(proj))
@@ -174,34 +194,53 @@ def main():
     one = json.dumps({'rows': [golden[0]]}).encode()
     rows = [dict(golden[i % len(golden)], customer_id=f'B{i}') for i in range(args.many)]
     many = json.dumps({'rows': rows}).encode()
-
     hand_dir = tmp / 'hand'; hand_dir.mkdir()
     shutil.copytree(proj / 'churn', hand_dir / 'churn')
-    batch = f"(batchable=True, max_batch_size={cfg['max_batch_size']}, max_latency_ms={HAND_LATENCY_MS})"
-    (hand_dir / 'plain.py').write_text(HAND.replace('__TAG__', tag).replace('__BATCH__', ''))
-    (hand_dir / 'batched.py').write_text(HAND.replace('__TAG__', tag).replace('__BATCH__', batch))
-
-    specs = [('(a) hand-written', 'plain:Hand', hand_dir), ('(b) hand-written + batching', 'batched:Hand', hand_dir),
-             ('generated (mlnb build)', bento, tmp)]
+    empty = tmp / 'empty'; empty.mkdir()  # Bentos are served from an empty folder, as `mlnb serve` does
+    broker = None
+    logs = lambda i: {'MLNB_PREDICTION_LOG': str(tmp / f'predictions-{i}.jsonl')}
+    if args.compare == 'hand':
+        batch = f"(batchable=True, max_batch_size={cfg['max_batch_size']}, max_latency_ms={HAND_LATENCY_MS})"
+        (hand_dir / 'plain.py').write_text(HAND.replace('__TAG__', tag).replace('__BATCH__', ''))
+        (hand_dir / 'batched.py').write_text(HAND.replace('__TAG__', tag).replace('__BATCH__', batch))
+        specs = [('(a) hand-written', 'plain:Hand', hand_dir, {}), ('(b) hand-written + batching', 'batched:Hand', hand_dir, {}),
+                 ('generated (mlnb build)', build(mlnb, proj, env), empty, logs(2))]
+        base_name = '(b) hand-written + batching'
+    elif args.compare == 'rollout':
+        sh([mlnb, 'run', '-q', '--engine', 'fast', '-p', 'n_estimators=100'], proj, env)
+        other = next(m['tag'] for m in json.loads(sh([mlnb, 'models', '--json'], proj, env)) if m['tag'] != tag)
+        specs = [('generated, plain', build(mlnb, proj, env, '--model', tag), empty, logs(0)),
+                 ('generated, shadow', build(mlnb, proj, env, '--model', tag, '--challenger', other, '--mode', 'shadow'), empty, logs(1)),
+                 ('generated, canary 10%', build(mlnb, proj, env, '--model', tag, '--challenger', other, '--mode', 'canary', '--key', 'customer_id'), empty, logs(2))]
+        base_name = 'generated, plain'
+    else:
+        broker = subprocess.Popen([sys.executable, '-c', BROKER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        url = f'kafka://{broker.stdout.readline().strip()}/churn-predictions'
+        plain = build(mlnb, proj, env)
+        text = (proj / 'pyproject.toml').read_text()
+        (proj / 'pyproject.toml').write_text(text.replace('prediction_log = ".mlnb/predictions/churn.jsonl"', f'prediction_log = "{url}"'))
+        specs = [('generated, JSON lines', plain, empty, logs(0)), ('generated, Kafka', build(mlnb, proj, env), empty, {})]
+        base_name = 'generated, JSON lines'
     servers, results = {}, {}
     try:
-        for name, target, cwd in specs:  # start-up: launch to the first 200, one server at a time
-            srv = Served(target, cwd, home, {**env, 'MLNB_PREDICTION_LOG': str(tmp / f'predictions-{len(servers)}.jsonl'),
-                                             'PYTHONPATH': str(hand_dir)})
+        for name, target, cwd, extra in specs:  # start-up: launch to the first 200, one server at a time
+            srv = Served(target, cwd, home, {**env, **extra, 'PYTHONPATH': str(hand_dir)})
             servers[name] = srv
-            results[name] = {'startup': srv.wait_first_200(one), 'rounds': []}
+            results[name] = {'startup': srv.wait_first_200(one), 'rounds': [], 'single': []}
         for rnd in range(args.rounds):  # the same load on each server in turn, so the machine's noise is shared
             for name, srv in servers.items():
                 results[name]['rounds'].append(asyncio.run(load('127.0.0.1', srv.port, one, args.concurrency, args.warmup, args.duration)))
+                results[name]['single'].append(asyncio.run(load('127.0.0.1', srv.port, one, 1, 1, max(args.duration / 4, 3))))
         for name, srv in servers.items():
             results[name]['many_rows_s'] = args.many / statistics.median(asyncio.run(request('127.0.0.1', srv.port, many))[1] for _ in range(5))
     finally:
         for srv in servers.values(): srv.stop()
+        if broker is not None: broker.kill()
     for r in results.values():
         rs = r['rounds']
         r.update(rps=statistics.median(x[0] for x in rs), p50=statistics.median(x[1] for x in rs),
-                 p99=statistics.median(x[2] for x in rs), errors=sum(x[3] for x in rs))
-
+                 p99=statistics.median(x[2] for x in rs), errors=sum(x[3] for x in rs) + sum(x[3] for x in r['single']),
+                 p50_1=statistics.median(x[1] for x in r['single']))
     model = bentoml.sklearn.load_model(tag)
     frame1 = pd.DataFrame([golden[0]]).astype({'snapshot_date': 'datetime64[ns]'})
     n, t0 = 0, time.perf_counter()
@@ -210,18 +249,21 @@ def main():
     framen = pd.DataFrame(rows).astype({'snapshot_date': 'datetime64[ns]'})
     inproc_many = args.many / statistics.median(_timed(lambda: model.predict_proba(prepare(framen))) for _ in range(5))
 
-    base = results['(b) hand-written + batching']['rps']
-    print(f"{os.cpu_count()} cores; {args.concurrency} clients, single-row requests, {args.warmup:.0f} s warm-up, {args.duration:.0f} s measured, "
-          f"median of {args.rounds} rounds; "
-          f"max_batch_size={cfg['max_batch_size']} (the hand-written batched service: max_latency_ms={HAND_LATENCY_MS})\n")
-    print(f"{'service':30} {'req/s':>8} {'vs (b)':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'start s':>8} {f'rows/s ({args.many}/req)':>20}")
+    base = results[base_name]
+    print(f"{os.cpu_count()} cores; {args.concurrency} clients (and 1), single-row requests, {args.warmup:.0f} s warm-up, "
+          f"{args.duration:.0f} s measured, median of {args.rounds} interleaved rounds; max_batch_size={cfg['max_batch_size']}"
+          + (f" (the hand-written batched service: max_latency_ms={HAND_LATENCY_MS})" if args.compare == 'hand' else '') + "\n")
+    print(f"{'service':30} {'req/s':>8} {'vs base':>8} {'p50 ms':>7} {'p99 ms':>7} {'1-client p50':>12} {'errors':>6} {'start s':>8} "
+          f"{f'rows/s ({args.many}/req)':>20}")
     for k, r in results.items():
-        print(f"{k:30} {r['rps']:8.1f} {r['rps'] / base:6.2f}x {r['p50'] * 1000:7.1f} {r['p99'] * 1000:7.1f} {r['errors']:6d} "
-              f"{r['startup']:8.2f} {r['many_rows_s']:20.0f}")
-    print(f"{'(c) in-process, one row/call':30} {inproc_rps:8.1f} {inproc_rps / base:6.2f}x {'':7} {'':7} {'':6} {'':8} {inproc_many:20.0f}")
-    gen = results['generated (mlnb build)']
-    print(f"\ngenerated vs (b): {gen['rps'] / base:.2f}x req/s; {args.many}-row requests: {gen['many_rows_s'] / inproc_many:.0%} of in-process rows/s "
-          f"((b): {results['(b) hand-written + batching']['many_rows_s'] / inproc_many:.0%})")
+        print(f"{k:30} {r['rps']:8.1f} {r['rps'] / base['rps']:7.2f}x {r['p50'] * 1000:7.1f} {r['p99'] * 1000:7.1f} {r['p50_1'] * 1000:10.1f}ms "
+              f"{r['errors']:6d} {r['startup']:8.2f} {r['many_rows_s']:20.0f}")
+    print(f"{'(c) in-process, one row/call':30} {inproc_rps:8.1f} {inproc_rps / base['rps']:7.2f}x {'':7} {'':7} {'':12} {'':6} {'':8} {inproc_many:20.0f}")
+    print(f"\nbase: {base_name}; in-process rows/s of {args.many}-row calls: {inproc_many:.0f}")
+    for k, r in results.items():
+        if k == base_name: continue
+        print(f"{k}: {r['rps'] / base['rps']:.2f}x req/s, p99 {r['p99'] / base['p99']:.2f}x, 1-client p50 {r['p50_1'] / base['p50_1']:.2f}x, "
+              f"start-up {r['startup'] / base['startup']:.2f}x; {args.many}-row requests at {r['many_rows_s'] / inproc_many:.0%} of in-process rows/s")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
