@@ -854,6 +854,11 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
     quiet_client_errors()
     state = {}
 
+    def answer(ctx, status: int, body: bytes) -> Response:
+        "A JSON response; BentoML sets a response's status from the context when the API takes one, so both say it."
+        ctx.response.status_code = status
+        return Response(body, status_code=status, media_type='application/json')
+
     class Service:
         def __init__(self):
             models = {name: bentoml.sklearn.load_model(getattr(self, f'model_{i}')) for i, name in enumerate(variants)}
@@ -876,13 +881,12 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
         async def predict(self, rows: Annotated[List[Row], Field(min_length=1)], ctx: bentoml.Context) -> List[Answer]:
             if len(rows) > max_rows:
                 body = {'error': f'The request has {len(rows)} rows, more than the limit of {max_rows}: send fewer rows per request.'}
-                return Response(_dumps(body).encode(), status_code=413, media_type='application/json')
+                return answer(ctx, 413, _dumps(body).encode())
             forced = ctx.request.headers.get('x-mlnb-variant')
             if forced is not None and forced not in variants:
                 body = {'error': f"Header X-Mlnb-Variant names {forced!r}, which this service does not have; it has {', '.join(variants)}."}
-                return Response(_dumps(body).encode(), status_code=400, media_type='application/json')
-            status, body = await self.runtime.predict(rows, forced)
-            return Response(body, status_code=status, media_type='application/json')
+                return answer(ctx, 400, _dumps(body).encode())
+            return answer(ctx, *await self.runtime.predict(rows, forced))
 
         async def feedback(self, feedback: Annotated[List[Feedback], Field(min_length=1)]) -> Received:
             """Store ground truth: the true label of answered rows, by their `request_id`. Feedback for ids this

@@ -101,9 +101,12 @@ def golden(root, env, name='churn'):
 
 @pytest.fixture(scope='session')
 def served(scaffold_template, tmp_path_factory):
-    "The scaffolded churn project, trained and built once, with a model store of its own."
+    "The scaffolded churn project (without its fallback), trained and built once, with a model store of its own."
     root = tmp_path_factory.mktemp('served') / 'churn'
     shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    # the plain service: without the scaffold's fallback, a row the model cannot use is a 422 naming it (tests/test_rollout.py has the fallback)
+    toml = (root / 'pyproject.toml').read_text()
+    (root / 'pyproject.toml').write_text('\n'.join(l for l in toml.splitlines() if not l.startswith('fallback = ')) + '\n')
     return train_and_build(root, tmp_path_factory.mktemp('served_home'))
 
 

@@ -128,7 +128,8 @@ def test_lineage_round_trip(project, fresh_store):
     assert set(lin['data']['upstream_fingerprints']) == {'data', 'features'}
     steps = {s['step']: s for s in lin['upstream_steps']}
     assert set(steps) == {'data', 'features', 'train'}
-    assert steps['data']['params'] == {'data_path': '../data/customers.csv', 'sample_frac': 0.2, 'seed': 42, 'test_size': 0.25}
+    assert steps['data']['params'] == {'data_path': '../data/customers.csv', 'sample_frac': 0.2, 'seed': 42, 'test_size': 0.25,
+                                       'source': 'csv', 'production_since': '30d'}
     assert lin['run']['engine'] == 'fast' and lin['gate']['status'] == 'applied' and 'roc_auc' in lin['gate']['metrics']
     for s in steps.values():
         assert Path(s['notebook']).is_file()

@@ -32,7 +32,8 @@ def insert_cell(nb_path, source, after_tag='parameters'):
 
 
 TRAIN_DEFAULTS = {'max_depth': 8, 'n_estimators': 200, 'seed': 42}
-DATA_DEFAULTS = {'data_path': '../data/customers.csv', 'sample_frac': 1.0, 'seed': 42, 'test_size': 0.25}
+DATA_DEFAULTS = {'data_path': '../data/customers.csv', 'sample_frac': 1.0, 'seed': 42, 'test_size': 0.25, 'source': 'csv',
+                 'production_since': '30d'}
 
 
 def test_run_record_cache_and_partial_rerun(project):
