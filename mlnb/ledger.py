@@ -46,7 +46,7 @@ _ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), (
           # runs.kind: 'pipeline' (None in older ledgers) or 'interactive' (a notebook run by hand);
           # steps.parts: what the fingerprint was computed from (see `mlnb.runner.fingerprint_parts`);
           # steps.upstream_runs: upstream step -> the run whose outputs this step read
-          'runs': (('kind', 'text'),),
+          'runs': (('kind', 'text'), ('force', 'integer')),
           'steps': (('parts', 'text'), ('upstream_runs', 'text'))}
 
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
@@ -126,15 +126,18 @@ class Ledger:
 def _j(v): return None if v is None else json.dumps(v, sort_keys=True, default=str)
 
 @patch
-def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None):
+def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None,
+              force: bool = False, # every step executed, cached or not (`mlnb run --force`)
+             ):
     "Record the start of run `run_id` with its provenance."
     commit, dirty = git_state(root)
     v = _versions()
     with self.tx() as db:
         db.execute('insert into runs (id, started, status, profile, targets, overrides, engine, git_commit, git_dirty, '
-                   'python, packages, host, pid) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                   'python, packages, host, pid, kind, force) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                    (run_id, time.time(), 'running', profile, _j(list(targets)), _j(list(overrides)), engine, commit,
-                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid()))
+                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid(),
+                    'pipeline', int(force)))
 
 @patch
 def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None,
@@ -268,7 +271,7 @@ def latest_outputs(root: str | Path, step: str) -> Any | None:
     try: return led.latest(step)
     finally: led.close()
 
-# %% ../nbs/06_ledger.ipynb #c9405858
+# %% ../nbs/06_ledger.ipynb #bdd828c9
 @patch
 def record_interactive(self: Ledger, run_id: str, step: str, *,
                        root: Path, # the project root (for the git state, on the run's first output)
