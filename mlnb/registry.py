@@ -451,6 +451,8 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
             'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'metrics', 'champion', 'champion_metrics')},
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},
+            'interactive': bool(lin.get('interactive')), 'hand_run': lin.get('run_id') if lin.get('interactive') else None,
+            'notebook': lin.get('notebook'), 'upstream_runs': lin.get('upstream_runs') or {},
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),
                                               'contract': lin.get('contract')},
             'code': {'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'packages': lin.get('packages')},
