@@ -264,14 +264,18 @@ def latest(self: Ledger, step: str) -> Any | None:
     r = self.db.execute("select outputs from steps where step=? and status in ('ok', 'cached') order by ended desc limit 1", (step,)).fetchone()
     return None if r is None else json.loads(r['outputs']) if r['outputs'] else {}
 
-def latest_outputs(root: str | Path, step: str) -> Any | None:
-    "Outputs of the latest successful run of `step` in the project at `root`, or None if there is none."
+def _reading(root: str | Path, read: Callable[[Ledger], Any]) -> Any | None:
+    "`read(ledger)` on the ledger of the project at `root`, or None when it has none."
     try: led = Ledger(root, create=False)
     except FileNotFoundError: return None
-    try: return led.latest(step)
+    try: return read(led)
     finally: led.close()
 
-# %% ../nbs/06_ledger.ipynb #bdd828c9
+def latest_outputs(root: str | Path, step: str) -> Any | None:
+    "Outputs of the latest successful run of `step` in the project at `root`, or None if there is none."
+    return _reading(root, lambda led: led.latest(step))
+
+# %% ../nbs/06_ledger.ipynb #1df76de1
 @patch
 def record_interactive(self: Ledger, run_id: str, step: str, *,
                        root: Path, # the project root (for the git state, on the run's first output)
@@ -311,10 +315,7 @@ def newest(self: Ledger, step: str) -> dict | None:
 
 def newest_outputs(root: str | Path, step: str) -> dict | None:
     "`Ledger.newest(step)` in the project at `root`, or None when nothing is recorded."
-    try: led = Ledger(root, create=False)
-    except FileNotFoundError: return None
-    try: return led.newest(step)
-    finally: led.close()
+    return _reading(root, lambda led: led.newest(step))
 
 @patch
 def previous(self: Ledger, run_id: str, step: str) -> dict | None:
