@@ -211,7 +211,7 @@ def test_package_importable_from_nbs_without_install(scaffold_template):
                          cwd=scaffold_template / 'nbs', env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip()) == (scaffold_template / 'churn' / 'features.py').resolve()
-    res = subprocess.run([sys.executable, '-c', 'import churn'], cwd=scaffold_template.parent, env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, '-c', 'import churn'], cwd=scaffold_template / 'data', env=env, capture_output=True, text=True)
     assert res.returncode == 1 and 'ModuleNotFoundError' in res.stderr  # elsewhere it is the link that does it
 
 
