@@ -17,7 +17,7 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'build', 'serve', 'verify', 'monitor', 'feedback', 'flag']
+           'build', 'serve', 'verify', 'monitor', 'feedback', 'flag', 'report', 'lab']
 
 # %% ../nbs/95_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -86,7 +86,8 @@ def steps(as_json: bool):
 @click.option('-j', '--jobs', default=1, show_default=True, type=click.IntRange(1, 64), help='Steps to execute at the same time.')
 @click.option('--engine', default=None, help="'kernel' (default: a Jupyter kernel per step), 'fast' (warm worker processes), or a papermill engine name.")
 @click.option('-q', '--quiet', is_flag=True, help='No progress output.')
-def run(steps: tuple[str, ...], profile, params, force, jobs, engine, quiet):
+@click.option('--explain', is_flag=True, help='Then say for each step whether it was cached and, if it ran, what changed.')
+def run(steps: tuple[str, ...], profile, params, force, jobs, engine, quiet, explain):
     "Run the pipeline, or the named STEPS and what they need."
     from mlnb.runner import run_pipeline
     res = run_pipeline(targets=steps, profile=profile, overrides=params, force=force, jobs=jobs, engine=engine,
@@ -99,8 +100,17 @@ def run(steps: tuple[str, ...], profile, params, force, jobs, engine, quiet):
     if res.alert is not None:
         if res.alert.get('ok'): click.echo(f"alert: a data guard stopped the run; {res.alert['message']}.")
         else: click.secho(f"Error: a data guard stopped the run and {res.alert['message']}", fg='red', err=True)
+    if explain: _explain(res.run_id)
     if res.error is not None: raise res.error
-    click.echo(f"Run {res.run_id} {res.status}: {summary}.")
+    click.echo(f"Run {res.run_id} {res.status}: {summary}. Report: `mlnb report {res.run_id}`.")
+
+def _explain(run_id: str, as_json: bool = False):
+    "Print why each step of the run ran or was reused (`mlnb.explain`)."
+    from mlnb.explain import explain_run
+    from mlnb.project import load_project
+    data = explain_run(load_project().root, run_id)
+    if as_json: return data
+    for e in data: click.echo(f"{e['step']}: {e['why']}")
 
 # %% ../nbs/95_cli.ipynb #7c4684d2
 def _ago(t: float | None) -> str:
@@ -125,11 +135,15 @@ def runs(as_json: bool, limit: int):
          [[r['id'], _ago(r['started']), r['status'], _secs(r['duration']), ', '.join(f'{n} {k}' for k, n in r['steps'].items()),
            ', '.join(f"{g['candidate']} {g['status']}" for g in r['gates']), r['profile'] or '',
            (r['git_commit'] or '')[:10] + ('*' if r['git_dirty'] else '')] for r in d]))
+    if not as_json and data:
+        click.echo("A run made by hand in a notebook shows as 'interactive'. `mlnb report RUN` writes a run's HTML report "
+                   "(.mlnb/runs/RUN/report.html; the latest pipeline run without RUN).")
 
 @main.command()
 @click.argument('run_id')
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
-def show(run_id: str, as_json: bool):
+@click.option('--explain', is_flag=True, help='Say for each step whether it was cached and, if it ran, what changed.')
+def show(run_id: str, as_json: bool, explain: bool):
     "Show one run (a unique prefix of its id is enough) with its steps and its gate decisions."
     from mlnb.ledger import Ledger
     from mlnb.project import load_project
@@ -152,7 +166,9 @@ def show(run_id: str, as_json: bool):
                        [[g['step'] or '', g['candidate'], g['champion'] or '-', f"{'promote' if g['promote'] else 'keep'}: {g['reason']}",
                          f"{g['status']}: {g['outcome'] or ''}"] for g in r['gates']])
         return Group(head, steps, gates)
+    if explain and as_json: r['explain'] = _explain(r['id'], as_json=True)
     emit(r, as_json, render)
+    if explain and not as_json: _explain(r['id'])
 
 # %% ../nbs/95_cli.ipynb #be777d08
 @main.command()
@@ -242,7 +258,12 @@ def lineage(tag: str, as_json: bool):
         t = Tree(f"model {m['tag']} (created {m['created'][:19]}; trained to {_metrics(m['metrics'])})")
         g = l['gate']
         if g: t.add(f"gate (run {g['run_id']}): {g['reason']}; {g['status']}: {g['outcome'] or ''}; evaluated on {_metrics(g['metrics'])}")
-        rn = t.add(f"run {r['id']} ({r['status']}, profile {r['profile'] or '-'}, engine {r['engine']})" if r else 'run: none (logged outside `mlnb run`)')
+        if l.get('interactive'):
+            reads = ', '.join(f'{k} from run {v}' for k, v in (l.get('upstream_runs') or {}).items()) or 'nothing upstream'
+            rn = t.add(f"hand run {l.get('hand_run') or '-'} of {l.get('notebook') or 'an unknown notebook'} (the gate never promotes it); "
+                       f"read {reads}")
+        else:
+            rn = t.add(f"run {r['id']} ({r['status']}, profile {r['profile'] or '-'}, engine {r['engine']})" if r else 'run: none (logged outside `mlnb run`)')
         st = rn.add(f"step {l['step']['name']} params {l['step']['params']} fingerprint {(l['step']['fingerprint'] or '')[:12]}")
         for s in l['upstream_steps']:
             if s['step'] != l['step']['name']:
@@ -401,3 +422,26 @@ def flag(name, state, reason, path, as_json):
         os.replace(tmp, path) # a reader sees the old file or the new one, never half of one
     emit(flags, as_json, lambda d: _table(f'Flags ({path})', ['flag', 'state', 'since', 'by', 'reason'],
          [[k, 'on' if v.get('on') else 'off', v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))
+
+# %% ../nbs/95_cli.ipynb #9359cb5a
+@main.command()
+@click.argument('run_id', required=False)
+@click.option('--out', type=click.Path(path_type=Path), help='The HTML file to write (default: .mlnb/runs/RUN/report.html).')
+@click.option('--open', 'open_it', is_flag=True, help='Open the report in the web browser.')
+def report(run_id: str | None, out: Path | None, open_it: bool):
+    "Write the HTML report of RUN (default: the latest pipeline run): DAG, parameters, metrics, gate, data profile, notebooks."
+    from mlnb.project import load_project
+    from mlnb.report import run_report
+    path = run_report(load_project().root, run_id, out)
+    click.echo(f"Report: {path}\n(the executed notebooks, rendered, are in {path.parent / (path.stem + '_notebooks')})")
+    if open_it:
+        import webbrowser
+        webbrowser.open(path.as_uri())
+
+@main.command()
+@click.option('--port', type=click.IntRange(1, 65535), help="Port to listen on (default: Jupyter's, 8888 or the next free one).")
+@click.option('--no-browser', is_flag=True, help='Do not open a browser tab.')
+def lab(port: int | None, no_browser: bool):
+    "Start JupyterLab on loopback at the project root, ready for hand runs (needs mlnb[lab])."
+    from mlnb.lab import lab as run_lab
+    sys.exit(run_lab(port=port, open_browser=not no_browser))

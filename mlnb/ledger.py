@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .errors import MlnbError
 
 # %% auto #0
-__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'git_state', 'new_run_id', 'Ledger', 'latest_outputs']
+__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'git_state', 'new_run_id', 'Ledger', 'latest_outputs', 'newest_outputs']
 
 # %% ../nbs/06_ledger.ipynb #89bb1561
 _SCHEMA = '''
@@ -46,7 +46,12 @@ create table if not exists evidence (
 # Columns added after the first release: a ledger made by an older mlnb gets them when it is opened.
 _ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), ('settled', 'real'),
                     ('metrics', 'text'), ('champion_metrics', 'text')),
-          'champions': (('evidence', 'text'),)}
+          'champions': (('evidence', 'text'),),
+          # runs.kind: 'pipeline' (None in older ledgers) or 'interactive' (a notebook run by hand);
+          # steps.parts: what the fingerprint was computed from (see `mlnb.runner.fingerprint_parts`);
+          # steps.upstream_runs: upstream step -> the run whose outputs this step read
+          'runs': (('kind', 'text'), ('force', 'integer')),
+          'steps': (('parts', 'text'), ('upstream_runs', 'text'))}
 
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
 # execution that made it be reused from the cache; any other leaves the decision to be made again.
@@ -125,26 +130,33 @@ class Ledger:
 def _j(v): return None if v is None else json.dumps(v, sort_keys=True, default=str)
 
 @patch
-def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None):
+def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None,
+              force: bool = False, # every step executed, cached or not (`mlnb run --force`)
+             ):
     "Record the start of run `run_id` with its provenance."
     commit, dirty = git_state(root)
     v = _versions()
     with self.tx() as db:
         db.execute('insert into runs (id, started, status, profile, targets, overrides, engine, git_commit, git_dirty, '
-                   'python, packages, host, pid) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                   'python, packages, host, pid, kind, force) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                    (run_id, time.time(), 'running', profile, _j(list(targets)), _j(list(overrides)), engine, commit,
-                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid()))
+                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid(),
+                    'pipeline', int(force)))
 
 @patch
-def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None):
+def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None,
+               parts: dict | None = None, # what the fingerprint was computed from
+               upstream_runs: dict | None = None, # upstream step -> run whose outputs the step is given
+              ):
     "Record that `step` of `run_id` started."
     with self.tx() as db:
-        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook) values (?,?,?,?,?,?,?)',
-                   (run_id, step, 'running', time.time(), _j(params), fingerprint, notebook))
+        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook, parts, upstream_runs) '
+                   'values (?,?,?,?,?,?,?,?,?)', (run_id, step, 'running', time.time(), _j(params), fingerprint, notebook,
+                                                  _j(parts), _j(upstream_runs)))
 
 @patch
 def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=None, error=None, cached_from=None,
-                params=None, fingerprint=None, gates=()):
+                params=None, fingerprint=None, gates=(), parts=None, upstream_runs=None):
     "Record how `step` of `run_id` ended: 'ok', 'cached', 'failed' or 'skipped'; and, in the same transaction, its gate decisions as pending."
     now = time.time()
     with self.tx() as db:
@@ -156,9 +168,10 @@ def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=No
                         _j(d.get('metrics')), _j(d.get('champion_metrics'))))
         row = db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
         if row is None:
-            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error) '
-                       'values (?,?,?,?,?,?,?,?,?,?,?)', (run_id, step, status, now, now, 0.0, _j(params), fingerprint,
-                                                           _j(outputs), cached_from, _j(error)))
+            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error, '
+                       'parts, upstream_runs) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                       (run_id, step, status, now, now, 0.0, _j(params), fingerprint, _j(outputs), cached_from, _j(error),
+                        _j(parts), _j(upstream_runs)))
         else:
             db.execute('update steps set status=?, ended=?, duration=?, outputs=?, error=?, cached_from=? where run_id=? and step=?',
                        (status, now, now - row['started'], _j(outputs), _j(error), cached_from, run_id, step))
@@ -195,6 +208,7 @@ def _run_row(r: sqlite3.Row) -> dict:
     for k in ('targets', 'overrides', 'packages'): d[k] = json.loads(d[k]) if d[k] else d[k]
     if d['status'] == 'running' and d['host'] == socket.gethostname() and not _alive(d['pid']): d['status'] = 'killed'
     d['duration'] = (d['ended'] - d['started']) if d['ended'] else None
+    d['kind'] = d.get('kind') or 'pipeline'
     return d
 
 def _gate_row(r: sqlite3.Row) -> dict:
@@ -207,7 +221,7 @@ def _gate_row(r: sqlite3.Row) -> dict:
 
 def _step_row(r: sqlite3.Row, run_status: str) -> dict:
     d = dict(r)
-    for k in ('params', 'outputs', 'error'): d[k] = json.loads(d[k]) if d[k] else d[k]
+    for k in ('params', 'outputs', 'error', 'parts', 'upstream_runs'): d[k] = json.loads(d[k]) if d.get(k) else d.get(k)
     if d['status'] == 'running' and run_status == 'killed': d['status'] = 'killed'
     return d
 
@@ -254,9 +268,64 @@ def latest(self: Ledger, step: str) -> Any | None:
     r = self.db.execute("select outputs from steps where step=? and status in ('ok', 'cached') order by ended desc limit 1", (step,)).fetchone()
     return None if r is None else json.loads(r['outputs']) if r['outputs'] else {}
 
-def latest_outputs(root: str | Path, step: str) -> Any | None:
-    "Outputs of the latest successful run of `step` in the project at `root`, or None if there is none."
+def _reading(root: str | Path, read: Callable[[Ledger], Any]) -> Any | None:
+    "`read(ledger)` on the ledger of the project at `root`, or None when it has none."
     try: led = Ledger(root, create=False)
     except FileNotFoundError: return None
-    try: return led.latest(step)
+    try: return read(led)
     finally: led.close()
+
+def latest_outputs(root: str | Path, step: str) -> Any | None:
+    "Outputs of the latest successful run of `step` in the project at `root`, or None if there is none."
+    return _reading(root, lambda led: led.latest(step))
+
+# %% ../nbs/06_ledger.ipynb #1df76de1
+@patch
+def record_interactive(self: Ledger, run_id: str, step: str, *,
+                       root: Path, # the project root (for the git state, on the run's first output)
+                       notebook: str, # the notebook run by hand
+                       params: dict, # its parameters as they are in the kernel
+                       name: str, payload: Any, # the output and what `record` keeps of it
+                       upstream_runs: dict | None = None, # upstream step -> the run whose outputs it read
+                      ):
+    "Add output `name` to the interactive run `run_id` of `step` (created with its first output)."
+    new = self.db.execute('select 1 from runs where id=?', (run_id,)).fetchone() is None
+    commit, dirty = git_state(root) if new else (None, None)
+    now = time.time()
+    with self.tx() as db:
+        if new:
+            v = _versions()
+            db.execute('insert into runs (id, started, ended, status, kind, targets, engine, git_commit, git_dirty, python, packages, host, pid) '
+                       'values (?,?,?,?,?,?,?,?,?,?,?,?,?)', (run_id, now, now, 'interactive', 'interactive', _j([step]), 'by hand', commit,
+                        None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid()))
+            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, outputs, notebook, upstream_runs) '
+                       'values (?,?,?,?,?,?,?,?,?,?)', (run_id, step, 'interactive', now, now, 0.0, _j(params), _j({name: payload}),
+                                                        notebook, _j(upstream_runs or {})))
+            return
+        row = db.execute('select outputs, started from steps where run_id=? and step=?', (run_id, step)).fetchone()
+        outs = {**(json.loads(row['outputs']) if row['outputs'] else {}), name: payload}
+        db.execute('update steps set outputs=?, params=?, ended=?, duration=?, upstream_runs=? where run_id=? and step=?',
+                   (_j(outs), _j(params), now, now - row['started'], _j(upstream_runs or {}), run_id, step))
+        db.execute('update runs set ended=? where id=?', (now, run_id))
+
+@patch
+def newest(self: Ledger, step: str) -> dict | None:
+    "The newest outputs of `step`, from a pipeline run (executed or cached) or a hand run: run id, kind, when, notebook, outputs; or None."
+    r = self.db.execute("select run_id, cached_from, status, ended, notebook, outputs from steps where step=? "
+                        "and status in ('ok', 'cached', 'interactive') order by ended desc limit 1", (step,)).fetchone()
+    if r is None: return None
+    return {'run_id': r['cached_from'] or r['run_id'], 'kind': 'interactive' if r['status'] == 'interactive' else 'pipeline',
+            'ended': r['ended'], 'notebook': r['notebook'], 'outputs': json.loads(r['outputs']) if r['outputs'] else {}}
+
+def newest_outputs(root: str | Path, step: str) -> dict | None:
+    "`Ledger.newest(step)` in the project at `root`, or None when nothing is recorded."
+    return _reading(root, lambda led: led.newest(step))
+
+@patch
+def previous(self: Ledger, run_id: str, step: str) -> dict | None:
+    "The latest successful pipeline execution of `step` with recorded fingerprint parts before it ran in `run_id` (what its cache was checked against), or None."
+    r = self.db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
+    if r is None: return None
+    p = self.db.execute("select * from steps where step=? and status in ('ok', 'cached') and parts is not null and run_id != ? "
+                        "and ended <= ? order by ended desc limit 1", (step, run_id, r['started'])).fetchone()
+    return None if p is None else _step_row(p, 'ok')

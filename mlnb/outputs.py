@@ -63,6 +63,8 @@ def record(name: str, # output name, a Python identifier
             # scrapbook's json encoder parses a str value as JSON text, writing and reading ('abc' fails, '123' comes
             # back as 123): every payload is glued wrapped in a dict, which it leaves alone
             scrapbook.glue(name, {'value': payload}, encoder='json')
+    from mlnb.hand import live_context, record as hand_record
+    if not live_context(): hand_record(name, payload) # a notebook run by hand: its interactive run in the ledger
 
 # %% ../nbs/03_outputs.ipynb #922843de
 def read_refs(notebook: str | Path, # an executed notebook
@@ -95,16 +97,11 @@ def read(notebook: str | Path, # an executed notebook
 def upstream(step: str, # the upstream step's name
              injected: Mapping[str, Any] | None = None, # the notebook's `upstream` parameter
             ) -> dict[str, Any]:
-    "The outputs of `step`: from `injected` when the runner provides them, else from the latest successful run."
+    "The outputs of `step`: from `injected` when the runner provides them, else the newest recorded by a pipeline run or a hand run."
     if injected is not None:
         if step not in injected:
             raise RecordError(f"Step '{step}' is not upstream of this step (injected: {', '.join(injected) or 'none'}). "
                               f"Add \"{step}\" to this step's `needs` in [tool.mlnb.steps].", step=step)
         return load(injected[step])
-    from mlnb.ledger import latest_outputs
-    root = project_root()
-    outs = latest_outputs(root, step)
-    if outs is None:
-        raise RecordError(f"No successful run of step '{step}' is recorded in {root / '.mlnb'}, so there is nothing "
-                          f"to read upstream. Run `mlnb run {step}` first.", step=step)
-    return load(outs, root)
+    from mlnb.hand import upstream as newest
+    return load(newest(step)['outputs'], project_root())

@@ -41,13 +41,9 @@ def check_tag(value: Any, # what was given
 
 # %% ../nbs/10_registry.ipynb #1f5e4954
 def context() -> dict:
-    "What the runner told the running step about itself (`{}` outside a pipeline run)."
-    try:
-        from IPython import get_ipython
-        ip = get_ipython()
-    except ImportError: ip = None
-    ctx = ip.user_ns.get('mlnb_run') if ip is not None else None
-    return dict(ctx) if isinstance(ctx, Mapping) else {}
+    "What the runner told the running step about itself: `{}` outside a pipeline run, and in an executed notebook of a finished run run again by hand."
+    from mlnb.hand import live_context
+    return live_context()
 
 # %% ../nbs/10_registry.ipynb #007a9cb2
 def _transform(root: Path):
@@ -143,10 +139,16 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
     check_tag(name, 'name')
     commit, dirty = git_state(root)
+    if not ctx: # a hand run: its interactive run, notebook, parameters and the upstream runs it read
+        from mlnb.hand import lineage as hand_lineage
+        hand = hand_lineage()
+        ctx = {'run_id': hand['run_id'], 'step': hand['step'], 'params': hand['params']}
+    else: hand = None
     lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
                'inputs': ctx.get('inputs', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': _versions(),
-               'metrics': plain(dict(metrics or {})), 'contract': None}
+               'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None}
+    if hand is not None: lineage.update(notebook=hand['notebook'], upstream_runs=hand['upstream_runs'])
     contract_text = ''
     if contract is not None:
         from mlnb.contract import contract_hash, contract_path
@@ -159,7 +161,8 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     if reference is not None:
         from mlnb.project import load_project
         ref = freeze_reference(model, reference, fields, transform, load_project(root).settings.get('serve', {}).get('label'))
-    labels = {'mlnb.run': ctx.get('run_id') or 'interactive', 'mlnb.step': ctx.get('step') or 'interactive'}
+    labels = {'mlnb.run': ctx.get('run_id') or 'interactive', 'mlnb.step': ctx.get('step') or 'interactive',
+              'mlnb.origin': 'interactive' if hand is not None else 'pipeline'}
     meta = {'mlnb_run': ctx.get('run_id') or '', 'mlnb_step': ctx.get('step') or '', 'metrics': lineage['metrics'],
             'contract': contract or '', 'contract_yaml': contract_text, 'git_commit': commit or '',
             'lineage': json.dumps(lineage, sort_keys=True), 'golden': json.dumps(gold) if gold is not None else '',
@@ -377,6 +380,9 @@ def gate(name: str, # model name
     if current is not None and champion_metrics is None:
         raise UsageError(f"Model '{name}' has a champion ({current}); score it on the same data and pass champion_metrics.")
     promote_, reason = cfg.decide(metrics, champion_metrics if current is not None else None)
+    if promote_ and _by_hand(candidate):
+        promote_, reason = False, (f"{reason.rsplit(': ', 1)[0]}: not promoted ({candidate} was trained in a notebook run by hand; "
+                                   f"the gate never promotes such a model, `mlnb promote {candidate}` can)")
     decision = {'model': name, 'candidate': candidate, 'champion': current, 'metric': cfg.metric,
                 'candidate_value': plain(metrics.get(cfg.metric)), 'champion_value': plain((champion_metrics or {}).get(cfg.metric)),
                 'promote': promote_, 'reason': reason, 'metrics': plain(dict(metrics)),
@@ -384,6 +390,15 @@ def gate(name: str, # model name
     record('gate', decision)
     print(f"gate: {candidate}: {reason}" + ('' if context() else ' (shown, not applied: only `mlnb run` promotes)'))
     return decision
+
+def _by_hand(tag: str) -> bool:
+    "Whether model `tag` was logged from a notebook run by hand (False when the store does not have it)."
+    import bentoml
+    try: m = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound: return False
+    labels, md = m.info.labels, m.info.metadata
+    if 'mlnb.origin' in labels: return labels['mlnb.origin'] == 'interactive'
+    return 'lineage' in md and labels.get('mlnb.run') == 'interactive'
 
 # %% ../nbs/10_registry.ipynb #499dc229
 _OUTCOMES = {'applied': 'now the champion (was {champion})',
@@ -465,6 +480,8 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
             'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'metrics', 'champion', 'champion_metrics')},
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},
+            'interactive': bool(lin.get('interactive')), 'hand_run': lin.get('run_id') if lin.get('interactive') else None,
+            'notebook': lin.get('notebook'), 'upstream_runs': lin.get('upstream_runs') or {},
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),
                                               'contract': lin.get('contract'), 'windows': windows},
             'code': {'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'packages': lin.get('packages')},

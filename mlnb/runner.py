@@ -23,8 +23,9 @@ from .project import Project, contract_file, load_project
 from .registry import GateConfig, settle_gates
 
 # %% auto #0
-__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'fingerprints', 'step_context',
-           'Progress', 'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
+__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'code_cells', 'fingerprint',
+           'fingerprint_parts', 'fingerprints', 'step_context', 'Progress', 'execute_step', 'kernel_log', 'StepResult',
+           'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -93,21 +94,38 @@ def contract_hashes(plan: Plan) -> dict[str, dict[str, str]]:
     return {s.name: {c: hashlib.sha256(contract_file(plan.project.root, c).read_bytes()).hexdigest() for c in s.contracts}
             for s in plan.steps}
 
+def code_cells(path: Path) -> list[dict]:
+    "The code cells of the notebook at `path`: hash of the source (`sha`), position among all its cells (`cell`, from 1), first line."
+    nb = json.loads(Path(path).read_text(encoding='utf-8'))
+    out = []
+    for i, c in enumerate(nb.get('cells', [])):
+        if c.get('cell_type') != 'code': continue
+        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+        line = next((l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith('#|')), '')
+        out.append({'sha': hashlib.sha256(src.encode()).hexdigest()[:16], 'cell': i + 1, 'line': line[:80]})
+    return out
+
+def fingerprint(parts: Mapping[str, Any]) -> str:
+    "A step's fingerprint: SHA-256 of its parts (a code cell counts by its source alone, not its position or first line)."
+    key = {**parts, 'code': [c['sha'] for c in parts['code']]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+def fingerprint_parts(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
+                      contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
+                     ) -> dict[str, dict]:
+    "What each step's fingerprint is computed from: `code` (one entry per code cell), `params`, `upstream` (fingerprints), `inputs`, `contracts`, `package`."
+    parts, fps = {}, {}
+    for s in plan.steps:
+        p = {'code': code_cells(s.notebook), 'params': dict(s.params), 'upstream': {n: fps[n] for n in s.spec.needs},
+             'inputs': dict(inputs[s.name]), 'contracts': dict((contracts or {}).get(s.name, {})), 'package': package}
+        parts[s.name], fps[s.name] = p, fingerprint(p)
+    return parts
+
 def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
                 ) -> dict[str, str]:
     "The fingerprint of every step of `plan`, given the package hash, the input hashes and the contract hashes."
-    fps = {}
-    for s in plan.steps:
-        h = hashlib.sha256()
-        h.update(s.info.code_hash.encode())
-        h.update(json.dumps(dict(s.params), sort_keys=True).encode())
-        for n in s.spec.needs: h.update(f'{n}={fps[n]}'.encode())
-        for rel, sha in inputs[s.name].items(): h.update(f'{rel}={sha}'.encode())
-        for name, sha in (contracts or {}).get(s.name, {}).items(): h.update(f'contract:{name}={sha}'.encode())
-        h.update(package.encode())
-        fps[s.name] = h.hexdigest()
-    return fps
+    return {n: fingerprint(p) for n, p in fingerprint_parts(plan, package, inputs, contracts).items()}
 
 def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, str], inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None) -> dict:
@@ -264,7 +282,8 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     project.state.mkdir(parents=True, exist_ok=True)
     ensure_exported(project)
     inputs, contracts = input_hashes(plan), contract_hashes(plan)
-    fps = fingerprints(plan, package_hash(project), inputs, contracts)
+    parts = fingerprint_parts(plan, package_hash(project), inputs, contracts)
+    fps = {n: fingerprint(p) for n, p in parts.items()}
     root = str(project.root)
     if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
@@ -273,7 +292,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     run_id = new_run_id()
     run_dir = project.state / 'runs' / run_id
     run_dir.mkdir(parents=True)
-    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine)
+    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine, force=force)
     result, outputs = RunResult(run_id, 'running'), {}
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     def show(*a, **k):
@@ -291,21 +310,23 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                         bad = next(n for n in s.spec.needs if result.steps.get(n) and result.steps[n].status in ('failed', 'skipped'))
                         result.steps[s.name] = StepResult(s.name, 'skipped', fps[s.name])
                         led.finish_step(run_id, s.name, 'skipped', params=dict(s.params), fingerprint=fps[s.name],
-                                        error={'reason': f"upstream step '{bad}' did not succeed"})
+                                        error={'reason': f"upstream step '{bad}' did not succeed"}, parts=parts[s.name])
                         show(s.name, 'skipped', note=f"'{bad}' did not succeed")
                         continue
                     if not all(x in ('ok', 'cached') for x in states) or len(running) >= jobs: continue
                     pending.remove(s)
+                    ups_from = {n: result.steps[n].cached_from or run_id for n in s.spec.needs}
                     hit = None if force else led.cached(s.name, fps[s.name])
                     if hit is not None and _refs_exist(hit[1], st):
                         outputs[s.name] = hit[1]
                         result.steps[s.name] = StepResult(s.name, 'cached', fps[s.name], 0.0, hit[1], cached_from=hit[0])
                         led.finish_step(run_id, s.name, 'cached', outputs=hit[1], cached_from=hit[0],
-                                        params=dict(s.params), fingerprint=fps[s.name])
+                                        params=dict(s.params), fingerprint=fps[s.name], parts=parts[s.name], upstream_runs=ups_from)
                         show(s.name, 'cached', note=f'from run {hit[0]}')
                         continue
                     out_nb = run_dir / f'{s.name}.ipynb'
-                    led.start_step(run_id, s.name, params=dict(s.params), fingerprint=fps[s.name], notebook=str(out_nb))
+                    led.start_step(run_id, s.name, params=dict(s.params), fingerprint=fps[s.name], notebook=str(out_nb),
+                                   parts=parts[s.name], upstream_runs=ups_from)
                     show(s.name, 'running')
                     ups = {n: outputs[n] for n in s.spec.needs}
                     running[ex.submit(_timed, execute_step, s, out_nb, ups, pm_engine, project.root,

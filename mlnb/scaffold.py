@@ -113,6 +113,8 @@ def new_project(path: str | Path, # folder to create (or fill)
     package = check_name(name if name is not None else target.name.replace('-', '_'))
     target.mkdir(parents=True, exist_ok=True)
     write_template(target, name or target.name, package)
+    link = target / 'nbs' / package # a notebook's kernel starts in nbs/: there, `import <package>` finds the package through this link
+    if not link.exists() and not link.is_symlink(): link.symlink_to(Path('..') / package, target_is_directory=True)
     (target / 'data').mkdir(exist_ok=True)
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(target), os.environ.get('PYTHONPATH')]))}
     res = subprocess.run([sys.executable, '-c', _FINISH, package, str(rows)], cwd=target, env=env,

@@ -1,0 +1,221 @@
+"""The data scientist's side, in a real browser: `mlnb lab` on a scaffolded project, every step notebook run by hand through
+the JupyterLab UI, an executed run notebook opened (and run again) in JupyterLab, and the run report.
+
+One JupyterLab server and one headless Chromium serve the whole module: they are slow to start.
+"""
+import json, os, shutil, signal, socket, subprocess, sys, time
+from pathlib import Path
+
+import httpx
+import nbformat
+import pytest
+
+from browser import chromium
+from conftest import MLNB, mlnb, run
+
+HAND_STEPS = ['01_data', '02_features', '03_train', '04_evaluate']
+TOKEN = 'mlnb-test-token'
+PANEL = '.jp-NotebookPanel:not(.lm-mod-hidden)'  # the notebook in view (JupyterLab may restore other tabs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def lab(scaffold_template, tmp_path_factory):
+    "`mlnb lab` on a copy of the scaffolded project, with a model store and JupyterLab user settings of its own."
+    base = tmp_path_factory.mktemp('lab')
+    root = base / 'churn'
+    shutil.copytree(scaffold_template, root, symlinks=True, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    settings = base / 'lab-settings'
+    # every cell in the page (JupyterLab 4 only renders the cells in view by default), and no question about news
+    for ext, name, value in [('notebook-extension', 'tracker', {'windowingMode': 'none'}),
+                             ('apputils-extension', 'notification', {'fetchNews': 'false', 'checkForUpdates': False})]:
+        (settings / f'@jupyterlab/{ext}').mkdir(parents=True, exist_ok=True)
+        (settings / f'@jupyterlab/{ext}/{name}.jupyterlab-settings').write_text(json.dumps(value))
+    home = base / 'bentoml'
+    home.mkdir()
+    port = free_port()
+    env = {**os.environ, 'BENTOML_HOME': str(home), 'JUPYTER_TOKEN': TOKEN, 'JUPYTERLAB_SETTINGS_DIR': str(settings),
+           'JUPYTERLAB_WORKSPACES_DIR': str(base / 'lab-workspaces')}
+    env.pop('PYTHONPATH', None)
+    log = open(base / 'lab.log', 'w')
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([MLNB, 'lab', '--port', str(port), '--no-browser'], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        while True:
+            assert proc.poll() is None, (base / 'lab.log').read_text()
+            try:
+                if httpx.get(f'{url}/api/status', params={'token': TOKEN}, timeout=2).status_code == 200: break
+            except httpx.HTTPError: pass
+            assert time.perf_counter() - t0 < 60, 'mlnb lab was not ready in 60 s'
+            time.sleep(0.2)
+        yield {'root': root, 'url': url, 'env': {'BENTOML_HOME': str(home)}, 'log': base / 'lab.log', 'ready': time.perf_counter() - t0}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    with chromium() as b:
+        yield b
+
+
+def open_notebook(browser, lab, path):
+    "A browser tab showing the notebook at `path` (relative to the project root), its kernel started and idle."
+    page = browser.new_page(viewport={'width': 1400, 'height': 900})
+    # a workspace of its own: JupyterLab would otherwise restore the tabs of the pages before, and "Run All" could go to one of them
+    page.goto(f"{lab['url']}/lab/workspaces/{Path(path).stem.replace('_', '-')}/tree/{path}?token={TOKEN}")
+    page.wait_for_selector(f'{PANEL} .jp-CodeCell', timeout=90_000)
+    page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=90_000)
+    return page
+
+
+def run_all(page, timeout=240_000, clear=False, save=True):
+    "Run > Run All Cells, wait until every code cell has run (or one failed), and `save` the notebook; `clear` the outputs first."
+    if clear:
+        page.click('.lm-MenuBar-item:has-text("Edit")')
+        page.locator('.lm-Menu-item', has_text='Clear Outputs of All Cells').first.click()
+        page.wait_for_function("() => !Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')).some(p => /\\d/.test(p.textContent))")
+    started = "() => Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')).some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
+    for attempt in range(4):  # the menu item does nothing until the kernel is ready
+        page.click('.lm-MenuBar-item:has-text("Run")')
+        page.locator('.lm-Menu-item', has_text='Run All Cells').first.click()
+        try:
+            page.wait_for_function(started, timeout=15_000)
+            break
+        except Exception:
+            page.keyboard.press('Escape')
+    else: raise AssertionError('Run All Cells never started')
+    page.wait_for_function("""() => {
+        const prompts = Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')).map(p => p.textContent);
+        const failed = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"] .ansi-red-fg');
+        return prompts.length > 0 && (prompts.every(p => /\\[\\d+\\]/.test(p)) || (failed && !prompts.some(p => p.includes('*'))));
+    }""", timeout=timeout)
+    if save:
+        page.keyboard.press('Control+s')
+        page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=30_000)
+
+
+def errors(nb_path):
+    "The error outputs of the notebook file, as 'ename: evalue'."
+    nb = nbformat.read(nb_path, 4)
+    return [f"{o.ename}: {o.evalue}" for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
+
+
+def stream_text(nb_path):
+    nb = nbformat.read(nb_path, 4)
+    return ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'stream')
+
+
+def test_every_step_run_by_hand_in_jupyterlab(lab, browser, tmp_path):
+    root = lab['root']
+    assert lab['ready'] < 30, lab['ready']
+    for name in HAND_STEPS:
+        page = open_notebook(browser, lab, f'nbs/{name}.ipynb')
+        run_all(page)
+        nb_path = root / 'nbs' / f'{name}.ipynb'
+        assert errors(nb_path) == [], (name, errors(nb_path))
+        code = [c for c in nbformat.read(nb_path, 4).cells if c.cell_type == 'code']
+        assert all(c.execution_count for c in code), name  # top to bottom, every cell
+        if name == HAND_STEPS[-1]:
+            page.screenshot(path=str(tmp_path / 'evaluate-by-hand.png'))
+        page.close()
+    assert (tmp_path / 'evaluate-by-hand.png').stat().st_size > 10_000
+    runs = json.loads(mlnb('runs', '--json', cwd=root, env=lab['env']).stdout)
+    assert [(r['kind'], r['status'], r['targets']) for r in runs] == [('interactive', 'interactive', [s]) for s in
+                                                                     ['evaluate', 'train', 'features', 'data']]
+    by_step = {r['targets'][0]: r['id'] for r in runs}
+    # the evaluate notebook scored the model trained by hand, read from train's hand run, and the gate did not promote it
+    evaluate = json.loads(mlnb('show', by_step['evaluate'], '--json', cwd=root, env=lab['env']).stdout)['steps'][0]
+    train = json.loads(mlnb('show', by_step['train'], '--json', cwd=root, env=lab['env']).stdout)['steps'][0]
+    tag = train['outputs']['model_tag']
+    assert evaluate['outputs']['gate']['candidate'] == tag and evaluate['outputs']['gate']['promote'] is False
+    assert 'trained in a notebook run by hand' in evaluate['outputs']['gate']['reason']
+    assert evaluate['upstream_runs'] == {'data': by_step['data'], 'train': by_step['train']}
+    assert f"upstream 'train' is read from hand run {by_step['train']} (nbs/03_train.ipynb)" in stream_text(root / 'nbs' / '04_evaluate.ipynb')
+    models = json.loads(mlnb('models', 'churn', '--json', cwd=root, env=lab['env']).stdout)
+    assert [m['tag'] for m in models] == [tag] and not models[0]['champion']
+    # the hand-trained model's lineage: its hand run, notebook, parameters and the upstream runs it read
+    lin = json.loads(mlnb('lineage', tag, '--json', cwd=root, env=lab['env']).stdout)
+    assert (lin['interactive'], lin['hand_run'], lin['notebook']) == (True, by_step['train'], 'nbs/03_train.ipynb')
+    assert lin['upstream_runs'] == {'data': by_step['data'], 'features': by_step['features']}
+    assert lin['step']['params'] == {'n_estimators': 200, 'max_depth': 8, 'seed': 42}
+    # nothing of this is reused by the pipeline's cache
+    res = mlnb('run', '--engine', 'fast', '--explain', cwd=root, env=lab['env'])
+    assert 'ok: 4 ok.' in res.stdout and 'data: ran: no earlier successful execution' in res.stdout
+
+
+def test_run_notebook_in_jupyterlab_and_report_in_browser(lab, browser, tmp_path):
+    root, env = lab['root'], lab['env']
+    runs = [r for r in json.loads(mlnb('runs', '--json', cwd=root, env=env).stdout) if r['kind'] == 'pipeline']
+    if not runs:
+        mlnb('run', '--engine', 'fast', cwd=root, env=env)
+        runs = [r for r in json.loads(mlnb('runs', '--json', cwd=root, env=env).stdout) if r['kind'] == 'pipeline']
+    run_id = runs[0]['id']
+    before = json.loads(mlnb('show', run_id, '--json', cwd=root, env=env).stdout)
+    # the executed notebook of a run, under the hidden .mlnb/, opens in JupyterLab and shows its outputs
+    record = root / '.mlnb' / 'runs' / run_id / 'train.ipynb'
+    recorded = record.read_bytes()
+    page = open_notebook(browser, lab, f'.mlnb/runs/{run_id}/train.ipynb')
+    text = page.inner_text(PANEL)
+    assert 'Could not find path' not in page.inner_text('body')
+    assert 'mlnb_run' in text and 'trees of depth <= 8' in text
+    page.screenshot(path=str(tmp_path / 'run-notebook.png'))
+    # run again by hand: a new hand run of train; the finished run is left as it was, its notebook included (read-only)
+    run_all(page, clear=True, save=False)
+    assert page.locator(f'{PANEL} .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"] .ansi-red-fg').count() == 0
+    assert 'trees of depth <= 8' in page.inner_text(PANEL)
+    page.keyboard.press('Control+s')
+    page.wait_for_selector('text=is read-only', timeout=15_000)
+    page.close()
+    assert record.read_bytes() == recorded
+    after = json.loads(mlnb('show', run_id, '--json', cwd=root, env=env).stdout)
+    assert after['steps'] == before['steps'] and after['status'] == 'ok'
+    hand = json.loads(mlnb('runs', '--json', cwd=root, env=env).stdout)[0]
+    assert (hand['kind'], hand['targets']) == ('interactive', ['train'])
+    models = json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)
+    assert models[0]['run_id'] == hand['id'] != run_id
+    assert json.loads(mlnb('lineage', models[0]['tag'], '--json', cwd=root, env=env).stdout)['interactive'] is True
+    # the report of the run, in the same browser: DAG, plots, gate decision
+    out = tmp_path / 'report.html'
+    t0 = time.perf_counter()
+    mlnb('report', run_id, '--out', out, cwd=root, env=env)
+    assert time.perf_counter() - t0 < 10
+    tab = browser.new_page(viewport={'width': 1200, 'height': 900})
+    tab.goto(out.as_uri())
+    charts = tab.evaluate("Array.from(document.querySelectorAll('svg')).filter(s => s.getBoundingClientRect().width > 100).length")
+    body = tab.inner_text('body')
+    assert charts >= 10, charts  # the DAG and the profile's histograms and bars
+    gate = next(g for g in before['gates'])
+    assert gate['reason'] in body and 'Gate' in body and 'customers' in body and 'met' in body
+    tab.click('text=train.html')
+    tab.wait_for_load_state('load')
+    assert 'trees of depth' in tab.inner_text('body')
+    tab.screenshot(path=str(tmp_path / 'train-notebook.png'))
+    tab.close()
+    assert (tmp_path / 'train-notebook.png').stat().st_size > 10_000
+
+
+def test_package_importable_from_nbs_without_install(scaffold_template):
+    "A kernel starts in the notebook's folder: a plain `jupyter lab` finds the package there through nbs/<package>."
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    res = subprocess.run([sys.executable, '-c', 'import churn.features, os; print(os.path.realpath(churn.features.__file__))'],
+                         cwd=scaffold_template / 'nbs', env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()) == (scaffold_template / 'churn' / 'features.py').resolve()
+    res = subprocess.run([sys.executable, '-c', 'import churn'], cwd=scaffold_template / 'data', env=env, capture_output=True, text=True)
+    assert res.returncode == 1 and 'ModuleNotFoundError' in res.stderr  # elsewhere it is the link that does it
+
+
+def test_lab_without_jupyterlab_says_how_to_install(scaffold_template):
+    code = "import sys; sys.modules['jupyterlab'] = None; from mlnb.cli import main; main()"
+    res = run([sys.executable, '-c', code, 'lab'], scaffold_template, check=False)
+    assert res.returncode == 2 and 'pip install "mlnb[lab]"' in res.stderr and 'Traceback' not in res.stderr
