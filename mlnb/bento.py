@@ -16,8 +16,8 @@ from .project import Project, load_project
 
 # %% auto #0
 __all__ = ['ROLLOUTS', 'ServeConfig', 'request_fields', 'model_facts', 'describe_answers', 'uses_kafka', 'requirements',
-           'trained_contract', 'rollout', 'build', 'latest_build', 'free_port', 'launch', 'stop_group', 'Server',
-           'serve', 'VerifyError', 'compare', 'bento_config', 'verify']
+           'trained_contract', 'rollout', 'segment_variants', 'build', 'latest_build', 'free_port', 'launch',
+           'stop_group', 'Server', 'serve', 'VerifyError', 'compare', 'bento_config', 'verify']
 
 # %% ../nbs/11_bento.ipynb #784906f6
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +36,8 @@ class ServeConfig:
     max_string_length: int = 1000 # longest string a request field may hold
     log_max_mb: int = 256 # the prediction log is rotated when it passes this size (and every day)
     fallback: str | None = None # 'package.module:function' answering without the model (the feature flag's other side)
+    segment_by: str | None = None # a request field: one Bento holds every segment's champion and routes each row by this field
+    default_segment: str | None = None # the segment that answers a value with no champion (default: such a row is a 400)
     flags: str = '.mlnb/flags.json' # where `mlnb flag` keeps the flags `mlnb serve` reads (a deployment sets MLNB_FLAGS)
     max_latency_ms: int | None = None # no longer used: a request is predicted as soon as the model is free
 
@@ -182,6 +184,27 @@ def rollout(mode: str | None, share: float | None, key: str | None, challenger: 
     if key is not None and key not in names: raise UsageError(f"--key {key!r} is not a request field.{did_you_mean(key, names)} Fields: {', '.join(names)}.")
     return {'mode': mode, 'share': None if mode == 'shadow' else float(share), 'key': key}
 
+def segment_variants(project: Project, cfg: ServeConfig, fields: list[dict], facts: dict) -> tuple[dict, dict]:
+    "(the routing settings, the variants) of a Bento holding every segment's champion of `cfg.model`."
+    import bentoml
+    from mlnb.registry import champions
+    names = [f['name'] for f in fields]
+    if cfg.segment_by not in names:
+        raise UsageError(f"[tool.mlnb.serve] segment_by {cfg.segment_by!r} is not a request field.{did_you_mean(cfg.segment_by, names)} Fields: {', '.join(names)}.")
+    segs = champions(cfg.model, project.root)
+    if not segs:
+        raise UsageError(f"Model '{cfg.model}' has no segment champions: log per-segment models (mlnb.log_model(..., segment=...)) "
+                         "and let the gate promote them (a `foreach` step), or remove segment_by.")
+    if cfg.default_segment is not None and str(cfg.default_segment) not in segs:
+        raise UsageError(f"[tool.mlnb.serve] default_segment {cfg.default_segment!r} has no champion; segments with one: {', '.join(segs)}.")
+    for seg, t in segs.items():
+        theirs = request_fields(trained_contract(t, cfg.contract, project.root)[0], cfg.label)
+        if theirs != fields or model_facts(bentoml.sklearn.load_model(t)) != facts:
+            raise UsageError(f"The champion of segment {seg!r}, {t}, takes other requests or answers differently than the others; "
+                             "every segment's model must be trained under the same contract, for the same classes.")
+    return ({'by': cfg.segment_by, 'variants': {s: s for s in segs}, 'default': cfg.default_segment},
+            {s: {'model': t} for s, t in segs.items()})
+
 def build(project: Project | None = None, # the project (default: the current one)
           tag: str | None = None, # model tag (default: the champion of [tool.mlnb.serve] model)
           challenger: str | None = None, # a second model to roll out beside it
@@ -198,6 +221,9 @@ def build(project: Project | None = None, # the project (default: the current on
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     if not cfg.contract: raise UsageError("[tool.mlnb.serve] needs `contract`: the request model is derived from it.")
+    if tag is None and cfg.segment_by:
+        from mlnb.registry import champions
+        tag = next(iter(champions(cfg.model, project.root).values()), None) # any segment's champion: they all take the same requests
     if tag is None:
         tag = champion(cfg.model, project.root)
         if tag is None:
@@ -216,6 +242,10 @@ def build(project: Project | None = None, # the project (default: the current on
     facts = model_facts(bentoml.sklearn.load_model(tag))
     variants = {'champion': {'model': tag}}
     ro = rollout(mode, share, key, challenger, fields)
+    segments = None
+    if cfg.segment_by:
+        if ro: raise UsageError("A Bento of segments cannot also roll out a challenger: build one or the other.")
+        segments, variants = segment_variants(project, cfg, fields, facts)
     if challenger is not None:
         other = model_info(challenger)['tag']
         if other == tag: raise UsageError(f"The challenger {other} is the champion itself; roll out another version.")
@@ -253,7 +283,7 @@ def build(project: Project | None = None, # the project (default: the current on
     meta['action_limits'] = monitor.get('action_limits', {})
     config = {'name': cfg.model, 'model': tag, 'transform': cfg.transform, **facts, 'fields': fields, 'label': cfg.label, **limits,
               'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),
-              'variants': variants, 'rollout': ro, 'fallback': cfg.fallback, 'monitor': monitor,
+              'variants': variants, 'rollout': ro, 'segments': segments, 'fallback': cfg.fallback, 'monitor': monitor,
               'feedback_log': cfg.feedback_log, 'kafka': dict(cfg.kafka),
               'alerts': dict(project.settings.get('alerts', {})), 'metadata': meta}
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))

@@ -843,7 +843,7 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
     fields = config['fields']
     seg = config.get('segments')
     if seg and seg.get('default') is None: # a segment without a model is refused by the request model, naming the known ones
-        fields = [{**f, 'categories': sorted(seg['variants'])} if f['name'] == seg['by'] else f for f in fields]
+        fields = [{**f, 'categories': sorted(seg['variants']), 'nullable': False} if f['name'] == seg['by'] else f for f in fields]
     Row, Answer = request_model(fields, config.get('max_string_length', 1000)), answer_model(config)
     Feedback = feedback_model(config)
     Received = create_model('Received', received=(int, Field(description='How many items were stored.')))
