@@ -99,6 +99,10 @@ def _worker_main(conn, preload):
 class Worker:
     "One warm worker process and the pipe to it."
     def __init__(self, preload=PRELOAD):
+        if mp.current_process().daemon:
+            raise RuntimeError("the fast engine cannot start its worker in a daemonic process, such as a Dask worker started with the "
+                               "default settings: start the Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their "
+                               "environment, or use --engine kernel")
         ctx = mp.get_context('spawn')
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, tuple(preload)), daemon=True, name='mlnb-worker')

@@ -42,7 +42,10 @@ create table if not exists builds (
 
 # Columns added after the first release: a ledger made by an older mlnb gets them when it is opened.
 _ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), ('settled', 'real'),
-                    ('metrics', 'text'), ('champion_metrics', 'text'))}
+                    ('metrics', 'text'), ('champion_metrics', 'text'), ('segment', 'text')),
+          'steps': (('item', 'text'), ('parent', 'text')), # a fan-out item: its values (JSON) and its step
+          'runs': (('executor', 'text'),), # 'local' or 'dask'
+          'champions': (('segment', 'text'),)} # the champion pointer is kept per model and segment ('' : no segment)
 
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
 # execution that made it be reused from the cache; any other leaves the decision to be made again.
@@ -121,43 +124,44 @@ class Ledger:
 def _j(v): return None if v is None else json.dumps(v, sort_keys=True, default=str)
 
 @patch
-def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None):
+def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None, executor=None):
     "Record the start of run `run_id` with its provenance."
     commit, dirty = git_state(root)
     v = _versions()
     with self.tx() as db:
         db.execute('insert into runs (id, started, status, profile, targets, overrides, engine, git_commit, git_dirty, '
-                   'python, packages, host, pid) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                   'python, packages, host, pid, executor) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                    (run_id, time.time(), 'running', profile, _j(list(targets)), _j(list(overrides)), engine, commit,
-                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid()))
+                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid(), executor))
 
 @patch
-def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None):
-    "Record that `step` of `run_id` started."
+def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None,
+               item: dict | None = None, parent: str | None = None): # a fan-out item: its values and its step
+    "Record that `step` (or item `step` of step `parent`) of `run_id` started."
     with self.tx() as db:
-        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook) values (?,?,?,?,?,?,?)',
-                   (run_id, step, 'running', time.time(), _j(params), fingerprint, notebook))
+        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook, item, parent) '
+                   'values (?,?,?,?,?,?,?,?,?)', (run_id, step, 'running', time.time(), _j(params), fingerprint, notebook, _j(item), parent))
 
 @patch
 def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=None, error=None, cached_from=None,
-                params=None, fingerprint=None, gates=()):
+                params=None, fingerprint=None, gates=(), item=None, parent=None):
     "Record how `step` of `run_id` ended: 'ok', 'cached', 'failed' or 'skipped'; and, in the same transaction, its gate decisions as pending."
     now = time.time()
     with self.tx() as db:
         for d in gates:
             db.execute('insert into gates (run_id, step, model, candidate, champion, metric, candidate_value, champion_value, promote, '
-                       'applied, reason, at, status, metrics, champion_metrics) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                       'applied, reason, at, status, metrics, champion_metrics, segment) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                        (run_id, step, d['model'], d['candidate'], d['champion'], d['metric'], d['candidate_value'],
                         d['champion_value'], int(bool(d['promote'])), 0, d['reason'], now, 'pending',
-                        _j(d.get('metrics')), _j(d.get('champion_metrics'))))
+                        _j(d.get('metrics')), _j(d.get('champion_metrics')), d.get('segment') or ''))
         row = db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
         if row is None:
-            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error) '
-                       'values (?,?,?,?,?,?,?,?,?,?,?)', (run_id, step, status, now, now, 0.0, _j(params), fingerprint,
-                                                           _j(outputs), cached_from, _j(error)))
+            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error, '
+                       'item, parent) values (?,?,?,?,?,?,?,?,?,?,?,?,?)', (run_id, step, status, now, now, 0.0, _j(params), fingerprint,
+                                                                         _j(outputs), cached_from, _j(error), _j(item), parent))
         else:
-            db.execute('update steps set status=?, ended=?, duration=?, outputs=?, error=?, cached_from=? where run_id=? and step=?',
-                       (status, now, now - row['started'], _j(outputs), _j(error), cached_from, run_id, step))
+            db.execute('update steps set status=?, ended=?, duration=?, outputs=?, error=?, cached_from=?, fingerprint=coalesce(?, fingerprint) '
+                       'where run_id=? and step=?', (status, now, now - row['started'], _j(outputs), _j(error), cached_from, fingerprint, run_id, step))
 
 @patch
 def finish_run(self: Ledger, run_id: str, status: str, error: str | None = None,
@@ -203,7 +207,7 @@ def _gate_row(r: sqlite3.Row) -> dict:
 
 def _step_row(r: sqlite3.Row, run_status: str) -> dict:
     d = dict(r)
-    for k in ('params', 'outputs', 'error'): d[k] = json.loads(d[k]) if d[k] else d[k]
+    for k in ('params', 'outputs', 'error', 'item'): d[k] = json.loads(d[k]) if d[k] else d[k]
     if d['status'] == 'running' and run_status == 'killed': d['status'] = 'killed'
     return d
 

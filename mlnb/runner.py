@@ -7,24 +7,25 @@ Docs: https://mlnb.github.io/mlnb/runner.html.md"""
 # %% ../nbs/08_runner.ipynb #a6730391
 from __future__ import annotations
 import fcntl, hashlib, json, os, subprocess, sys, time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import FIRST_COMPLETED, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .artifacts import is_ref
-from .engines import papermill_engine, pool
-from .errors import MlnbError, StepFailed
+from .engines import papermill_engine
+from .errors import MlnbError, ParameterError, StepFailed
+from .executors import executor_spec, start_executor
 from .ledger import Ledger, new_run_id
 from .outputs import read_refs, store
-from .pipeline import Plan, PlannedStep, make_plan
+from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
 from .project import Project, contract_file, load_project
 from .registry import GateConfig, settle_gates
 
 # %% auto #0
-__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'fingerprints', 'step_context',
-           'Progress', 'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
+__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'fingerprints', 'step_fingerprint',
+           'step_context', 'Progress', 'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -95,19 +96,27 @@ def contract_hashes(plan: Plan) -> dict[str, dict[str, str]]:
 
 def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
+                 fixed: Mapping[str, str] | None = None, # fingerprints already known (a fanned-out step's, once its items ran)
                 ) -> dict[str, str]:
     "The fingerprint of every step of `plan`, given the package hash, the input hashes and the contract hashes."
-    fps = {}
+    fps = dict(fixed or {})
     for s in plan.steps:
-        h = hashlib.sha256()
-        h.update(s.info.code_hash.encode())
-        h.update(json.dumps(dict(s.params), sort_keys=True).encode())
-        for n in s.spec.needs: h.update(f'{n}={fps[n]}'.encode())
-        for rel, sha in inputs[s.name].items(): h.update(f'{rel}={sha}'.encode())
-        for name, sha in (contracts or {}).get(s.name, {}).items(): h.update(f'contract:{name}={sha}'.encode())
-        h.update(package.encode())
-        fps[s.name] = h.hexdigest()
+        if s.name not in fps:
+            fps[s.name] = step_fingerprint(s, s.params, {n: fps[n] for n in s.spec.needs}, inputs[s.name], (contracts or {}).get(s.name, {}), package)
     return fps
+
+def step_fingerprint(step: PlannedStep, params: Mapping[str, Any], # the step, and the parameters it runs with (an item's, for an item)
+                     upstream: Mapping[str, str], # fingerprint of each needed step (or of its matching item)
+                     inputs: Mapping[str, str], contracts: Mapping[str, str], package: str) -> str:
+    "The fingerprint of one execution of `step`: its code, `params`, what it needs, its input files, its contracts and the package."
+    h = hashlib.sha256()
+    h.update(step.info.code_hash.encode())
+    h.update(json.dumps(dict(params), sort_keys=True).encode())
+    for n in step.spec.needs: h.update(f'{n}={upstream[n]}'.encode())
+    for rel, sha in inputs.items(): h.update(f'{rel}={sha}'.encode())
+    for name, sha in contracts.items(): h.update(f'contract:{name}={sha}'.encode())
+    h.update(package.encode())
+    return h.hexdigest()
 
 def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, str], inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None) -> dict:
@@ -139,19 +148,24 @@ class Progress:
         t = Table(box=None, show_header=False)
         colors = {'ok': 'green', 'cached': 'cyan', 'failed': 'red', 'skipped': 'yellow', 'running': 'blue'}
         for name, (state, start, dur, note) in self.rows.items():
+            if name.endswith(']') and state not in ('running', 'failed'): continue # of a fan-out's items, those running and those that failed
             secs = dur if dur is not None else (time.time() - start if start else None)
             t.add_row(name, f"[{colors.get(state, 'white')}]{state}[/]", f'{secs:.2f}s' if secs is not None else '', note)
         return t
 
     def update(self, step: str, state: str, duration: float | None = None, note: str = ''):
-        "Record that `step` is now in `state`."
-        row = self.rows[step]
+        "Record that `step` (or a fan-out item, `train[segment=north]`) is now in `state`."
+        row = self.rows.setdefault(step, ['pending', None, None, ''])
+        if state == 'running' and row[0] != 'running': row[1] = time.time()
         row[0], row[3] = state, note
-        if state == 'running': row[1] = time.time()
         if duration is not None: row[2] = duration
         if self.mode == 'plain':
             d = f' {duration:.2f}s' if duration is not None else ''
             print(f"mlnb: {step:<14} {state}{d}{'  ' + note if note else ''}", file=sys.stderr, flush=True)
+
+    def items(self, step: str, note: str):
+        "Show how far the items of `step` are (on the live table; the items' own lines say it otherwise)."
+        self.rows[step][3] = note
 
     def close(self):
         if self._live is not None: self._live.stop()
@@ -176,6 +190,7 @@ def execute_step(step: PlannedStep, # what to run
     "Execute `step` with papermill and return the outputs it recorded (artifact references as references)."
     import papermill as pm
     _quiet_papermill()
+    name = (context or {}).get('step') or step.name # a fan-out item is named after its values
     params = dict(step.overrides) # the notebook's own defaults stay as the notebook wrote them
     if step.spec.needs: params['upstream'] = dict(upstream)
     if context is not None: params['mlnb_run'] = dict(context)
@@ -188,12 +203,12 @@ def execute_step(step: PlannedStep, # what to run
         pm.execute_notebook(str(step.notebook), str(out_path), parameters=params, engine_name=engine,
                             progress_bar=False, **kw)
     except pm.PapermillExecutionError as e:
-        raise StepFailed(f"Step '{step.name}' failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}\n"
-                         f"The executed notebook, with the traceback, is at {out_path}{_see_log(log)}", step=step.name,
+        raise StepFailed(f"Step '{name}' failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}\n"
+                         f"The executed notebook, with the traceback, is at {out_path}{_see_log(log)}", step=name,
                          cell=e.exec_count, ename=e.ename, evalue=e.evalue, notebook=str(out_path), kernel_log=_log_path(log)) from None
     except Exception as e:
-        raise StepFailed(f"Step '{step.name}' could not be executed: {type(e).__name__}: {e}\n"
-                         f"The notebook as far as it ran is at {out_path}{_see_log(log)}", step=step.name, cell=None,
+        raise StepFailed(f"Step '{name}' could not be executed: {type(e).__name__}: {e}\n"
+                         f"The notebook as far as it ran is at {out_path}{_see_log(log)}", step=name, cell=None,
                          ename=type(e).__name__, evalue=str(e), notebook=str(out_path), kernel_log=_log_path(log)) from None
     return read_refs(out_path)
 
@@ -221,6 +236,7 @@ class StepResult:
     notebook: str | None = None
     cached_from: str | None = None
     error: StepFailed | None = None
+    parent: str | None = None # for an item of a fanned-out step: that step
 
 @dataclass
 class RunResult:
@@ -230,17 +246,187 @@ class RunResult:
     steps: dict[str, StepResult] = field(default_factory=dict)
     gates: list[dict] = field(default_factory=list) # gate decisions of executed steps, with whether they were applied
     alert: dict | None = None # how the alert command went, when a data guard stopped the run
+    warnings: list[StepFailed] = field(default_factory=list) # fanned-out steps whose failed items `allow_failures` let pass
 
     @property
     def error(self) -> StepFailed | None:
-        return next((s.error for s in self.steps.values() if s.error is not None), None)
+        "The first step that failed (a fanned-out step's error lists its failed items)."
+        return next((s.error for s in self.steps.values() if s.error is not None and s.parent is None), None)
 
 def _refs_exist(payload: Any, st) -> bool:
     "Whether every artifact referenced in `payload` is still in the store."
-    if is_ref(payload): return st.path(payload).is_file()
+    if is_ref(payload): return st.exists(payload)
     if isinstance(payload, dict): return all(_refs_exist(v, st) for v in payload.values())
     if isinstance(payload, list): return all(_refs_exist(v, st) for v in payload)
     return True
+
+# %% ../nbs/08_runner.ipynb #93cf86a6
+@dataclass
+class _Unit:
+    "One execution to hand to the executor: a step, or an item of a fanned-out step."
+    name: str # the step's name, or the item's (`train[segment=north]`)
+    step: PlannedStep # what to execute (an item's parameters set over the step's)
+    item: Item | None # the item, if it is one
+    fingerprint: str
+    out: Path # the executed notebook
+    upstream: dict # outputs of the needed steps (of their matching items, where the step maps over them)
+    context: dict # the `mlnb_run` parameter
+
+@dataclass
+class _Fan:
+    "The items of one fanned-out step while they run."
+    step: PlannedStep
+    items: list[Item]
+    fps: dict = field(default_factory=dict) # item name -> fingerprint
+    left: int = 0 # items not finished yet
+    started: float = field(default_factory=time.perf_counter)
+
+    def match(self, item: Item) -> Item | None:
+        "The item of this step that `item` (of a step mapping over it) corresponds to."
+        key = item.key(self.step.fan)
+        return next((i for i in self.items if i.key() == key), None)
+
+@dataclass
+class _Run:
+    "What the driver knows while a run goes on; it alone writes the ledger."
+    plan: Plan
+    run_id: str
+    run_dir: Path
+    led: Ledger
+    st: Any # the artifact store
+    result: RunResult
+    outputs: dict # step -> outputs (a fanned-out step's keyed by item label)
+    fps: dict # step -> fingerprint
+    inputs: dict
+    contracts: dict
+    package: str # the package's hash
+    force: bool
+    show: Any # Progress.update, or nothing
+    prog: Any # the Progress, or None
+    queue: list = field(default_factory=list) # units ready to run, in order
+    fans: dict = field(default_factory=dict) # step name -> _Fan
+    reasons: dict = field(default_factory=dict) # skipped item -> why
+
+    def _hit(self, name: str, fp: str):
+        "The cached (run id, outputs) of unit `name` with fingerprint `fp`, if its artifacts are all still there."
+        hit = None if self.force else self.led.cached(name, fp)
+        return hit if hit is not None and _refs_exist(hit[1], self.st) else None
+
+    def step(self, s: PlannedStep):
+        "A step that does not fan out: reuse it from the cache, or queue it."
+        fp = self.fps[s.name]
+        if (hit := self._hit(s.name, fp)) is not None:
+            self.outputs[s.name] = hit[1]
+            self.result.steps[s.name] = StepResult(s.name, 'cached', fp, 0.0, hit[1], cached_from=hit[0])
+            self.led.finish_step(self.run_id, s.name, 'cached', outputs=hit[1], cached_from=hit[0], params=dict(s.params), fingerprint=fp)
+            self.show(s.name, 'cached', note=f'from run {hit[0]}')
+            return
+        ctx = step_context(self.plan, s, self.run_id, self.fps, self.inputs, self.contracts)
+        self.queue.append(_Unit(s.name, s, None, fp, self.run_dir / f'{s.name}.ipynb', {n: self.outputs[n] for n in s.spec.needs}, ctx))
+
+    def fan_out(self, s: PlannedStep):
+        "Expand the items of `s`; reuse those cached, skip those whose upstream item did not succeed, queue the rest."
+        self.led.start_step(self.run_id, s.name, params=dict(s.params), fingerprint=self.fps[s.name], notebook=None)
+        try: items = expand_items(s, {n: self.outputs[n] for n in s.spec.needs})
+        except ParameterError as e:
+            err = StepFailed(str(e), step=s.name, cell=None, ename='ParameterError', evalue=str(e), notebook=None, kernel_log=None)
+            self.result.steps[s.name] = StepResult(s.name, 'failed', self.fps[s.name], error=err)
+            self.led.finish_step(self.run_id, s.name, 'failed', error=err.fields)
+            self.show(s.name, 'failed', note='its items could not be made')
+            return
+        fan = self.fans[s.name] = _Fan(s, items)
+        self.show(s.name, 'running', note=f'{len(items)} items')
+        base = step_context(self.plan, s, self.run_id, self.fps, self.inputs, self.contracts)
+        for it in items:
+            one, ups, up_fps, missing = item_step(s, it), {}, {}, None
+            for n in s.spec.needs:
+                if maps_over(s, self.plan[n]):
+                    m = self.fans[n].match(it)
+                    r = self.result.steps.get(m.name) if m is not None else None
+                    if r is None or r.status not in ('ok', 'cached'):
+                        missing = m.name if m is not None else f'{n} (no item with {it.label})'; break
+                    ups[n], up_fps[n] = r.outputs, r.fingerprint
+                else: ups[n], up_fps[n] = self.outputs[n], self.fps[n]
+            if missing is not None:
+                self.reasons[it.name] = f"upstream item '{missing}' did not succeed"
+                self._item_done(it, StepResult(it.name, 'skipped', '', parent=s.name), one, error={'reason': self.reasons[it.name]})
+                continue
+            fp = fan.fps[it.name] = step_fingerprint(s, one.params, up_fps, self.inputs[s.name], self.contracts.get(s.name, {}), self.package)
+            if (hit := self._hit(it.name, fp)) is not None:
+                self._item_done(it, StepResult(it.name, 'cached', fp, 0.0, hit[1], cached_from=hit[0], parent=s.name), one)
+                continue
+            ctx = {**base, 'step': it.name, 'fingerprint': fp, 'params': dict(one.params), 'item': dict(it.values), 'parent': s.name}
+            self.queue.append(_Unit(it.name, one, it, fp, self.run_dir / f'{it.stem}.ipynb', ups, ctx))
+            fan.left += 1
+        if fan.left == 0: self._end_fan(s.name)
+
+    def succeeded(self, u: _Unit, outs: dict, secs: float):
+        "Record a unit that ran to the end."
+        r = StepResult(u.name, 'ok', u.fingerprint, secs, outs, str(u.out), parent=u.item and u.item.step)
+        if u.item is None:
+            self.outputs[u.name] = outs
+            self.result.steps[u.name] = r
+            self.led.finish_step(self.run_id, u.name, 'ok', outputs=outs, gates=_decisions(outs))
+            self.show(u.name, 'ok', secs)
+        else: self._item_done(u.item, r, u.step, started=True)
+
+    def failed(self, u: _Unit, e: StepFailed):
+        "Record a unit that failed; a gate decision it recorded is kept for the record, never reused."
+        try: partial = {k: v for k, v in read_refs(u.out).items() if k == 'gate'}
+        except Exception: partial = None
+        r = StepResult(u.name, 'failed', u.fingerprint, None, partial, str(u.out), error=e, parent=u.item and u.item.step)
+        if u.item is None:
+            self.result.steps[u.name] = r
+            self.led.finish_step(self.run_id, u.name, 'failed', error=e.fields, gates=_decisions(partial))
+            self.show(u.name, 'failed', note=f'{e.ename}: {e.evalue}'[:80])
+        else: self._item_done(u.item, r, u.step, error=e.fields, started=True)
+
+    def _item_done(self, it: Item, r: StepResult, one: PlannedStep, error=None, started=False):
+        "Record how item `it` ended; end its step when it was the last."
+        fan = self.fans[it.step]
+        self.result.steps[it.name] = r
+        if started:
+            self.led.finish_step(self.run_id, it.name, r.status, outputs=r.outputs, error=error, gates=_decisions(r.outputs))
+            fan.left -= 1
+        else:
+            self.led.finish_step(self.run_id, it.name, r.status, outputs=r.outputs, error=error, cached_from=r.cached_from,
+                                 params=dict(one.params), fingerprint=r.fingerprint or None, item=dict(it.values), parent=it.step)
+        note = {'cached': f'from run {r.cached_from}', 'skipped': (error or {}).get('reason', ''),
+                'failed': f'{r.error.ename}: {r.error.evalue}'[:80] if r.error else ''}.get(r.status, '')
+        self.show(it.name, r.status, r.duration if r.status == 'ok' else None, note=note)
+        if self.prog:
+            n = len(fan.items)
+            counts = [f'{sum(self.result.steps.get(i.name) is not None and self.result.steps[i.name].status == k for i in fan.items)} {k}'
+                      for k in ('ok', 'cached', 'failed', 'skipped')]
+            self.prog.items(it.step, f"{n} items: " + ', '.join(c for c in counts if not c.startswith('0 ')))
+        if started and fan.left == 0: self._end_fan(it.step)
+
+    def _end_fan(self, name: str):
+        "End fanned-out step `name` from its items: its outputs keyed by item label, its fingerprint from the items that succeeded."
+        fan, s = self.fans[name], self.plan[name]
+        res = [self.result.steps[i.name] for i in fan.items]
+        good = [(i, r) for i, r in zip(fan.items, res) if r.status in ('ok', 'cached')]
+        bad = [r for r in res if r.status in ('failed', 'skipped')]
+        h = hashlib.sha256(f'fan-out\0{self.fps[name]}'.encode())
+        for i, r in good: h.update(f'\0{i.name}={r.fingerprint}'.encode())
+        fp, outs = h.hexdigest(), {i.label: r.outputs for i, r in good}
+        status = 'failed' if len(bad) > s.spec.allow_failures else 'cached' if good and len(good) == len(res) and all(r.status == 'cached' for r in res) else 'ok'
+        err = None
+        if bad:
+            lines = [f"- {r.name} {r.status}: " + (str(r.error).split('\n')[0] + (f" (notebook {r.notebook})" if r.notebook else '')
+                                                   if r.error else self.reasons.get(r.name, '')) for r in bad]
+            head = (f"Step '{name}': {len(bad)} of {len(res)} items did not succeed (allow_failures = {s.spec.allow_failures})"
+                    + (", so the step failed:" if status == 'failed' else ", which the step allows:"))
+            err = StepFailed('\n'.join([head, *lines]), step=name, cell=None, ename='ItemsFailed', evalue=f'{len(bad)} of {len(res)} items did not succeed',
+                             notebook=None, kernel_log=None, items=[{'item': r.name, 'status': r.status, 'notebook': r.notebook,
+                                                                     'ename': r.error.ename if r.error else None} for r in bad])
+        self.outputs[name] = outs
+        self.result.steps[name] = StepResult(name, status, fp, time.perf_counter() - fan.started, outs, error=err if status == 'failed' else None)
+        self.result.warnings.extend([err] if err is not None and status != 'failed' else [])
+        self.led.finish_step(self.run_id, name, status, outputs=outs, error=None if err is None else err.fields, fingerprint=fp)
+        self.show(name, status, time.perf_counter() - fan.started, note=f'{len(res)} items' + (f', {len(bad)} did not succeed' if bad else ''))
+        self.fps[name] = fp # what the steps after it build on
+        self.fps.update(fingerprints(self.plan, self.package, self.inputs, self.contracts, fixed={n: self.fps[n] for n in self.result.steps if n in self.fps}))
 
 # %% ../nbs/08_runner.ipynb #8f0de1e7
 def run_pipeline(project: Project | None = None, # the project (default: the one containing the working directory)
@@ -249,22 +435,25 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                  profile: str | None = None, # profile from [tool.mlnb.profiles]
                  overrides: Iterable[str] = (), # 'KEY=VALUE' / 'STEP.KEY=VALUE' parameters
                  force: bool = False, # execute every step even when cached
-                 jobs: int = 1, # steps executed at the same time
+                 jobs: int | None = None, # steps (or items) executed at the same time here; on Dask, the LocalCluster's workers
                  engine: str | None = None, # 'kernel' (default), 'fast', or a papermill engine name
                  progress: str = 'auto', # 'auto', 'rich', 'plain' or 'quiet'
+                 executor: str | None = None, # 'local' (default) or 'dask'
+                 address: str | None = None, # the Dask scheduler, 'tcp://HOST:PORT' (default: a LocalCluster for the run)
                 ) -> RunResult:
-    "Run the pipeline of `project`, recording everything in the ledger; returns how each step ended."
+    "Run the pipeline of `project`, recording everything in the ledger; returns how each step (and each item) ended."
     project = project or load_project()
     targets, overrides = list(targets), list(overrides)
     plan = make_plan(project, targets, profile, overrides)
     engine = engine or project.settings.get('engine') or 'kernel' # recorded as asked: 'kernel', 'fast', or a papermill engine
     pm_engine = papermill_engine(engine)
     if 'gate' in project.settings: GateConfig.from_settings(project.settings['gate']) # a bad gate is refused before anything runs
-    if jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
+    if jobs is not None and jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
+    spec = executor_spec(project.settings, executor, address, jobs)
     project.state.mkdir(parents=True, exist_ok=True)
     ensure_exported(project)
-    inputs, contracts = input_hashes(plan), contract_hashes(plan)
-    fps = fingerprints(plan, package_hash(project), inputs, contracts)
+    inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
+    fps = fingerprints(plan, package, inputs, contracts)
     root = str(project.root)
     if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
@@ -273,17 +462,17 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     run_id = new_run_id()
     run_dir = project.state / 'runs' / run_id
     run_dir.mkdir(parents=True)
-    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine)
+    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine, executor=spec['name'])
     result, outputs = RunResult(run_id, 'running'), {}
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     def show(*a, **k):
         if prog: prog.update(*a, **k)
+    run = _Run(plan, run_id, run_dir, led, st, result, outputs, fps, inputs, contracts, package, force, show, prog)
+    ex = _Lazy(lambda: start_executor(spec, pm_engine, root))
     try:
-        may_execute = force or any(led.cached(s.name, fps[s.name]) is None for s in plan.steps)
-        with (pool(jobs) if pm_engine == 'mlnb_fast' and may_execute else nullcontext()), \
-             ThreadPoolExecutor(max_workers=jobs, thread_name_prefix='mlnb-step') as ex:
+        with ex:
             pending, running = list(plan.steps), {}
-            while pending or running:
+            while pending or running or run.queue:
                 for s in list(pending):
                     states = [result.steps[n].status if n in result.steps else None for n in s.spec.needs]
                     if any(x in ('failed', 'skipped') for x in states):
@@ -294,52 +483,60 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                                         error={'reason': f"upstream step '{bad}' did not succeed"})
                         show(s.name, 'skipped', note=f"'{bad}' did not succeed")
                         continue
-                    if not all(x in ('ok', 'cached') for x in states) or len(running) >= jobs: continue
+                    if not all(x in ('ok', 'cached') for x in states): continue
                     pending.remove(s)
-                    hit = None if force else led.cached(s.name, fps[s.name])
-                    if hit is not None and _refs_exist(hit[1], st):
-                        outputs[s.name] = hit[1]
-                        result.steps[s.name] = StepResult(s.name, 'cached', fps[s.name], 0.0, hit[1], cached_from=hit[0])
-                        led.finish_step(run_id, s.name, 'cached', outputs=hit[1], cached_from=hit[0],
-                                        params=dict(s.params), fingerprint=fps[s.name])
-                        show(s.name, 'cached', note=f'from run {hit[0]}')
-                        continue
-                    out_nb = run_dir / f'{s.name}.ipynb'
-                    led.start_step(run_id, s.name, params=dict(s.params), fingerprint=fps[s.name], notebook=str(out_nb))
-                    show(s.name, 'running')
-                    ups = {n: outputs[n] for n in s.spec.needs}
-                    running[ex.submit(_timed, execute_step, s, out_nb, ups, pm_engine, project.root,
-                                     step_context(plan, s, run_id, fps, inputs, contracts))] = (s, out_nb)
+                    if s.spec.fans_out: run.fan_out(s)
+                    else: run.step(s)
+                while run.queue and len(running) < ex.slots:
+                    u = run.queue.pop(0)
+                    led.start_step(run_id, u.name, params=dict(u.step.params), fingerprint=u.fingerprint, notebook=str(u.out),
+                                   item=None if u.item is None else dict(u.item.values), parent=u.item and u.item.step)
+                    show(u.name, 'running')
+                    running[ex.submit(_timed, execute_step, u.step, u.out, u.upstream, pm_engine, project.root, u.context,
+                                      key=f'mlnb-{run_id}-{u.name}')] = u
                 if not running: continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    s, out_nb = running.pop(fut)
-                    try:
-                        outs, secs = fut.result()
-                        outputs[s.name] = outs
-                        result.steps[s.name] = StepResult(s.name, 'ok', fps[s.name], secs, outs, str(out_nb))
-                        led.finish_step(run_id, s.name, 'ok', outputs=outs, gates=_decisions(outs))
-                        show(s.name, 'ok', secs)
-                    except StepFailed as e:
-                        try: partial = {k: v for k, v in read_refs(out_nb).items() if k == 'gate'} # kept for the record, never reused
-                        except Exception: partial = None
-                        result.steps[s.name] = StepResult(s.name, 'failed', fps[s.name], None, partial, str(out_nb), error=e)
-                        led.finish_step(run_id, s.name, 'failed', error=e.fields, gates=_decisions(partial))
-                        show(s.name, 'failed', note=f'{e.ename}: {e.evalue}'[:80])
-            result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values()) else 'ok'
+                    u = running.pop(fut)
+                    try: outs, secs = fut.result()
+                    except StepFailed as e: run.failed(u, e)
+                    except Exception as e: # the unit never came back: its Dask worker was lost for good, or the cluster went away
+                        run.failed(u, StepFailed(f"Step '{u.name}' was lost before it finished ({type(e).__name__}: {e}).\n"
+                                                 f"The notebook as far as it ran may be at {u.out}", step=u.name, cell=None,
+                                                 ename=type(e).__name__, evalue=str(e), notebook=str(u.out), kernel_log=None))
+                    else: run.succeeded(u, outs, secs)
+            steps = [r for r in result.steps.values() if r.parent is None]
+            result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in steps) else 'ok'
             ok = result.status == 'ok'
             # the gate decisions are applied, and the run marked finished, in one transaction (a kill leaves all or nothing),
-            # before the fast engine's workers are stopped
+            # before the executor (its workers, a LocalCluster) is stopped
             result.gates = led.finish_run(run_id, result.status, None if result.error is None else str(result.error),
                                           within=lambda db: settle_gates(db, run_id, ok))
         result.alert = _guard_alert(project, run_id, result)
         return result
     except BaseException as e:
-        led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=lambda db: settle_gates(db, run_id, False))
+        def abort(db):
+            db.execute("update steps set status='failed', error=? where run_id=? and status='running'",
+                       (json.dumps({'reason': f'the run stopped: {type(e).__name__}: {e}'}), run_id))
+            return settle_gates(db, run_id, False)
+        led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=abort)
         raise
     finally:
         if prog: prog.close()
         led.close()
+
+class _Lazy:
+    "An executor started when the first unit needs it, so a run that is all cached starts no worker and no cluster."
+    def __init__(self, start): self._start, self._ex = start, None
+    def _get(self):
+        if self._ex is None: self._ex = self._start()
+        return self._ex
+    @property
+    def slots(self) -> int: return self._get().slots
+    def submit(self, *a, **k): return self._get().submit(*a, **k)
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        if self._ex is not None: self._ex.close()
 
 def _guard_alert(project: Project, run_id: str, result: RunResult) -> dict | None:
     "Tell the team (the alert command) when a data guard stopped the run: a step failed on a contract the data does not meet."
