@@ -144,13 +144,14 @@ class Progress:
             self._live.start()
 
     def __rich__(self):
+        from rich.markup import escape
         from rich.table import Table
         t = Table(box=None, show_header=False)
         colors = {'ok': 'green', 'cached': 'cyan', 'failed': 'red', 'skipped': 'yellow', 'running': 'blue'}
         for name, (state, start, dur, note) in self.rows.items():
             if name.endswith(']') and state not in ('running', 'failed'): continue # of a fan-out's items, those running and those that failed
             secs = dur if dur is not None else (time.time() - start if start else None)
-            t.add_row(name, f"[{colors.get(state, 'white')}]{state}[/]", f'{secs:.2f}s' if secs is not None else '', note)
+            t.add_row(escape(name), f"[{colors.get(state, 'white')}]{state}[/]", f'{secs:.2f}s' if secs is not None else '', escape(note))
         return t
 
     def update(self, step: str, state: str, duration: float | None = None, note: str = ''):
@@ -260,7 +261,7 @@ def _refs_exist(payload: Any, st) -> bool:
     if isinstance(payload, list): return all(_refs_exist(v, st) for v in payload)
     return True
 
-# %% ../nbs/08_runner.ipynb #93cf86a6
+# %% ../nbs/08_runner.ipynb #3ca5c0dc
 @dataclass
 class _Unit:
     "One execution to hand to the executor: a step, or an item of a fanned-out step."
