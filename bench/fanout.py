@@ -15,15 +15,13 @@ Each mlnb run is the real command line, `--force`, timed from launch to exit.
 
 Usage: python bench/fanout.py [--items 32] [--trivial 1000] [--repeat 1]
 """
-import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, os, shutil, sys, tempfile
 from pathlib import Path
 
 import nbformat
-import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_cost import REALISTIC, TRIVIAL  # the same realistic and trivial steps as the step-cost benchmark
+from step_cost import REALISTIC, TRIVIAL, sh, timed, write_data  # the same steps and data as the step-cost benchmark
 
 MLNB = str(Path(sys.executable).parent / 'mlnb')
 
@@ -35,19 +33,6 @@ def notebook(path: Path, params: str, body: str):
     nbformat.write(nb, path)
 
 
-def sh(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode: raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    return r.stdout
-
-
-def timed(fn, repeat=1):
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--items', type=int, default=32)
@@ -57,12 +42,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix='mlnb-fanout-'))
     root = tmp / 'fan'
     (root / 'nbs').mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    n = 20_000
-    df = pd.DataFrame({'a': rng.normal(size=n), 'b': rng.normal(size=n), 'c': rng.uniform(size=n),
-                       'kind': rng.choice(['x', 'y', 'z'], size=n)})
-    df['label'] = ((df.a + 0.5 * df.b + rng.normal(scale=0.8, size=n)) > 0).astype(int)
-    df.to_csv(root / 'data.csv', index=False)
+    write_data(root / 'data.csv')
     body = REALISTIC.replace('random_state=0, n_jobs=1', 'random_state=seed, n_jobs=1')
     assert body != REALISTIC
     notebook(root / 'nbs' / 'realistic.ipynb', f'data_path = "{root / "data.csv"}"\nseed = 0', body)

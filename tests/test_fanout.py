@@ -135,12 +135,14 @@ def test_a_killed_dask_worker_is_retried_and_the_ledger_stays_consistent(tmp_pat
     the run completes, the ledger stays consistent and the next run is all cached."""
     marks = tmp_path / 'marks'
     marks.mkdir()
-    root = tiny(tmp_path / 'kill', '[tool.mlnb.steps.slow]\nnotebook = "nbs/slow.ipynb"\nforeach = { n = [1, 2, 3, 4] }\n',
+    shared = tmp_path / 'shared'  # the artifact store every worker reaches, named by an fsspec URL
+    root = tiny(tmp_path / 'kill', f'[tool.mlnb]\nexecutor = "dask"\nengine = "fast"\nartifacts = "file://{shared}"\n[tool.mlnb.dask]\nworkers = 2\n'
+                                   '[tool.mlnb.steps.slow]\nnotebook = "nbs/slow.ipynb"\nforeach = { n = [1, 2, 3, 4] }\n',
                 {'slow': (f'n = 0\nmarks = "{marks}"',
-                          'import os, time, mlnb\n'
+                          'import os, time, mlnb, pandas as pd\n'
                           'with open(f"{marks}/{n}.pids", "a") as f: f.write(f"{os.getppid()}\\n")\n'
-                          'time.sleep(4)\nmlnb.record("n", n)')})
-    proc = subprocess.Popen([MLNB, 'run', '--executor', 'dask', '--jobs', '2', '--engine', 'fast'], cwd=root,
+                          'time.sleep(4)\nmlnb.record("n", n)\nmlnb.record("frame", pd.DataFrame({"n": [n]}))')})
+    proc = subprocess.Popen([MLNB, 'run'], cwd=root,  # executor, workers and engine from [tool.mlnb]
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -160,6 +162,8 @@ def test_a_killed_dask_worker_is_retried_and_the_ledger_stays_consistent(tmp_pat
     assert {n: s['status'] for n, s in items(run, 'slow').items()} == {f'slow[n={i}]': 'ok' for i in range(1, 5)}
     pids = victim_file.read_text().split()
     assert len(pids) == 2 and pids[0] != pids[1], pids  # started again, by another worker process
+    assert run['executor'] == 'dask' and run['engine'] == 'fast'
+    assert len(list(shared.rglob('*.parquet'))) == 4 and not (root / '.mlnb' / 'artifacts').exists()
     ledger_is_consistent(root)
     res = mlnb('run', '--executor', 'dask', '--jobs', '2', '--engine', 'fast', cwd=root)
     assert 'items: 4 cached' in res.stdout
