@@ -13,7 +13,7 @@ Everything is measured in this one invocation, so the ratios hold on a shared, n
 
 Each mlnb run is the real command line, `--force`, timed from launch to exit.
 
-Usage: python bench/fanout.py [--items 32] [--trivial 1000] [--repeat 1]
+Usage: python bench/fanout.py [--items 32] [--trivial 1000 (0: leave out)] [--repeat 1]
 """
 import argparse, os, shutil, sys, tempfile
 from pathlib import Path
@@ -50,7 +50,8 @@ def main():
     (root / 'pyproject.toml').write_text(
         '[project]\nname = "fan"\n[tool.nbdev]\nlib_path = "fan"\n'
         f'[tool.mlnb.steps.realistic]\nnotebook = "nbs/realistic.ipynb"\nforeach = {{ seed = {list(range(args.items))} }}\noptional = true\n'
-        f'[tool.mlnb.steps.trivial]\nnotebook = "nbs/trivial.ipynb"\nforeach = {{ x = {list(range(args.trivial))} }}\noptional = true\n')
+        + (f'[tool.mlnb.steps.trivial]\nnotebook = "nbs/trivial.ipynb"\nforeach = {{ x = {list(range(args.trivial))} }}\noptional = true\n'
+           if args.trivial else ''))
     out = tmp / 'out'; out.mkdir()
 
     def papermill_each():
@@ -67,7 +68,7 @@ def main():
          '(b) mlnb --executor local --jobs 2 --engine fast': timed(mlnb_run('realistic', '--executor', 'local'), args.repeat),
          '(c) mlnb --executor dask --jobs 2 --engine fast': timed(mlnb_run('realistic', '--executor', 'dask'), args.repeat)}
     t = {'(d) local --jobs 2 --engine fast': timed(mlnb_run('trivial', '--executor', 'local'), args.repeat),
-         '(e) dask --jobs 2 --engine fast': timed(mlnb_run('trivial', '--executor', 'dask'), args.repeat)}
+         '(e) dask --jobs 2 --engine fast': timed(mlnb_run('trivial', '--executor', 'dask'), args.repeat)} if args.trivial else {}
     load_after = os.getloadavg()
 
     print(f"machine: {os.cpu_count()} cores; load average {load[0]:.2f} before, {load_after[0]:.2f} after; "
@@ -77,6 +78,7 @@ def main():
     print(f"  {'how':50} {'seconds':>8} {'per item':>9} {'speed-up vs (a)':>16}")
     for k, v in r.items():
         print(f"  {k:50} {v:8.2f} {v / args.items:9.3f} {base / v:15.1f}x")
+    if not t: return shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n{args.trivial} items of the trivial step")
     print(f"  {'how':50} {'seconds':>8} {'per item':>9}")
     for k, v in t.items():
