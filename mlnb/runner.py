@@ -15,11 +15,11 @@ from typing import Any, Iterable, Mapping
 
 from .artifacts import is_ref
 from .engines import papermill_engine
-from .errors import MlnbError, ParameterError, StepFailed
+from .errors import MlnbError, StepFailed
 from .executors import executor_spec, start_executor
 from .ledger import Ledger, new_run_id
 from .outputs import read_refs, store
-from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
+from .pipeline import Plan, PlannedStep, make_plan
 from .project import Project, contract_file, load_project
 from .registry import GateConfig, settle_gates
 
@@ -261,174 +261,6 @@ def _refs_exist(payload: Any, st) -> bool:
     if isinstance(payload, list): return all(_refs_exist(v, st) for v in payload)
     return True
 
-# %% ../nbs/08_runner.ipynb #3ca5c0dc
-@dataclass
-class _Unit:
-    "One execution to hand to the executor: a step, or an item of a fanned-out step."
-    name: str # the step's name, or the item's (`train[segment=north]`)
-    step: PlannedStep # what to execute (an item's parameters set over the step's)
-    item: Item | None # the item, if it is one
-    fingerprint: str
-    out: Path # the executed notebook
-    upstream: dict # outputs of the needed steps (of their matching items, where the step maps over them)
-    context: dict # the `mlnb_run` parameter
-
-@dataclass
-class _Fan:
-    "The items of one fanned-out step while they run."
-    step: PlannedStep
-    items: list[Item]
-    fps: dict = field(default_factory=dict) # item name -> fingerprint
-    left: int = 0 # items not finished yet
-    started: float = field(default_factory=time.perf_counter)
-
-    def match(self, item: Item) -> Item | None:
-        "The item of this step that `item` (of a step mapping over it) corresponds to."
-        key = item.key(self.step.fan)
-        return next((i for i in self.items if i.key() == key), None)
-
-@dataclass
-class _Run:
-    "What the driver knows while a run goes on; it alone writes the ledger."
-    plan: Plan
-    run_id: str
-    run_dir: Path
-    led: Ledger
-    st: Any # the artifact store
-    result: RunResult
-    outputs: dict # step -> outputs (a fanned-out step's keyed by item label)
-    fps: dict # step -> fingerprint
-    inputs: dict
-    contracts: dict
-    package: str # the package's hash
-    force: bool
-    show: Any # Progress.update, or nothing
-    prog: Any # the Progress, or None
-    queue: list = field(default_factory=list) # units ready to run, in order
-    fans: dict = field(default_factory=dict) # step name -> _Fan
-    reasons: dict = field(default_factory=dict) # skipped item -> why
-
-    def _hit(self, name: str, fp: str):
-        "The cached (run id, outputs) of unit `name` with fingerprint `fp`, if its artifacts are all still there."
-        hit = None if self.force else self.led.cached(name, fp)
-        return hit if hit is not None and _refs_exist(hit[1], self.st) else None
-
-    def step(self, s: PlannedStep):
-        "A step that does not fan out: reuse it from the cache, or queue it."
-        fp = self.fps[s.name]
-        if (hit := self._hit(s.name, fp)) is not None:
-            self.outputs[s.name] = hit[1]
-            self.result.steps[s.name] = StepResult(s.name, 'cached', fp, 0.0, hit[1], cached_from=hit[0])
-            self.led.finish_step(self.run_id, s.name, 'cached', outputs=hit[1], cached_from=hit[0], params=dict(s.params), fingerprint=fp)
-            self.show(s.name, 'cached', note=f'from run {hit[0]}')
-            return
-        ctx = step_context(self.plan, s, self.run_id, self.fps, self.inputs, self.contracts)
-        self.queue.append(_Unit(s.name, s, None, fp, self.run_dir / f'{s.name}.ipynb', {n: self.outputs[n] for n in s.spec.needs}, ctx))
-
-    def fan_out(self, s: PlannedStep):
-        "Expand the items of `s`; reuse those cached, skip those whose upstream item did not succeed, queue the rest."
-        self.led.start_step(self.run_id, s.name, params=dict(s.params), fingerprint=self.fps[s.name], notebook=None)
-        try: items = expand_items(s, {n: self.outputs[n] for n in s.spec.needs})
-        except ParameterError as e:
-            err = StepFailed(str(e), step=s.name, cell=None, ename='ParameterError', evalue=str(e), notebook=None, kernel_log=None)
-            self.result.steps[s.name] = StepResult(s.name, 'failed', self.fps[s.name], error=err)
-            self.led.finish_step(self.run_id, s.name, 'failed', error=err.fields)
-            self.show(s.name, 'failed', note='its items could not be made')
-            return
-        fan = self.fans[s.name] = _Fan(s, items)
-        self.show(s.name, 'running', note=f'{len(items)} items')
-        base = step_context(self.plan, s, self.run_id, self.fps, self.inputs, self.contracts)
-        for it in items:
-            one, ups, up_fps, missing = item_step(s, it), {}, {}, None
-            for n in s.spec.needs:
-                if maps_over(s, self.plan[n]):
-                    m = self.fans[n].match(it)
-                    r = self.result.steps.get(m.name) if m is not None else None
-                    if r is None or r.status not in ('ok', 'cached'):
-                        missing = m.name if m is not None else f'{n} (no item with {it.label})'; break
-                    ups[n], up_fps[n] = r.outputs, r.fingerprint
-                else: ups[n], up_fps[n] = self.outputs[n], self.fps[n]
-            if missing is not None:
-                self.reasons[it.name] = f"upstream item '{missing}' did not succeed"
-                self._item_done(it, StepResult(it.name, 'skipped', '', parent=s.name), one, error={'reason': self.reasons[it.name]})
-                continue
-            fp = fan.fps[it.name] = step_fingerprint(s, one.params, up_fps, self.inputs[s.name], self.contracts.get(s.name, {}), self.package)
-            if (hit := self._hit(it.name, fp)) is not None:
-                self._item_done(it, StepResult(it.name, 'cached', fp, 0.0, hit[1], cached_from=hit[0], parent=s.name), one)
-                continue
-            ctx = {**base, 'step': it.name, 'fingerprint': fp, 'params': dict(one.params), 'item': dict(it.values), 'parent': s.name}
-            self.queue.append(_Unit(it.name, one, it, fp, self.run_dir / f'{it.stem}.ipynb', ups, ctx))
-            fan.left += 1
-        if fan.left == 0: self._end_fan(s.name)
-
-    def succeeded(self, u: _Unit, outs: dict, secs: float):
-        "Record a unit that ran to the end."
-        r = StepResult(u.name, 'ok', u.fingerprint, secs, outs, str(u.out), parent=u.item and u.item.step)
-        if u.item is None:
-            self.outputs[u.name] = outs
-            self.result.steps[u.name] = r
-            self.led.finish_step(self.run_id, u.name, 'ok', outputs=outs, gates=_decisions(outs))
-            self.show(u.name, 'ok', secs)
-        else: self._item_done(u.item, r, u.step, started=True)
-
-    def failed(self, u: _Unit, e: StepFailed):
-        "Record a unit that failed; a gate decision it recorded is kept for the record, never reused."
-        try: partial = {k: v for k, v in read_refs(u.out).items() if k == 'gate'}
-        except Exception: partial = None
-        r = StepResult(u.name, 'failed', u.fingerprint, None, partial, str(u.out), error=e, parent=u.item and u.item.step)
-        if u.item is None:
-            self.result.steps[u.name] = r
-            self.led.finish_step(self.run_id, u.name, 'failed', error=e.fields, gates=_decisions(partial))
-            self.show(u.name, 'failed', note=f'{e.ename}: {e.evalue}'[:80])
-        else: self._item_done(u.item, r, u.step, error=e.fields, started=True)
-
-    def _item_done(self, it: Item, r: StepResult, one: PlannedStep, error=None, started=False):
-        "Record how item `it` ended; end its step when it was the last."
-        fan = self.fans[it.step]
-        self.result.steps[it.name] = r
-        if started:
-            self.led.finish_step(self.run_id, it.name, r.status, outputs=r.outputs, error=error, gates=_decisions(r.outputs))
-            fan.left -= 1
-        else:
-            self.led.finish_step(self.run_id, it.name, r.status, outputs=r.outputs, error=error, cached_from=r.cached_from,
-                                 params=dict(one.params), fingerprint=r.fingerprint or None, item=dict(it.values), parent=it.step)
-        note = {'cached': f'from run {r.cached_from}', 'skipped': (error or {}).get('reason', ''),
-                'failed': f'{r.error.ename}: {r.error.evalue}'[:80] if r.error else ''}.get(r.status, '')
-        self.show(it.name, r.status, r.duration if r.status == 'ok' else None, note=note)
-        if self.prog:
-            n = len(fan.items)
-            counts = [f'{sum(self.result.steps.get(i.name) is not None and self.result.steps[i.name].status == k for i in fan.items)} {k}'
-                      for k in ('ok', 'cached', 'failed', 'skipped')]
-            self.prog.items(it.step, f"{n} items: " + ', '.join(c for c in counts if not c.startswith('0 ')))
-        if started and fan.left == 0: self._end_fan(it.step)
-
-    def _end_fan(self, name: str):
-        "End fanned-out step `name` from its items: its outputs keyed by item label, its fingerprint from the items that succeeded."
-        fan, s = self.fans[name], self.plan[name]
-        res = [self.result.steps[i.name] for i in fan.items]
-        good = [(i, r) for i, r in zip(fan.items, res) if r.status in ('ok', 'cached')]
-        bad = [r for r in res if r.status in ('failed', 'skipped')]
-        h = hashlib.sha256(f'fan-out\0{self.fps[name]}'.encode())
-        for i, r in good: h.update(f'\0{i.name}={r.fingerprint}'.encode())
-        fp, outs = h.hexdigest(), {i.label: r.outputs for i, r in good}
-        status = 'failed' if len(bad) > s.spec.allow_failures else 'cached' if good and len(good) == len(res) and all(r.status == 'cached' for r in res) else 'ok'
-        err = None
-        if bad:
-            lines = [f"- {r.name} {r.status}: " + (str(r.error).split('\n')[0] + (f" (notebook {r.notebook})" if r.notebook else '')
-                                                   if r.error else self.reasons.get(r.name, '')) for r in bad]
-            head = (f"Step '{name}': {len(bad)} of {len(res)} items did not succeed (allow_failures = {s.spec.allow_failures})"
-                    + (", so the step failed:" if status == 'failed' else ", which the step allows:"))
-            err = StepFailed('\n'.join([head, *lines]), step=name, cell=None, ename='ItemsFailed', evalue=f'{len(bad)} of {len(res)} items did not succeed',
-                             notebook=None, kernel_log=None, items=[{'item': r.name, 'status': r.status, 'notebook': r.notebook,
-                                                                     'ename': r.error.ename if r.error else None} for r in bad])
-        self.outputs[name] = outs
-        self.result.steps[name] = StepResult(name, status, fp, time.perf_counter() - fan.started, outs, error=err if status == 'failed' else None)
-        self.result.warnings.extend([err] if err is not None and status != 'failed' else [])
-        self.led.finish_step(self.run_id, name, status, outputs=outs, error=None if err is None else err.fields, fingerprint=fp)
-        self.show(name, status, time.perf_counter() - fan.started, note=f'{len(res)} items' + (f', {len(bad)} did not succeed' if bad else ''))
-        self.fps[name] = fp # what the steps after it build on
-        self.fps.update(fingerprints(self.plan, self.package, self.inputs, self.contracts, fixed={n: self.fps[n] for n in self.result.steps if n in self.fps}))
-
 # %% ../nbs/08_runner.ipynb #8f0de1e7
 def run_pipeline(project: Project | None = None, # the project (default: the one containing the working directory)
                  targets: Iterable[str] = (), # steps to run, with what they need (default: all)
@@ -468,7 +300,8 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     def show(*a, **k):
         if prog: prog.update(*a, **k)
-    run = _Run(plan, run_id, run_dir, led, st, result, outputs, fps, inputs, contracts, package, force, show, prog)
+    from mlnb.fanout import RunState # it builds on this module
+    run = RunState(plan, run_id, run_dir, led, st, result, outputs, fps, inputs, contracts, package, force, show, prog)
     ex = _Lazy(lambda: start_executor(spec, pm_engine, root))
     try:
         with ex:
