@@ -20,9 +20,10 @@ ENGINES = {'kernel': 'mlnb_kernel', 'fast': 'mlnb_fast'}
 
 def papermill_engine(name: str | None, # 'kernel', 'fast', or any registered papermill engine name
                     ) -> str:
-    "The papermill engine name for `name`, checked against papermill's registry."
+    "The papermill engine name for `name`, checked against papermill's registry (mlnb's own need no check: importing papermill takes a second)."
     name = name or 'kernel'
-    pm_name = ENGINES.get(name, name)
+    if name in ENGINES: return ENGINES[name]
+    pm_name = name
     from papermill.engines import papermill_engines
     if pm_name not in papermill_engines._engines:
         known = sorted(set(ENGINES) | {k for k in papermill_engines._engines if k})
