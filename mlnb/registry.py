@@ -372,13 +372,13 @@ def gate(name: str, # model name
          candidate: str, # the candidate's tag
          metrics: Mapping[str, float], # the candidate's metrics on the evaluation data
          champion_metrics: Mapping[str, float] | None = None, # the champion's, on the same data (None: no champion)
-         champion_tag: str | None = None, # the champion that was scored (default: the current one)
+         champion_tag: Any = _UNSET, # the champion that was scored, None if there was none (default: the current one)
          segment: str | None = None, # the segment the candidate competes in (default: the one it was logged for)
         ) -> dict:
     "Decide whether `candidate` should replace the champion; records and returns the decision, with both models' metrics."
     from mlnb.project import load_project
     check_tag(name, 'name'); check_tag(candidate)
-    if champion_tag is not None: check_tag(champion_tag)
+    if champion_tag not in (None, _UNSET): check_tag(champion_tag)
     root = project_root()
     cfg = GateConfig.from_settings(load_project(root).settings.get('gate', {}))
     try: logged = model_info(candidate)['segment'] or ''
@@ -387,7 +387,8 @@ def gate(name: str, # model name
     if logged is not None and segment != logged:
         raise UsageError(f"The candidate {candidate} was logged for segment {logged or 'none'!r}, but the gate was asked for segment "
                          f"{segment or 'none'!r}. Gate it in its own segment (log_model(..., segment=...) sets it).")
-    current = champion_tag if champion_tag is not None else champion(name, root, segment)
+    # what was scored is what the decision is about: if the champion changes before the run ends, the decision is stale
+    current = champion_tag if champion_tag is not _UNSET else champion(name, root, segment)
     if current is not None and champion_metrics is None:
         raise UsageError(f"Model '{name}' has a champion ({current}); score it on the same data and pass champion_metrics.")
     promote_, reason = cfg.decide(metrics, champion_metrics if current is not None else None)
