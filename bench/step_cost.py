@@ -47,6 +47,15 @@ def write_case(d: Path, name: str, params: str, body: str):
     (d / f'{name}.py').write_text(params + '\n' + body + '\n')
 
 
+def write_data(path: Path, n: int = 20_000):
+    "The realistic step's input: `n` rows of three numeric columns, a category and a binary label, as CSV."
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({'a': rng.normal(size=n), 'b': rng.normal(size=n), 'c': rng.uniform(size=n),
+                       'kind': rng.choice(['x', 'y', 'z'], size=n)})
+    df['label'] = ((df.a + 0.5 * df.b + rng.normal(scale=0.8, size=n)) > 0).astype(int)
+    df.to_csv(path, index=False)
+
+
 def timed(fn, repeat):
     ts = []
     for _ in range(repeat):
@@ -64,12 +73,7 @@ def main():
     ap.add_argument('--repeat', type=int, default=5)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='mlnb-bench-'))
-    rng = np.random.default_rng(0)
-    n = 20_000
-    df = pd.DataFrame({'a': rng.normal(size=n), 'b': rng.normal(size=n), 'c': rng.uniform(size=n),
-                       'kind': rng.choice(['x', 'y', 'z'], size=n)})
-    df['label'] = ((df.a + 0.5 * df.b + rng.normal(scale=0.8, size=n)) > 0).astype(int)
-    df.to_csv(tmp / 'data.csv', index=False)
+    write_data(tmp / 'data.csv')
     (tmp / 'pyproject.toml').write_text('[project]\nname = "bench"\n[tool.nbdev]\nlib_path = "bench_pkg"\n'
                                         '[tool.mlnb.steps.realistic]\nnotebook = "realistic.ipynb"\n'
                                         '[tool.mlnb.steps.trivial]\nnotebook = "trivial.ipynb"\n')

@@ -6,7 +6,8 @@ Docs: https://mlnb.github.io/mlnb/artifacts.html.md"""
 
 # %% ../nbs/02_artifacts.ipynb #ebd7d1ee
 from __future__ import annotations
-import hashlib, io, os, pickle, tempfile
+import hashlib, io, os, pickle, secrets, tempfile
+from urllib.parse import unquote, urlparse
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,35 @@ def is_ref(value: Any) -> bool:
     return isinstance(value, dict) and REF_KEY in value
 
 class ArtifactStore:
-    "Content-addressed files under `root`, referenced by small JSON-able dicts."
-    def __init__(self, root: str | Path): self.root = Path(root)
+    "Content-addressed files under `root` (a folder, or an fsspec URL), referenced by small JSON-able dicts."
+    def __init__(self, root: str | Path, # a folder, or an fsspec URL such as 's3://bucket/mlnb'
+                 cache: str | Path | None = None, # where stored files of a remote store are downloaded to (default: a temporary folder)
+                ):
+        self.url, self.fs = str(root), None
+        if isinstance(root, str) and '://' in root:
+            u = urlparse(root)
+            if u.scheme == 'file': root = Path(unquote(u.path))
+            else:
+                try: import fsspec
+                except ImportError:
+                    raise RecordError(f"The artifact store {root} is an fsspec URL, but fsspec is not installed. "
+                                      "Install it (pip install fsspec, and s3fs for s3://), or use a local folder.") from None
+                try: self.fs, root = fsspec.core.url_to_fs(root)
+                except (ImportError, ValueError) as e:
+                    raise RecordError(f"Cannot open the artifact store {self.url}: {e}. Install the package fsspec names for "
+                                      f"'{u.scheme}://' (e.g. s3fs for s3://), or fix `artifacts` in [tool.mlnb].") from None
+                self.cache = Path(cache or Path(tempfile.gettempdir()) / 'mlnb-artifacts')
+        self.root = Path(root) if self.fs is None else str(root).rstrip('/')
 
-    def path(self, ref: dict) -> Path:
-        "Where the artifact of `ref` lives."
+    def path(self, ref: dict) -> Path | str:
+        "Where the artifact of `ref` lives: a `Path`, or a path inside the fsspec file system."
         sha = ref[REF_KEY]
+        if self.fs is not None: return f"{self.root}/{sha[:2]}/{sha}{ref.get('ext', '')}"
         return self.root / sha[:2] / (sha + ref.get('ext', ''))
+
+    def exists(self, ref: dict) -> bool:
+        "Whether the artifact of `ref` is in the store."
+        return self.fs.exists(self.path(ref)) if self.fs is not None else self.path(ref).is_file()
 
     def put_bytes(self, data: bytes, # the content
                   kind: str, # 'frame', 'file' or 'object'
@@ -39,7 +62,13 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         ref = {REF_KEY: sha, 'kind': kind, 'ext': ext, 'size': len(data), **extra}
         dest = self.path(ref)
-        if not dest.exists():
+        if self.fs is not None:
+            if not self.fs.exists(dest):
+                tmp = f"{dest.rsplit('/', 1)[0]}/.tmp-{secrets.token_hex(8)}"
+                self.fs.makedirs(dest.rsplit('/', 1)[0], exist_ok=True)
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, dest)
+        elif not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix='.tmp-')
             try:
@@ -73,12 +102,24 @@ class ArtifactStore:
     def get(self, ref: dict) -> Any:
         "Load the value behind `ref`: a DataFrame, a `Path` to the stored file, or the unpickled object."
         p = self.path(ref)
-        if not p.is_file():
-            raise RecordError(f"Artifact {ref[REF_KEY][:12]} ({ref.get('kind')}) is missing from {self.root}. "
+        if not self.exists(ref):
+            raise RecordError(f"Artifact {ref[REF_KEY][:12]} ({ref.get('kind')}) is missing from {self.url}. "
                               "It was deleted or the state folder was moved; re-run the step that made it with `--force`.")
         kind = ref.get('kind')
+        if self.fs is not None: p = self._local(p, ref) if kind == 'file' else io.BytesIO(self.fs.cat_file(p))
         if kind == 'frame':
             import pandas as pd
             return pd.read_parquet(p)
         if kind == 'file': return p
+        if isinstance(p, io.BytesIO): return pickle.load(p)
         with open(p, 'rb') as f: return pickle.load(f)
+
+    def _local(self, path: str, ref: dict) -> Path:
+        "A local copy of the stored file at `path` (downloaded once into the cache; the name is its content's hash)."
+        dest = self.cache / (ref[REF_KEY] + ref.get('ext', ''))
+        if not dest.is_file():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f'.tmp-{secrets.token_hex(8)}')
+            self.fs.get_file(path, str(tmp))
+            os.replace(tmp, dest)
+        return dest

@@ -72,9 +72,27 @@ def steps(as_json: bool):
     from mlnb.project import load_project
     p = load_project()
     data = [{'step': s.name, 'notebook': str(s.notebook), 'needs': list(s.needs), 'params': dict(s.params),
-             'inputs': list(s.inputs)} for s in p.steps.values()]
-    emit(data, as_json, lambda d: _table(f"Steps of {p.name}", ['step', 'notebook', 'needs', 'params'],
-         [[r['step'], r['notebook'], ', '.join(r['needs']), ', '.join(f'{k}={v!r}' for k, v in r['params'].items())] for r in d]))
+             'inputs': list(s.inputs), 'foreach': dict(s.foreach), 'grid': dict(s.grid), 'items': _items(s),
+             'allow_failures': s.allow_failures, 'optional': s.optional} for s in p.steps.values()]
+    emit(data, as_json, lambda d: _table(f"Steps of {p.name}", ['step', 'notebook', 'needs', 'params', 'items'],
+         [[r['step'] + (' (optional)' if r['optional'] else ''), r['notebook'], ', '.join(r['needs']),
+           ', '.join(f'{k}={v!r}' for k, v in r['params'].items()), _fan_text(r)] for r in d]))
+
+def _items(s) -> int | None:
+    "How many items step `s` runs: 1 without a fan-out, None when a list comes from an upstream step."
+    n = 1
+    for v in [*s.foreach.values(), *s.grid.values()]:
+        if isinstance(v, str): return None
+        n *= len(v)
+    return n
+
+def _fan_text(r: dict) -> str:
+    "The fan-out of a step as the table shows it: `4 items: foreach segment in data.segments; grid depth [4, 8]`."
+    if not (r['foreach'] or r['grid']): return ''
+    parts = [f"foreach {k} in {v}" if isinstance(v, str) else f"foreach {k} in {v!r}" for k, v in r['foreach'].items()]
+    parts += [f"grid {k} {v!r}" for k, v in r['grid'].items()]
+    head = f"{r['items']} items" if r['items'] is not None else 'one item per value listed'
+    return f"{head}: {'; '.join(parts)}" + (f"; {r['allow_failures']} may fail" if r['allow_failures'] else '')
 
 # %% ../nbs/95_cli.ipynb #ab996397
 @main.command()
@@ -83,20 +101,28 @@ def steps(as_json: bool):
 @click.option('-p', '--param', 'params', multiple=True, metavar='KEY=VALUE',
               help='Set a parameter: KEY=VALUE for every step that declares it, STEP.KEY=VALUE for one. Repeatable.')
 @click.option('--force', is_flag=True, help='Execute every step, even those whose outputs are cached.')
-@click.option('-j', '--jobs', default=1, show_default=True, type=click.IntRange(1, 64), help='Steps to execute at the same time.')
+@click.option('-j', '--jobs', default=None, type=click.IntRange(1, 256),
+              help='Steps (or items) executed at the same time [default: 1]; with --executor dask and no --address, the workers of the local cluster [default: one per core].')
 @click.option('--engine', default=None, help="'kernel' (default: a Jupyter kernel per step), 'fast' (warm worker processes), or a papermill engine name.")
+@click.option('--executor', type=click.Choice(['local', 'dask']), default=None,
+              help="Where steps run: 'local' (default: this machine, --jobs at a time) or 'dask' (a Dask distributed cluster; pip install \"mlnb[dask]\").")
+@click.option('--address', metavar='tcp://HOST:PORT', help='The Dask scheduler to send steps to (default: a cluster started on this machine for the run).')
 @click.option('-q', '--quiet', is_flag=True, help='No progress output.')
 @click.option('--explain', is_flag=True, help='Then say for each step whether it was cached and, if it ran, what changed.')
-def run(steps: tuple[str, ...], profile, params, force, jobs, engine, quiet, explain):
+def run(steps: tuple[str, ...], profile, params, force, jobs, engine, executor, address, quiet, explain):
     "Run the pipeline, or the named STEPS and what they need."
     from mlnb.runner import run_pipeline
     res = run_pipeline(targets=steps, profile=profile, overrides=params, force=force, jobs=jobs, engine=engine,
-                       progress='quiet' if quiet else 'auto')
-    counts = {}
-    for s in res.steps.values(): counts[s.status] = counts.get(s.status, 0) + 1
-    summary = ', '.join(f'{n} {k}' for k, n in counts.items())
+                       progress='quiet' if quiet else 'auto', executor=executor, address=address)
+    counts, items = {}, {}
+    for s in res.steps.values():
+        c = counts if s.parent is None else items
+        c[s.status] = c.get(s.status, 0) + 1
+    summary = ', '.join(f'{n} {k}' for k, n in counts.items()) + ('; items: ' + ', '.join(f'{n} {k}' for k, n in items.items()) if items else '')
+    for w in res.warnings: click.secho(f"Warning: {w}", fg='yellow', err=True)
     for g in res.gates:
-        click.echo(f"gate: {g['candidate']}: {g['note']}" + (' (now the champion)' if g['applied'] else ''))
+        seg = f" of segment {g['segment']}" if g.get('segment') else ''
+        click.echo(f"gate: {g['candidate']}: {g['note']}" + (f' (now the champion{seg})' if g['applied'] else ''))
     if res.alert is not None:
         if res.alert.get('ok'): click.echo(f"alert: a data guard stopped the run; {res.alert['message']}.")
         else: click.secho(f"Error: a data guard stopped the run and {res.alert['message']}", fg='red', err=True)
@@ -139,6 +165,11 @@ def runs(as_json: bool, limit: int):
         click.echo("A run made by hand in a notebook shows as 'interactive'. `mlnb report RUN` writes a run's HTML report "
                    "(.mlnb/runs/RUN/report.html; the latest pipeline run without RUN).")
 
+def _item_name(step: str, parent: str | None) -> str:
+    "A fan-out item as a table shows it, below its step: `  [segment=north]` (escaped: rich would read the brackets as markup)."
+    from rich.markup import escape
+    return escape(f'  {step[len(parent):]}' if parent and step.startswith(parent + '[') else step)
+
 @main.command()
 @click.argument('run_id')
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
@@ -155,15 +186,15 @@ def show(run_id: str, as_json: bool, explain: bool):
     def render(r):
         from rich.console import Group
         head = (f"Run {r['id']}: {r['status']}, started {_ago(r['started'])}, {_secs(r['duration'])}; profile {r['profile'] or '-'}; "
-                f"engine {r['engine']}; commit {r['git_commit'] or '-'}{' (dirty)' if r['git_dirty'] else ''}; python {r['python']}")
-        rows = [[s['step'], s['status'] + (f" (from {s['cached_from']})" if s['cached_from'] else ''), _secs(s['duration']),
+                f"engine {r['engine']}; executor {r.get('executor') or 'local'}; commit {r['git_commit'] or '-'}{' (dirty)' if r['git_dirty'] else ''}; python {r['python']}")
+        rows = [[_item_name(s['step'], s.get('parent')), s['status'] + (f" (from {s['cached_from']})" if s['cached_from'] else ''), _secs(s['duration']),
                  ', '.join(f'{k}={v!r}' for k, v in (s['params'] or {}).items()),
                  ', '.join(sorted(s['outputs'] or {})) or (s['error'] or {}).get('evalue', '') or (s['error'] or {}).get('reason', ''),
                  s['notebook'] or ''] for s in r['steps']]
         steps = _table('Steps', ['step', 'status', 'duration', 'params', 'outputs / error', 'executed notebook'], rows)
         if not r['gates']: return Group(head, steps)
         gates = _table('Gate decisions', ['step', 'candidate', 'champion then', 'decision', 'what happened'],
-                       [[g['step'] or '', g['candidate'], g['champion'] or '-', f"{'promote' if g['promote'] else 'keep'}: {g['reason']}",
+                       [[_item_name(g['step'] or '', g['step'] and g['step'].split('[')[0]), g['candidate'], g['champion'] or '-', f"{'promote' if g['promote'] else 'keep'}: {g['reason']}",
                          f"{g['status']}: {g['outcome'] or ''}"] for g in r['gates']])
         return Group(head, steps, gates)
     if explain and as_json: r['explain'] = _explain(r['id'], as_json=True)
@@ -192,16 +223,19 @@ def check(data_file: Path, name: str, as_json: bool):
     if not result['valid']: sys.exit(1)
 
 # %% ../nbs/95_cli.ipynb #e7b1da62
+_SEGMENT = click.option('--segment', help='The segment (a region, a tier...) of a model trained per segment.')
+
 @main.command()
 @click.argument('name', required=False)
+@_SEGMENT
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
-def models(name: str | None, as_json: bool):
-    "List model versions in the BentoML model store (of NAME, or all that mlnb logged), marking the champion."
+def models(name: str | None, segment: str | None, as_json: bool):
+    "List model versions in the BentoML model store (of NAME, or all that mlnb logged), marking the champion of each segment."
     from mlnb.project import load_project
     from mlnb.registry import models as list_models
-    data = list_models(name, load_project().root)
-    emit(data, as_json, lambda d: _table('Models', ['tag', 'created', 'run', 'evaluation (gate)', 'training', 'gate', 'champion'],
-         [[m['tag'], m['created'][:19].replace('T', ' '), m['run_id'] or '', _metrics(m['evaluation_metrics']) or '-',
+    data = list_models(name, load_project().root, segment=segment)
+    emit(data, as_json, lambda d: _table('Models', ['tag', 'segment', 'created', 'run', 'evaluation (gate)', 'training', 'gate', 'champion'],
+         [[m['tag'], m['segment'] or '', m['created'][:19].replace('T', ' '), m['run_id'] or '', _metrics(m['evaluation_metrics']) or '-',
            _metrics(m['training_metrics']), (m['gate'] or {}).get('status', '-'), '*' if m['champion'] else ''] for m in d]))
 
 def _metrics(m: dict | None) -> str:
@@ -210,18 +244,20 @@ def _metrics(m: dict | None) -> str:
 
 @main.command()
 @click.argument('name')
+@_SEGMENT
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
-def history(name: str, as_json: bool):
-    "List every change of model NAME's champion: when, how (gate, manual, rollback), from which tag to which, by whom, why."
+def history(name: str, segment: str | None, as_json: bool):
+    "List every change of model NAME's champion (of every segment, or --segment): when, how (gate, manual, rollback), from which tag to which, by whom, why."
     from mlnb.project import load_project
     from mlnb.registry import history as get_history
-    data = get_history(name, load_project().root)
+    data = get_history(name, load_project().root, segment=segment)
     if not data and not as_json:
-        click.echo(f"Model '{name}' has never had a champion.")
+        click.echo(f"Model '{name}' has never had a champion" + (f" for segment '{segment}'." if segment else "."))
         return
     live = lambda e: '' if not e else f"{e.get('reason') or ''} ({e.get('rows')} rows, {e.get('mode') or 'live'})"
-    emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'kind', 'from', 'to', 'by', 'why', 'run', 'live evidence'],
-         [[_ago(h['at']), h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or '', live(h.get('evidence'))] for h in d]))
+    emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'segment', 'kind', 'from', 'to', 'by', 'why', 'run', 'live evidence'],
+         [[_ago(h['at']), h['segment'], h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or '',
+           live(h.get('evidence'))] for h in d]))
 
 @main.command()
 @click.argument('tag')
@@ -229,20 +265,22 @@ def history(name: str, as_json: bool):
 def promote(tag: str, reason: str):
     "Make model TAG the champion by hand (recorded as manual, with who and when, and the latest live evidence on it)."
     from mlnb.project import load_project
-    from mlnb.registry import latest_evidence, promote as do_promote
+    from mlnb.registry import latest_evidence, model_info, promote as do_promote
     root = load_project().root
     before = do_promote(tag, reason, root)
-    ev = latest_evidence(tag, root)
-    click.echo(f"{tag} is now the champion (was {before or 'none'})."
+    seg, ev = model_info(tag)['segment'], latest_evidence(tag, root)
+    click.echo(f"{tag} is now the champion{f' of segment {seg}' if seg else ''} (was {before or 'none'})."
                + (f" Live evidence kept with it: {ev['reason']} ({ev['rows']} rows, {ev['mode'] or 'live'})." if ev else ''))
 
 @main.command()
 @click.argument('name')
-def rollback(name: str):
-    "Give model NAME back the champion it had before the current one."
+@_SEGMENT
+def rollback(name: str, segment: str | None):
+    "Give model NAME (of --segment) back the champion it had before the current one."
     from mlnb.project import load_project
     from mlnb.registry import rollback as do_rollback
-    click.echo(f"{do_rollback(name, load_project().root)} is the champion of '{name}' again.")
+    click.echo(f"{do_rollback(name, load_project().root, segment=segment)} is the champion of '{name}'"
+               + (f" for segment '{segment}'" if segment else '') + " again.")
 
 @main.command()
 @click.argument('tag')

@@ -20,9 +20,10 @@ ENGINES = {'kernel': 'mlnb_kernel', 'fast': 'mlnb_fast'}
 
 def papermill_engine(name: str | None, # 'kernel', 'fast', or any registered papermill engine name
                     ) -> str:
-    "The papermill engine name for `name`, checked against papermill's registry."
+    "The papermill engine name for `name`, checked against papermill's registry (mlnb's own need no check: importing papermill takes a second)."
     name = name or 'kernel'
-    pm_name = ENGINES.get(name, name)
+    if name in ENGINES: return ENGINES[name]
+    pm_name = name
     from papermill.engines import papermill_engines
     if pm_name not in papermill_engines._engines:
         known = sorted(set(ENGINES) | {k for k in papermill_engines._engines if k})
@@ -70,7 +71,9 @@ def _worker_main(conn, preload):
     conn.send(('ready', os.getpid()))
     while True:
         job = conn.recv()
-        if job is None: break
+        if job is None: # leave at once: finalizing every shell the notebooks left behind takes seconds, and nothing needs it
+            sys.stdout.flush(); sys.stderr.flush()
+            os._exit(0)
         cwd0, env0, path0 = os.getcwd(), dict(os.environ), list(sys.path)
         shell, out = None, _process_output_to(job.get('log'))
         out.__enter__()
@@ -99,12 +102,16 @@ def _worker_main(conn, preload):
 class Worker:
     "One warm worker process and the pipe to it."
     def __init__(self, preload=PRELOAD):
+        if mp.current_process().daemon:
+            raise RuntimeError("the fast engine cannot start its worker in a daemonic process, such as a Dask worker started with the "
+                               "default settings: start the Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their "
+                               "environment, or use --engine kernel")
         ctx = mp.get_context('spawn')
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, tuple(preload)), daemon=True, name='mlnb-worker')
         self.proc.start()
         child.close()
-        self.runs, self._ready = 0, False
+        self.runs, self._ready, self.successor = 0, False, None # successor: the worker warming up to replace it
 
     def wait_ready(self):
         "Block until the worker has imported its preload."
@@ -127,10 +134,18 @@ class Worker:
             if msg[0] == 'crash': raise RuntimeError(f'the worker failed outside any cell: {msg[1]}')
             yield msg
 
-    def stop(self):
-        "Ask the worker to exit; kill it if it does not."
-        try: self.conn.send(None)
-        except (OSError, BrokenPipeError): pass
+    def stop(self, wait: bool = True):
+        "Ask the worker to exit (one still importing its preload is killed: it has nothing to finish); kill it if it does not."
+        if not self._ready and not self.conn.poll():
+            self.proc.kill()
+        else:
+            try: self.conn.send(None)
+            except (OSError, BrokenPipeError): pass
+        if not wait: return threading.Thread(target=self._reap, daemon=True, name='mlnb-worker-stop').start()
+        self._reap()
+
+    def _reap(self):
+        "Wait for the process to end (5 s at most), then kill it."
         self.proc.join(5)
         if self.proc.is_alive(): self.proc.kill()
 
@@ -138,7 +153,7 @@ class Worker:
 class WorkerPool:
     "Warm workers for the fast engine."
     def __init__(self, size: int = 1, # workers (one per notebook running at the same time)
-                 max_runs: int = 20, # notebooks a worker runs before it is replaced
+                 max_runs: int = 100, # notebooks a worker runs before it is replaced
                  preload=PRELOAD, # modules each worker imports at start
                 ):
         self.size, self.max_runs, self.preload = max(1, size), max_runs, tuple(preload)
@@ -156,16 +171,22 @@ class WorkerPool:
             yield w
             ok = True
         finally:
+            if ok and w.proc.is_alive() and w.runs >= 0.8 * self.max_runs and w.successor is None:
+                w.successor = Worker(self.preload) # warms up while this one runs its last notebooks
             if not ok or w.runs >= self.max_runs or not w.proc.is_alive():
-                w.stop(); w = Worker(self.preload)
+                nxt = w.successor or Worker(self.preload)
+                w.successor = None
+                w.stop(wait=False); w = nxt
             with self._cv:
                 self._idle.append(w); self._cv.notify()
 
     def close(self):
-        "Stop every idle worker."
+        "Stop every idle worker (and the successors warming up), side by side."
         with self._cv:
-            for w in self._idle: w.stop()
-            self._idle = []
+            idle, self._idle = self._idle, []
+        everyone = [*idle, *filter(None, (w.successor for w in idle))]
+        for w in everyone: w.stop(wait=False)
+        for w in everyone: w._reap()
 
 _POOL: list[WorkerPool | None] = [None]
 
@@ -187,14 +208,30 @@ def _default_pool() -> WorkerPool:
     return _POOL[0]
 
 # %% ../nbs/07_engines.ipynb #022917e6
+_MANAGER: list = [None]
+
+def _manager():
+    "papermill's execution manager, saving the notebook at most once a second while it runs, and always when it ends."
+    if _MANAGER[0] is None:
+        from papermill.engines import NotebookExecutionManager
+        class Manager(NotebookExecutionManager):
+            "Saves at each cell as papermill does, but not more than once a second (writing a notebook costs milliseconds per cell)."
+            ending = False
+            def save(self, **kwargs):
+                if self.ending or (self.now() - self.last_save_time).total_seconds() >= 1.0: super().save(**kwargs)
+            def notebook_complete(self, **kwargs):
+                self.ending = True
+                return super().notebook_complete(**kwargs)
+        _MANAGER[0] = Manager
+    return _MANAGER[0]
+
 class _Engine:
     "What papermill asks of an engine, besides running the cells (`execute_managed_notebook`)."
     @classmethod
     def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False, autosave_cell_every=30, **kwargs):
         "Papermill's engine entry: wrap `nb` in papermill's execution manager and run it."
-        from papermill.engines import NotebookExecutionManager
-        nb_man = NotebookExecutionManager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
-                                          autosave_cell_every=autosave_cell_every)
+        nb_man = _manager()(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                            autosave_cell_every=autosave_cell_every)
         nb_man.notebook_start()
         try: cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
         finally:

@@ -45,13 +45,16 @@ create table if not exists evidence (
 
 # Columns added after the first release: a ledger made by an older mlnb gets them when it is opened.
 _ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), ('settled', 'real'),
-                    ('metrics', 'text'), ('champion_metrics', 'text')),
-          'champions': (('evidence', 'text'),),
-          # runs.kind: 'pipeline' (None in older ledgers) or 'interactive' (a notebook run by hand);
+                    ('metrics', 'text'), ('champion_metrics', 'text'), ('segment', 'text')),
+          # champions.evidence: what live traffic said of a model when it was promoted by hand (see `record_evidence`);
+          # champions.segment: the champion pointer is kept per model and segment ('': no segment)
+          'champions': (('evidence', 'text'), ('segment', 'text')),
+          # runs.kind: 'pipeline' (None in older ledgers) or 'interactive' (a notebook run by hand); runs.executor: 'local' or 'dask'
+          'runs': (('kind', 'text'), ('force', 'integer'), ('executor', 'text')),
           # steps.parts: what the fingerprint was computed from (see `mlnb.runner.fingerprint_parts`);
-          # steps.upstream_runs: upstream step -> the run whose outputs this step read
-          'runs': (('kind', 'text'), ('force', 'integer')),
-          'steps': (('parts', 'text'), ('upstream_runs', 'text'))}
+          # steps.upstream_runs: upstream step -> the run whose outputs this step read;
+          # steps.item, steps.parent: a fan-out item's values (JSON) and its step
+          'steps': (('parts', 'text'), ('upstream_runs', 'text'), ('item', 'text'), ('parent', 'text'))}
 
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
 # execution that made it be reused from the cache; any other leaves the decision to be made again.
@@ -130,7 +133,7 @@ class Ledger:
 def _j(v): return None if v is None else json.dumps(v, sort_keys=True, default=str)
 
 @patch
-def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None,
+def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None, executor=None,
               force: bool = False, # every step executed, cached or not (`mlnb run --force`)
              ):
     "Record the start of run `run_id` with its provenance."
@@ -138,43 +141,44 @@ def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=()
     v = _versions()
     with self.tx() as db:
         db.execute('insert into runs (id, started, status, profile, targets, overrides, engine, git_commit, git_dirty, '
-                   'python, packages, host, pid, kind, force) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                   'python, packages, host, pid, kind, force, executor) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                    (run_id, time.time(), 'running', profile, _j(list(targets)), _j(list(overrides)), engine, commit,
                     None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid(),
-                    'pipeline', int(force)))
+                    'pipeline', int(force), executor))
 
 @patch
 def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None,
                parts: dict | None = None, # what the fingerprint was computed from
                upstream_runs: dict | None = None, # upstream step -> run whose outputs the step is given
+               item: dict | None = None, parent: str | None = None, # a fan-out item: its values and its step
               ):
-    "Record that `step` of `run_id` started."
+    "Record that `step` (or item `step` of step `parent`) of `run_id` started."
     with self.tx() as db:
-        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook, parts, upstream_runs) '
-                   'values (?,?,?,?,?,?,?,?,?)', (run_id, step, 'running', time.time(), _j(params), fingerprint, notebook,
-                                                  _j(parts), _j(upstream_runs)))
+        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook, parts, upstream_runs, '
+                   'item, parent) values (?,?,?,?,?,?,?,?,?,?,?)', (run_id, step, 'running', time.time(), _j(params), fingerprint,
+                                                                    notebook, _j(parts), _j(upstream_runs), _j(item), parent))
 
 @patch
 def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=None, error=None, cached_from=None,
-                params=None, fingerprint=None, gates=(), parts=None, upstream_runs=None):
+                params=None, fingerprint=None, gates=(), parts=None, upstream_runs=None, item=None, parent=None):
     "Record how `step` of `run_id` ended: 'ok', 'cached', 'failed' or 'skipped'; and, in the same transaction, its gate decisions as pending."
     now = time.time()
     with self.tx() as db:
         for d in gates:
             db.execute('insert into gates (run_id, step, model, candidate, champion, metric, candidate_value, champion_value, promote, '
-                       'applied, reason, at, status, metrics, champion_metrics) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                       'applied, reason, at, status, metrics, champion_metrics, segment) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                        (run_id, step, d['model'], d['candidate'], d['champion'], d['metric'], d['candidate_value'],
                         d['champion_value'], int(bool(d['promote'])), 0, d['reason'], now, 'pending',
-                        _j(d.get('metrics')), _j(d.get('champion_metrics'))))
+                        _j(d.get('metrics')), _j(d.get('champion_metrics')), d.get('segment') or ''))
         row = db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
         if row is None:
             db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error, '
-                       'parts, upstream_runs) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                       'parts, upstream_runs, item, parent) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
                        (run_id, step, status, now, now, 0.0, _j(params), fingerprint, _j(outputs), cached_from, _j(error),
-                        _j(parts), _j(upstream_runs)))
+                        _j(parts), _j(upstream_runs), _j(item), parent))
         else:
-            db.execute('update steps set status=?, ended=?, duration=?, outputs=?, error=?, cached_from=? where run_id=? and step=?',
-                       (status, now, now - row['started'], _j(outputs), _j(error), cached_from, run_id, step))
+            db.execute('update steps set status=?, ended=?, duration=?, outputs=?, error=?, cached_from=?, fingerprint=coalesce(?, fingerprint) '
+                       'where run_id=? and step=?', (status, now, now - row['started'], _j(outputs), _j(error), cached_from, fingerprint, run_id, step))
 
 @patch
 def finish_run(self: Ledger, run_id: str, status: str, error: str | None = None,
@@ -221,7 +225,7 @@ def _gate_row(r: sqlite3.Row) -> dict:
 
 def _step_row(r: sqlite3.Row, run_status: str) -> dict:
     d = dict(r)
-    for k in ('params', 'outputs', 'error', 'parts', 'upstream_runs'): d[k] = json.loads(d[k]) if d.get(k) else d.get(k)
+    for k in ('params', 'outputs', 'error', 'parts', 'upstream_runs', 'item'): d[k] = json.loads(d[k]) if d.get(k) else d.get(k)
     if d['status'] == 'running' and run_status == 'killed': d['status'] = 'killed'
     return d
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .artifacts import ArtifactStore, is_ref
-from .errors import MlnbError, RecordError
-from .project import find_root
+from .errors import MlnbError, ProjectError, RecordError
+from .project import _read_toml, find_root
 
 # %% auto #0
-__all__ = ['plain', 'project_root', 'store', 'encode', 'record', 'read_refs', 'load', 'read', 'upstream']
+__all__ = ['plain', 'project_root', 'store', 'artifacts_location', 'encode', 'record', 'read_refs', 'load', 'read', 'upstream']
 
 # %% ../nbs/03_outputs.ipynb #17ac6ddc
 def plain(value: Any) -> Any:
@@ -39,7 +39,23 @@ def project_root() -> Path:
 
 def store(root: str | Path | None = None) -> ArtifactStore:
     "The artifact store of the project at `root` (default: `project_root()`)."
-    return ArtifactStore(Path(root or project_root()) / '.mlnb' / 'artifacts')
+    root = Path(root or project_root())
+    return ArtifactStore(artifacts_location(root), cache=root / '.mlnb' / 'cache' / 'artifacts')
+
+_LOCATIONS: dict = {}
+
+def artifacts_location(root: Path) -> str | Path:
+    "`[tool.mlnb] artifacts` of the project at `root` (an fsspec URL, or a folder relative to `root`), else `.mlnb/artifacts`."
+    f = root / 'pyproject.toml'
+    try: st = f.stat(); key = (str(f), st.st_mtime_ns, st.st_size)
+    except OSError: return root / '.mlnb' / 'artifacts'
+    if key not in _LOCATIONS:
+        where = _read_toml(f).get('tool', {}).get('mlnb', {}).get('artifacts')
+        if where is not None and not (isinstance(where, str) and where.strip()):
+            raise ProjectError(f"[tool.mlnb] artifacts = {where!r} cannot be used: give a folder or an fsspec URL every worker "
+                               "reaches, e.g. artifacts = \"file:///shared/mlnb\" or \"s3://bucket/mlnb\".")
+        _LOCATIONS[key] = root / '.mlnb' / 'artifacts' if where is None else where if '://' in where else root / where
+    return _LOCATIONS[key]
 
 # %% ../nbs/03_outputs.ipynb #2532eb49
 def encode(value: Any) -> Any:

@@ -6,18 +6,18 @@ Docs: https://mlnb.github.io/mlnb/pipeline.html.md"""
 
 # %% ../nbs/05_pipeline.ipynb #2eeb0d79
 from __future__ import annotations
-import ast, hashlib, json, keyword, math
-from dataclasses import dataclass
+import ast, hashlib, itertools, json, keyword, math, re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from .errors import ParameterError, PipelineError, did_you_mean
-from .project import Project, StepSpec, contract_file, valid_contract_name
+from .project import Project, StepSpec, _Pickles, contract_file, valid_contract_name
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'RESERVED', 'checked_contracts', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce',
-           'PlannedStep', 'Plan', 'make_plan']
+           'PlannedStep', 'Plan', 'make_plan', 'Item', 'expand_items', 'item_step', 'maps_over']
 
 # %% ../nbs/05_pipeline.ipynb #92674df4
 _CHECK_FUNCTIONS = ('mlnb.contract.check', 'mlnb.contract.check_file') # both take the contract as 2nd argument or `contract=`
@@ -67,10 +67,11 @@ def checked_contracts(sources: Iterable[str], # the code cells of a notebook
 class _Unknown:
     "The default of a parameter whose value is not a literal: any plain value is accepted."
     def __repr__(self): return '<non-literal>'
+    def __reduce__(self): return 'UNKNOWN' # unpickled as the one instance, so `is UNKNOWN` holds on a Dask worker too
 UNKNOWN = _Unknown()
 
 @dataclass(frozen=True)
-class NotebookInfo:
+class NotebookInfo(_Pickles):
     "What mlnb needs to know about a step notebook without running it."
     path: Path # the notebook file
     params: Mapping[str, Any] # declared parameter -> default (UNKNOWN when not a literal)
@@ -165,11 +166,30 @@ def coerce(value: Any, default: Any, where: str) -> Any:
     raise ParameterError(f"{where} expects {_TYPE_NAMES[t]} (its declared default is {default!r}); "
                          f"got {_TYPE_NAMES.get(type(value), type(value).__name__)} {value!r}.")
 
+# %% ../nbs/05_pipeline.ipynb #0b4525d4
+def _typed_fan(spec: StepSpec, info: NotebookInfo, problems: list[str]) -> dict[str, Any]:
+    "The fan-out parameters of `spec`, in order (`foreach`, then `grid`), with literal values typed; problems are added to `problems`."
+    out = {}
+    for origin, table in (('foreach', spec.foreach), ('grid', spec.grid)):
+        for p, values in table.items():
+            where = f"Step '{spec.name}' {origin} '{p}'"
+            if p in RESERVED: problems.append(f"{where}: '{p}' is filled by the runner and cannot be set."); continue
+            if p not in info.params:
+                declared = ', '.join(k for k in info.params if k not in RESERVED) or 'nothing (no cell is tagged `parameters`)'
+                problems.append(f"{where}: the notebook declares no parameter '{p}'.{did_you_mean(p, [k for k in info.params if k not in RESERVED])} "
+                                f"Declared in {spec.notebook}: {declared}.")
+                continue
+            if isinstance(values, str): out[p] = values
+            else:
+                try: out[p] = tuple(coerce(v, info.params[p], where) for v in values)
+                except ParameterError as e: problems.append(str(e))
+    return out
+
 # %% ../nbs/05_pipeline.ipynb #422630e5
 RESERVED = ('upstream', 'mlnb_run') # parameters the runner fills: the needed steps' outputs, and the step's context
 
 @dataclass(frozen=True)
-class PlannedStep:
+class PlannedStep(_Pickles):
     "A step ready to run: its spec, notebook, and resolved parameters."
     spec: StepSpec # as declared
     notebook: Path # absolute path of the notebook
@@ -177,6 +197,7 @@ class PlannedStep:
     params: Mapping[str, Any] # resolved parameters: the notebook's literal defaults, then the overrides (without `upstream`)
     overrides: Mapping[str, Any] # what is set over the notebook's defaults: what the runner injects
     contracts: tuple[str, ...] = () # data contracts the step checks (found in its code or declared), sorted
+    fan: Mapping[str, Any] = field(default_factory=dict) # fan-out parameter -> typed values (a tuple), or 'step.output' read at run time
 
     @property
     def name(self) -> str: return self.spec.name
@@ -242,7 +263,7 @@ def make_plan(project: Project, # the project
         if n in chosen: return
         chosen.add(n)
         for m in steps[n].needs: add(m)
-    for t in targets or steps: add(t)
+    for t in targets or [n for n in steps if not steps[n].optional]: add(t)
     selected = [n for n in order if n in chosen]
     infos = {}
     for n in order:
@@ -292,10 +313,11 @@ def make_plan(project: Project, # the project
             problems.append(f"Step '{n}' needs {', '.join(steps[n].needs)} but its parameters cell does not declare "
                             f"`upstream = None`; add it to {steps[n].notebook} so the runner can pass the upstream outputs.")
     contracts = {n: _contracts(project, steps[n], infos[n], problems) for n in selected}
+    fans = {n: _typed_fan(steps[n], infos[n], problems) for n in selected}
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
     planned = tuple(PlannedStep(steps[n], project.root / steps[n].notebook, infos[n],
                                 MappingProxyType({**_literal_defaults(infos[n]), **resolved[n]}), MappingProxyType(resolved[n]),
-                                contracts[n]) for n in selected)
+                                contracts[n], MappingProxyType(fans[n])) for n in selected)
     return Plan(project, planned, profile)
 
 def _literal_defaults(info: NotebookInfo) -> dict[str, Any]:
@@ -318,3 +340,63 @@ def _contracts(project: Project, spec: StepSpec, info: NotebookInfo, problems: l
             problems.append(f"Step '{spec.name}' checks contract '{c}' ({origin}), but contracts/{c}.yaml does not exist. Create it "
                             f"from a good sample with mlnb.contract.infer(df, {c!r}), review and commit it, or fix the name.")
     return tuple(sorted(set(info.contracts) | set(spec.contracts)))
+
+# %% ../nbs/05_pipeline.ipynb #0e89803e
+@dataclass(frozen=True)
+class Item(_Pickles):
+    "One execution of a fanned-out step: the step and the item's own parameter values."
+    step: str # the step's name
+    values: Mapping[str, Any] # the item's values, in the order the step declares them
+
+    @property
+    def label(self) -> str:
+        "`segment=north`, or `max_depth=4,n_estimators=100`: how the item is shown, and the key of its outputs downstream."
+        return ','.join(f"{k}={v if isinstance(v, str) else json.dumps(v, sort_keys=True)}" for k, v in self.values.items())
+
+    @property
+    def name(self) -> str:
+        "`train[segment=north]`: the item's name in the ledger and the progress display."
+        return f'{self.step}[{self.label}]'
+
+    @property
+    def stem(self) -> str:
+        "A file name for the item's executed notebook: the name with unsafe characters replaced (and a short hash of it when any were)."
+        safe = re.sub(r'[^A-Za-z0-9._=,+-]', '_', self.label)
+        if safe != self.label or len(safe) > 80: safe = f"{safe[:80]}-{hashlib.sha256(self.label.encode()).hexdigest()[:8]}"
+        return f'{self.step}[{safe}]'
+
+    def key(self, names: Iterable[str] | None = None) -> str:
+        "The item's values (or those of `names`) as canonical JSON: how items of two steps are matched."
+        names = list(self.values) if names is None else list(names)
+        return json.dumps({k: self.values[k] for k in names}, sort_keys=True)
+
+def expand_items(step: PlannedStep, # a step that fans out
+                 recorded: Mapping[str, Any] | None = None, # outputs of the steps it needs, by step (for `foreach = { p = "step.output" }`)
+                ) -> list[Item]:
+    "The items of `step`: the `foreach` values times every combination of the `grid`; values read from upstream are checked and typed."
+    lists = []
+    for p, values in step.fan.items():
+        if isinstance(values, str):
+            src, _, out = values.partition('.')
+            got = (recorded or {}).get(src)
+            where = f"Step '{step.name}' runs once per item of {values}"
+            if not isinstance(got, Mapping) or out not in got:
+                have = ', '.join(sorted(got)) if isinstance(got, Mapping) else 'nothing'
+                raise ParameterError(f"{where}, but step '{src}' recorded no output '{out}' (it recorded: {have}). "
+                                     f"Record the list in {src} with mlnb.record({out!r}, [...]), or fix `foreach` in [tool.mlnb.steps.{step.name}].")
+            if not isinstance(got[out], list):
+                raise ParameterError(f"{where}, but '{out}' is a {type(got[out]).__name__} ({str(got[out])[:80]}), not a list of values. "
+                                     f"Record a list, e.g. mlnb.record({out!r}, sorted(df['region'].unique().tolist())).")
+            values = [coerce(v, step.info.params[p], f"{where}: value") for v in got[out]]
+            if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+                raise ParameterError(f"{where}, but the list repeats a value ({values}); each item must be different.")
+        lists.append([(p, v) for v in values])
+    return [Item(step.name, dict(combo)) for combo in itertools.product(*lists)]
+
+def item_step(step: PlannedStep, item: Item) -> PlannedStep:
+    "`step` with `item`'s values set over its parameters: what one item executes."
+    return replace(step, params=MappingProxyType({**step.params, **item.values}), overrides=MappingProxyType({**step.overrides, **item.values}))
+
+def maps_over(step: PlannedStep, need: PlannedStep) -> bool:
+    "Whether `step` runs once per item of `need` (it fans out over every parameter `need` fans out over), rather than reading all of them."
+    return bool(need.fan) and set(need.fan) <= set(step.fan)

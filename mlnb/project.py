@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/project.html.md"""
 
 # %% ../nbs/01_project.ipynb #b508992b
 from __future__ import annotations
-import keyword, tomllib
+import json, keyword, tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -53,9 +53,50 @@ def contract_file(root: str | Path, # the project root
     "Where contract `name` of the project at `root` lives: `contracts/<name>.yaml`."
     return Path(root) / 'contracts' / f'{name}.yaml'
 
+# %% ../nbs/01_project.ipynb #8f48777c
+def _fan_out(where: str, name: str, table: Mapping[str, Any], needs: list[str]) -> tuple[dict, dict]:
+    "The `foreach` and `grid` tables of a step, checked for shape: one `foreach` parameter, lists without repeats, names that are identifiers."
+    foreach, grid = table.get('foreach', {}), table.get('grid', {})
+    for key, val in (('foreach', foreach), ('grid', grid)):
+        if not isinstance(val, dict):
+            raise PipelineError(f"{where} `{key}` must be a table such as `{key} = {{ segment = [\"north\", \"south\"] }}`, found {val!r}.", step=name)
+        for p in val:
+            if not (p.isidentifier() and not keyword.iskeyword(p)):
+                raise PipelineError(f"{where} `{key}` names {p!r}, which is not a parameter name (a Python identifier).", step=name)
+    if len(foreach) > 1:
+        raise PipelineError(f"{where} `foreach` names {len(foreach)} parameters ({', '.join(foreach)}); it takes one. "
+                            "Use `grid = {...}` for one item per combination of several parameters.", step=name)
+    for p in set(foreach) & set(grid):
+        raise PipelineError(f"{where} sets parameter '{p}' both in `foreach` and in `grid`. Keep it in one of them.", step=name)
+    for p, val in [*foreach.items(), *grid.items()]:
+        if isinstance(val, str) and p in foreach:
+            src, _, out = val.partition('.')
+            if not (src and out.isidentifier()):
+                raise PipelineError(f"{where} `foreach` {p} = {val!r}: name a list an upstream step records as \"step.output\", "
+                                    "e.g. \"data.segments\", or give the values as a list.", step=name)
+            if src not in needs:
+                raise PipelineError(f"{where} `foreach` {p} = {val!r} reads an output of step '{src}', which is not in `needs`. "
+                                    f"Add \"{src}\" to `needs`.", step=name)
+            continue
+        if not isinstance(val, list) or not val:
+            raise PipelineError(f"{where} `{'foreach' if p in foreach else 'grid'}` {p} must be a non-empty list of values, found {val!r}.", step=name)
+        seen = set()
+        for v in val:
+            k = json.dumps(v, sort_keys=True, default=repr)
+            if k in seen: raise PipelineError(f"{where} lists the value {v!r} of '{p}' twice; each item must be different.", step=name)
+            seen.add(k)
+    return dict(foreach), dict(grid)
+
 # %% ../nbs/01_project.ipynb #b910869a
+class _Pickles:
+    "Pickled with plain dicts in place of read-only mappings (a `mappingproxy` cannot be pickled), so a value object can travel to a Dask worker."
+    def __getstate__(self): return {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in vars(self).items()}
+
+    def __setstate__(self, state):
+        for k, v in state.items(): object.__setattr__(self, k, MappingProxyType(v) if isinstance(v, dict) else v)
+
 @dataclass(frozen=True, kw_only=True)
-class StepSpec:
+class StepSpec(_Pickles):
     "One pipeline step as declared in `[tool.mlnb.steps.<name>]`."
     name: str # the step's name, a Python identifier
     notebook: Path # the notebook, relative to the project root
@@ -63,17 +104,24 @@ class StepSpec:
     params: Mapping[str, Any] = field(default_factory=dict) # overrides of the notebook's declared defaults
     inputs: tuple[str, ...] = () # files (relative to the root) whose content is part of the fingerprint
     contracts: tuple[str, ...] = () # data contracts the step checks, besides those found in its code
+    foreach: Mapping[str, Any] = field(default_factory=dict) # one parameter -> a literal list, or 'step.output' (a list an upstream step records)
+    grid: Mapping[str, tuple] = field(default_factory=dict) # parameter -> values: one item per combination
+    allow_failures: int = 0 # items that may fail without failing the step
+    optional: bool = False # run only when named, or needed by a step that runs
 
     def __post_init__(self):
         if not (self.name.isidentifier() and not keyword.iskeyword(self.name)):
             raise PipelineError(f"Step name '{self.name}' is not a Python identifier. Rename [tool.mlnb.steps.{self.name}] "
                                 "to letters, digits and underscores, not starting with a digit.", step=self.name)
-        object.__setattr__(self, 'params', MappingProxyType(dict(self.params)))
-        object.__setattr__(self, 'needs', tuple(self.needs))
-        object.__setattr__(self, 'inputs', tuple(self.inputs))
-        object.__setattr__(self, 'contracts', tuple(self.contracts))
+        for key in ('params', 'foreach', 'grid'): object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
+        for key in ('needs', 'inputs', 'contracts'): object.__setattr__(self, key, tuple(getattr(self, key)))
 
-_STEP_KEYS = ('notebook', 'needs', 'params', 'inputs', 'contracts')
+    @property
+    def fans_out(self) -> bool:
+        "Whether the step runs once per item (it declares `foreach` or `grid`)."
+        return bool(self.foreach or self.grid)
+
+_STEP_KEYS = ('notebook', 'needs', 'params', 'inputs', 'contracts', 'foreach', 'grid', 'allow_failures', 'optional')
 
 def _step(name: str, table: Any) -> StepSpec:
     "Build a `StepSpec` from its TOML table, naming the step in every complaint."
@@ -96,11 +144,18 @@ def _step(name: str, table: Any) -> StepSpec:
                                 "the file name of contracts/<name>.yaml without '.yaml'), e.g. contracts = [\"customers\"].", step=name)
     if not isinstance(params, dict):
         raise PipelineError(f"{where} `params` must be a table such as `params = {{ n_estimators = 200 }}`, found {params!r}.", step=name)
-    return StepSpec(name=name, notebook=Path(table['notebook']), needs=needs, params=params, inputs=inputs, contracts=contracts)
+    foreach, grid = _fan_out(where, name, table, needs)
+    allow, optional = table.get('allow_failures', 0), table.get('optional', False)
+    if type(allow) is not int or allow < 0:
+        raise PipelineError(f"{where} `allow_failures` must be a whole number of items, 0 or more, found {allow!r}.", step=name)
+    if not isinstance(optional, bool):
+        raise PipelineError(f"{where} `optional` must be true or false, found {optional!r}.", step=name)
+    return StepSpec(name=name, notebook=Path(table['notebook']), needs=needs, params=params, inputs=inputs, contracts=contracts,
+                    foreach=foreach, grid=grid, allow_failures=allow, optional=optional)
 
 # %% ../nbs/01_project.ipynb #089bda4b
 @dataclass(frozen=True, kw_only=True)
-class Project:
+class Project(_Pickles):
     "A project folder and its `[tool.mlnb]` settings."
     root: Path # the folder holding pyproject.toml
     name: str # distribution name from [project]
@@ -115,7 +170,7 @@ class Project:
         "The local state folder (`.mlnb/`): ledger, executed notebooks, artifacts."
         return self.root / '.mlnb'
 
-_TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor', 'alerts')
+_TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor', 'alerts', 'engine', 'executor', 'dask', 'artifacts')
 
 def load_project(start: str | Path | None = None, # a folder inside the project (default: the working directory)
                 ) -> Project:

@@ -17,8 +17,8 @@ from .outputs import plain, project_root, record
 
 # %% auto #0
 __all__ = ['check_tag', 'context', 'rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model',
-           'model_info', 'champion', 'history', 'set_champion', 'record_evidence', 'latest_evidence', 'promote',
-           'rollback', 'GateConfig', 'gate', 'settle_gates', 'models', 'lineage']
+           'model_info', 'champion', 'champions', 'history', 'set_champion', 'record_evidence', 'latest_evidence',
+           'promote', 'rollback', 'GateConfig', 'gate', 'settle_gates', 'models', 'lineage']
 
 # %% ../nbs/10_registry.ipynb #e8b20d77
 _TAG_PART = re.compile(r'^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$') # BentoML's rule for a tag's name and version, at most 63 characters
@@ -126,18 +126,28 @@ def freeze_reference(model, # the fitted model
     else: raise UsageError(f"log_model(reference=...) takes held-out rows (a DataFrame) or a data profile (mlnb.contract.profile), not {type(reference).__name__}.")
     return {**ref, 'kind': kind, 'classes': classes}
 
+def _segment(value: Any) -> str:
+    "A segment as kept with a model and its champion pointer: '' for none; text (or a whole number, as text) otherwise."
+    if value is None or value == '': return ''
+    if isinstance(value, int) and not isinstance(value, bool): value = str(value)
+    if isinstance(value, str) and len(value) <= 200 and value.isprintable() and value.strip() == value: return value
+    raise UsageError(f"Segment {value!r} cannot be used: give the segment's name as text (e.g. segment=\"north\"), at most 200 "
+                     "printable characters without leading or trailing spaces, or a whole number.")
+
 def log_model(model, # a fitted scikit-learn estimator or pipeline
               name: str, # model name in the store, e.g. 'churn'
               metrics: Mapping[str, float] | None = None, # how good it is (e.g. on the training data)
               contract: str | None = None, # the data contract its training data met
               golden: Any = None, # a few raw rows (DataFrame) to replay against the served model
               reference: Any = None, # held-out rows (DataFrame, label included or not), or a data profile: what monitoring compares with
+              segment: str | None = None, # the segment it was trained for (a region, a tier): one champion per segment
              ) -> str:
     "Save `model` to the BentoML model store with its lineage, its contract and its monitoring reference; returns the model tag."
     import bentoml
     root, ctx = project_root(), context()
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
     check_tag(name, 'name')
+    segment = _segment(segment)
     commit, dirty = git_state(root)
     if not ctx: # a hand run: its interactive run, notebook, parameters and the upstream runs it read
         from mlnb.hand import lineage as hand_lineage
@@ -147,7 +157,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
                'inputs': ctx.get('inputs', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': _versions(),
-               'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None}
+               'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None, 'segment': segment or None}
     if hand is not None: lineage.update(notebook=hand['notebook'], upstream_runs=hand['upstream_runs'])
     contract_text = ''
     if contract is not None:
@@ -166,7 +176,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     meta = {'mlnb_run': ctx.get('run_id') or '', 'mlnb_step': ctx.get('step') or '', 'metrics': lineage['metrics'],
             'contract': contract or '', 'contract_yaml': contract_text, 'git_commit': commit or '',
             'lineage': json.dumps(lineage, sort_keys=True), 'golden': json.dumps(gold) if gold is not None else '',
-            'reference': json.dumps(ref) if ref is not None else ''}
+            'reference': json.dumps(ref) if ref is not None else '', 'segment': segment}
     m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=meta)
     return str(m.tag)
 
@@ -187,7 +197,7 @@ def model_info(tag: str) -> dict:
         raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME). See `mlnb models`.") from None
     md = dict(m.info.metadata)
     return {'tag': str(m.tag), 'name': m.tag.name, 'version': m.tag.version, 'created': m.info.creation_time.isoformat(),
-            'labels': dict(m.info.labels), 'metrics': dict(md.get('metrics') or {}),
+            'labels': dict(m.info.labels), 'metrics': dict(md.get('metrics') or {}), 'segment': md.get('segment') or None,
             'lineage': json.loads(md['lineage']) if md.get('lineage') else {},
             'golden': json.loads(md['golden']) if md.get('golden') else None,
             'reference': json.loads(md['reference']) if md.get('reference') else None}
@@ -195,32 +205,46 @@ def model_info(tag: str) -> dict:
 # %% ../nbs/10_registry.ipynb #47d2c593
 def _ledger(root=None) -> Ledger: return Ledger(root or project_root())
 
-def champion(name: str, root: str | Path | None = None) -> str | None:
-    "The tag of the current champion of model `name`, or None."
+def champion(name: str, root: str | Path | None = None,
+             segment: str | None = None, # the segment (default: the model's champion without a segment)
+            ) -> str | None:
+    "The tag of the current champion of model `name` (of `segment`), or None."
     check_tag(name, 'name')
     led = _ledger(root)
-    try: return _current(led.db, name)
+    try: return _current(led.db, name, _segment(segment))
     finally: led.close()
 
-def _current(db: sqlite3.Connection, name: str) -> str | None:
-    "The champion of `name` as `db` sees it (inside the caller's transaction)."
-    r = db.execute('select tag from champions where model=? order by seq desc limit 1', (name,)).fetchone()
+def champions(name: str, root: str | Path | None = None) -> dict[str, str]:
+    "The champion of every segment of model `name`: {segment: tag}, sorted by segment (the champion without a segment is `champion(name)`)."
+    check_tag(name, 'name')
+    led = _ledger(root)
+    try:
+        segs = [r['s'] for r in led.db.execute("select distinct coalesce(segment, '') s from champions where model=? order by s", (name,))]
+        return {s: _current(led.db, name, s) for s in segs if s}
+    finally: led.close()
+
+def _current(db: sqlite3.Connection, name: str, segment: str = '') -> str | None:
+    "The champion of `name` (of `segment`) as `db` sees it (inside the caller's transaction)."
+    r = db.execute("select tag from champions where model=? and coalesce(segment, '')=? order by seq desc limit 1", (name, segment)).fetchone()
     return r['tag'] if r else None
 
-def _move(db: sqlite3.Connection, tag: str, kind: str, reason: str, run_id: str | None, current: str | None, evidence: Mapping | None = None):
-    "Append the change of the champion to `tag` (from `current`) to the history, inside the caller's transaction."
-    db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id, evidence) values (?,?,?,?,?,?,?,?,?)',
-               (tag.split(':')[0], tag, current, time.time(), kind, getpass.getuser(), reason, run_id,
+def _move(db: sqlite3.Connection, tag: str, kind: str, reason: str, run_id: str | None, current: str | None, segment: str = '',
+          evidence: Mapping | None = None):
+    "Append the change of the champion (of `segment`) to `tag` (from `current`) to the history, inside the caller's transaction."
+    db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id, segment, evidence) values (?,?,?,?,?,?,?,?,?,?)',
+               (tag.split(':')[0], tag, current, time.time(), kind, getpass.getuser(), reason, run_id, segment,
                 json.dumps(evidence) if evidence else None))
 
-def history(name: str, root: str | Path | None = None) -> list[dict]:
-    "Every change of model `name`'s champion, oldest first: when, kind ('gate', 'manual', 'rollback'), from which tag to which, by whom, why, run."
+def history(name: str, root: str | Path | None = None,
+            segment: str | None = None, # only this segment's changes ('' : those without a segment; default: every segment's)
+           ) -> list[dict]:
+    "Every change of model `name`'s champion, oldest first: segment, when, kind ('gate', 'manual', 'rollback'), from which tag to which, by whom, why, run."
     check_tag(name, 'name')
     led = _ledger(root)
-    try: rows = [dict(r) for r in led.db.execute('select * from champions where model=? order by seq', (name,))]
+    try: rows = [{**dict(r), 'segment': r['segment'] or ''} for r in led.db.execute('select * from champions where model=? order by seq', (name,))]
     finally: led.close()
     for r in rows: r['evidence'] = json.loads(r['evidence']) if r.get('evidence') else None
-    return rows
+    return rows if segment is None else [r for r in rows if r['segment'] == _segment(segment)]
 
 _UNSET = object()
 
@@ -230,16 +254,18 @@ def set_champion(tag: str, # the new champion, name:version
                  run_id: str | None = None, # the run whose gate decided it
                  expect: Any = _UNSET, # only if the champion is still this tag (None: no champion yet)
                  root: str | Path | None = None,
+                 segment: str | None = None, # the segment whose champion it becomes (default: none)
                  evidence: Mapping | None = None, # what live traffic said of the candidate (see `record_evidence`)
                 ) -> bool:
-    "Make `tag` the champion of its model atomically; False when `expect` no longer holds."
+    "Make `tag` the champion of its model (of `segment`) atomically; False when `expect` no longer holds."
     check_tag(tag)
+    segment = _segment(segment)
     led = _ledger(root)
     try:
         with led.tx() as db:
-            current = _current(db, tag.split(':')[0])
+            current = _current(db, tag.split(':')[0], segment)
             if expect is not _UNSET and current != expect: return False
-            _move(db, tag, kind, reason, run_id, current, evidence)
+            _move(db, tag, kind, reason, run_id, current, segment, evidence)
         return True
     finally: led.close()
 
@@ -266,21 +292,27 @@ def latest_evidence(tag: str, root: str | Path | None = None) -> dict | None:
     return None if r is None else {**{k: r[k] for k in r.keys() if k != 'detail'}, 'detail': json.loads(r['detail'])}
 
 def promote(tag: str, reason: str = 'promoted by hand', root: str | Path | None = None) -> str | None:
-    "Make the model `tag` the champion by hand (recorded as manual, with who and when, and the latest live evidence on it); returns the previous champion."
-    tag = model_info(check_tag(tag))['tag']
-    before = champion(tag.split(':')[0], root)
-    ev = latest_evidence(tag, root)
-    set_champion(tag, 'manual', reason, root=root, evidence=ev)
+    "Make the model `tag` the champion (of the segment it was trained for) by hand, recorded as manual with who and when, and the latest live evidence on it; returns the previous champion."
+    info = model_info(check_tag(tag))
+    tag, segment = info['tag'], info['segment']
+    before = champion(tag.split(':')[0], root, segment)
+    set_champion(tag, 'manual', reason, root=root, segment=segment, evidence=latest_evidence(tag, root))
     return before
 
-def rollback(name: str, root: str | Path | None = None) -> str:
-    "Give model `name` back the champion it had before the current one; returns that tag."
+def rollback(name: str, root: str | Path | None = None,
+             segment: str | None = None, # the segment whose champion goes back (default: the champion without a segment)
+            ) -> str:
+    "Give model `name` (of `segment`) back the champion it had before the current one; returns that tag."
     check_tag(name, 'name')
+    segment = _segment(segment)
     led = _ledger(root)
     try:
         with led.tx() as db:
-            rows = [dict(r) for r in db.execute('select tag, kind from champions where model=? order by seq', (name,))]
-            if not rows: raise UsageError(f"Model '{name}' has no champion, so there is nothing to roll back.")
+            rows = [dict(r) for r in db.execute("select tag, kind from champions where model=? and coalesce(segment, '')=? order by seq", (name, segment))]
+            if not rows:
+                others = [r['s'] for r in db.execute("select distinct segment s from champions where model=? and coalesce(segment, '') != ''", (name,))]
+                raise UsageError(f"Model '{name}' has no champion{f' for segment {segment!r}' if segment else ''}, so there is nothing to roll back."
+                                 + (f" Its segments: {', '.join(sorted(others))} (pass --segment)." if others and not segment else ''))
             stack = [] # champions in force, oldest first: a promotion pushes, a rollback pops
             for r in rows:
                 if r['kind'] == 'rollback': stack.pop()
@@ -288,7 +320,7 @@ def rollback(name: str, root: str | Path | None = None) -> str:
             if len(stack) < 2:
                 raise UsageError(f"Model '{name}' has no earlier champion to roll back to (its champion is {stack[-1] if stack else None}).")
             target = stack[-2]
-            _move(db, target, 'rollback', f"rolled back from {rows[-1]['tag']}", None, rows[-1]['tag'])
+            _move(db, target, 'rollback', f"rolled back from {rows[-1]['tag']}", None, rows[-1]['tag'], segment)
         return target
     finally: led.close()
 
@@ -368,22 +400,30 @@ def gate(name: str, # model name
          candidate: str, # the candidate's tag
          metrics: Mapping[str, float], # the candidate's metrics on the evaluation data
          champion_metrics: Mapping[str, float] | None = None, # the champion's, on the same data (None: no champion)
-         champion_tag: str | None = None, # the champion that was scored (default: the current one)
+         champion_tag: Any = _UNSET, # the champion that was scored, None if there was none (default: the current one)
+         segment: str | None = None, # the segment the candidate competes in (default: the one it was logged for)
         ) -> dict:
     "Decide whether `candidate` should replace the champion; records and returns the decision, with both models' metrics."
     from mlnb.project import load_project
     check_tag(name, 'name'); check_tag(candidate)
-    if champion_tag is not None: check_tag(champion_tag)
+    if champion_tag not in (None, _UNSET): check_tag(champion_tag)
     root = project_root()
     cfg = GateConfig.from_settings(load_project(root).settings.get('gate', {}))
-    current = champion_tag if champion_tag is not None else champion(name, root)
+    try: logged = model_info(candidate)['segment'] or ''
+    except UsageError: logged = None # not in this store: nothing to compare with
+    segment = _segment(segment) if segment is not None else logged or ''
+    if logged is not None and segment != logged:
+        raise UsageError(f"The candidate {candidate} was logged for segment {logged or 'none'!r}, but the gate was asked for segment "
+                         f"{segment or 'none'!r}. Gate it in its own segment (log_model(..., segment=...) sets it).")
+    # what was scored is what the decision is about: if the champion changes before the run ends, the decision is stale
+    current = champion_tag if champion_tag is not _UNSET else champion(name, root, segment)
     if current is not None and champion_metrics is None:
         raise UsageError(f"Model '{name}' has a champion ({current}); score it on the same data and pass champion_metrics.")
     promote_, reason = cfg.decide(metrics, champion_metrics if current is not None else None)
     if promote_ and _by_hand(candidate):
         promote_, reason = False, (f"{reason.rsplit(': ', 1)[0]}: not promoted ({candidate} was trained in a notebook run by hand; "
                                    f"the gate never promotes such a model, `mlnb promote {candidate}` can)")
-    decision = {'model': name, 'candidate': candidate, 'champion': current, 'metric': cfg.metric,
+    decision = {'model': name, 'segment': segment or None, 'candidate': candidate, 'champion': current, 'metric': cfg.metric,
                 'candidate_value': plain(metrics.get(cfg.metric)), 'champion_value': plain((champion_metrics or {}).get(cfg.metric)),
                 'promote': promote_, 'reason': reason, 'metrics': plain(dict(metrics)),
                 'champion_metrics': plain(dict(champion_metrics)) if champion_metrics is not None and current is not None else None}
@@ -414,12 +454,13 @@ def settle_gates(db: sqlite3.Connection, # the ledger, inside the transaction th
     from mlnb.ledger import _gate_row
     out = []
     for g in [_gate_row(r) for r in db.execute("select * from gates where run_id=? and status='pending' order by seq", (run_id,))]:
-        current = _current(db, g['model'])
+        segment = g.get('segment') or ''
+        current = _current(db, g['model'], segment)
         if not run_ok: status = 'run_failed'
         elif not g['promote']: status = 'declined'
         elif current != g['champion']: status = 'stale'
         else:
-            _move(db, g['candidate'], 'gate', g['reason'], run_id, current)
+            _move(db, g['candidate'], 'gate', g['reason'], run_id, current, segment)
             status = 'applied'
         outcome = _OUTCOMES[status].format(champion=g['champion'] or 'none', current=current or 'none')
         db.execute('update gates set status=?, applied=?, outcome=?, settled=? where seq=?',
@@ -429,22 +470,28 @@ def settle_gates(db: sqlite3.Connection, # the ledger, inside the transaction th
     return out
 
 # %% ../nbs/10_registry.ipynb #31346ef6
-def models(name: str | None = None, root: str | Path | None = None) -> list[dict]:
-    "Versions in the model store (of `name`, or of every model mlnb logged), newest first: the champion marked, the metrics the gate scored each on, its training metrics."
+def models(name: str | None = None, root: str | Path | None = None,
+           segment: str | None = None, # only the versions logged for this segment
+          ) -> list[dict]:
+    "Versions in the model store (of `name`, or of every model mlnb logged), newest first: the segment, the champion (of its segment) marked, the metrics the gate scored each on, its training metrics."
     import bentoml
     if name is not None: check_tag(name, 'name')
+    want = None if segment is None else _segment(segment)
     out, champs = [], {}
     led = _ledger(root)
     try:
         for m in bentoml.models.list(name) if name else bentoml.models.list():
             md = m.info.metadata
             if 'lineage' not in md: continue
-            n, g = m.tag.name, _last_gate(led, str(m.tag))
-            if n not in champs: champs[n] = _current(led.db, n)
-            out.append({'tag': str(m.tag), 'name': n, 'created': m.info.creation_time.isoformat(), 'run_id': md.get('mlnb_run') or None,
+            n, seg = m.tag.name, md.get('segment') or ''
+            if want is not None and seg != want: continue
+            g = _last_gate(led, str(m.tag))
+            if (n, seg) not in champs: champs[n, seg] = _current(led.db, n, seg)
+            out.append({'tag': str(m.tag), 'name': n, 'segment': seg or None, 'created': m.info.creation_time.isoformat(),
+                        'run_id': md.get('mlnb_run') or None,
                         'evaluation_metrics': g['metrics'] if g else None, 'training_metrics': dict(md.get('metrics') or {}),
                         'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'at')},
-                        'champion': str(m.tag) == champs[n]})
+                        'champion': str(m.tag) == champs[n, seg]})
     finally: led.close()
     return sorted(out, key=lambda r: r['created'], reverse=True)
 
@@ -476,7 +523,7 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
                     windows.append({'step': s['step'], **s['outputs']['production_window']})
         except MlnbError: run = None
         finally: led.close()
-    return {'model': {'tag': info['tag'], 'created': info['created'], 'metrics': info['metrics']},
+    return {'model': {'tag': info['tag'], 'created': info['created'], 'metrics': info['metrics'], 'segment': info['segment']},
             'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'metrics', 'champion', 'champion_metrics')},
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},

@@ -6,16 +6,17 @@ Docs: https://mlnb.github.io/mlnb/runner.html.md"""
 
 # %% ../nbs/08_runner.ipynb #a6730391
 from __future__ import annotations
-import fcntl, hashlib, json, os, subprocess, sys, time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+import fcntl, functools, hashlib, json, os, subprocess, sys, time
+from concurrent.futures import FIRST_COMPLETED, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .artifacts import is_ref
-from .engines import papermill_engine, pool
+from .engines import papermill_engine
 from .errors import MlnbError, StepFailed
+from .executors import executor_spec, start_executor
 from .ledger import Ledger, new_run_id
 from .outputs import read_refs, store
 from .pipeline import Plan, PlannedStep, make_plan
@@ -24,8 +25,8 @@ from .registry import GateConfig, settle_gates
 
 # %% auto #0
 __all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'code_cells', 'fingerprint',
-           'fingerprint_parts', 'fingerprints', 'step_context', 'Progress', 'execute_step', 'kernel_log', 'StepResult',
-           'RunResult', 'run_pipeline']
+           'fingerprint_parts', 'fingerprints', 'step_parts', 'step_fingerprint', 'step_context', 'Progress',
+           'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -96,6 +97,11 @@ def contract_hashes(plan: Plan) -> dict[str, dict[str, str]]:
 
 def code_cells(path: Path) -> list[dict]:
     "The code cells of the notebook at `path`: hash of the source (`sha`), position among all its cells (`cell`, from 1), first line."
+    p = Path(path)
+    return _code_cells(str(p), p.stat().st_mtime_ns)
+
+@functools.lru_cache(maxsize=256)
+def _code_cells(path: str, mtime: int) -> list[dict]:
     nb = json.loads(Path(path).read_text(encoding='utf-8'))
     out = []
     for i, c in enumerate(nb.get('cells', [])):
@@ -116,16 +122,32 @@ def fingerprint_parts(plan: Plan, package: str, inputs: Mapping[str, Mapping[str
     "What each step's fingerprint is computed from: `code` (one entry per code cell), `params`, `upstream` (fingerprints), `inputs`, `contracts`, `package`."
     parts, fps = {}, {}
     for s in plan.steps:
-        p = {'code': code_cells(s.notebook), 'params': dict(s.params), 'upstream': {n: fps[n] for n in s.spec.needs},
-             'inputs': dict(inputs[s.name]), 'contracts': dict((contracts or {}).get(s.name, {})), 'package': package}
-        parts[s.name], fps[s.name] = p, fingerprint(p)
+        p = parts[s.name] = step_parts(s, s.params, fps, inputs[s.name], (contracts or {}).get(s.name, {}), package)
+        fps[s.name] = fingerprint(p)
     return parts
 
 def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
+                 fixed: Mapping[str, str] | None = None, # fingerprints already known (a fanned-out step's, once its items ran)
                 ) -> dict[str, str]:
     "The fingerprint of every step of `plan`, given the package hash, the input hashes and the contract hashes."
-    return {n: fingerprint(p) for n, p in fingerprint_parts(plan, package, inputs, contracts).items()}
+    fps = dict(fixed or {})
+    for s in plan.steps:
+        if s.name not in fps:
+            fps[s.name] = step_fingerprint(s, s.params, {n: fps[n] for n in s.spec.needs}, inputs[s.name], (contracts or {}).get(s.name, {}), package)
+    return fps
+
+def step_parts(step: PlannedStep, params: Mapping[str, Any], # the step, and the parameters it runs with (an item's, for an item)
+               upstream: Mapping[str, str], # fingerprint of each needed step (or of its matching item)
+               inputs: Mapping[str, str], contracts: Mapping[str, str], package: str) -> dict:
+    "What one execution of `step` is fingerprinted from: `code` (one entry per code cell), `params`, `upstream`, `inputs`, `contracts`, `package`."
+    return {'code': code_cells(step.notebook), 'params': dict(params), 'upstream': {n: upstream[n] for n in step.spec.needs},
+            'inputs': dict(inputs), 'contracts': dict(contracts), 'package': package}
+
+def step_fingerprint(step: PlannedStep, params: Mapping[str, Any], upstream: Mapping[str, str],
+                     inputs: Mapping[str, str], contracts: Mapping[str, str], package: str) -> str:
+    "The fingerprint of one execution of `step` (see `step_parts`)."
+    return fingerprint(step_parts(step, params, upstream, inputs, contracts, package))
 
 def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, str], inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None) -> dict:
@@ -153,23 +175,29 @@ class Progress:
             self._live.start()
 
     def __rich__(self):
+        from rich.markup import escape
         from rich.table import Table
         t = Table(box=None, show_header=False)
         colors = {'ok': 'green', 'cached': 'cyan', 'failed': 'red', 'skipped': 'yellow', 'running': 'blue'}
         for name, (state, start, dur, note) in self.rows.items():
+            if name.endswith(']') and state not in ('running', 'failed'): continue # of a fan-out's items, those running and those that failed
             secs = dur if dur is not None else (time.time() - start if start else None)
-            t.add_row(name, f"[{colors.get(state, 'white')}]{state}[/]", f'{secs:.2f}s' if secs is not None else '', note)
+            t.add_row(escape(name), f"[{colors.get(state, 'white')}]{state}[/]", f'{secs:.2f}s' if secs is not None else '', escape(note))
         return t
 
     def update(self, step: str, state: str, duration: float | None = None, note: str = ''):
-        "Record that `step` is now in `state`."
-        row = self.rows[step]
+        "Record that `step` (or a fan-out item, `train[segment=north]`) is now in `state`."
+        row = self.rows.setdefault(step, ['pending', None, None, ''])
+        if state == 'running' and row[0] != 'running': row[1] = time.time()
         row[0], row[3] = state, note
-        if state == 'running': row[1] = time.time()
         if duration is not None: row[2] = duration
         if self.mode == 'plain':
             d = f' {duration:.2f}s' if duration is not None else ''
             print(f"mlnb: {step:<14} {state}{d}{'  ' + note if note else ''}", file=sys.stderr, flush=True)
+
+    def items(self, step: str, note: str):
+        "Show how far the items of `step` are (on the live table; the items' own lines say it otherwise)."
+        self.rows[step][3] = note
 
     def close(self):
         if self._live is not None: self._live.stop()
@@ -194,6 +222,7 @@ def execute_step(step: PlannedStep, # what to run
     "Execute `step` with papermill and return the outputs it recorded (artifact references as references)."
     import papermill as pm
     _quiet_papermill()
+    name = (context or {}).get('step') or step.name # a fan-out item is named after its values
     params = dict(step.overrides) # the notebook's own defaults stay as the notebook wrote them
     if step.spec.needs: params['upstream'] = dict(upstream)
     if context is not None: params['mlnb_run'] = dict(context)
@@ -206,12 +235,12 @@ def execute_step(step: PlannedStep, # what to run
         pm.execute_notebook(str(step.notebook), str(out_path), parameters=params, engine_name=engine,
                             progress_bar=False, **kw)
     except pm.PapermillExecutionError as e:
-        raise StepFailed(f"Step '{step.name}' failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}\n"
-                         f"The executed notebook, with the traceback, is at {out_path}{_see_log(log)}", step=step.name,
+        raise StepFailed(f"Step '{name}' failed in cell [{e.exec_count}]: {e.ename}: {e.evalue}\n"
+                         f"The executed notebook, with the traceback, is at {out_path}{_see_log(log)}", step=name,
                          cell=e.exec_count, ename=e.ename, evalue=e.evalue, notebook=str(out_path), kernel_log=_log_path(log)) from None
     except Exception as e:
-        raise StepFailed(f"Step '{step.name}' could not be executed: {type(e).__name__}: {e}\n"
-                         f"The notebook as far as it ran is at {out_path}{_see_log(log)}", step=step.name, cell=None,
+        raise StepFailed(f"Step '{name}' could not be executed: {type(e).__name__}: {e}\n"
+                         f"The notebook as far as it ran is at {out_path}{_see_log(log)}", step=name, cell=None,
                          ename=type(e).__name__, evalue=str(e), notebook=str(out_path), kernel_log=_log_path(log)) from None
     return read_refs(out_path)
 
@@ -239,6 +268,7 @@ class StepResult:
     notebook: str | None = None
     cached_from: str | None = None
     error: StepFailed | None = None
+    parent: str | None = None # for an item of a fanned-out step: that step
 
 @dataclass
 class RunResult:
@@ -248,14 +278,16 @@ class RunResult:
     steps: dict[str, StepResult] = field(default_factory=dict)
     gates: list[dict] = field(default_factory=list) # gate decisions of executed steps, with whether they were applied
     alert: dict | None = None # how the alert command went, when a data guard stopped the run
+    warnings: list[StepFailed] = field(default_factory=list) # fanned-out steps whose failed items `allow_failures` let pass
 
     @property
     def error(self) -> StepFailed | None:
-        return next((s.error for s in self.steps.values() if s.error is not None), None)
+        "The first step that failed (a fanned-out step's error lists its failed items)."
+        return next((s.error for s in self.steps.values() if s.error is not None and s.parent is None), None)
 
 def _refs_exist(payload: Any, st) -> bool:
     "Whether every artifact referenced in `payload` is still in the store."
-    if is_ref(payload): return st.path(payload).is_file()
+    if is_ref(payload): return st.exists(payload)
     if isinstance(payload, dict): return all(_refs_exist(v, st) for v in payload.values())
     if isinstance(payload, list): return all(_refs_exist(v, st) for v in payload)
     return True
@@ -267,23 +299,25 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                  profile: str | None = None, # profile from [tool.mlnb.profiles]
                  overrides: Iterable[str] = (), # 'KEY=VALUE' / 'STEP.KEY=VALUE' parameters
                  force: bool = False, # execute every step even when cached
-                 jobs: int = 1, # steps executed at the same time
+                 jobs: int | None = None, # steps (or items) executed at the same time here; on Dask, the LocalCluster's workers
                  engine: str | None = None, # 'kernel' (default), 'fast', or a papermill engine name
                  progress: str = 'auto', # 'auto', 'rich', 'plain' or 'quiet'
+                 executor: str | None = None, # 'local' (default) or 'dask'
+                 address: str | None = None, # the Dask scheduler, 'tcp://HOST:PORT' (default: a LocalCluster for the run)
                 ) -> RunResult:
-    "Run the pipeline of `project`, recording everything in the ledger; returns how each step ended."
+    "Run the pipeline of `project`, recording everything in the ledger; returns how each step (and each item) ended."
     project = project or load_project()
     targets, overrides = list(targets), list(overrides)
     plan = make_plan(project, targets, profile, overrides)
     engine = engine or project.settings.get('engine') or 'kernel' # recorded as asked: 'kernel', 'fast', or a papermill engine
     pm_engine = papermill_engine(engine)
     if 'gate' in project.settings: GateConfig.from_settings(project.settings['gate']) # a bad gate is refused before anything runs
-    if jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
+    if jobs is not None and jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
+    spec = executor_spec(project.settings, executor, address, jobs)
     project.state.mkdir(parents=True, exist_ok=True)
     ensure_exported(project)
-    inputs, contracts = input_hashes(plan), contract_hashes(plan)
-    parts = fingerprint_parts(plan, package_hash(project), inputs, contracts)
-    fps = {n: fingerprint(p) for n, p in parts.items()}
+    inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
+    fps = fingerprints(plan, package, inputs, contracts)
     root = str(project.root)
     if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
@@ -292,17 +326,19 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     run_id = new_run_id()
     run_dir = project.state / 'runs' / run_id
     run_dir.mkdir(parents=True)
-    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine, force=force)
+    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine,
+                  executor=spec['name'], force=force)
     result, outputs = RunResult(run_id, 'running'), {}
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     def show(*a, **k):
         if prog: prog.update(*a, **k)
+    from mlnb.fanout import RunState # it builds on this module
+    run = RunState(plan, run_id, run_dir, led, st, result, outputs, fps, inputs, contracts, package, force, show, prog)
+    ex = _Lazy(lambda: start_executor(spec, pm_engine, root))
     try:
-        may_execute = force or any(led.cached(s.name, fps[s.name]) is None for s in plan.steps)
-        with (pool(jobs) if pm_engine == 'mlnb_fast' and may_execute else nullcontext()), \
-             ThreadPoolExecutor(max_workers=jobs, thread_name_prefix='mlnb-step') as ex:
+        with ex:
             pending, running = list(plan.steps), {}
-            while pending or running:
+            while pending or running or run.queue:
                 for s in list(pending):
                     states = [result.steps[n].status if n in result.steps else None for n in s.spec.needs]
                     if any(x in ('failed', 'skipped') for x in states):
@@ -310,57 +346,64 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                         bad = next(n for n in s.spec.needs if result.steps.get(n) and result.steps[n].status in ('failed', 'skipped'))
                         result.steps[s.name] = StepResult(s.name, 'skipped', fps[s.name])
                         led.finish_step(run_id, s.name, 'skipped', params=dict(s.params), fingerprint=fps[s.name],
-                                        error={'reason': f"upstream step '{bad}' did not succeed"}, parts=parts[s.name])
+                                        error={'reason': f"upstream step '{bad}' did not succeed"})
                         show(s.name, 'skipped', note=f"'{bad}' did not succeed")
                         continue
-                    if not all(x in ('ok', 'cached') for x in states) or len(running) >= jobs: continue
+                    if not all(x in ('ok', 'cached') for x in states): continue
                     pending.remove(s)
-                    ups_from = {n: result.steps[n].cached_from or run_id for n in s.spec.needs}
-                    hit = None if force else led.cached(s.name, fps[s.name])
-                    if hit is not None and _refs_exist(hit[1], st):
-                        outputs[s.name] = hit[1]
-                        result.steps[s.name] = StepResult(s.name, 'cached', fps[s.name], 0.0, hit[1], cached_from=hit[0])
-                        led.finish_step(run_id, s.name, 'cached', outputs=hit[1], cached_from=hit[0],
-                                        params=dict(s.params), fingerprint=fps[s.name], parts=parts[s.name], upstream_runs=ups_from)
-                        show(s.name, 'cached', note=f'from run {hit[0]}')
-                        continue
-                    out_nb = run_dir / f'{s.name}.ipynb'
-                    led.start_step(run_id, s.name, params=dict(s.params), fingerprint=fps[s.name], notebook=str(out_nb),
-                                   parts=parts[s.name], upstream_runs=ups_from)
-                    show(s.name, 'running')
-                    ups = {n: outputs[n] for n in s.spec.needs}
-                    running[ex.submit(_timed, execute_step, s, out_nb, ups, pm_engine, project.root,
-                                     step_context(plan, s, run_id, fps, inputs, contracts))] = (s, out_nb)
+                    if s.spec.fans_out: run.fan_out(s)
+                    else: run.step(s)
+                while run.queue and len(running) < ex.slots:
+                    u = run.queue.pop(0)
+                    led.start_step(run_id, u.name, params=dict(u.step.params), fingerprint=u.fingerprint, notebook=str(u.out),
+                                   parts=u.parts, upstream_runs=u.upstream_runs,
+                                   item=None if u.item is None else dict(u.item.values), parent=u.item and u.item.step)
+                    show(u.name, 'running')
+                    running[ex.submit(_timed, execute_step, u.step, u.out, u.upstream, pm_engine, project.root, u.context,
+                                      key=f'mlnb-{run_id}-{u.name}')] = u
                 if not running: continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    s, out_nb = running.pop(fut)
-                    try:
-                        outs, secs = fut.result()
-                        outputs[s.name] = outs
-                        result.steps[s.name] = StepResult(s.name, 'ok', fps[s.name], secs, outs, str(out_nb))
-                        led.finish_step(run_id, s.name, 'ok', outputs=outs, gates=_decisions(outs))
-                        show(s.name, 'ok', secs)
-                    except StepFailed as e:
-                        try: partial = {k: v for k, v in read_refs(out_nb).items() if k == 'gate'} # kept for the record, never reused
-                        except Exception: partial = None
-                        result.steps[s.name] = StepResult(s.name, 'failed', fps[s.name], None, partial, str(out_nb), error=e)
-                        led.finish_step(run_id, s.name, 'failed', error=e.fields, gates=_decisions(partial))
-                        show(s.name, 'failed', note=f'{e.ename}: {e.evalue}'[:80])
-            result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values()) else 'ok'
+                    u = running.pop(fut)
+                    try: outs, secs = fut.result()
+                    except StepFailed as e: run.failed(u, e)
+                    except Exception as e: # the unit never came back: its Dask worker was lost for good, or the cluster went away
+                        run.failed(u, StepFailed(f"Step '{u.name}' was lost before it finished ({type(e).__name__}: {e}).\n"
+                                                 f"The notebook as far as it ran may be at {u.out}", step=u.name, cell=None,
+                                                 ename=type(e).__name__, evalue=str(e), notebook=str(u.out), kernel_log=None))
+                    else: run.succeeded(u, outs, secs)
+            steps = [r for r in result.steps.values() if r.parent is None]
+            result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in steps) else 'ok'
             ok = result.status == 'ok'
             # the gate decisions are applied, and the run marked finished, in one transaction (a kill leaves all or nothing),
-            # before the fast engine's workers are stopped
+            # before the executor (its workers, a LocalCluster) is stopped
             result.gates = led.finish_run(run_id, result.status, None if result.error is None else str(result.error),
                                           within=lambda db: settle_gates(db, run_id, ok))
         result.alert = _guard_alert(project, run_id, result)
         return result
     except BaseException as e:
-        led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=lambda db: settle_gates(db, run_id, False))
+        def abort(db):
+            db.execute("update steps set status='failed', error=? where run_id=? and status='running'",
+                       (json.dumps({'reason': f'the run stopped: {type(e).__name__}: {e}'}), run_id))
+            return settle_gates(db, run_id, False)
+        led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=abort)
         raise
     finally:
         if prog: prog.close()
         led.close()
+
+class _Lazy:
+    "An executor started when the first unit needs it, so a run that is all cached starts no worker and no cluster."
+    def __init__(self, start): self._start, self._ex = start, None
+    def _get(self):
+        if self._ex is None: self._ex = self._start()
+        return self._ex
+    @property
+    def slots(self) -> int: return self._get().slots
+    def submit(self, *a, **k): return self._get().submit(*a, **k)
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        if self._ex is not None: self._ex.close()
 
 def _guard_alert(project: Project, run_id: str, result: RunResult) -> dict | None:
     "Tell the team (the alert command) when a data guard stopped the run: a step failed on a contract the data does not meet."

@@ -6,6 +6,7 @@ import pandas as pd
 from conftest import git_snapshot, mlnb, run
 
 STEPS = ['data', 'features', 'train', 'evaluate']
+OPTIONAL = ['train_region', 'evaluate_region']  # the per-region steps, run only when named
 
 
 def test_layout(scaffold_template):
@@ -17,7 +18,8 @@ def test_layout(scaffold_template):
         assert (root / rel).exists(), rel
     cfg = tomllib.loads((root / 'pyproject.toml').read_text())
     assert cfg['tool']['nbdev']['lib_path'] == 'churn'
-    assert list(cfg['tool']['mlnb']['steps']) == STEPS
+    assert list(cfg['tool']['mlnb']['steps']) == STEPS + OPTIONAL
+    assert all(cfg['tool']['mlnb']['steps'][s]['optional'] for s in OPTIONAL)
     assert '.mlnb/' in (root / '.gitignore').read_text().splitlines()
     assert not (root / 'settings.ini').exists()
     df = pd.read_csv(root / 'data' / 'customers.csv')
@@ -99,7 +101,8 @@ def test_refuses_invalid_package_name(tmp_path):
 def test_steps_json(scaffold_template):
     res = mlnb('steps', '--json', cwd=scaffold_template / 'nbs')
     data = json.loads(res.stdout)
-    assert [d['step'] for d in data] == STEPS
+    assert [d['step'] for d in data] == STEPS + OPTIONAL
+    assert [d['optional'] for d in data] == [False] * 4 + [True] * 2 and data[4]['foreach'] == {'region': 'data.segments'}
     assert data[2]['params'] == {'n_estimators': 200} and data[2]['needs'] == ['data', 'features']
 
 
