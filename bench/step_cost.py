@@ -4,12 +4,17 @@ Everything is measured in this one invocation, so the ratios hold on a shared, n
 
 - a trivial step and a realistic step (pandas + scikit-learn, 20k rows, a small model, one
   recorded metric), run as `python script.py`, with the papermill CLI, with mlnb's kernel
-  engine and with mlnb's fast engine (a warm worker);
-- the scaffold pipeline: a cold `mlnb run` against a no-change re-run.
+  engine starting a kernel for the step (as it did before warm kernels), with warm kernels
+  (the next step's kernel starts while this one runs), with warm kernels and `preload`, and
+  with mlnb's fast engine (a warm worker);
+- the scaffold pipeline (4 steps, `mlnb run --force`): papermill's own engine (a kernel started
+  per step), the kernel engine (warm kernels), with `preload`, the fast engine; a no-change re-run.
+  With `--before REV`, also the kernel engine of an earlier commit of this repository (checked
+  out in a temporary git worktree), on the same scaffold.
 
-Usage: python bench/step_cost.py [--repeat N]
+Usage: python bench/step_cost.py [--repeat N] [--before REV]
 """
-import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, os, re, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import nbformat
@@ -33,6 +38,9 @@ model = make_pipeline(pre, RandomForestClassifier(n_estimators=20, max_depth=6, 
 auc = float(roc_auc_score(yte, model.predict_proba(Xte)[:, 1]))
 mlnb.record("roc_auc", auc)
 print(auc)'''
+
+PRELOAD = ('numpy', 'pandas', 'sklearn.ensemble', 'sklearn.pipeline', 'sklearn.compose', 'sklearn.preprocessing',
+           'sklearn.impute', 'sklearn.metrics', 'sklearn.model_selection', 'mlnb')
 
 TRIVIAL = '''import mlnb
 y = x + 1
@@ -63,14 +71,15 @@ def timed(fn, repeat):
     return statistics.median(ts)
 
 
-def sh(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def sh(cmd, cwd, env=None):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if r.returncode: raise SystemExit(f"{cmd} failed:\n{r.stderr[-2000:]}")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--repeat', type=int, default=5)
+    ap.add_argument('--before', metavar='REV', help='also run the scaffold with the mlnb of this git revision')
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix='mlnb-bench-'))
     write_data(tmp / 'data.csv')
@@ -94,7 +103,11 @@ def main():
         r['python script.py'] = timed(lambda: sh([sys.executable, f'{case}.py'], tmp), args.repeat)
         r['papermill CLI'] = timed(lambda: sh([sys.executable, '-m', 'papermill', '-k', 'python3', '--no-progress-bar',
                                                f'{case}.ipynb', str(out / f'pm-{case}.ipynb')], tmp), args.repeat)
-        r['mlnb kernel engine (step)'] = timed(lambda: execute_step(step, out / f'k-{case}.ipynb', {}, 'mlnb_kernel', tmp), args.repeat)
+        r['kernel engine, kernel per step'] = timed(lambda: execute_step(step, out / f'k-{case}.ipynb', {}, 'mlnb_kernel', tmp), args.repeat)
+        for name, pre in (('kernel engine, warm kernels', ()), ('warm kernels + preload', PRELOAD)):
+            with engines.kernels(1, preload=pre):
+                execute_step(step, out / f'w-{case}.ipynb', {}, 'mlnb_kernel', tmp)  # the first kernel starts with the step
+                r[name] = timed(lambda: execute_step(step, out / f'w-{case}.ipynb', {}, 'mlnb_kernel', tmp), args.repeat)
         with engines.pool(1):
             execute_step(step, out / f'f-{case}.ipynb', {}, 'mlnb_fast', tmp)  # warm-up: the worker's imports
             r['mlnb fast engine (warm step)'] = timed(lambda: execute_step(step, out / f'f-{case}.ipynb', {}, 'mlnb_fast', tmp), args.repeat)
@@ -104,9 +117,24 @@ def main():
     proj_dir = tmp / 'churn'
     mlnb = str(Path(sys.executable).parent / 'mlnb')
     sh([mlnb, 'new', str(proj_dir)], tmp)
-    t0 = time.perf_counter(); sh([mlnb, 'run', '-q'], proj_dir); cold = time.perf_counter() - t0
+    toml = (proj_dir / 'pyproject.toml').read_text()
+    plain = re.sub(r'\n\[tool\.mlnb\]\npreload = \[[^\]]*\]\n', '\n', toml)  # the scaffold without its preload
+    (proj_dir / 'pyproject.toml').write_text(plain)
+    sh([mlnb, 'run', '-q'], proj_dir)  # the package exported, the data cached by the OS
+    scaffold = {}
+    def cold(label, *extra, env=None):
+        scaffold[label] = timed(lambda: sh([mlnb, 'run', '-q', '--force', *extra], proj_dir, env), args.repeat)
+    if args.before:
+        old = tmp / 'before'
+        sh(['git', '-C', str(Path(__file__).resolve().parent), 'worktree', 'add', '-q', '--detach', str(old), args.before], tmp)
+        try: cold(f'kernel engine at {args.before[:10]}', env={**os.environ, 'PYTHONPATH': str(old)})
+        finally: sh(['git', '-C', str(Path(__file__).resolve().parent), 'worktree', 'remove', '--force', str(old)], tmp)
+    cold('papermill engine (kernel per step)', '--engine', 'nbclient')
+    cold('kernel engine (warm kernels)')
+    (proj_dir / 'pyproject.toml').write_text(toml if toml != plain else toml + f'\n[tool.mlnb]\npreload = {list(PRELOAD)!r}\n'.replace("'", '"'))
+    cold('kernel engine + preload')
+    cold('fast engine', '--engine', 'fast')
     warm = timed(lambda: sh([mlnb, 'run', '-q'], proj_dir), args.repeat)
-    t0 = time.perf_counter(); sh([mlnb, 'run', '-q', '--force', '--engine', 'fast'], proj_dir); cold_fast = time.perf_counter() - t0
 
     print(f"machine: {os.cpu_count()} cores; median of {args.repeat} runs per cell\n")
     for case, r in results.items():
@@ -116,10 +144,11 @@ def main():
         for k, v in r.items():
             print(f"  {k:32} {v:8.3f} {v / base:9.2f}x {v / r['papermill CLI']:16.2f}x")
         print()
-    print("scaffold pipeline (4 steps, kernel engine)")
-    print(f"  cold `mlnb run`                  {cold:8.3f}")
-    print(f"  no-change re-run                 {warm:8.3f}   {warm / cold:.1%} of cold")
-    print(f"  `mlnb run --force --engine fast` {cold_fast:8.3f}   {cold_fast / cold:.1%} of cold (includes starting the worker)")
+    base = scaffold['papermill engine (kernel per step)']
+    first = next(iter(scaffold))
+    print(f"scaffold pipeline (4 steps, `mlnb run --force`)\n  {'how':36} {'seconds':>8} {'vs kernel per step':>19} {'vs ' + first:>30}")
+    for k, v in scaffold.items(): print(f"  {k:36} {v:8.3f} {v / base:18.2f}x {v / scaffold[first]:29.2f}x")
+    print(f"  {'no-change re-run':36} {warm:8.3f} {warm / base:18.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

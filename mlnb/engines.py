@@ -13,7 +13,8 @@ from typing import Iterator
 from .errors import UsageError
 
 # %% auto #0
-__all__ = ['ENGINES', 'PRELOAD', 'papermill_engine', 'Worker', 'WorkerPool', 'pool', 'FastEngine', 'KernelEngine']
+__all__ = ['ENGINES', 'PRELOAD', 'papermill_engine', 'Worker', 'WorkerPool', 'pool', 'FastEngine', 'WarmKernel', 'KernelPool',
+           'kernels', 'KernelEngine']
 
 # %% ../nbs/07_engines.ipynb #3e8c03bf
 ENGINES = {'kernel': 'mlnb_kernel', 'fast': 'mlnb_fast'}
@@ -32,7 +33,7 @@ def papermill_engine(name: str | None, # 'kernel', 'fast', or any registered pap
 
 # %% ../nbs/07_engines.ipynb #38c5029e
 PRELOAD = ('numpy', 'pandas', 'pyarrow.parquet', 'sklearn.ensemble', 'sklearn.pipeline', 'sklearn.compose',
-           'sklearn.preprocessing', 'sklearn.impute', 'sklearn.metrics', 'sklearn.model_selection', 'scrapbook',
+           'sklearn.preprocessing', 'sklearn.impute', 'sklearn.metrics', 'sklearn.model_selection',
            'IPython', 'execnb.shell', 'mlnb')
 
 def _plain_outputs(outs) -> list[dict]:
@@ -272,13 +273,138 @@ class FastEngine(_Engine):
                 nb_man.cell_complete(cell, idx)
         return nb
 
+# %% ../nbs/07_engines.ipynb #c73c3a7a
+def _preload_code(mods) -> str:
+    "Code that imports `mods` without leaving a name behind (a module that fails to import is left to the notebook)."
+    return (f"def _mlnb_preload(mods={list(mods)!r}):\n    import importlib\n    for m in mods:\n"
+            "        try: importlib.import_module(m)\n        except Exception: pass\n_mlnb_preload()\ndel _mlnb_preload")
+
+class WarmKernel:
+    "A started kernel waiting for (or running) one notebook."
+    def __init__(self, km, log: str): self.km, self.log = km, log
+
+class KernelPool:
+    "Kernels started ahead of the notebooks that will use them, one notebook each."
+    def __init__(self, size: int = 1, # kernels kept waiting per (kernel name, folder)
+                 preload=(), # modules a waiting kernel imports
+                 log_dir: str | None = None, # where a waiting kernel writes its log (default: a temporary folder)
+                 start_timeout: float = 60):
+        import asyncio, tempfile
+        self.size, self.preload, self.start_timeout, self.refill = max(1, size), tuple(preload), start_timeout, True
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix='mlnb-kernels-')
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._waiting: dict[tuple, list] = {} # (kernel name, cwd) -> futures of WarmKernel, oldest first
+        self._all: list = [] # every future, to stop them at close
+        self._stopping: list = [] # shutdowns of released kernels, under way
+        self._lock, self._n, self._closed = threading.Lock(), 0, False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name='mlnb-kernels', daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        import asyncio
+        asyncio.set_event_loop(self._loop) # zmq's asyncio sockets find the loop that polls them this way
+        self._loop.run_forever()
+
+    async def _start(self, name, cwd, log):
+        from jupyter_client.manager import AsyncKernelManager
+        km = AsyncKernelManager(kernel_name=name)
+        with open(log, 'ab') as f: await km.start_kernel(cwd=cwd, stdout=f, stderr=f)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=self.start_timeout)
+            if self.preload:
+                mid = kc.execute(_preload_code(self.preload), silent=True, store_history=False)
+                while (await kc.get_shell_msg(timeout=self.start_timeout))['parent_header'].get('msg_id') != mid: pass
+        except BaseException:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+            raise
+        kc.stop_channels()
+        return WarmKernel(km, log)
+
+    def warm(self, kernel_name: str, cwd: str, n: int | None = None):
+        "Have `n` (default: `size`) kernels of `kernel_name` started in `cwd`, waiting."
+        import asyncio
+        key = (kernel_name, str(cwd))
+        with self._lock:
+            if self._closed: return
+            q = self._waiting.setdefault(key, [])
+            while len(q) < (self.size if n is None else n):
+                self._n += 1
+                f = asyncio.run_coroutine_threadsafe(self._start(kernel_name, str(cwd), os.path.join(self.log_dir, f'kernel-{self._n}.log')), self._loop)
+                q.append(f); self._all.append(f)
+
+    def take(self, kernel_name: str, cwd: str, log: str | None = None) -> WarmKernel:
+        "A started kernel for one notebook (waiting for one if none is ready); its log file becomes `log`."
+        key = (kernel_name, str(cwd))
+        with self._lock:
+            if self._closed: raise RuntimeError('the kernel pool is closed')
+            q = self._waiting.get(key)
+            f = q.pop(0) if q else None
+        if self.refill or f is None: self.warm(kernel_name, cwd, self.size if self.refill else 1)
+        if f is None:
+            with self._lock: f = self._waiting[key].pop(0)
+        wk = f.result()
+        if log is not None:
+            os.replace(wk.log, log)
+            wk.log = log
+        return wk
+
+    def release(self, wk: WarmKernel, wait: bool = False):
+        "Shut down the kernel of `wk` (off the caller's path unless `wait`)."
+        import asyncio
+        f = asyncio.run_coroutine_threadsafe(self._stop(wk), self._loop)
+        with self._lock: self._stopping.append(f)
+        if wait: f.result()
+
+    async def _stop(self, wk: WarmKernel):
+        if getattr(wk, 'stopped', False): return
+        wk.stopped = True
+        try: await wk.km.shutdown_kernel(now=True)
+        except Exception: pass
+
+    def close(self):
+        "Stop every kernel this pool started (waiting, starting or in use) and the pool's thread."
+        import asyncio
+        with self._lock:
+            if self._closed: return
+            self._closed, fs, stopping = True, list(self._all), list(self._stopping)
+            waiting = [f for q in self._waiting.values() for f in q]
+        async def stop_all():
+            kms = []
+            for f in fs:
+                try: kms.append(await asyncio.wrap_future(f))
+                except BaseException: pass
+            await asyncio.gather(*(self._stop(wk) for wk in kms), *(asyncio.wrap_future(f) for f in stopping))
+        try: asyncio.run_coroutine_threadsafe(stop_all(), self._loop).result(timeout=120)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        for f in waiting: # the logs of kernels no notebook used
+            try: os.remove(f.result(timeout=0).log)
+            except BaseException: pass
+
+_KERNELS: list[KernelPool | None] = [None]
+
+@contextmanager
+def kernels(size: int = 1, **kw) -> Iterator[KernelPool]:
+    "Make a pool of warm kernels that the kernel engine uses while the block runs."
+    p, prev = KernelPool(size, **kw), _KERNELS[0]
+    _KERNELS[0] = p
+    try: yield p
+    finally:
+        _KERNELS[0] = prev
+        p.close()
+
 # %% ../nbs/07_engines.ipynb #8e6b1bc1
 class KernelEngine(_Engine):
     "papermill's nbclient engine, with the kernel process's own output (its log) written to the file `mlnb_log`."
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
                                  start_timeout=60, execution_timeout=None, mlnb_log=None, **kwargs):
-        "Run `nb_man.nb` in a new kernel, as papermill's `NBClientEngine` does."
+        "Run `nb_man.nb` in a new kernel (a warm one from `kernels()` when a pool is open), as papermill's `NBClientEngine` does."
         from papermill.clientwrap import PapermillNotebookClient
         from papermill.engines import logger
         from papermill.utils import merge_kwargs, remove_args
@@ -286,6 +412,15 @@ class KernelEngine(_Engine):
         final = merge_kwargs(remove_args(['timeout', 'startup_timeout'], **kwargs),
                              timeout=execution_timeout if execution_timeout else kwargs.get('timeout'), startup_timeout=start_timeout,
                              kernel_name=kernel_name, log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+        kp = _KERNELS[0]
+        if kp is not None: # a warm kernel from the run's pool, shut down off the step's path when the notebook ends
+            cwd = ((kwargs.get('resources') or {}).get('metadata') or {}).get('path') or os.getcwd()
+            wk = kp.take(kernel_name, cwd, mlnb_log)
+            client = PapermillNotebookClient(nb_man, km=wk.km, **final)
+            try: return client.execute()
+            finally:
+                if client.kc is not None: client.kc.stop_channels()
+                kp.release(wk)
         client = PapermillNotebookClient(nb_man, **final)
         if mlnb_log is None: return client.execute()
         with open(mlnb_log, 'ab') as log: # Popen arguments of the kernel process, through nbclient and KernelManager.start_kernel

@@ -66,7 +66,7 @@ GATE_STATES = {'pending': 'recorded; its run has not finished',
                'abandoned': 'the run was killed before it finished, so nothing was promoted'}
 SETTLED_OK = ('applied', 'declined')
 
-PACKAGES = ('mlnb', 'nbdev', 'papermill', 'scrapbook', 'pandas', 'numpy', 'scikit-learn', 'bentoml', 'pandera')
+PACKAGES = ('mlnb', 'nbdev', 'papermill', 'pandas', 'numpy', 'scikit-learn', 'bentoml', 'pandera')
 
 def _versions() -> dict[str, str | None]:
     "Versions of Python and the packages that shape a run's results."

@@ -1,4 +1,4 @@
-"""Step outputs: `record` them in a notebook, `read` them from an executed notebook, get a step's `upstream` outputs. The only module that talks to scrapbook.
+"""Step outputs: `record` them in a notebook, `read` them from an executed notebook, get a step's `upstream` outputs. Values are glued in scrapbook's format.
 
 Docs: https://mlnb.github.io/mlnb/outputs.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/outputs.html.md"""
 
 # %% ../nbs/03_outputs.ipynb #78438d83
 from __future__ import annotations
-import json, os, warnings
+import json, os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,7 +15,8 @@ from .errors import MlnbError, ProjectError, RecordError
 from .project import _read_toml, find_root
 
 # %% auto #0
-__all__ = ['plain', 'project_root', 'store', 'artifacts_location', 'encode', 'record', 'read_refs', 'load', 'read', 'upstream']
+__all__ = ['SCRAP', 'plain', 'project_root', 'store', 'artifacts_location', 'encode', 'record', 'read_refs', 'load', 'read',
+           'upstream']
 
 # %% ../nbs/03_outputs.ipynb #17ac6ddc
 def plain(value: Any) -> Any:
@@ -63,6 +64,8 @@ def encode(value: Any) -> Any:
     try: return plain(value)
     except TypeError: return store().put(value)
 
+SCRAP = 'application/scrapbook.scrap.json+json' # scrapbook's media type for a value glued with its json encoder
+
 def record(name: str, # output name, a Python identifier
            value: Any, # plain data, a DataFrame, a `Path` to a file, or a picklable object
           ) -> None:
@@ -73,12 +76,9 @@ def record(name: str, # output name, a Python identifier
     payload = encode(value)
     from IPython import get_ipython
     if get_ipython() is not None:
-        import scrapbook
-        with warnings.catch_warnings(): # scrapbook warns outside a Jupyter kernel (nbdev-test, the fast engine); the glue works
-            warnings.filterwarnings('ignore', message="No kernel detected for 'glue'")
-            # scrapbook's json encoder parses a str value as JSON text, writing and reading ('abc' fails, '123' comes
-            # back as 123): every payload is glued wrapped in a dict, which it leaves alone
-            scrapbook.glue(name, {'value': payload}, encoder='json')
+        from IPython.display import display
+        display({SCRAP: {'name': name, 'data': {'value': payload}, 'encoder': 'json', 'version': 1}},
+                metadata={'scrapbook': {'name': name, 'data': True, 'display': False}}, raw=True)
     from mlnb.hand import live_context, record as hand_record
     if not live_context(): hand_record(name, payload) # a notebook run by hand: its interactive run in the ledger
 
@@ -86,11 +86,16 @@ def record(name: str, # output name, a Python identifier
 def read_refs(notebook: str | Path, # an executed notebook
              ) -> dict[str, Any]:
     "The outputs recorded in `notebook`, by name, with artifact references left as references."
-    import scrapbook
-    try: nb = scrapbook.read_notebook(str(notebook))
+    try: nb = json.loads(Path(notebook).read_text())
     except FileNotFoundError: raise RecordError(f"Cannot read outputs: notebook {notebook} does not exist.") from None
-    return {name: json.loads(json.dumps(scrap.data['value'])) for name, scrap in nb.scraps.items()
-            if scrap.encoder == 'json' and isinstance(scrap.data, dict) and 'value' in scrap.data}
+    outs = {}
+    for cell in nb.get('cells', []):
+        for o in cell.get('outputs', []) if cell.get('cell_type') == 'code' else []:
+            scrap = (o.get('data') or {}).get(SCRAP)
+            if isinstance(scrap, str): scrap = json.loads(scrap)
+            if isinstance(scrap, dict) and isinstance(scrap.get('data'), dict) and 'value' in scrap['data']:
+                outs[scrap['name']] = scrap['data']['value'] # a later value of the same name wins, as in scrapbook
+    return outs
 
 def load(payload: Any, root: str | Path | None = None) -> Any:
     "Resolve the artifact references inside `payload` into values."

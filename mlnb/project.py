@@ -170,7 +170,7 @@ class Project(_Pickles):
         "The local state folder (`.mlnb/`): ledger, executed notebooks, artifacts."
         return self.root / '.mlnb'
 
-_TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor', 'alerts', 'engine', 'executor', 'dask', 'artifacts')
+_TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor', 'alerts', 'engine', 'executor', 'dask', 'artifacts', 'preload')
 
 def load_project(start: str | Path | None = None, # a folder inside the project (default: the working directory)
                 ) -> Project:
@@ -182,6 +182,9 @@ def load_project(start: str | Path | None = None, # a folder inside the project 
     for k in cfg:
         if k not in _TOP_KEYS:
             raise ProjectError(f"[tool.mlnb] has an unknown key '{k}'.{did_you_mean(k, _TOP_KEYS)} Known keys: {', '.join(_TOP_KEYS)}.")
+    pre = cfg.get('preload', [])
+    if not isinstance(pre, list) or not all(isinstance(m, str) and all(p.isidentifier() for p in m.split('.')) for m in pre):
+        raise ProjectError(f"[tool.mlnb] preload must be a list of module names, e.g. preload = [\"pandas\", \"sklearn\"]; found {pre!r}.")
     name = proj.get('name') or root.name
     package = nbdev.get('lib_path') or name.replace('-', '_')
     steps = {n: _step(n, t) for n, t in cfg.get('steps', {}).items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .artifacts import is_ref
+import mlnb.engines as engines
 from .engines import papermill_engine
 from .errors import MlnbError, StepFailed
 from .executors import executor_spec, start_executor
@@ -315,26 +316,32 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     if jobs is not None and jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
     spec = executor_spec(project.settings, executor, address, jobs)
     project.state.mkdir(parents=True, exist_ok=True)
-    ensure_exported(project)
-    inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
-    fps = fingerprints(plan, package, inputs, contracts)
     root = str(project.root)
-    if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep):
+    if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep): # for the kernels, which start now
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
-    st, led = store(project.root), Ledger(project.root)
-    led.reap()
-    run_id = new_run_id()
-    run_dir = project.state / 'runs' / run_id
-    run_dir.mkdir(parents=True)
-    led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine,
-                  executor=spec['name'], force=force)
+    stop_kernels = _warm_kernels(project, plan, pm_engine, spec) # they start while the package is exported and hashed
+    old_term = _on_sigterm()
+    try:
+        ensure_exported(project)
+        inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
+        fps = fingerprints(plan, package, inputs, contracts)
+        st, led = store(project.root), Ledger(project.root)
+        led.reap()
+        run_id = new_run_id()
+        run_dir = project.state / 'runs' / run_id
+        run_dir.mkdir(parents=True)
+        led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine,
+                      executor=spec['name'], force=force)
+    except BaseException:
+        stop_kernels(); _restore_sigterm(old_term)
+        raise
     result, outputs = RunResult(run_id, 'running'), {}
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     def show(*a, **k):
         if prog: prog.update(*a, **k)
     from mlnb.fanout import RunState # it builds on this module
     run = RunState(plan, run_id, run_dir, led, st, result, outputs, fps, inputs, contracts, package, force, show, prog)
-    ex = _Lazy(lambda: start_executor(spec, pm_engine, root))
+    ex = _Lazy(lambda: start_executor(spec, pm_engine, root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
     try:
         with ex:
             pending, running = list(plan.steps), {}
@@ -355,6 +362,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                     else: run.step(s)
                 while run.queue and len(running) < ex.slots:
                     u = run.queue.pop(0)
+                    if engines._KERNELS[0] is not None: engines._KERNELS[0].refill = bool(pending or run.queue) # start no kernel nobody needs
                     led.start_step(run_id, u.name, params=dict(u.step.params), fingerprint=u.fingerprint, notebook=str(u.out),
                                    parts=u.parts, upstream_runs=u.upstream_runs,
                                    item=None if u.item is None else dict(u.item.values), parent=u.item and u.item.step)
@@ -389,12 +397,13 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         led.finish_run(run_id, 'failed', f'{type(e).__name__}: {e}', within=abort)
         raise
     finally:
+        stop_kernels(); _restore_sigterm(old_term)
         if prog: prog.close()
         led.close()
 
 class _Lazy:
     "An executor started when the first unit needs it, so a run that is all cached starts no worker and no cluster."
-    def __init__(self, start): self._start, self._ex = start, None
+    def __init__(self, start, before_close=None): self._start, self._ex, self._before = start, None, before_close
     def _get(self):
         if self._ex is None: self._ex = self._start()
         return self._ex
@@ -403,7 +412,36 @@ class _Lazy:
     def submit(self, *a, **k): return self._get().submit(*a, **k)
     def __enter__(self): return self
     def __exit__(self, *exc):
+        if self._before is not None: self._before()
         if self._ex is not None: self._ex.close()
+
+def _kernel_name(nb: Path) -> str:
+    "The kernel a notebook asks for (as papermill reads it), 'python3' when it names none."
+    try: return json.loads(nb.read_text())['metadata']['kernelspec']['name'] or 'python3'
+    except Exception: return 'python3'
+
+def _warm_kernels(project: Project, plan: Plan, pm_engine: str, spec: Mapping):
+    "Start the warm kernels of a local run with the kernel engine (for the first step's notebook); returns what stops them all."
+    if pm_engine != 'mlnb_kernel' or spec['name'] != 'local' or not plan.steps or engines._KERNELS[0] is not None: return lambda: None
+    kp = engines.KernelPool(spec['jobs'], preload=project.settings.get('preload', ()), log_dir=str(project.state / 'kernels'))
+    engines._KERNELS[0] = kp
+    first = plan.steps[0].notebook
+    kp.warm(_kernel_name(first), str(first.parent))
+    def stop():
+        if engines._KERNELS[0] is kp: engines._KERNELS[0] = None
+        kp.close()
+    return stop
+
+def _on_sigterm():
+    "Make SIGTERM interrupt the run as Ctrl+C does, so that its kernels are stopped; returns the handler it replaced."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): return None
+    def interrupt(signum, frame): raise KeyboardInterrupt('SIGTERM')
+    return signal.signal(signal.SIGTERM, interrupt)
+
+def _restore_sigterm(old):
+    import signal
+    if old is not None: signal.signal(signal.SIGTERM, old)
 
 def _guard_alert(project: Project, run_id: str, result: RunResult) -> dict | None:
     "Tell the team (the alert command) when a data guard stopped the run: a step failed on a contract the data does not meet."
