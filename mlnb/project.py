@@ -108,11 +108,18 @@ class StepSpec(_Pickles):
     grid: Mapping[str, tuple] = field(default_factory=dict) # parameter -> values: one item per combination
     allow_failures: int = 0 # items that may fail without failing the step
     optional: bool = False # run only when named, or needed by a step that runs
+    always_run: Any = False # never reuse its outputs: true, or {param = value, ...} for when those parameters have those values
+
+    def runs_always(self, params: Mapping[str, Any]) -> bool:
+        "Whether an execution with the resolved `params` must run, whatever the cache holds (`always_run`)."
+        a = self.always_run
+        return a is True or (isinstance(a, Mapping) and all(params.get(k) == v for k, v in a.items()))
 
     def __post_init__(self):
         if not (self.name.isidentifier() and not keyword.iskeyword(self.name)):
             raise PipelineError(f"Step name '{self.name}' is not a Python identifier. Rename [tool.mlnb.steps.{self.name}] "
                                 "to letters, digits and underscores, not starting with a digit.", step=self.name)
+        if isinstance(self.always_run, Mapping): object.__setattr__(self, 'always_run', MappingProxyType(dict(self.always_run)))
         for key in ('params', 'foreach', 'grid'): object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
         for key in ('needs', 'inputs', 'contracts'): object.__setattr__(self, key, tuple(getattr(self, key)))
 
@@ -121,7 +128,7 @@ class StepSpec(_Pickles):
         "Whether the step runs once per item (it declares `foreach` or `grid`)."
         return bool(self.foreach or self.grid)
 
-_STEP_KEYS = ('notebook', 'needs', 'params', 'inputs', 'contracts', 'foreach', 'grid', 'allow_failures', 'optional')
+_STEP_KEYS = ('notebook', 'needs', 'params', 'inputs', 'contracts', 'foreach', 'grid', 'allow_failures', 'optional', 'always_run')
 
 def _step(name: str, table: Any) -> StepSpec:
     "Build a `StepSpec` from its TOML table, naming the step in every complaint."
@@ -150,8 +157,13 @@ def _step(name: str, table: Any) -> StepSpec:
         raise PipelineError(f"{where} `allow_failures` must be a whole number of items, 0 or more, found {allow!r}.", step=name)
     if not isinstance(optional, bool):
         raise PipelineError(f"{where} `optional` must be true or false, found {optional!r}.", step=name)
+    always = table.get('always_run', False)
+    if not (isinstance(always, bool) or isinstance(always, dict) and always
+            and all(isinstance(v, (str, int, float, bool)) for v in always.values())):
+        raise PipelineError(f"{where} `always_run` must be true, false, or a table of parameter values that make the step run "
+                            f"every time, e.g. always_run = {{ source = \"production\" }}; found {always!r}.", step=name)
     return StepSpec(name=name, notebook=Path(table['notebook']), needs=needs, params=params, inputs=inputs, contracts=contracts,
-                    foreach=foreach, grid=grid, allow_failures=allow, optional=optional)
+                    foreach=foreach, grid=grid, allow_failures=allow, optional=optional, always_run=always)
 
 # %% ../nbs/01_project.ipynb #089bda4b
 @dataclass(frozen=True, kw_only=True)

@@ -25,9 +25,9 @@ from .project import Project, contract_file, load_project
 from .registry import GateConfig, settle_gates
 
 # %% auto #0
-__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'code_cells', 'fingerprint',
-           'fingerprint_parts', 'fingerprints', 'step_parts', 'step_fingerprint', 'step_context', 'Progress',
-           'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
+__all__ = ['ALWAYS', 'tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'code_cells',
+           'fingerprint', 'fingerprint_parts', 'fingerprints', 'step_parts', 'step_fingerprint', 'step_context',
+           'Progress', 'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -78,11 +78,14 @@ def ensure_exported(project: Project) -> bool:
         return True
 
 # %% ../nbs/08_runner.ipynb #c4c126d0
+ALWAYS = '(always_run)' # the input that stands for what a step marked `always_run` reads: new at every run
+
 def input_hashes(plan: Plan) -> dict[str, dict[str, str]]:
-    "SHA-256 of every declared input file, per step."
+    "SHA-256 of every declared input file, per step; a step that runs always gets a new random input `ALWAYS` (so do the steps after it)."
+    import uuid
     out = {}
     for s in plan.steps:
-        out[s.name] = {}
+        out[s.name] = {ALWAYS: uuid.uuid4().hex} if s.spec.runs_always(s.params) else {}
         for rel in s.spec.inputs:
             f = plan.project.root / rel
             if not f.is_file():

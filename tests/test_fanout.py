@@ -2,10 +2,10 @@
 import json, os, signal, sqlite3, subprocess, time
 from pathlib import Path
 
-import nbformat
+import httpx, nbformat
 import pytest
 
-from conftest import MLNB, mlnb
+from conftest import MLNB, mlnb, model_metadata
 
 pytest.importorskip('distributed')
 
@@ -208,3 +208,17 @@ def test_one_champion_per_segment(project, fresh_store):
     assert champions('churn', project) == after
     lin = json.loads(mlnb('lineage', after['east'], '--json', cwd=project).stdout)
     assert lin['model']['segment'] == 'east' and lin['step']['params']['region'] == 'east'
+
+    # one Bento holds every segment's champion and routes each row by its region; verify replays each segment's golden rows
+    from mlnb.bento import Server
+    toml.write_text(toml.read_text().replace('[tool.mlnb.serve]\n', '[tool.mlnb.serve]\nsegment_by = "region"\n'))
+    bento = mlnb('build', cwd=project).stdout.split()[1].rstrip('.')
+    checked = json.loads(mlnb('verify', '--json', cwd=project).stdout)
+    assert checked['models'] == after and checked['rows'] == 20 * len(REGIONS), checked
+    row = json.loads(model_metadata(after['east'], project)['golden'])['rows'][0]
+    with Server(bento, log_path=project / 'predictions.jsonl') as srv:
+        assert httpx.get(srv.url + '/metadata').json()['segments']['by'] == 'region'
+        (east,) = httpx.post(srv.url + '/predict', json={'rows': [row]}).json()
+        assert east['model'] == after['east'], east
+        r = httpx.post(srv.url + '/predict', json={'rows': [{**row, 'region': 'mars'}]})
+        assert r.status_code == 400 and 'region' in r.text and all(x in r.text for x in REGIONS), r.text

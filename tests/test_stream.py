@@ -95,6 +95,11 @@ def test_events_ground_truth_monitoring_and_the_next_training_run(kafka_project,
     (window,) = lin['data']['windows']
     assert window['source'] == url and window['labelled'] == 1500 and window['step'] == 'data'
     assert 'production data (data): 1500 labelled rows' in mlnb('lineage', newest['tag'], cwd=root, env=env).stdout
+    # the production stream changes outside mlnb: the data step never comes from the cache (`always_run`), and says why
+    out = mlnb('run', 'data', '--engine', 'fast', '-p', 'source=production', '-p', 'production_since=1h', '--explain', cwd=root, env=env).stdout
+    again = json.loads(mlnb('runs', '--json', cwd=root, env=env).stdout)[0]
+    data = next(s for s in json.loads(mlnb('show', again['id'], '--json', cwd=root, env=env).stdout)['steps'] if s['step'] == 'data')
+    assert data['status'] == 'ok' and 'runs every time' in out, out
 
 
 def test_a_broker_that_disappears_loses_no_answer_and_counts_what_is_lost(scaffold_template, tmp_path):
