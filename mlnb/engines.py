@@ -281,7 +281,7 @@ def _preload_code(mods) -> str:
 
 class WarmKernel:
     "A started kernel waiting for (or running) one notebook."
-    def __init__(self, km, log: str): self.km, self.log = km, log
+    def __init__(self, km, log: str): self.km, self.log, self.taken = km, log, False
 
 class KernelPool:
     "Kernels started ahead of the notebooks that will use them, one notebook each."
@@ -295,7 +295,7 @@ class KernelPool:
         os.makedirs(self.log_dir, exist_ok=True)
         self._waiting: dict[tuple, list] = {} # (kernel name, cwd) -> futures of WarmKernel, oldest first
         self._all: list = [] # every future, to stop them at close
-        self._stopping: list = [] # shutdowns of released kernels, under way
+        self._kms: list = [] # every kernel started
         self._lock, self._n, self._closed = threading.Lock(), 0, False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name='mlnb-kernels', daemon=True)
@@ -308,21 +308,18 @@ class KernelPool:
 
     async def _start(self, name, cwd, log):
         from jupyter_client.manager import AsyncKernelManager
-        km = AsyncKernelManager(kernel_name=name)
-        with open(log, 'ab') as f: await km.start_kernel(cwd=cwd, stdout=f, stderr=f)
-        kc = km.client()
+        wk = WarmKernel(AsyncKernelManager(kernel_name=name), log)
+        self._kms.append(wk) # from here on, close() stops it, whatever happens below
+        with open(log, 'ab') as f: await wk.km.start_kernel(cwd=cwd, stdout=f, stderr=f)
+        kc = wk.km.client()
         kc.start_channels()
         try:
             await kc.wait_for_ready(timeout=self.start_timeout)
             if self.preload:
                 mid = kc.execute(_preload_code(self.preload), silent=True, store_history=False)
                 while (await kc.get_shell_msg(timeout=self.start_timeout))['parent_header'].get('msg_id') != mid: pass
-        except BaseException:
-            kc.stop_channels()
-            await km.shutdown_kernel(now=True)
-            raise
-        kc.stop_channels()
-        return WarmKernel(km, log)
+        finally: kc.stop_channels()
+        return wk
 
     def warm(self, kernel_name: str, cwd: str, n: int | None = None):
         "Have `n` (default: `size`) kernels of `kernel_name` started in `cwd`, waiting."
@@ -333,7 +330,7 @@ class KernelPool:
             q = self._waiting.setdefault(key, [])
             while len(q) < (self.size if n is None else n):
                 self._n += 1
-                f = asyncio.run_coroutine_threadsafe(self._start(kernel_name, str(cwd), os.path.join(self.log_dir, f'kernel-{self._n}.log')), self._loop)
+                f = asyncio.run_coroutine_threadsafe(self._start(kernel_name, str(cwd), os.path.join(self.log_dir, f'kernel-{os.getpid()}-{self._n}.log')), self._loop)
                 q.append(f); self._all.append(f)
 
     def take(self, kernel_name: str, cwd: str, log: str | None = None) -> WarmKernel:
@@ -347,6 +344,7 @@ class KernelPool:
         if f is None:
             with self._lock: f = self._waiting[key].pop(0)
         wk = f.result()
+        wk.taken = True
         if log is not None:
             os.replace(wk.log, log)
             wk.log = log
@@ -356,13 +354,11 @@ class KernelPool:
         "Shut down the kernel of `wk` (off the caller's path unless `wait`)."
         import asyncio
         f = asyncio.run_coroutine_threadsafe(self._stop(wk), self._loop)
-        with self._lock: self._stopping.append(f)
         if wait: f.result()
 
     async def _stop(self, wk: WarmKernel):
-        if getattr(wk, 'stopped', False): return
-        wk.stopped = True
-        try: await wk.km.shutdown_kernel(now=True)
+        try:
+            if wk.km.has_kernel: await wk.km.shutdown_kernel(now=True)
         except Exception: pass
 
     def close(self):
@@ -370,21 +366,22 @@ class KernelPool:
         import asyncio
         with self._lock:
             if self._closed: return
-            self._closed, fs, stopping = True, list(self._all), list(self._stopping)
-            waiting = [f for q in self._waiting.values() for f in q]
+            self._closed = True
         async def stop_all():
-            kms = []
-            for f in fs:
-                try: kms.append(await asyncio.wrap_future(f))
-                except BaseException: pass
-            await asyncio.gather(*(self._stop(wk) for wk in kms), *(asyncio.wrap_future(f) for f in stopping))
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks: # kernels still starting are not waited for: their start is cancelled
+                if getattr(t.get_coro(), '__qualname__', '') == 'KernelPool._start': t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True) # the shutdowns of released kernels finish
+            await asyncio.gather(*(self._stop(wk) for wk in self._kms))
         try: asyncio.run_coroutine_threadsafe(stop_all(), self._loop).result(timeout=120)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-        for f in waiting: # the logs of kernels no notebook used
-            try: os.remove(f.result(timeout=0).log)
-            except BaseException: pass
+        for wk in self._kms: # the logs of kernels no notebook used
+            if not wk.taken:
+                try: os.remove(wk.log)
+                except OSError: pass
 
 _KERNELS: list[KernelPool | None] = [None]
 
