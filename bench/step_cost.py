@@ -119,6 +119,7 @@ def main():
     sh([mlnb, 'new', str(proj_dir)], tmp)
     toml = (proj_dir / 'pyproject.toml').read_text()
     plain = re.sub(r'\n\[tool\.mlnb\]\npreload = \[[^\]]*\]\n', '\n', toml)  # the scaffold without its preload
+    plain = re.sub(r'\nalways_run = [^\n]*', '', plain)  # (a key an earlier mlnb does not know; it changes nothing with --force)
     (proj_dir / 'pyproject.toml').write_text(plain)
     sh([mlnb, 'run', '-q'], proj_dir)  # the package exported, the data cached by the OS
     scaffold = {}
