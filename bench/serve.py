@@ -12,8 +12,13 @@ temporary directory with its own BENTOML_HOME. Then, one server at a time on 127
 The three servers run side by side (an idle one costs nothing); in each of ROUNDS rounds each gets
 single-row requests from CONCURRENCY keep-alive clients (asyncio, raw HTTP/1.1) for WARMUP then
 DURATION seconds, one server at a time, and the medians over rounds are reported (the machine's
-noise is shared). Also measured: start-up time (launch to first 200 on /predict)
-and rows/s for requests of MANY rows against in-process rows/s.
+noise is shared). Also measured: start-up time (launch to first 200 on /predict; each server is started and
+stopped once per round, one at a time, before the load) and rows/s for requests of MANY rows against in-process rows/s.
+
+With --compare hand (the default) the summary ends with the three targets, as ratios within this invocation:
+start-up of the generated service over the faster hand-written one (at most 1.1x), its p50 with one client over the
+unbatched hand-written service's (a) (at most 1.5x), and its req/s with CONCURRENCY clients over the batched
+hand-written service's (b) (at least 1.4x, the ratio before the start-up and latency work).
 
 With --compare rollout: the generated service plain, with a shadow challenger, and with a 10% canary (same champion).
 With --compare kafka: the generated service logging to JSON lines, and to a Kafka topic (librdkafka's mock cluster in a
@@ -59,6 +64,7 @@ class Hand:
 
 
 HAND_LATENCY_MS = 1000  # the hand-written batched service's dispatcher setting (BentoML's default is 10 s)
+TARGETS = {'startup': 1.1, 'p50_1': 1.5, 'rps': 1.4}  # generated over hand-written: at most, at most, at least
 
 
 def sh(cmd, cwd, env):
@@ -221,12 +227,17 @@ def main():
         (proj / 'pyproject.toml').write_text(text.replace('prediction_log = ".mlnb/predictions/churn.jsonl"', f'prediction_log = "{url}"'))
         specs = [('generated, JSON lines', plain, empty, logs(0)), ('generated, Kafka', build(mlnb, proj, env), empty, {})]
         base_name = 'generated, JSON lines'
-    servers, results = {}, {}
+    servers, results = {}, {name: {'startups': [], 'rounds': [], 'single': []} for name, *_ in specs}
+    envs = {name: {**env, **extra, 'PYTHONPATH': str(hand_dir)} for name, _, _, extra in specs}
     try:
-        for name, target, cwd, extra in specs:  # start-up: launch to the first 200, one server at a time
-            srv = Served(target, cwd, home, {**env, **extra, 'PYTHONPATH': str(hand_dir)})
-            servers[name] = srv
-            results[name] = {'startup': srv.wait_first_200(one), 'rounds': [], 'single': []}
+        for rnd in range(args.rounds):  # start-up: launch to the first 200, one server at a time, in turns
+            for name, target, cwd, _ in specs:
+                srv = Served(target, cwd, home, envs[name])
+                try: results[name]['startups'].append(srv.wait_first_200(one))
+                finally: srv.stop()
+        for name, target, cwd, _ in specs:
+            servers[name] = srv = Served(target, cwd, home, envs[name])
+            srv.wait_first_200(one)
         for rnd in range(args.rounds):  # the same load on each server in turn, so the machine's noise is shared
             for name, srv in servers.items():
                 results[name]['rounds'].append(asyncio.run(load('127.0.0.1', srv.port, one, args.concurrency, args.warmup, args.duration)))
@@ -238,7 +249,7 @@ def main():
         if broker is not None: broker.kill()
     for r in results.values():
         rs = r['rounds']
-        r.update(rps=statistics.median(x[0] for x in rs), p50=statistics.median(x[1] for x in rs),
+        r.update(startup=statistics.median(r['startups']), rps=statistics.median(x[0] for x in rs), p50=statistics.median(x[1] for x in rs),
                  p99=statistics.median(x[2] for x in rs), errors=sum(x[3] for x in rs) + sum(x[3] for x in r['single']),
                  p50_1=statistics.median(x[1] for x in r['single']))
     model = bentoml.sklearn.load_model(tag)
@@ -264,6 +275,19 @@ def main():
         if k == base_name: continue
         print(f"{k}: {r['rps'] / base['rps']:.2f}x req/s, p99 {r['p99'] / base['p99']:.2f}x, 1-client p50 {r['p50_1'] / base['p50_1']:.2f}x, "
               f"start-up {r['startup'] / base['startup']:.2f}x; {args.many}-row requests at {r['many_rows_s'] / inproc_many:.0%} of in-process rows/s")
+    if args.compare == 'hand':
+        gen, plain = results['generated (mlnb build)'], results['(a) hand-written']
+        hand_start = min(plain['startup'], base['startup'])
+        checks = [('start-up, launch to first 200', gen['startup'] / hand_start, '<=', TARGETS['startup'],
+                   f"{gen['startup']:.2f} s / {hand_start:.2f} s (the faster of (a), (b))"),
+                  ('p50 of a lone request (1 client)', gen['p50_1'] / plain['p50_1'], '<=', TARGETS['p50_1'],
+                   f"{gen['p50_1'] * 1000:.1f} ms / {plain['p50_1'] * 1000:.1f} ms of (a), unbatched"),
+                  (f'req/s at {args.concurrency} clients', gen['rps'] / base['rps'], '>=', TARGETS['rps'],
+                   f"{gen['rps']:.1f} / {base['rps']:.1f} of (b), batched")]
+        print(f"\ntargets, generated / hand-written (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}):")
+        for what, ratio, op, target, detail in checks:
+            met = ratio <= target if op == '<=' else ratio >= target
+            print(f"  {what:34} {ratio:5.2f}x  target {op} {target}x  {'met' if met else 'MISSED':6}  ({detail})")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -257,12 +257,12 @@ def build(project: Project | None = None, # the project (default: the current on
         if model_facts(bentoml.sklearn.load_model(other)) != facts:
             raise UsageError(f"The challenger {other} answers differently from {tag} (kind or classes differ); both must answer alike.")
         variants['challenger'] = {'model': other}
-    if cfg.fallback:
-        from mlnb.serving import load_function
-        if str(project.root) not in sys.path: sys.path.insert(0, str(project.root)) # the project package, as the service will import it
-        try: load_function(cfg.fallback)
+    if str(project.root) not in sys.path: sys.path.insert(0, str(project.root)) # the project package, as the service will import it
+    for key in ('transform', 'fallback'): # the service imports them only when a worker starts: check them now
+        if getattr(cfg, key) is None: continue
+        try: mlnb.serving.load_function(getattr(cfg, key))
         except (ImportError, AttributeError) as e:
-            raise UsageError(f"[tool.mlnb.serve] fallback {cfg.fallback!r} cannot be imported ({e}). Export it from a notebook, then build again.") from None
+            raise UsageError(f"[tool.mlnb.serve] {key} {getattr(cfg, key)!r} cannot be imported ({e}). Export it from a notebook, then build again.") from None
     out = project.state / 'build' / (tag.replace(':', '-') + (f"-{ro['mode']}-{variants['challenger']['model'].split(':')[1]}" if ro else ''))
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)

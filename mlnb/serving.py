@@ -14,11 +14,10 @@ __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_mode
 # %% ../nbs/12_serving.ipynb #74b0bbd4
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
 from pathlib import Path
-from typing import Annotated, Any, Callable, List, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Literal, Mapping, Optional
 
-import numpy as np
-import pandas as pd
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+if TYPE_CHECKING: import numpy as np, pandas as pd # imported where they are used (see below)
 
 # %% ../nbs/12_serving.ipynb #ea66f68a
 def _dumps(v) -> str: return json.dumps(v, separators=(',', ':'), ensure_ascii=False)
@@ -93,8 +92,9 @@ def feedback_model(config: dict) -> type[BaseModel]:
 # %% ../nbs/12_serving.ipynb #aff9bf5a
 def to_frame(rows: list, # validated request rows
              fields: list[dict], # their fields
-            ) -> pd.DataFrame:
+            ) -> 'pd.DataFrame':
     "The rows as a DataFrame with the contract's column names and dtypes."
+    import pandas as pd
     return pd.DataFrame({f['name']: pd.Series([getattr(r, f'f{i}') for r in rows], dtype=f['dtype']) for i, f in enumerate(fields)})
 
 # %% ../nbs/12_serving.ipynb #caceb09b
@@ -113,8 +113,9 @@ def answers(model, # a fitted estimator
             X, # its input: what the feature function returned
             kind: str, # 'classifier' or 'regressor'
             classes: list | None = None, # the classifier's classes, in the model's order
-           ) -> tuple[list[dict], np.ndarray]:
+           ) -> 'tuple[list[dict], np.ndarray]':
     "The answer for each row of `X`, and a mask of the rows whose answer is a finite number."
+    import numpy as np
     if kind == 'regressor':
         v = np.asarray(model.predict(X), dtype='float64').reshape(len(X), -1)[:, 0]
         return [{'value': x} for x in v.tolist()], np.isfinite(v)
@@ -144,13 +145,13 @@ class Predictor:
         self.kind = kind or model_kind(model)
         self.classes = classes if classes is not None else [plain_value(c) for c in getattr(model, 'classes_', [])]
 
-    def _call(self, frame: pd.DataFrame):
+    def _call(self, frame: 'pd.DataFrame'):
         X = self.transform(frame) if self.transform is not None else frame
         if len(X) != len(frame):
             raise ValueError(f"the feature function returned {len(X)} rows for {len(frame)}; it must work row by row")
         return answers(self.model, X, self.kind, self.classes)
 
-    def _isolate(self, frame: pd.DataFrame, out: list, errors: dict, offset: int):
+    def _isolate(self, frame: 'pd.DataFrame', out: list, errors: dict, offset: int):
         try: res, ok = self._call(frame)
         except Exception as e:
             if len(frame) == 1:
@@ -163,7 +164,7 @@ class Predictor:
             if good: out[offset + i] = a
             else: errors[offset + i] = "the model's answer is not a finite number"
 
-    def predict(self, frame: pd.DataFrame) -> tuple[list[dict | None], dict[int, str]]:
+    def predict(self, frame: 'pd.DataFrame') -> tuple[list[dict | None], dict[int, str]]:
         "The answer of each row (None where it failed) and, by row position, why rows failed."
         out, errors = [None] * len(frame), {}
         for start in range(0, len(frame), self.chunk):
@@ -393,16 +394,18 @@ class Rates:
         return limit_breaches(cur, self.limits) if cur['rows'] >= self.min_rows else {}
 
 # %% ../nbs/12_serving.ipynb #8c29c555
-def bucket(keys) -> np.ndarray:
+def bucket(keys) -> 'np.ndarray':
     "A number in [0, 1) for each key, the same for the same key everywhere (SHA-256 of its text)."
     import hashlib
+    import numpy as np
     return np.array([int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], 'big') / 2**64 for k in keys])
 
-def route(frame: pd.DataFrame, # the rows
+def route(frame: 'pd.DataFrame', # the rows
           config: Mapping, # the service settings: `rollout`, `segments`
           request_ids: list[str], # the rows' request ids (the key of last resort)
-         ) -> np.ndarray:
+         ) -> 'np.ndarray':
     "The name of the variant that answers each row."
+    import numpy as np
     seg = config.get('segments')
     if seg:
         values = frame[seg['by']].astype(str).tolist()
@@ -421,7 +424,8 @@ class Fallback(Predictor):
         super().__init__(None, None, kind, classes, chunk)
         self.fn = fn
 
-    def _call(self, frame: pd.DataFrame):
+    def _call(self, frame: 'pd.DataFrame'):
+        import numpy as np, pandas as pd
         res = self.fn(frame)
         if isinstance(res, pd.DataFrame): cols = {k: res[k].tolist() for k in ('label', 'probability', 'probabilities', 'value') if k in res}
         else: cols = {'value' if self.kind == 'regressor' else 'label': list(np.asarray(res, dtype=object).ravel())}
@@ -553,8 +557,9 @@ class Runtime:
         status, body, *_ = await self.batcher.submit((rows, variant), len(rows))
         return status, body
 
-    def _answer(self, frame: pd.DataFrame, names: np.ndarray) -> tuple[list, dict, list]:
+    def _answer(self, frame: 'pd.DataFrame', names: 'np.ndarray') -> tuple[list, dict, list]:
         "Answers (with their model tag and variant), errors by row, and each row's answer by a model (for the action limits)."
+        import numpy as np
         n = len(frame)
         out, errors, models = [None] * n, {}, [None] * n
         if self.fallback is not None and self.flag.on('fallback'): names = np.full(n, 'fallback', dtype=object)
@@ -614,7 +619,7 @@ class Runtime:
         if counted: self.rates.add(counted)
         return results
 
-    def _lines(self, frame: pd.DataFrame, rows: list[tuple], ts: str) -> str:
+    def _lines(self, frame: 'pd.DataFrame', rows: list[tuple], ts: str) -> str:
         "Log lines for (position in frame, request id, variant, model tag, answer) tuples."
         js = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
         return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{_dumps(tag)},"variant":"{variant}","row":{js[i]},'
@@ -847,8 +852,6 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
     Row, Answer = request_model(fields, config.get('max_string_length', 1000)), answer_model(config)
     Feedback = feedback_model(config)
     Received = create_model('Received', received=(int, Field(description='How many items were stored.')))
-    transform = load_function(config['transform']) if config.get('transform') else None
-    fallback = load_function(config['fallback']) if config.get('fallback') else None
     variants = config.get('variants') or {'champion': {'model': config['model']}}
     max_rows = config.get('max_rows', 100_000)
     quiet_client_errors()
@@ -862,6 +865,7 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
     class Service:
         def __init__(self):
             models = {name: bentoml.sklearn.load_model(getattr(self, f'model_{i}')) for i, name in enumerate(variants)}
+            transform, fallback = (load_function(config[k]) if config.get(k) else None for k in ('transform', 'fallback'))
             self.runtime = state['runtime'] = Runtime(config, models, transform, fallback=fallback)
             try:
                 self.runtime.batch_rows = bentoml.metrics.Histogram(name='mlnb_batch_rows', documentation='Rows per model call',

@@ -1,5 +1,5 @@
 """Generated BentoML services: real `bentoml build`, real `bentoml serve` on 127.0.0.1 with free ports."""
-import json, os, shutil, subprocess, sys, threading
+import json, os, shutil, subprocess, sys, threading, time
 from pathlib import Path
 
 import httpx
@@ -297,6 +297,9 @@ def test_a_broken_log_never_fails_a_prediction(served, tmp_path):
         _, gold = golden(root, env)
         r = httpx.post(srv.url + '/predict', json={'rows': gold['rows'][:2]}, timeout=30)
         assert r.status_code == 200 and len(r.json()) == 2
+        # the log is written after the answer is sent: wait for the warning rather than race it
+        deadline = time.time() + 30
+        while 'could not write the prediction log' not in srv.output() and time.time() < deadline: time.sleep(0.1)
         assert 'could not write the prediction log' in srv.output()
 
 
