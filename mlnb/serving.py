@@ -465,7 +465,7 @@ class Flag:
 
 # %% ../nbs/12_serving.ipynb #100f0d1c
 class Shadow:
-    "Runs `work(item)` off the response path in a thread of its own; drops (and counts) items when `limit` are waiting."
+    "Runs `work(items)` off the response path in a thread of its own, on every item waiting; drops (and counts) items when `limit` are waiting."
     def __init__(self, work: Callable, limit: int = 32):
         import queue
         self.work, self.queue, self.skipped, self.done, self._thread = work, queue.Queue(maxsize=limit), 0, 0, None
@@ -480,11 +480,15 @@ class Shadow:
         except queue.Full: self.skipped += 1
 
     def _run(self):
+        import queue
         while True:
-            item = self.queue.get()
-            try: self.work(item)
+            items = [self.queue.get()]
+            while True:
+                try: items.append(self.queue.get_nowait())
+                except queue.Empty: break
+            try: self.work(items)
             except Exception as e: log.warning('a shadow prediction failed: %s', describe_error(e))
-            self.done += 1
+            self.done += len(items)
 
 # %% ../nbs/12_serving.ipynb #a4209232
 def run_alert(command: str, # a shell command
@@ -639,12 +643,13 @@ class Runtime:
             mine = [r for r in rows if r[2] == 'champion']
             if mine: self.shadow.submit((frame, [r[0] for r in mine], [r[1] for r in mine]))
 
-    def _shadow(self, item):
-        "The challenger's predictions for rows the champion answered, into the log."
-        frame, idx, rids = item
-        got, _ = self.predictors['challenger'].predict(frame.iloc[idx].reset_index(drop=True))
+    def _shadow(self, items):
+        "The challenger's predictions for rows the champion answered (all the batches waiting, in one call), into the log."
+        import pandas as pd
+        part = pd.concat([frame.iloc[idx] for frame, idx, _ in items], ignore_index=True)
+        rids = [rid for _, _, ids in items for rid in ids]
+        got, _ = self.predictors['challenger'].predict(part)
         ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
-        part = frame.iloc[idx].reset_index(drop=True)
         rows = [(j, rid, 'challenger', self.tags['challenger'], a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
         if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
 
