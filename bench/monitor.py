@@ -55,7 +55,8 @@ def evidently_python(venv: Path) -> str:
     if not py.exists():
         print(f'installing Evidently into {venv} (once)...', file=sys.stderr)
         sh([sys.executable, '-m', 'venv', str(venv)], '.', os.environ)
-        sh([str(py), '-m', 'pip', 'install', '-q', 'evidently', 'pyarrow'], '.', os.environ)
+        # Evidently 0.7 imports a pandas helper that pandas 3 removed
+        sh([str(py), '-m', 'pip', 'install', '-q', 'evidently', 'pandas<3', 'pyarrow'], '.', os.environ)
     return str(py)
 
 
