@@ -7,7 +7,7 @@ Docs: https://mlnb.github.io/mlnb/engines.html.md"""
 # %% ../nbs/07_engines.ipynb #c2cbf929
 from __future__ import annotations
 import atexit, json, multiprocessing as mp, os, sys, threading, traceback
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator
 
 from .errors import UsageError
@@ -192,14 +192,17 @@ class WorkerPool:
 _POOL: list[WorkerPool | None] = [None]
 
 @contextmanager
-def pool(size: int = 1, **kw) -> Iterator[WorkerPool]:
-    "Make a pool the fast engine uses while the block runs."
-    p, prev = WorkerPool(size, **kw), _POOL[0]
-    _POOL[0] = p
+def _in_use(slot: list, p):
+    "Make `p` the pool in `slot` (what the engine uses) while the block runs; then put back the one before and close `p`."
+    prev, slot[0] = slot[0], p
     try: yield p
     finally:
-        _POOL[0] = prev
+        slot[0] = prev
         p.close()
+
+def pool(size: int = 1, **kw) -> AbstractContextManager[WorkerPool]:
+    "Make a pool the fast engine uses while the block runs."
+    return _in_use(_POOL, WorkerPool(size, **kw))
 
 def _default_pool() -> WorkerPool:
     "The pool for the fast engine used outside `pool()` (e.g. `papermill --engine mlnb_fast`); closed at exit."
@@ -385,15 +388,9 @@ class KernelPool:
 
 _KERNELS: list[KernelPool | None] = [None]
 
-@contextmanager
-def kernels(size: int = 1, **kw) -> Iterator[KernelPool]:
+def kernels(size: int = 1, **kw) -> AbstractContextManager[KernelPool]:
     "Make a pool of warm kernels that the kernel engine uses while the block runs."
-    p, prev = KernelPool(size, **kw), _KERNELS[0]
-    _KERNELS[0] = p
-    try: yield p
-    finally:
-        _KERNELS[0] = prev
-        p.close()
+    return _in_use(_KERNELS, KernelPool(size, **kw))
 
 # %% ../nbs/07_engines.ipynb #8e6b1bc1
 class KernelEngine(_Engine):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .ledger import Ledger
+from .project import ALWAYS
 
 # %% auto #0
 __all__ = ['diff_parts', 'explain_step', 'explain_run']
@@ -53,7 +54,7 @@ def diff_parts(old: Mapping[str, Any], # the parts of the earlier execution
         if b is None: return f"upstream step '{k}' is no longer needed"
         return f"upstream step '{k}' changed (fingerprint {a[:10]} -> {b[:10]})"
     def files(k, a, b):
-        if k == '(always_run)': return "it runs every time (`always_run` in its [tool.mlnb.steps] table): what it reads changes outside mlnb"
+        if k == ALWAYS: return "it runs every time (`always_run` in its [tool.mlnb.steps] table): what it reads changes outside mlnb"
         return f"input file {k} is new" if a is None else f"input file {k} is no longer declared" if b is None else f"input file {k} changed"
     def contracts(k, a, b):
         return f"contract '{k}' is newly checked" if a is None else f"contract '{k}' is no longer checked" if b is None else f"contract '{k}' changed"

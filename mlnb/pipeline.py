@@ -78,6 +78,7 @@ class NotebookInfo(_Pickles):
     has_params_cell: bool # whether a cell is tagged `parameters`
     code_hash: str # SHA-256 of the code cells' sources
     contracts: tuple[str, ...] = () # data contracts its code checks (literal names passed to `mlnb.contract.check`/`check_file`)
+    kernel: str = 'python3' # the kernel it asks for (its kernelspec name, as papermill reads it)
 
 def _declared(src: str) -> dict[str, Any]:
     "Names assigned at the top level of the parameters cell source `src`, with their literal defaults."
@@ -110,7 +111,8 @@ def notebook_info(path: str | Path, # the step notebook
             except SyntaxError as e:
                 raise PipelineError(f"The parameters cell of {path} is not valid Python ({e.msg}, line {e.lineno}). Fix it in JupyterLab.",
                                     path=str(path)) from None
-    return NotebookInfo(path, MappingProxyType(params), has, h.hexdigest(), checked_contracts(sources))
+    kernel = ((nb.get('metadata') or {}).get('kernelspec') or {}).get('name') or 'python3'
+    return NotebookInfo(path, MappingProxyType(params), has, h.hexdigest(), checked_contracts(sources), kernel)
 
 # %% ../nbs/05_pipeline.ipynb #21467ce6
 _TYPE_NAMES = {bool: 'bool', int: 'int', float: 'float', str: 'str', list: 'list', dict: 'dict', type(None): 'None'}

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from .errors import ProjectError, PipelineError, did_you_mean
 
 # %% auto #0
-__all__ = ['find_root', 'valid_contract_name', 'contract_file', 'StepSpec', 'Project', 'load_project']
+__all__ = ['ALWAYS', 'find_root', 'valid_contract_name', 'contract_file', 'StepSpec', 'Project', 'load_project']
 
 # %% ../nbs/01_project.ipynb #c4028891
 def find_root(start: str | Path | None = None, # folder to search from (default: the working directory)
@@ -127,6 +127,8 @@ class StepSpec(_Pickles):
     def fans_out(self) -> bool:
         "Whether the step runs once per item (it declares `foreach` or `grid`)."
         return bool(self.foreach or self.grid)
+
+ALWAYS = '(always_run)' # the input that stands, in a fingerprint, for what a step marked `always_run` reads: new at every run
 
 _STEP_KEYS = ('notebook', 'needs', 'params', 'inputs', 'contracts', 'foreach', 'grid', 'allow_failures', 'optional', 'always_run')
 

@@ -8,7 +8,7 @@ Docs: https://mlnb.github.io/mlnb/runner.html.md"""
 from __future__ import annotations
 import fcntl, functools, hashlib, json, os, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,13 +21,13 @@ from .executors import executor_spec, start_executor
 from .ledger import Ledger, new_run_id
 from .outputs import read_refs, store
 from .pipeline import Plan, PlannedStep, make_plan
-from .project import Project, contract_file, load_project
+from .project import ALWAYS, Project, contract_file, load_project
 from .registry import GateConfig, settle_gates
 
 # %% auto #0
-__all__ = ['ALWAYS', 'tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'code_cells',
-           'fingerprint', 'fingerprint_parts', 'fingerprints', 'step_parts', 'step_fingerprint', 'step_context',
-           'Progress', 'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
+__all__ = ['tree_hash', 'package_hash', 'ensure_exported', 'input_hashes', 'contract_hashes', 'code_cells', 'fingerprint',
+           'fingerprint_parts', 'fingerprints', 'step_parts', 'step_fingerprint', 'step_context', 'Progress',
+           'execute_step', 'kernel_log', 'StepResult', 'RunResult', 'run_pipeline']
 
 # %% ../nbs/08_runner.ipynb #381bc5bb
 def tree_hash(files: Iterable[Path], root: Path, code_only: bool = False) -> str:
@@ -78,8 +78,6 @@ def ensure_exported(project: Project) -> bool:
         return True
 
 # %% ../nbs/08_runner.ipynb #c4c126d0
-ALWAYS = '(always_run)' # the input that stands for what a step marked `always_run` reads: new at every run
-
 def input_hashes(plan: Plan) -> dict[str, dict[str, str]]:
     "SHA-256 of every declared input file, per step; a step that runs always gets a new random input `ALWAYS` (so do the steps after it)."
     import uuid
@@ -418,22 +416,14 @@ class _Lazy:
         if self._before is not None: self._before()
         if self._ex is not None: self._ex.close()
 
-def _kernel_name(nb: Path) -> str:
-    "The kernel a notebook asks for (as papermill reads it), 'python3' when it names none."
-    try: return json.loads(nb.read_text())['metadata']['kernelspec']['name'] or 'python3'
-    except Exception: return 'python3'
-
 def _warm_kernels(project: Project, plan: Plan, pm_engine: str, spec: Mapping):
     "Start the warm kernels of a local run with the kernel engine (for the first step's notebook); returns what stops them all."
     if pm_engine != 'mlnb_kernel' or spec['name'] != 'local' or not plan.steps or engines._KERNELS[0] is not None: return lambda: None
-    kp = engines.KernelPool(spec['jobs'], preload=project.settings.get('preload', ()), log_dir=str(project.state / 'kernels'))
-    engines._KERNELS[0] = kp
-    first = plan.steps[0].notebook
-    kp.warm(_kernel_name(first), str(first.parent))
-    def stop():
-        if engines._KERNELS[0] is kp: engines._KERNELS[0] = None
-        kp.close()
-    return stop
+    stack = ExitStack()
+    kp = stack.enter_context(engines.kernels(spec['jobs'], preload=project.settings.get('preload', ()), log_dir=str(project.state / 'kernels')))
+    first = plan.steps[0]
+    kp.warm(first.info.kernel, str(first.notebook.parent))
+    return stack.close # closing twice does nothing
 
 def _on_sigterm():
     "Make SIGTERM interrupt the run as Ctrl+C does, so that its kernels are stopped; returns the handler it replaced."
