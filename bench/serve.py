@@ -21,6 +21,8 @@ unbatched hand-written service's (a) (at most 1.5x), and its req/s with CONCURRE
 hand-written service's (b) (at least 1.4x, the ratio before the start-up and latency work).
 
 With --compare rollout: the generated service plain, with a shadow challenger, and with a 10% canary (same champion).
+It counts the challenger's shadow predictions in the log against the champion's answers and ends with the rollout targets
+(shadow at least 0.8x the plain service's req/s with p99 within 1.2x, canary at least 0.95x, no errors).
 With --compare kafka: the generated service logging to JSON lines, and to a Kafka topic (librdkafka's mock cluster in a
 process of its own: the real protocol on a loopback port).
 
@@ -87,6 +89,15 @@ async def request(host, port, body, n=1):
     status, _ = await read_response(r)
     w.close()
     return status, time.perf_counter() - t0
+
+
+async def get(host, port, path):
+    "The body of GET `path`."
+    r, w = await asyncio.open_connection(host, port)
+    w.write(b'GET %s HTTP/1.1\r\nHost: b\r\n\r\n' % path.encode()); await w.drain()
+    _, body = await read_response(r)
+    w.close()
+    return body
 
 
 async def read_response(r):
@@ -244,6 +255,11 @@ def main():
                 results[name]['single'].append(asyncio.run(load('127.0.0.1', srv.port, one, 1, 1, max(args.duration / 4, 3))))
         for name, srv in servers.items():
             results[name]['many_rows_s'] = args.many / statistics.median(asyncio.run(request('127.0.0.1', srv.port, many))[1] for _ in range(5))
+        if args.compare == 'rollout':  # every row the champion answered was predicted by the shadow challenger too
+            time.sleep(2)
+            meta = json.loads(asyncio.run(get('127.0.0.1', servers['generated, shadow'].port, '/metadata')))
+            text = (tmp / 'predictions-1.jsonl').read_text()
+            shadowed = {'champion': text.count('"variant":"champion"'), 'challenger': text.count('"variant":"challenger"'), **meta['shadow']}
     finally:
         for srv in servers.values(): srv.stop()
         if broker is not None: broker.kill()
@@ -288,6 +304,16 @@ def main():
         for what, ratio, op, target, detail in checks:
             met = ratio <= target if op == '<=' else ratio >= target
             print(f"  {what:34} {ratio:5.2f}x  target {op} {target}x  {'met' if met else 'MISSED':6}  ({detail})")
+    if args.compare == 'rollout':
+        sh_, can = results['generated, shadow'], results['generated, canary 10%']
+        print(f"\nshadow: the challenger predicted {shadowed['challenger']} of the {shadowed['champion']} rows the champion answered "
+              f"({shadowed['done']} batches done, {shadowed['skipped']} skipped)")
+        checks = [('shadow req/s', sh_['rps'] / base['rps'], '>=', 0.8), ('shadow p99', sh_['p99'] / base['p99'], '<=', 1.2),
+                  ('canary req/s', can['rps'] / base['rps'], '>=', 0.95), ('errors', sum(r['errors'] for r in results.values()), '<=', 0)]
+        print(f"\ntargets, against the plain service (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}):")
+        for what, ratio, op, target in checks:
+            met = ratio <= target if op == '<=' else ratio >= target
+            print(f"  {what:14} {ratio:5.2f}{'x' if what != 'errors' else ' '}  target {op} {target}  {'met' if met else 'MISSED'}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

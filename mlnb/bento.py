@@ -124,7 +124,7 @@ def describe_answers(facts: dict) -> str:
             f"{prob}; `probabilities`, one per class in the order {c}; `request_id` and `model`, the tag of the model that answered.")
 
 # %% ../nbs/11_bento.ipynb #31a996a3
-_RUNTIME = ('numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn') # what the runtime and a scikit-learn model import
+_RUNTIME = ('joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn') # what the runtime and a scikit-learn model import
 
 def uses_kafka(cfg: ServeConfig) -> bool:
     "Whether the service logs to Kafka."

@@ -8,8 +8,9 @@ Docs: https://mlnb.github.io/mlnb/serving.html.md"""
 __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_model', 'label_type', 'feedback_model', 'to_frame',
            'plain_value', 'model_kind', 'answers', 'describe_error', 'Predictor', 'Batcher', 'feedback_lines',
            'feedback_path', 'JsonLinesLog', 'parse_kafka', 'KafkaLog', 'open_log', 'limit_breaches', 'Rates', 'bucket',
-           'route', 'Fallback', 'Flag', 'Shadow', 'run_alert', 'Runtime', 'reply', 'validation_message', 'document',
-           'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
+           'route', 'Fallback', 'Flag', 'Shadow', 'run_alert', 'log_path', 'open_feedback_log', 'store_feedback',
+           'Runtime', 'model_process', 'ModelProcess', 'reply', 'validation_message', 'document', 'Guard',
+           'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
 
 # %% ../nbs/12_serving.ipynb #74b0bbd4
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
@@ -90,12 +91,13 @@ def feedback_model(config: dict) -> type[BaseModel]:
         label=(label_type(config), Field(description='The true label (a class of the model) or value.')))
 
 # %% ../nbs/12_serving.ipynb #aff9bf5a
-def to_frame(rows: list, # validated request rows
+def to_frame(rows: list, # validated request rows, or tuples of their values in the fields' order
              fields: list[dict], # their fields
             ) -> 'pd.DataFrame':
     "The rows as a DataFrame with the contract's column names and dtypes."
     import pandas as pd
-    return pd.DataFrame({f['name']: pd.Series([getattr(r, f'f{i}') for r in rows], dtype=f['dtype']) for i, f in enumerate(fields)})
+    cols = list(zip(*[r if isinstance(r, tuple) else tuple(r.__dict__.values()) for r in rows])) or [()] * len(fields)
+    return pd.DataFrame({f['name']: pd.Series(list(c), dtype=f['dtype']) for f, c in zip(fields, cols)})
 
 # %% ../nbs/12_serving.ipynb #caceb09b
 def plain_value(v):
@@ -302,13 +304,11 @@ class KafkaLog:
                     'message.timeout.ms': 30_000, 'log_level': 3, **(config or {})}
         self.producer = Producer(settings, logger=logging.getLogger('mlnb.kafka'))
         self.lock, self.written, self.delivered, self.undelivered, self.failures = threading.Lock(), 0, 0, 0, 0
-        self.gauge = None # a Prometheus gauge of the events lost, when the server has metrics
         threading.Thread(target=self._serve, name='mlnb-kafka', daemon=True).start()
 
     def _lost(self, n: int = 1):
         with self.lock:
             self.undelivered += n
-            if self.gauge is not None: self.gauge.set(self.undelivered)
 
     def _serve(self):
         while True: self.producer.poll(0.2) # runs the delivery reports
@@ -465,10 +465,10 @@ class Flag:
 
 # %% ../nbs/12_serving.ipynb #100f0d1c
 class Shadow:
-    "Runs `work(items)` off the response path in a thread of its own, on every item waiting; drops (and counts) items when `limit` are waiting."
-    def __init__(self, work: Callable, limit: int = 32):
+    "Runs `work(items)` off the response path in a thread of its own, at most once every `every` seconds, on every item waiting; drops (and counts) items when `limit` are waiting."
+    def __init__(self, work: Callable, limit: int = 256, every: float = 0.5):
         import queue
-        self.work, self.queue, self.skipped, self.done, self._thread = work, queue.Queue(maxsize=limit), 0, 0, None
+        self.work, self.queue, self.every, self.skipped, self.done, self._thread = work, queue.Queue(maxsize=limit), every, 0, 0, None
 
     def submit(self, item):
         "Queue `item`, or skip it when the queue is full."
@@ -481,11 +481,14 @@ class Shadow:
 
     def _run(self):
         import queue
+        last = -math.inf
         while True:
             items = [self.queue.get()]
+            time.sleep(max(0.0, last + self.every - time.monotonic())) # what arrives meanwhile joins this call
             while True:
                 try: items.append(self.queue.get_nowait())
                 except queue.Empty: break
+            last = time.monotonic()
             try: self.work(items)
             except Exception as e: log.warning('a shadow prediction failed: %s', describe_error(e))
             self.done += len(items)
@@ -521,6 +524,25 @@ def _rejected(bad: dict[int, str], n: int) -> bytes:
             'rows': listed}
     return _dumps(body).encode()
 
+def log_path(config: Mapping) -> str | None:
+    "Where the service logs its predictions: `MLNB_PREDICTION_LOG`, or the settings' `prediction_log`."
+    return os.environ.get('MLNB_PREDICTION_LOG') or config.get('prediction_log')
+
+def open_feedback_log(config: Mapping, # the service settings
+                      predictions: str | Path | None, # where the predictions go (the feedback goes beside them by default)
+                     ):
+    "The feedback log: `MLNB_FEEDBACK_LOG`, the settings' `feedback_log`, or beside the prediction log; None for none."
+    fb = os.environ.get('MLNB_FEEDBACK_LOG') or config.get('feedback_log') or (feedback_path(predictions) if predictions else None)
+    return open_log(fb, config.get('log_max_bytes', 256 * 1024 * 1024), config.get('kafka'))
+
+def store_feedback(feedback_log, items: list) -> tuple[int, bytes]:
+    "(HTTP status, JSON body) for ground truth: append each (request id, label) to `feedback_log`."
+    if feedback_log is None: return 503, _dumps({'error': 'This service has no feedback log configured.'}).encode()
+    wait = {'wait': 10.0} if isinstance(feedback_log, KafkaLog) else {}
+    if not feedback_log.write(feedback_lines((i.request_id, i.label) for i in items), **wait):
+        return 503, _dumps({'error': f'The feedback could not be stored ({feedback_log.path}); nothing was kept. Send it again later.'}).encode()
+    return 200, _dumps({'received': len(items)}).encode()
+
 class Runtime:
     "Predicts requests of validated rows: routing to variants, batching, per-row isolation, fallback, answers and the prediction log."
     def __init__(self, config: dict, # the service settings (mlnb_service.json)
@@ -538,21 +560,14 @@ class Runtime:
         self.kind = next(iter(self.predictors.values())).kind
         self.fallback = Fallback(fallback, self.kind, config.get('classes'), chunk) if fallback is not None else None
         self.flag = Flag(os.environ.get('MLNB_FLAGS') or config.get('flags'))
-        path = os.environ.get('MLNB_PREDICTION_LOG') or config.get('prediction_log')
         size, kafka = config.get('log_max_bytes', 256 * 1024 * 1024), config.get('kafka')
-        self.log = log if log is not None else open_log(path, size, kafka)
-        fb = os.environ.get('MLNB_FEEDBACK_LOG') or config.get('feedback_log') or (feedback_path(self.log.path) if self.log is not None else None)
-        self.feedback_log = open_log(fb, size, kafka)
+        self.log = log if log is not None else open_log(log_path(config), size, kafka)
+        self.feedback_log = open_feedback_log(config, self.log.path if self.log is not None else None)
         mon = config.get('monitor') or {}
         self.rates = Rates(self.kind, mon.get('action_limits'), mon.get('window', 1000), mon.get('min_rows', 100))
         self.limit_fallback, self.tripped, self.alerts = bool(mon.get('fallback_on_action_limit')), False, config.get('alerts') or {}
         self.shadow = Shadow(self._shadow) if (config.get('rollout') or {}).get('mode') == 'shadow' else None
-        self.batch_rows = None # a histogram of rows per call, when the server has metrics
-        self.gauges = None # (share, mean, breached) Prometheus gauges, when the server has metrics
-        self.batcher = Batcher(self._work, chunk, after=self._after, observe=self._observe)
-
-    def _observe(self, n: int):
-        if self.batch_rows is not None: self.batch_rows.observe(n)
+        self.batcher = Batcher(self._work, chunk, after=self._after)
 
     async def predict(self, rows: list, # validated rows
                       variant: str | None = None, # the variant that must answer (default: as routed)
@@ -603,7 +618,7 @@ class Runtime:
 
     def _work(self, payloads: list) -> list[tuple]:
         frame = to_frame([r for rows, _ in payloads for r in rows], self.fields)
-        rids = [f'{uuid.uuid4().hex[:20]}-{n}' for rows, _ in payloads for n in range(len(rows))]
+        rids = [f'{rid}-{n}' for rows, _ in payloads for rid in [uuid.uuid4().hex[:20]] for n in range(len(rows))]
         names = route(frame, self.config, rids)
         start = 0
         for rows, forced in payloads:
@@ -626,13 +641,13 @@ class Runtime:
     def _lines(self, frame: 'pd.DataFrame', rows: list[tuple], ts: str) -> str:
         "Log lines for (position in frame, request id, variant, model tag, answer) tuples."
         js = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
-        return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{_dumps(tag)},"variant":"{variant}","row":{js[i]},'
+        tags = {tag: _dumps(tag) for _, _, _, tag, _ in rows}
+        return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{tags[tag]},"variant":"{variant}","row":{js[i]},'
                        f'"prediction":{_dumps(pred)}}}\n' for i, rid, variant, tag, pred in rows)
 
     def _after(self, payloads, results):
-        "Export the action-limit gauges, write the answered rows to the prediction log, and hand the champion's rows to the shadow."
+        "Write the answered rows to the prediction log, and hand the champion's rows to the shadow."
         ok = [r for r in results if not isinstance(r, BaseException) and r[0] == 200]
-        if ok and self.gauges is not None: self._export()
         if not ok: return
         frame = ok[0][2][0]
         rows = [(start + j, a['request_id'], v, a['model'], {k: x for k, x in a.items() if k not in ('request_id', 'model')})
@@ -665,22 +680,140 @@ class Runtime:
                                                          'delivered': getattr(self.log, 'delivered', None),
                                                          'undelivered': getattr(self.log, 'undelivered', self.log.failures)}}
 
-    def _export(self):
-        "Set the Prometheus gauges of the action limits."
-        share, mean, breached = self.gauges
-        cur = self.rates.current()
-        for k, v in cur.get('share', {}).items(): share.labels(label=k).set(v)
-        if cur.get('mean') is not None: mean.set(cur['mean'])
-        broken = self.rates.breaches()
-        for name in self.rates.limits: breached.labels(limit=str(name)).set(1 if str(name) in broken else 0)
+    def state(self) -> dict:
+        "What the server reads after each batch: `live`, and the action limits' rates and breaches (for its gauges)."
+        return {'live': self.live(), 'rates': self.rates.current(), 'broken': self.rates.breaches()}
 
     def feedback(self, items: list) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
-        if self.feedback_log is None: return 503, _dumps({'error': 'This service has no feedback log configured.'}).encode()
-        wait = {'wait': 10.0} if isinstance(self.feedback_log, KafkaLog) else {}
-        if not self.feedback_log.write(feedback_lines((i.request_id, i.label) for i in items), **wait):
-            return 503, _dumps({'error': f'The feedback could not be stored ({self.feedback_log.path}); nothing was kept. Send it again later.'}).encode()
-        return 200, _dumps({'received': len(items)}).encode()
+        return store_feedback(self.feedback_log, items)
+
+# %% ../nbs/12_serving.ipynb #0d351ebd
+def model_process(fd: int, # the process's end of the socket pair
+                  spec: str, # JSON: {"config": the Bento's mlnb_service.json, "models": {variant: model file}}
+                 ):
+    "The main loop of a service's model process: build the `Runtime`, then answer the server's batches until the socket closes."
+    import signal
+    from multiprocessing.connection import Connection
+    signal.signal(signal.SIGINT, signal.SIG_IGN) # the server decides when this process ends: when it closes the socket
+    conn = Connection(fd)
+    try:
+        import joblib # what `bentoml.sklearn` saves models with
+        s = json.loads(spec)
+        config = json.loads(Path(s['config']).read_text(encoding='utf-8'))
+        transform, fallback = (load_function(config[k]) if config.get(k) else None for k in ('transform', 'fallback'))
+        rt = Runtime(config, {name: joblib.load(f) for name, f in s['models'].items()}, transform, fallback=fallback)
+    except BaseException as e:
+        conn.send(('failed', describe_error(e))); return
+    gc.freeze() # what is loaded now lives as long as the process: keep it out of the collector's scans (BENCHMARKS.md)
+    gc.set_threshold(50_000, 20, 20)
+    conn.send(('ready', rt.state()))
+    while True:
+        try: msg = conn.recv()
+        except (EOFError, OSError): return
+        if msg == 'state':
+            conn.send(('state', rt.state())); continue
+        try: results = rt._work(msg)
+        except Exception as e:
+            conn.send(('failed', describe_error(e))); continue
+        conn.send(('done', [r[:2] for r in results], rt.state()))
+        try: rt._after(msg, results) # the log, after the answers are on their way
+        except Exception as e: log.warning('writing the prediction log failed: %s', describe_error(e))
+
+class ModelProcess:
+    "The server's side of the model process: batches requests, sends them to the process, restarts it when it dies."
+    def __init__(self, config: dict, # the service settings
+                 config_path: str | Path, # where they are (the process reads them)
+                 models: Mapping[str, str], # variant -> model file
+                 module: str = __name__, # the module the process runs `model_process` of
+                ):
+        self.config, self.module = config, module
+        self.spec = json.dumps({'config': str(config_path), 'models': {k: str(v) for k, v in models.items()}})
+        self.lock, self.proc, self.state, self.starts = threading.Lock(), None, {}, 0
+        self.batch_rows = None # a histogram of rows per call, when the server has metrics
+        self.gauges = None # (share, mean, breached, undelivered) Prometheus gauges, when the server has metrics
+        self._start()
+        self.feedback_log = open_feedback_log(config, log_path(config))
+        self.batcher = Batcher(self._work, config.get('max_batch_size', 1024), after=self._after, observe=self._observe)
+
+    def _start(self):
+        import socket, subprocess, sys
+        from multiprocessing.connection import Connection
+        mine, theirs = socket.socketpair()
+        env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in sys.path if p)} # this process's imports: the Bento's code
+        code = 'import importlib, sys; importlib.import_module(sys.argv[1]).model_process(int(sys.argv[2]), sys.argv[3])'
+        self.proc = subprocess.Popen([sys.executable, '-c', code, self.module, str(theirs.fileno()), self.spec], pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self.conn, self.starts = Connection(mine.detach()), self.starts + 1
+        try: kind, info = self.conn.recv()
+        except (EOFError, OSError): kind, info = 'failed', f'it exited with code {self.proc.wait()}'
+        if kind != 'ready':
+            self.proc.kill()
+            raise RuntimeError(f'The model process could not load the models: {info}')
+        self.state = info
+
+    def _call(self, msg):
+        with self.lock:
+            self.conn.send(msg)
+            return self.conn.recv()
+
+    def _work(self, payloads: list) -> list[tuple]:
+        plain = [([tuple(r.__dict__.values()) for r in rows], variant) for rows, variant in payloads]
+        try: kind, *rest = self._call(plain)
+        except (EOFError, OSError):
+            code = self.proc.wait()
+            log.error('the model process stopped (exit code %s); starting a new one', code)
+            body = _dumps({'error': f'The model process stopped (exit code {code}) while predicting this request, and is being '
+                                    'restarted; nothing was predicted. Send the request again.'}).encode()
+            try: self._start()
+            except Exception as e: log.error('%s', describe_error(e))
+            return [(503, body)] * len(payloads)
+        if kind == 'failed': raise RuntimeError(rest[0])
+        results, self.state = rest
+        return results
+
+    async def predict(self, rows: list, # validated rows
+                      variant: str | None = None, # the variant that must answer (default: as routed)
+                     ) -> tuple[int, bytes]:
+        "(HTTP status, JSON body) for one request of validated rows."
+        return await self.batcher.submit((rows, variant), len(rows))
+
+    def live(self) -> dict:
+        "The model process's `Runtime.live`: asked now when no batch is under way, else as of the last batch."
+        if self.lock.acquire(blocking=False):
+            try:
+                self.conn.send('state')
+                self.state = self.conn.recv()[1]
+            except (EOFError, OSError): pass
+            finally: self.lock.release()
+            self._export()
+        return self.state['live']
+
+    def feedback(self, items: list) -> tuple[int, bytes]:
+        "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
+        return store_feedback(self.feedback_log, items)
+
+    def close(self):
+        "Stop the model process."
+        self.conn.close()
+        try: self.proc.wait(10)
+        except Exception: self.proc.kill()
+
+    def _observe(self, n: int):
+        if self.batch_rows is not None: self.batch_rows.observe(n)
+
+    def _after(self, payloads, results): self._export()
+
+    def _export(self):
+        "Set the Prometheus gauges: the action limits' rates and breaches, and the events Kafka could not take."
+        if self.gauges is None: return
+        share, mean, breached, undelivered = self.gauges
+        cur, broken = self.state['rates'], self.state['broken']
+        for k, v in cur.get('share', {}).items(): share.labels(label=k).set(v)
+        if cur.get('mean') is not None: mean.set(cur['mean'])
+        for name in (self.config.get('monitor') or {}).get('action_limits') or {}: breached.labels(limit=str(name)).set(1 if str(name) in broken else 0)
+        events = self.state['live'].get('events') or {}
+        if events.get('delivered') is not None: undelivered.set(events.get('undelivered') or 0)
 
 # %% ../nbs/12_serving.ipynb #e6ffba3d
 async def reply(send, status: int, body: Any, headers: list | None = None):
@@ -869,22 +1002,18 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
 
     class Service:
         def __init__(self):
-            models = {name: bentoml.sklearn.load_model(getattr(self, f'model_{i}')) for i, name in enumerate(variants)}
-            transform, fallback = (load_function(config[k]) if config.get(k) else None for k in ('transform', 'fallback'))
-            self.runtime = state['runtime'] = Runtime(config, models, transform, fallback=fallback)
+            files = {name: getattr(self, f'model_{i}').path_of('saved_model.pkl') for i, name in enumerate(variants)}
+            self.runtime = state['runtime'] = ModelProcess(config, config_path, files)
             try:
                 self.runtime.batch_rows = bentoml.metrics.Histogram(name='mlnb_batch_rows', documentation='Rows per model call',
                                                                     buckets=[2 ** i for i in range(15)])
                 self.runtime.gauges = (
                     bentoml.metrics.Gauge(name='mlnb_prediction_share', documentation='Share of each predicted label over the last answers', labelnames=['label']),
                     bentoml.metrics.Gauge(name='mlnb_prediction_mean', documentation='Mean predicted value over the last answers'),
-                    bentoml.metrics.Gauge(name='mlnb_action_limit_breached', documentation='1 while an action limit is broken', labelnames=['limit']))
-                if isinstance(self.runtime.log, KafkaLog):
-                    self.runtime.log.gauge = bentoml.metrics.Gauge(name='mlnb_events_undelivered', documentation='Prediction events that could not be delivered to Kafka')
+                    bentoml.metrics.Gauge(name='mlnb_action_limit_breached', documentation='1 while an action limit is broken', labelnames=['limit']),
+                    bentoml.metrics.Gauge(name='mlnb_events_undelivered', documentation='Prediction events that could not be delivered to Kafka'))
             except Exception as e: log.warning('no mlnb metrics: %s', describe_error(e))
-            # What is loaded now lives as long as the server: keep it out of the collector's scans, and collect the young
-            # generation less often; collector pauses otherwise dominate the latency tail (BENCHMARKS.md).
-            gc.freeze()
+            gc.freeze() # as in the model process
             gc.set_threshold(50_000, 20, 20)
 
         async def predict(self, rows: Annotated[List[Row], Field(min_length=1)], ctx: bentoml.Context) -> List[Answer]:
