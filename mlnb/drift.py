@@ -146,6 +146,12 @@ def numeric_drift(ref: Mapping, # a numeric column reference
     return out
 
 # %% ../nbs/13_drift.ipynb #64ed0d6b
+def _text_counts(values: pd.Series) -> pd.Series:
+    "`values.astype(str).value_counts()`, without first turning a column of integers or booleans into a million strings."
+    if not (isinstance(values.dtype, np.dtype) and values.dtype.kind in 'iub'): return values.astype(str).value_counts()
+    counts = values.value_counts()
+    return counts.set_axis(counts.index.astype(str))
+
 def _chisquare(observed: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
     "(statistic, p-value) of Pearson's chi-squared test, as `scipy.stats.chisquare` computes them, without importing scipy.stats."
     from scipy.special import chdtrc
@@ -168,7 +174,7 @@ def categorical_drift(ref: Mapping, # a categorical column reference
     "How far the current values of a categorical column moved from the reference."
     s = pd.Series(values)
     present = s.dropna()
-    counts = present.astype(str).value_counts()
+    counts = _text_counts(present)
     out = {'kind': 'categorical', 'rows': int(len(s)), 'null_rate': (len(s) - len(present)) / len(s) if len(s) else 0.0,
            'reference_null_rate': ref['null_rate']}
     seen = ref['counts']

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .drift import SMALL_REFERENCE, drift as column_drift
+from .drift import SMALL_REFERENCE, _text_counts, drift as column_drift
 from .errors import MlnbError, UsageError, did_you_mean
 
 # %% auto #0
@@ -251,7 +251,7 @@ def score(metric: str, # the gate's metric
 # %% ../nbs/14_monitor.ipynb #6e471b95
 def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
-    return {str(k): float(v) / n for k, v in s.astype(str).value_counts().items()} if n else {}
+    return {str(k): float(v) / n for k, v in _text_counts(s).items()} if n else {}
 
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
           ref: Mapping, # the model's frozen reference
@@ -294,7 +294,8 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     # prediction bias and realised performance
     answered = events['prediction.value'] if kind == 'regressor' else events['prediction.label']
     train = ref.get('labels') or {}
-    bias = {'predicted': float(answered.mean()) if kind == 'regressor' else _shares(answered)}
+    shares = None if kind == 'regressor' else _shares(answered)
+    bias = {'predicted': float(answered.mean()) if kind == 'regressor' else shares}
     if train: bias['training'] = train.get('mean') if kind == 'regressor' else {k: c / max(sum(train['counts'].values()), 1) for k, c in train.get('counts', {}).items()}
     perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
     if feedback is not None and len(feedback):
@@ -316,7 +317,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     if r is not None and floor is not None and (r < floor if direction == 'maximize' else r > floor):
         alerts.append({'kind': 'performance', 'message': f"realised {metric} {r:.4f} is {'below' if direction == 'maximize' else 'above'} the gate's floor {floor}"})
     # action limits over the window
-    current = {'rows': n, 'mean': float(answered.mean())} if kind == 'regressor' else {'rows': n, 'share': _shares(answered)}
+    current = {'rows': n, 'mean': float(answered.mean())} if kind == 'regressor' else {'rows': n, 'share': dict(shares)}
     broken = {}
     for name, (lo, hi) in cfg.action_limits.items():
         v = current.get('mean') if name == 'mean' else current.get('share', {}).get(str(name), 0.0)
@@ -415,11 +416,26 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
     return out
 
 # %% ../nbs/14_monitor.ipynb #19484bcc
+def _stored_metadata(tag: str, # name:version
+                     home: str | Path | None = None, # the BentoML home (default: BENTOML_HOME, else ~/bentoml)
+                    ) -> dict | None:
+    "The metadata of model `tag` from its model.yaml in the BentoML store, read without importing BentoML (a second); None when not there."
+    import yaml
+    from mlnb.registry import check_tag
+    name, _, version = check_tag(tag, 'tag-or-name').partition(':')
+    f = Path(home or os.environ.get('BENTOML_HOME') or Path('~/bentoml').expanduser()) / 'models' / name / version / 'model.yaml'
+    try: info = yaml.load(f.read_text(encoding='utf-8'), Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader)) if version else None
+    except (OSError, yaml.YAMLError): return None
+    ok = isinstance(info, dict) and (info.get('name'), info.get('version')) == (name, version) and isinstance(info.get('metadata'), dict)
+    return info['metadata'] if ok else None
+
 def frozen_reference(tag: str) -> dict:
     "The reference `log_model` froze with model `tag`."
-    import bentoml
-    try: md = bentoml.models.get(tag).info.metadata
-    except bentoml.exceptions.NotFound: raise UsageError(f"There is no model {tag!r} in the BentoML model store. See `mlnb models`.") from None
+    md = _stored_metadata(tag)
+    if md is None:
+        import bentoml
+        try: md = bentoml.models.get(tag).info.metadata
+        except bentoml.exceptions.NotFound: raise UsageError(f"There is no model {tag!r} in the BentoML model store. See `mlnb models`.") from None
     if not md.get('reference'):
         raise UsageError(f"Model {tag} has no frozen reference to monitor against: it was logged without one. Log the next model "
                          "with mlnb.log_model(..., reference=test_df) (held-out rows), or mlnb.contract.profile(...) of the training data.")
@@ -428,7 +444,7 @@ def frozen_reference(tag: str) -> dict:
 def _model_to_watch(project, serve, model: str | None, bento: str | None) -> str:
     "The model tag to monitor: --model, the model of --bento, of the latest build, or the champion."
     from mlnb.registry import champion, model_info
-    if model: return model_info(model)['tag']
+    if model: return model if _stored_metadata(model) is not None else model_info(model)['tag']
     if bento:
         import bentoml
         try: b = bentoml.get(bento)
