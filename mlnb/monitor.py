@@ -336,7 +336,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     step = max((t1 - t0) / buckets, pd.Timedelta(seconds=1))
     slot = np.minimum((events['ts'] - t0).to_numpy() // step.to_timedelta64(), buckets - 1).astype(int)
     rows = np.bincount(slot, minlength=buckets)
-    if kind == 'regressor': means = events['prediction.value'].groupby(slot).mean()
+    if kind == 'regressor': values = events['prediction.value']
     else: # label counts per slot, the labels in order of first appearance (as value_counts breaks ties)
         codes, labels = pd.factorize(events['prediction.label'].astype(str))
         counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
@@ -345,7 +345,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     out = []
     for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
         item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': n}
-        if kind == 'regressor': item['mean'] = float(means[b])
+        if kind == 'regressor': item['mean'] = float(values[slot == b].mean())
         else: item['share'] = {str(labels[i]): float(counts[b, i]) / n for i in np.argsort(-counts[b], kind='stable') if counts[b, i]}
         if fb is not None and metric:
             idx = np.flatnonzero((slot == b) & hit)
