@@ -104,7 +104,8 @@ def _tables(path, opts, since=None, last=None, kafka: Mapping | None = None) -> 
     tables, n = [], 0
     for f in files:
         if not f.stat().st_size: continue
-        try: t = pj.read_json(f, parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
+        try: # memory-mapped: the parser reads the page cache in place (the table holds copies, so the map can close)
+            with pa.memory_map(str(f)) as src: t = pj.read_json(src, parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
         except pa.ArrowInvalid as e:
             raise MlnbError(f"The log {f} cannot be read: {e}. A line may have been cut by a crash; "
                             "move the file aside to read the rest.", path=str(f)) from None
