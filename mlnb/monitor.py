@@ -338,7 +338,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     slot = np.minimum((events['ts'] - t0).to_numpy() // step.to_timedelta64(), buckets - 1).astype(int)
     rows = np.bincount(slot, minlength=buckets)
     if kind == 'regressor': values = events['prediction.value']
-    else: # label counts per slot, the labels in order of first appearance (as value_counts breaks ties)
+    else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
         codes, labels = pd.factorize(events['prediction.label'].astype(str))
         counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
     fb = feedback.set_index('request_id')['label'] if feedback is not None and len(feedback) else None
