@@ -7,7 +7,7 @@ Docs: https://mlnb.github.io/mlnb/drift.html.md"""
 # %% ../nbs/13_drift.ipynb #699e4fbe
 from __future__ import annotations
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -74,18 +74,26 @@ def _ref_cdf(ref: Mapping, x: np.ndarray) -> np.ndarray:
     return np.interp(x, q, hi, left=0.0, right=1.0)
 
 def _ks(ref: Mapping, cur: np.ndarray) -> tuple[float, float]:
-    "(statistic, p-value) of the two-sample Kolmogorov-Smirnov test against the reference."
-    from scipy.stats import kstwobign
-    grid = np.unique(np.concatenate([cur, ref['values']['x'] if 'values' in ref else ref['quantiles']]))
-    fc = np.searchsorted(np.sort(cur), grid, side='right') / len(cur)
-    d = float(np.max(np.abs(_ref_cdf(ref, grid) - fc)))
+    "(statistic, p-value) of the two-sample Kolmogorov-Smirnov test of the sorted values `cur` against the reference."
+    from scipy.special import kolmogorov # the survival function of scipy.stats.kstwobign, without importing scipy.stats
     n, m = ref['n'], len(cur)
-    return d, float(kstwobign.sf(d * math.sqrt(n * m / (n + m))))
+    last = np.flatnonzero(np.append(cur[1:] != cur[:-1], True)) # where the current CDF steps: the last of each run of equal values
+    pts = np.asarray(ref['values']['x'] if 'values' in ref else ref['quantiles'], dtype='float64')
+    d = float(max(np.max(np.abs(_ref_cdf(ref, cur[last]) - (last + 1) / m)),
+                  np.max(np.abs(_ref_cdf(ref, pts) - np.searchsorted(cur, pts, side='right') / m))))
+    return d, float(kolmogorov(d * math.sqrt(n * m / (n + m))))
+
+def _quantile(cur: np.ndarray, q):
+    "`np.quantile(cur, q)` of the sorted values `cur`, by numpy's arithmetic (linear), without its partition of `cur`."
+    v = (len(cur) - 1) * np.asarray(q, dtype='float64')
+    lo = np.where(v >= len(cur) - 1, -1, np.floor(v)).astype(np.intp)
+    a, b, t = cur[lo], cur[np.where(lo < 0, -1, lo + 1)], v - lo
+    return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)[()]
 
 def _wasserstein(ref: Mapping, cur: np.ndarray) -> float:
-    "The normed Wasserstein distance: area between the quantile functions over the reference's standard deviation."
+    "The normed Wasserstein distance of the sorted values `cur`: area between the quantile functions over the reference's standard deviation."
     u = np.linspace(0, 1, len(ref['quantiles']))
-    w = np.trapezoid(np.abs(np.asarray(ref['quantiles']) - np.quantile(cur, u)), u)
+    w = np.trapezoid(np.abs(np.asarray(ref['quantiles']) - _quantile(cur, u)), u)
     return float(w / max(ref.get('std') or 0.0, 1e-3))
 
 def psi(expected: np.ndarray, actual: np.ndarray, eps: float = 1e-4) -> float:
@@ -94,22 +102,23 @@ def psi(expected: np.ndarray, actual: np.ndarray, eps: float = 1e-4) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 def _numeric_psi(ref: Mapping, cur: np.ndarray) -> float:
+    "PSI of the sorted values `cur` over the reference's deciles (or its exact values)."
     edges = np.unique(np.quantile(ref['quantiles'], np.linspace(0, 1, 11)) if 'values' not in ref else ref['values']['x'])
     inner = edges[1:-1] if 'values' not in ref else edges[:-1]
     bins = lambda cdf_at: np.diff(np.concatenate([[0.0], cdf_at, [1.0]]))
     expected = bins(_ref_cdf(ref, inner))
-    actual = bins(np.searchsorted(np.sort(cur), inner, side='right') / len(cur))
+    actual = bins(np.searchsorted(cur, inner, side='right') / len(cur))
     return psi(expected, actual)
 
 def histogram(ref: Mapping, cur: np.ndarray, bins: int = 20) -> dict:
-    "Shares of the reference and of `cur` in `bins` equal bins over the bulk of both (1% to 99%; the tails go to the end bins), for plots."
+    "Shares of the reference and of the sorted values `cur` in `bins` equal bins over the bulk of both (1% to 99%; the tails go to the end bins), for plots."
     q = np.asarray(ref['quantiles'])
-    lo, hi = min(q[1], np.quantile(cur, 0.01)), max(q[-2], np.quantile(cur, 0.99))
+    lo, hi = min(q[1], _quantile(cur, 0.01)), max(q[-2], _quantile(cur, 0.99))
     if not hi > lo: lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
     cdf = _ref_cdf(ref, edges[1:-1])
     r = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
-    c = np.bincount(np.clip(np.searchsorted(edges[1:-1], cur, side='right'), 0, bins - 1), minlength=bins) / len(cur)
+    c = np.diff(np.concatenate([[0], np.searchsorted(cur, edges[1:-1], side='left'), [len(cur)]])) / len(cur)
     return {'edges': edges.tolist(), 'reference': r.tolist(), 'current': c.tolist()}
 
 def numeric_drift(ref: Mapping, # a numeric column reference
@@ -122,20 +131,40 @@ def numeric_drift(ref: Mapping, # a numeric column reference
     "How far the current values of a numeric column moved from the reference."
     s = pd.Series(values)
     v = pd.to_numeric(s, errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
-    cur = v[np.isfinite(v)]
+    fin = v[np.isfinite(v)]
+    cur = np.sort(fin) # sorted once: every statistic below reads it
     out = {'kind': 'numeric', 'rows': int(len(s)), 'null_rate': (len(s) - len(cur)) / len(s) if len(s) else 0.0,
            'reference_null_rate': ref['null_rate']}
     if bounds is not None: out['out_of_range'] = int(((cur < bounds[0]) | (cur > bounds[1])).sum())
     if not len(cur) or not ref.get('quantiles'): return {**out, 'method': None, 'drifted': False}
     ks, p = _ks(ref, cur)
     w = _wasserstein(ref, cur)
-    out.update(ks=ks, p_value=p, wasserstein=w, psi=_numeric_psi(ref, cur), mean=float(cur.mean()), reference_mean=ref.get('mean'),
+    out.update(ks=ks, p_value=p, wasserstein=w, psi=_numeric_psi(ref, cur), mean=float(fin.mean()), reference_mean=ref.get('mean'),
                histogram=histogram(ref, cur))
     out.update(method='ks', score=p, threshold=p_value, drifted=p < p_value) if small else \
         out.update(method='wasserstein', score=w, threshold=threshold, drifted=w >= threshold)
     return out
 
 # %% ../nbs/13_drift.ipynb #64ed0d6b
+def _text_counts(values: pd.Series) -> pd.Series:
+    "`values.astype(str).value_counts()`, without first turning a column of integers or booleans into a million strings."
+    if not (isinstance(values.dtype, np.dtype) and values.dtype.kind in 'iub'): return values.astype(str).value_counts()
+    counts = values.value_counts()
+    return counts.set_axis(counts.index.astype(str))
+
+def _chisquare(observed: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    "(statistic, p-value) of Pearson's chi-squared test, as `scipy.stats.chisquare` computes them, without importing scipy.stats."
+    from scipy.special import chdtrc
+    chi = float(np.sum((observed - expected) ** 2 / expected))
+    return chi, float(chdtrc(len(observed) - 1.0, chi))
+
+def _jensenshannon(p: np.ndarray, q: np.ndarray) -> float:
+    "The Jensen-Shannon distance (natural logarithm), as `scipy.spatial.distance.jensenshannon` computes it, without importing scipy.spatial."
+    from scipy.special import rel_entr
+    p, q = p / np.sum(p), q / np.sum(q)
+    m = (p + q) / 2.0
+    return float(np.sqrt((np.sum(rel_entr(p, m)) + np.sum(rel_entr(q, m))) / 2.0))
+
 def categorical_drift(ref: Mapping, # a categorical column reference
                       values: pd.Series, # the current values
                       small: bool, # the reference is small: decide by chi-squared
@@ -143,11 +172,9 @@ def categorical_drift(ref: Mapping, # a categorical column reference
                       threshold: float = 0.1, # the Jensen-Shannon distance that counts as drift
                      ) -> dict:
     "How far the current values of a categorical column moved from the reference."
-    from scipy.spatial.distance import jensenshannon
-    from scipy.stats import chisquare
     s = pd.Series(values)
     present = s.dropna()
-    counts = present.astype(str).value_counts()
+    counts = _text_counts(present)
     out = {'kind': 'categorical', 'rows': int(len(s)), 'null_rate': (len(s) - len(present)) / len(s) if len(s) else 0.0,
            'reference_null_rate': ref['null_rate']}
     seen = ref['counts']
@@ -157,8 +184,8 @@ def categorical_drift(ref: Mapping, # a categorical column reference
     r = np.array([seen.get(k, 0) for k in keys], dtype=float)
     c = np.array([counts.get(k, 0) for k in keys], dtype=float)
     rp, cp = r / r.sum(), c / c.sum()
-    chi, p = chisquare(c, np.clip(rp, 1e-6, None) / np.clip(rp, 1e-6, None).sum() * c.sum())
-    js = float(jensenshannon(rp, cp))
+    chi, p = _chisquare(c, np.clip(rp, 1e-6, None) / np.clip(rp, 1e-6, None).sum() * c.sum())
+    js = _jensenshannon(rp, cp)
     out.update(chi2=float(chi), p_value=float(p), jensenshannon=js, psi=psi(rp, cp),
                shares={k: float(x) for k, x in zip(keys, cp)}, reference_shares={k: float(x) for k, x in zip(keys, rp)})
     out.update(method='chi2', score=float(p), threshold=p_value, drifted=p < p_value) if small else \

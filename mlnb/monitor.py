@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/monitor.html.md"""
 
 # %% ../nbs/14_monitor.ipynb #d86427b3
 from __future__ import annotations
-import datetime as _dt, io, json, math, os, re, shlex, subprocess, time
+import datetime as _dt, io, json, math, os, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .drift import SMALL_REFERENCE, drift as column_drift
+from .drift import SMALL_REFERENCE, _text_counts, drift as column_drift
 from .errors import MlnbError, UsageError, did_you_mean
 
 # %% auto #0
@@ -84,11 +84,11 @@ def log_files(path: str | Path, # the current log file
             if m and (since is None or m.group(1) >= since.strftime('%Y-%m-%d')): rotated.append((m.group(1), int(m.group(2)), f))
     return [f for _, _, f in sorted(rotated)] + ([p] if p.is_file() else [])
 
-def _schema(columns: Mapping[str, str], label: str | None, regressor: bool):
+def _schema(columns: Mapping[str, str], label: str | None, regressor: bool, with_probabilities: bool = True):
     import pyarrow as pa
     row = pa.struct([(name, pa.type_for_alias(_ARROW.get(t, 'string'))) for name, t in columns.items()])
-    pred = [('value', pa.float64())] if regressor else [('label', pa.type_for_alias(label or 'string')), ('probability', pa.float64()),
-                                                        ('probabilities', pa.list_(pa.float64()))]
+    pred = [('value', pa.float64())] if regressor else [('label', pa.type_for_alias(label or 'string')), ('probability', pa.float64())] + \
+        ([('probabilities', pa.list_(pa.float64()))] if with_probabilities else [])
     return pa.schema([('request_id', pa.string()), ('ts', pa.string()), ('model', pa.string()), ('variant', pa.string()),
                       ('row', row), ('prediction', pa.struct(pred))])
 
@@ -104,7 +104,8 @@ def _tables(path, opts, since=None, last=None, kafka: Mapping | None = None) -> 
     tables, n = [], 0
     for f in files:
         if not f.stat().st_size: continue
-        try: t = pj.read_json(f, parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
+        try: # memory-mapped: the parser reads the page cache in place (the table holds copies, so the map can close)
+            with pa.memory_map(str(f)) as src: t = pj.read_json(src, parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
         except pa.ArrowInvalid as e:
             raise MlnbError(f"The log {f} cannot be read: {e}. A line may have been cut by a crash; "
                             "move the file aside to read the rest.", path=str(f)) from None
@@ -120,10 +121,11 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
                 since: _dt.datetime | None = None, # only predictions from then on (UTC)
                 last: int | None = None, # only the last `last` predictions
                 kafka: Mapping | None = None, # librdkafka settings, for a topic
+                with_probabilities: bool = True, # also read a classifier's per-class probabilities (only ground truth needs them)
                ) -> pd.DataFrame:
     "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns."
     import pyarrow as pa, pyarrow.json as pj
-    schema = _schema(columns, label, regressor)
+    schema = _schema(columns, label, regressor, with_probabilities)
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
     tables, info = _tables(path, opts, since, last, kafka)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -131,8 +133,8 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
     flat = table.flatten()
     probs = flat.column('prediction.probabilities') if 'prediction.probabilities' in flat.column_names else None
     df = flat.drop_columns(['prediction.probabilities']).to_pandas() if probs is not None else flat.to_pandas()
-    df['ts'] = pd.to_datetime(df['ts'], utc=True, format='ISO8601')
-    if probs is not None: df.attrs['probabilities'] = probs
+    df['ts'] = _utc(flat.column('ts'))
+    if probs is not None: df.attrs['probabilities'] = _Shared(probs)
     keep = np.ones(len(df), dtype=bool)
     if since is not None: keep &= (df['ts'] >= pd.Timestamp(since)).to_numpy()
     if last is not None: keep &= np.arange(len(df)) >= len(df) - last
@@ -140,17 +142,28 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
     out.attrs['source'] = info
     return out
 
+class _Shared:
+    "An immutable value kept in `DataFrame.attrs`: pandas deep-copies attrs on every column access and row selection, this is shared instead."
+    def __init__(self, value): self.value = value
+    def __deepcopy__(self, memo): return self
+
+def _utc(ts) -> pd.Series:
+    "An arrow column of ISO 8601 text as UTC timestamps: arrow parses text with a zone offset, pandas the rest of ISO 8601."
+    import pyarrow as pa, pyarrow.compute as pc
+    try: return pc.cast(ts, pa.timestamp('us', 'UTC')).to_pandas()
+    except pa.ArrowInvalid: return pd.to_datetime(ts.to_pandas(), utc=True, format='ISO8601') # no zone offset, nanoseconds
+
 def select(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     "The rows of `df` where `keep` is true, with their probabilities."
     import pyarrow as pa
     if keep.all(): return df
     out = df[keep].reset_index(drop=True)
-    if df.attrs.get('probabilities') is not None: out.attrs['probabilities'] = df.attrs['probabilities'].filter(pa.array(keep))
+    if df.attrs.get('probabilities') is not None: out.attrs['probabilities'] = _Shared(df.attrs['probabilities'].value.filter(pa.array(keep)))
     return out
 
 def probabilities(df: pd.DataFrame) -> np.ndarray | None:
     "The per-class probabilities of the rows of `df` as a matrix (rows x classes), or None."
-    p = df.attrs.get('probabilities')
+    p = getattr(df.attrs.get('probabilities'), 'value', None)
     if p is None or len(p) == 0 or p.null_count == len(p): return None
     flat = np.asarray(p.combine_chunks().flatten(), dtype='float64')
     return flat.reshape(len(p), -1) if len(p) else None
@@ -168,8 +181,9 @@ def read_feedback(path: str | Path, # the feedback log (its rotated files are re
     except UsageError:
         if not str(path).startswith('kafka://'): raise
         tables = [] # no feedback topic yet: no ground truth yet
-    df = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
-    df['ts'] = pd.to_datetime(df['ts'], utc=True, format='ISO8601')
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    df = table.to_pandas()
+    df['ts'] = _utc(table.column('ts'))
     return df.dropna(subset=['request_id']).drop_duplicates('request_id', keep='last').reset_index(drop=True)
 
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -238,7 +252,7 @@ def score(metric: str, # the gate's metric
 # %% ../nbs/14_monitor.ipynb #6e471b95
 def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
-    return {str(k): float(v) / n for k, v in s.astype(str).value_counts().items()} if n else {}
+    return {str(k): float(v) / n for k, v in _text_counts(s).items()} if n else {}
 
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
           ref: Mapping, # the model's frozen reference
@@ -281,7 +295,8 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     # prediction bias and realised performance
     answered = events['prediction.value'] if kind == 'regressor' else events['prediction.label']
     train = ref.get('labels') or {}
-    bias = {'predicted': float(answered.mean()) if kind == 'regressor' else _shares(answered)}
+    shares = None if kind == 'regressor' else _shares(answered)
+    bias = {'predicted': float(answered.mean()) if kind == 'regressor' else shares}
     if train: bias['training'] = train.get('mean') if kind == 'regressor' else {k: c / max(sum(train['counts'].values()), 1) for k, c in train.get('counts', {}).items()}
     perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
     if feedback is not None and len(feedback):
@@ -303,7 +318,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     if r is not None and floor is not None and (r < floor if direction == 'maximize' else r > floor):
         alerts.append({'kind': 'performance', 'message': f"realised {metric} {r:.4f} is {'below' if direction == 'maximize' else 'above'} the gate's floor {floor}"})
     # action limits over the window
-    current = {'rows': n, 'mean': float(answered.mean())} if kind == 'regressor' else {'rows': n, 'share': _shares(answered)}
+    current = {'rows': n, 'mean': float(answered.mean())} if kind == 'regressor' else {'rows': n, 'share': dict(shares)}
     broken = {}
     for name, (lo, hi) in cfg.action_limits.items():
         v = current.get('mean') if name == 'mean' else current.get('share', {}).get(str(name), 0.0)
@@ -320,23 +335,25 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     if not len(events): return []
     t0, t1 = events['ts'].min(), events['ts'].max()
     step = max((t1 - t0) / buckets, pd.Timedelta(seconds=1))
-    slot = ((events['ts'] - t0) // step).clip(upper=buckets - 1).astype(int).to_numpy()
+    slot = np.minimum((events['ts'] - t0).to_numpy() // step.to_timedelta64(), buckets - 1).astype(int)
+    rows = np.bincount(slot, minlength=buckets)
+    if kind == 'regressor': values = events['prediction.value']
+    else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
+        codes, labels = pd.factorize(events['prediction.label'].astype(str))
+        counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
     fb = feedback.set_index('request_id')['label'] if feedback is not None and len(feedback) else None
-    proba = probabilities(events)
+    if fb is not None and metric: hit, proba = events['request_id'].isin(fb.index).to_numpy(), probabilities(events)
     out = []
-    for b in range(buckets):
-        m = slot == b
-        part = events[m]
-        if not len(part): continue
-        item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': int(len(part))}
-        if kind == 'regressor': item['mean'] = float(part['prediction.value'].mean())
-        else: item['share'] = _shares(part['prediction.label'])
+    for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
+        item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': n}
+        if kind == 'regressor': item['mean'] = float(values[slot == b].mean())
+        else: item['share'] = {str(labels[i]): float(counts[b, i]) / n for i in np.argsort(-counts[b], kind='stable') if counts[b, i]}
         if fb is not None and metric:
-            hit = part['request_id'].isin(fb.index).to_numpy()
-            if hit.any():
-                p = proba[m][hit] if proba is not None else None
-                item['joined'] = int(hit.sum())
-                item[metric] = score(metric, fb.reindex(part['request_id'][hit]).to_numpy(), part[hit], classes, p)[0]
+            idx = np.flatnonzero((slot == b) & hit)
+            if len(idx):
+                part = events.iloc[idx]
+                item['joined'] = len(idx)
+                item[metric] = score(metric, fb.reindex(part['request_id']).to_numpy(), part, classes, proba[idx] if proba is not None else None)[0]
         out.append(item)
     return out
 
@@ -400,11 +417,26 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
     return out
 
 # %% ../nbs/14_monitor.ipynb #19484bcc
+def _stored_metadata(tag: str, # name:version
+                     home: str | Path | None = None, # the BentoML home (default: BENTOML_HOME, else ~/bentoml)
+                    ) -> dict | None:
+    "The metadata of model `tag` from its model.yaml in the BentoML store, read without importing BentoML (a second); None when not there."
+    import yaml
+    from mlnb.registry import check_tag
+    name, _, version = check_tag(tag, 'tag-or-name').partition(':')
+    f = Path(home or os.environ.get('BENTOML_HOME') or Path('~/bentoml').expanduser()) / 'models' / name / version / 'model.yaml'
+    try: info = yaml.load(f.read_text(encoding='utf-8'), Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader)) if version else None
+    except (OSError, yaml.YAMLError): return None
+    ok = isinstance(info, dict) and (info.get('name'), info.get('version')) == (name, version) and isinstance(info.get('metadata'), dict)
+    return info['metadata'] if ok else None
+
 def frozen_reference(tag: str) -> dict:
     "The reference `log_model` froze with model `tag`."
-    import bentoml
-    try: md = bentoml.models.get(tag).info.metadata
-    except bentoml.exceptions.NotFound: raise UsageError(f"There is no model {tag!r} in the BentoML model store. See `mlnb models`.") from None
+    md = _stored_metadata(tag)
+    if md is None:
+        import bentoml
+        try: md = bentoml.models.get(tag).info.metadata
+        except bentoml.exceptions.NotFound: raise UsageError(f"There is no model {tag!r} in the BentoML model store. See `mlnb models`.") from None
     if not md.get('reference'):
         raise UsageError(f"Model {tag} has no frozen reference to monitor against: it was logged without one. Log the next model "
                          "with mlnb.log_model(..., reference=test_df) (held-out rows), or mlnb.contract.profile(...) of the training data.")
@@ -413,7 +445,7 @@ def frozen_reference(tag: str) -> dict:
 def _model_to_watch(project, serve, model: str | None, bento: str | None) -> str:
     "The model tag to monitor: --model, the model of --bento, of the latest build, or the champion."
     from mlnb.registry import champion, model_info
-    if model: return model_info(model)['tag']
+    if model: return model if _stored_metadata(model) is not None else model_info(model)['tag']
     if bento:
         import bentoml
         try: b = bentoml.get(bento)
@@ -471,7 +503,11 @@ def monitor(project=None, # the project (default: the current one)
     start = None if last is not None else _dt.datetime.now(_dt.timezone.utc) - parse_since(since or cfg.since)
     kind, classes = ref.get('kind'), ref.get('classes')
     columns = {k: c.get('type') or ('float' if c['kind'] == 'numeric' else 'str') for k, c in ref['columns'].items()}
-    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka)
+    fb_path = serve.feedback_log if (serve.feedback_log and not log) else feedback_path(path)
+    if not str(fb_path).startswith('kafka://') and not Path(fb_path).is_absolute(): fb_path = project.root / fb_path
+    label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
+    feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
+    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None)
     everything = events
     mine = ((events['model'] == tag) & (events['variant'] != 'challenger')).to_numpy()
     others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items()}
@@ -481,10 +517,6 @@ def monitor(project=None, # the project (default: the current one)
         raise UsageError(f"{path} holds {len(events)} predictions of {tag} in {window}"
                          + (f" (and {sum(others.values())} of other models: {', '.join(others)})" if others else '')
                          + f"; at least {cfg.min_rows} are needed to judge (min_rows). Widen the window (--since, --last) or pick the model (--model).")
-    fb_path = serve.feedback_log if (serve.feedback_log and not log) else feedback_path(path)
-    if not str(fb_path).startswith('kafka://') and not Path(fb_path).is_absolute(): fb_path = project.root / fb_path
-    label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
-    feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
     gate = GateConfig.from_settings(project.settings.get('gate', {}))
     metric, evaluation = _evaluation(project.root, tag)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes)
