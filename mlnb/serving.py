@@ -21,7 +21,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 if TYPE_CHECKING: import numpy as np, pandas as pd # imported where they are used (see below)
 
 # %% ../nbs/12_serving.ipynb #ea66f68a
-def _dumps(v) -> str: return json.dumps(v, separators=(',', ':'), ensure_ascii=False)
+_ENCODER = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False) # made once: `json.dumps` with options makes one per call
+def _dumps(v) -> str: return _ENCODER.encode(v)
 
 INT64 = (-2**63, 2**63 - 1)
 _NS_RANGE = (_dt.datetime(1677, 9, 22), _dt.datetime(2262, 4, 11)) # whole days inside what datetime64[ns] can hold
@@ -479,6 +480,17 @@ class Shadow:
         try: self.queue.put_nowait(item)
         except queue.Full: self.skipped += 1
 
+    @property
+    def pending(self) -> int:
+        "Items queued or being predicted."
+        return self.queue.unfinished_tasks
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        "Wait (at most `timeout` seconds) until every queued item is predicted; whether they all were."
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline: time.sleep(0.02)
+        return not self.pending
+
     def _run(self):
         import queue
         last = -math.inf
@@ -492,6 +504,7 @@ class Shadow:
             try: self.work(items)
             except Exception as e: log.warning('a shadow prediction failed: %s', describe_error(e))
             self.done += len(items)
+            for _ in items: self.queue.task_done()
 
 # %% ../nbs/12_serving.ipynb #a4209232
 def run_alert(command: str, # a shell command
@@ -695,7 +708,7 @@ def model_process(fd: int, # the process's end of the socket pair
     "The main loop of a service's model process: build the `Runtime`, then answer the server's batches until the socket closes."
     import signal
     from multiprocessing.connection import Connection
-    signal.signal(signal.SIGINT, signal.SIG_IGN) # the server decides when this process ends: when it closes the socket
+    for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, signal.SIG_IGN) # the server decides when this process ends: when it closes the socket
     conn = Connection(fd)
     try:
         import joblib # what `bentoml.sklearn` saves models with
@@ -710,7 +723,9 @@ def model_process(fd: int, # the process's end of the socket pair
     conn.send(('ready', rt.state()))
     while True:
         try: msg = conn.recv()
-        except (EOFError, OSError): return
+        except (EOFError, OSError):
+            if rt.shadow is not None and not rt.shadow.drain(): log.warning('stopping with %d shadow predictions not made', rt.shadow.pending)
+            return
         if msg == 'state':
             conn.send(('state', rt.state())); continue
         try: results = rt._work(msg)
