@@ -8,9 +8,9 @@ Docs: https://mlnb.github.io/mlnb/serving.html.md"""
 __all__ = ['INT64', 'log', 'STATUSES', 'SERVICE_PY', 'field_type', 'request_model', 'label_type', 'feedback_model', 'to_frame',
            'plain_value', 'model_kind', 'answers', 'describe_error', 'Predictor', 'Batcher', 'feedback_lines',
            'feedback_path', 'JsonLinesLog', 'parse_kafka', 'KafkaLog', 'open_log', 'limit_breaches', 'Rates', 'bucket',
-           'route', 'Fallback', 'Flag', 'Shadow', 'run_alert', 'log_path', 'open_feedback_log', 'store_feedback',
-           'Runtime', 'model_process', 'ModelProcess', 'reply', 'validation_message', 'document', 'Guard',
-           'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
+           'route', 'Fallback', 'Flag', 'Shadow', 'run_alert', 'each_json', 'log_path', 'open_feedback_log',
+           'store_feedback', 'Runtime', 'model_process', 'ModelProcess', 'reply', 'validation_message', 'document',
+           'Guard', 'ClientErrorsOneLine', 'quiet_client_errors', 'load_function', 'answer_model', 'make_service']
 
 # %% ../nbs/12_serving.ipynb #74b0bbd4
 import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math, os, threading, time, uuid
@@ -537,6 +537,12 @@ def _rejected(bad: dict[int, str], n: int) -> bytes:
             'rows': listed}
     return _dumps(body).encode()
 
+def each_json(values: list[dict]) -> list[str]:
+    "The JSON of each dict of `values` without its braces; one encoder call for them all, unless a text in them holds `},{`."
+    if not values: return []
+    parts = _dumps(values)[2:-2].split('},{')
+    return parts if len(parts) == len(values) else [_dumps(v)[1:-1] for v in values]
+
 def log_path(config: Mapping) -> str | None:
     "Where the service logs its predictions: `MLNB_PREDICTION_LOG`, or the settings' `prediction_log`."
     return os.environ.get('MLNB_PREDICTION_LOG') or config.get('prediction_log')
@@ -643,28 +649,30 @@ class Runtime:
             end = start + len(rows)
             bad = {i - start: e for i, e in errors.items() if start <= i < end} if errors else None
             if bad: results.append((422, _rejected(bad, len(rows)), None, None))
-            else:
-                answered = [{'request_id': rid, **{k: v for k, v in a.items() if k != '_variant'}} for rid, a in zip(rids[start:end], out[start:end])]
-                results.append((200, _dumps(answered).encode(), (frame, start, [a['_variant'] for a in out[start:end]]), answered))
+            else: # each answer's JSON made once, for the answer and for the log
+                outs, ids = out[start:end], rids[start:end]
+                preds = each_json([{k: v for k, v in a.items() if k not in ('model', '_variant')} for a in outs])
+                tags = {t: _dumps(t) for t in {a['model'] for a in outs}}
+                body = '[' + ','.join(f'{{"request_id":"{rid}",{p},"model":{tags[a["model"]]}}}' for rid, p, a in zip(ids, preds, outs)) + ']'
+                results.append((200, body.encode(), frame, [(start + j, rid, a['_variant'], a['model'], p) for j, (rid, p, a) in enumerate(zip(ids, preds, outs))]))
                 counted += [a for a in models[start:end] if a is not None]
             start = end
         if counted: self.rates.add(counted)
         return results
 
     def _lines(self, frame: 'pd.DataFrame', rows: list[tuple], ts: str) -> str:
-        "Log lines for (position in frame, request id, variant, model tag, answer) tuples."
+        "Log lines for (position in frame, request id, variant, model tag, answer's JSON from `each_json`) tuples."
         js = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
         tags = {tag: _dumps(tag) for _, _, _, tag, _ in rows}
         return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{tags[tag]},"variant":"{variant}","row":{js[i]},'
-                       f'"prediction":{_dumps(pred)}}}\n' for i, rid, variant, tag, pred in rows)
+                       f'"prediction":{{{pred}}}}}\n' for i, rid, variant, tag, pred in rows)
 
     def _after(self, payloads, results):
         "Write the answered rows to the prediction log, and hand the champion's rows to the shadow."
         ok = [r for r in results if not isinstance(r, BaseException) and r[0] == 200]
         if not ok: return
-        frame = ok[0][2][0]
-        rows = [(start + j, a['request_id'], v, a['model'], {k: x for k, x in a.items() if k not in ('request_id', 'model')})
-                for _, _, (_, start, variants), answered in ok for j, (a, v) in enumerate(zip(answered, variants))]
+        frame = ok[0][2]
+        rows = [row for r in ok for row in r[3]]
         ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
         if self.log is not None: self.log.write(self._lines(frame, rows, ts))
         if self.shadow is not None:
@@ -678,7 +686,8 @@ class Runtime:
         rids = [rid for _, _, ids in items for rid in ids]
         got, _ = self.predictors['challenger'].predict(part)
         ts = _dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
-        rows = [(j, rid, 'challenger', self.tags['challenger'], a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
+        done = [(j, rid, a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
+        rows = [(j, rid, 'challenger', self.tags['challenger'], p) for (j, rid, _), p in zip(done, each_json([a for *_, a in done]))]
         if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
 
     def live(self) -> dict:
