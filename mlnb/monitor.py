@@ -37,6 +37,7 @@ class MonitorConfig:
     buckets: int = 8 # slices of the window in the timeline
     fallback_on_action_limit: bool = False # the service answers with the fallback while an action limit is broken
     report: str = 'nbs/05_monitor.ipynb' # the notebook `mlnb monitor --report` executes
+    cache: bool = True # keep a columnar copy of the parsed log in .mlnb/cache/logs, so that each line is parsed once
 
     def __post_init__(self):
         parse_since(self.since)
@@ -47,6 +48,8 @@ class MonitorConfig:
         for k in ('small_reference', 'window', 'min_rows', 'buckets'):
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0): raise UsageError(f"[tool.mlnb.monitor] {k} must be a positive integer, not {v!r}.")
+        for k in ('fallback_on_action_limit', 'cache'):
+            if not isinstance(getattr(self, k), bool): raise UsageError(f"[tool.mlnb.monitor] {k} must be true or false, not {getattr(self, k)!r}.")
         for name, b in self.action_limits.items():
             if not (isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in b) and b[0] <= b[1]):
                 raise UsageError(f"[tool.mlnb.monitor] action_limits {name!r} must be [low, high] with low <= high, not {b!r}.")
@@ -92,26 +95,111 @@ def _schema(columns: Mapping[str, str], label: str | None, regressor: bool, with
     return pa.schema([('request_id', pa.string()), ('ts', pa.string()), ('model', pa.string()), ('variant', pa.string()),
                       ('row', row), ('prediction', pa.struct(pred))])
 
-def _tables(path, opts, since=None, last=None, kafka: Mapping | None = None) -> tuple[list, dict]:
-    "The arrow tables of a log (files or a kafka:// topic) that can hold the window, and where they came from."
+def _parse(f: Path, data, opts):
+    "The JSON lines in `data` (bytes of the log file `f`) as an arrow table."
     import pyarrow as pa, pyarrow.json as pj
+    try: return pj.read_json(pa.BufferReader(data), parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
+    except pa.ArrowInvalid as e:
+        raise MlnbError(f"The log {f} cannot be read: {e}. A line may have been cut by a crash; "
+                        "move the file aside to read the rest.", path=str(f)) from None
+
+def _lines_end(view: memoryview) -> int:
+    "The length of the whole lines at the start of `view` (up to and including its last newline)."
+    end, step = len(view), 1 << 16
+    while end > 0:
+        i = bytes(view[max(0, end - step):end]).rfind(b'\n')
+        if i >= 0: return max(0, end - step) + i + 1
+        end -= step
+    return 0
+
+_CACHE_VERSION, _CACHE_SEGMENTS, _CACHE_HASHED = 1, 8, 4096
+
+def _cache_key(f: Path, opts) -> str:
+    "The name of the columnar copy of log file `f` parsed with `opts`: the file's identity (it survives rotation) and the schema."
+    import hashlib
+    st = f.stat()
+    return f"{st.st_dev}-{st.st_ino}-{hashlib.sha1(str(opts.explicit_schema).encode()).hexdigest()[:12]}"
+
+def _cached(cache: Path, key: str, view: memoryview) -> tuple[list, dict]:
+    "The tables cached for `key` and the cache's record, if they are still the first bytes of the file `view` holds; else ([], {})."
+    import hashlib, pyarrow as pa
+    try:
+        meta = json.loads((cache / f'{key}.json').read_text())
+        end = meta['end']
+        if meta.get('version') != _CACHE_VERSION or end > len(view) or \
+           hashlib.sha1(view[:min(end, _CACHE_HASHED)]).hexdigest() != meta['head'] or \
+           hashlib.sha1(view[max(0, end - _CACHE_HASHED):end]).hexdigest() != meta['tail']:
+            return [], {} # the file was truncated or rewritten
+        return [pa.ipc.open_file(pa.memory_map(str(cache / s))).read_all() for s in meta['segments']], meta
+    except (OSError, ValueError, KeyError, pa.ArrowException): return [], {}
+
+def _write_cache(cache: Path, key: str, f: Path, base: Path, view: memoryview, tables: list, meta: dict, end: int):
+    "Record the tables parsed from the first `end` bytes of the file: a new segment, or (past a few) one compacted segment."
+    import hashlib, pyarrow as pa
+    def write(name, table):
+        tmp = cache / f'.{name}.{os.getpid()}.tmp'
+        with pa.OSFile(str(tmp), 'wb') as sink, pa.ipc.new_file(sink, table.schema) as w: w.write_table(table)
+        os.replace(tmp, cache / name)
+    try: # a cache that cannot be written only costs the next run a parse
+        cache.mkdir(parents=True, exist_ok=True)
+        old = meta.get('segments', [])
+        if len(old) + 1 > _CACHE_SEGMENTS: segments = [f'{key}.0-{end}.arrow']; write(segments[0], pa.concat_tables(tables))
+        else: segments = old + [f"{key}.{meta.get('end', 0)}-{end}.arrow"]; write(segments[-1], tables[-1])
+        record = {'version': _CACHE_VERSION, 'log': str(base), 'file': str(f), 'end': end, 'segments': segments,
+                  'head': hashlib.sha1(view[:min(end, _CACHE_HASHED)]).hexdigest(),
+                  'tail': hashlib.sha1(view[max(0, end - _CACHE_HASHED):end]).hexdigest()}
+        tmp = cache / f'.{key}.json.{os.getpid()}.tmp'
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, cache / f'{key}.json')
+        for s in cache.glob(f'{key}.*.arrow'): # compacted, or left by the file's earlier content
+            if s.name not in segments: s.unlink(missing_ok=True)
+    except OSError: pass
+
+def _file_table(f: Path, opts, cache: Path | None = None, base: Path | None = None):
+    "The parsed lines of the log file `f`. With a `cache` directory, lines parsed before are read from their columnar copy there and only the new ones are parsed."
+    import pyarrow as pa
+    with pa.memory_map(str(f)) as src:
+        data = src.read_buffer()
+        if cache is None: return _parse(f, data, opts)
+        view = memoryview(data)
+        key, end = _cache_key(f, opts), _lines_end(view)
+        tables, meta = _cached(cache, key, view)
+        done = meta.get('end', 0)
+        if end > done:
+            tables.append(_parse(f, data.slice(done, end - done), opts))
+            _write_cache(cache, key, f, base or f.resolve(), view, tables, meta, end)
+        if len(data) > end: tables.append(_parse(f, data.slice(end), opts)) # a last line without its newline (yet): read, not kept
+        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+def _forget(cache: Path, base: Path, files: list[Path]):
+    "Remove the cached copies of the log at `base` whose file is gone."
+    import contextlib
+    alive = {f"{st.st_dev}-{st.st_ino}-" for st in (f.stat() for f in files)}
+    for m in cache.glob('*.json') if cache.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            meta = json.loads(m.read_text())
+            if meta['log'] == str(base) and not any(m.name.startswith(a) for a in alive):
+                for s in meta['segments']: (cache / s).unlink(missing_ok=True)
+                m.unlink()
+
+def _tables(path, opts, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None) -> tuple[list, dict]:
+    "The arrow tables of a log (files or a kafka:// topic) that can hold the window, and where they came from."
+    import pyarrow.json as pj
     if str(path).startswith('kafka://'):
         from mlnb.stream import read_kafka
         data, info = read_kafka(str(path), since, last, kafka)
         return ([pj.read_json(io.BytesIO(data), parse_options=opts)] if data else []), info
+    base = Path(path).resolve()
     files = log_files(path, since)
     if last is not None: files = files[::-1]
     tables, n = [], 0
     for f in files:
         if not f.stat().st_size: continue
-        try: # memory-mapped: the parser reads the page cache in place (the table holds copies, so the map can close)
-            with pa.memory_map(str(f)) as src: t = pj.read_json(src, parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
-        except pa.ArrowInvalid as e:
-            raise MlnbError(f"The log {f} cannot be read: {e}. A line may have been cut by a crash; "
-                            "move the file aside to read the rest.", path=str(f)) from None
+        t = _file_table(f, opts, cache, base)
         tables.append(t)
         n += len(t)
         if last is not None and n >= last: break
+    if cache is not None: _forget(cache, base, log_files(path))
     return (tables[::-1] if last is not None else tables), {'source': str(path), 'files': [str(f) for f in files]}
 
 def read_events(path: str | Path, # the prediction log (its rotated files are read too), or a kafka://HOST:PORT/TOPIC
@@ -122,12 +210,13 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
                 last: int | None = None, # only the last `last` predictions
                 kafka: Mapping | None = None, # librdkafka settings, for a topic
                 with_probabilities: bool = True, # also read a classifier's per-class probabilities (only ground truth needs them)
+                cache: str | Path | None = None, # a directory for columnar copies of the parsed files: each line is parsed once
                ) -> pd.DataFrame:
     "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns."
     import pyarrow as pa, pyarrow.json as pj
     schema = _schema(columns, label, regressor, with_probabilities)
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
-    tables, info = _tables(path, opts, since, last, kafka)
+    tables, info = _tables(path, opts, since, last, kafka, Path(cache) if cache is not None else None)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     if str(path).startswith('kafka://') and len(table): table = table.sort_by('ts') # partitions interleave
     flat = table.flatten()
@@ -254,6 +343,12 @@ def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
     return {str(k): float(v) / n for k, v in _text_counts(s).items()} if n else {}
 
+def _map(fn, items: list, threads: bool) -> list:
+    "`fn` of each item; on every core when `threads` (numpy, pandas and arrow let go of Python's lock for the heavy parts)."
+    if not threads or (os.cpu_count() or 1) < 2 or len(items) < 2: return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(min(os.cpu_count(), len(items))) as ex: return list(ex.map(fn, items))
+
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
           ref: Mapping, # the model's frozen reference
           cfg: MonitorConfig = MonitorConfig(), # thresholds and limits
@@ -269,13 +364,12 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     small = ref.get('rows', 0) <= cfg.small_reference
     alerts, out = [], {'rows': n, 'reference_rows': ref.get('rows'), 'tests': 'statistical tests' if small else 'distances',
                        'thresholds': {'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change}}
-    cols = {}
-    for name, cref in ref.get('columns', {}).items():
-        key = f'row.{name}'
-        if key not in events: continue
-        d = column_drift(cref, events[key], small, cfg.p_value, cfg.drift_threshold, tuple(cref['bounds']) if cref.get('bounds') else None)
-        d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
-        cols[name] = d
+    jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None)
+            for name, cref in ref.get('columns', {}).items() if f'row.{name}' in events]
+    pjobs = [(name, pref, events[f'prediction.{name}'], None) for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
+    done = _map(lambda job: column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3]), jobs + pjobs, threads=n >= 50_000)
+    cols = dict(zip([j[0] for j in jobs], done[:len(jobs)]))
+    for d in cols.values(): d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
     out['columns'] = cols
     drifted = [k for k, d in cols.items() if d.get('drifted')]
     if drifted: alerts.append({'kind': 'drift', 'columns': drifted,
@@ -285,10 +379,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                              f"{cfg.null_rate_change}: " + ', '.join(f"{k} {cols[k]['reference_null_rate']:.1%} -> {cols[k]['null_rate']:.1%}" for k in nulls)})
     unseen = {k: d['unseen'] for k, d in cols.items() if d.get('unseen')}
     if unseen: out['unseen'] = unseen
-    preds = {}
-    for name, pref in (ref.get('predictions') or {}).items():
-        key = f'prediction.{name}'
-        if key in events: preds[name] = column_drift(pref, events[key], small, cfg.p_value, cfg.drift_threshold)
+    preds = dict(zip([j[0] for j in pjobs], done[len(jobs):]))
     out['predictions'] = preds
     moved = [k for k, d in preds.items() if d.get('drifted')]
     if moved: alerts.append({'kind': 'prediction_drift', 'columns': moved, 'message': f"the answers drifted: {', '.join(moved)}"})
@@ -507,7 +598,8 @@ def monitor(project=None, # the project (default: the current one)
     if not str(fb_path).startswith('kafka://') and not Path(fb_path).is_absolute(): fb_path = project.root / fb_path
     label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
     feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
-    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None)
+    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None,
+                         cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None)
     everything = events
     mine = ((events['model'] == tag) & (events['variant'] != 'challenger')).to_numpy()
     others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items()}

@@ -17,8 +17,7 @@ import asyncio, collections, datetime as _dt, gc, importlib, json, logging, math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Literal, Mapping, Optional
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
-if TYPE_CHECKING: import numpy as np, pandas as pd # imported where they are used (see below)
+if TYPE_CHECKING: import numpy as np, pandas as pd, pydantic # imported where they are used (pydantic too: `mlnb monitor` and the model process need none of it)
 
 # %% ../nbs/12_serving.ipynb #ea66f68a
 _ENCODER = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False) # made once: `json.dumps` with options makes one per call
@@ -54,6 +53,7 @@ def field_type(f: dict, # a request field: name, type, nullable, categories, tz,
                max_string: int = 1000, # longest string accepted
               ):
     "The pydantic annotation of request field `f`: strict types, finite numbers, int64 integers, timestamps in range."
+    from pydantic import AfterValidator, BeforeValidator, Field
     t, cats = f['type'], f.get('categories')
     if t not in _TYPES: raise ValueError(f"Field {f['name']!r} has type {t!r}; the service knows {', '.join(_TYPES)}.")
     if cats: ann = Annotated[Literal[tuple(cats)], BeforeValidator(_exact(type(cats[0])))]
@@ -71,8 +71,9 @@ def field_type(f: dict, # a request field: name, type, nullable, categories, tz,
 def request_model(fields: list[dict], # request fields, in the contract's order
                   max_string: int = 1000, # longest string accepted
                   name: str = 'Row', # the model's name in the OpenAPI document
-                 ) -> type[BaseModel]:
+                 ) -> 'type[pydantic.BaseModel]':
     "The pydantic model of one request row."
+    from pydantic import ConfigDict, Field, create_model
     defs = {f'f{i}': (field_type(f, max_string), Field(..., alias=f['name'], description=f.get('description')))
             for i, f in enumerate(fields)}
     return create_model(name, __config__=ConfigDict(extra='forbid', populate_by_name=False), **defs,
@@ -81,12 +82,14 @@ def request_model(fields: list[dict], # request fields, in the contract's order
 # %% ../nbs/12_serving.ipynb #da168715
 def label_type(config: dict):
     "The annotation of a label of the model: one of its classes, exactly typed, or a finite number for a regressor."
+    from pydantic import BeforeValidator, Field
     classes = config.get('classes')
     if config.get('kind') == 'regressor' or not classes: return Annotated[float, Field(strict=True, allow_inf_nan=False)]
     return Annotated[Literal[tuple(classes)], BeforeValidator(_exact(type(classes[0])))]
 
-def feedback_model(config: dict) -> type[BaseModel]:
+def feedback_model(config: dict) -> 'type[pydantic.BaseModel]':
     "The pydantic model of one piece of ground truth: the request id of a prediction and the true label."
+    from pydantic import ConfigDict, Field, create_model
     return create_model('Feedback', __config__=ConfigDict(extra='forbid'),
         request_id=(Annotated[str, Field(strict=True, min_length=1, max_length=200)], Field(description='The `request_id` of the answer.')),
         label=(label_type(config), Field(description='The true label (a class of the model) or value.')))
@@ -954,6 +957,7 @@ class Guard:
 class ClientErrorsOneLine(logging.Filter):
     "Turns log records about client errors (validation errors, BentoML errors with a 4xx code) into one line without traceback."
     def filter(self, record):
+        from pydantic import ValidationError
         exc = record.exc_info[1] if record.exc_info else None
         code = getattr(getattr(exc, 'error_code', None), 'value', None)
         if isinstance(exc, ValidationError) or (isinstance(code, int) and 400 <= code < 500):
@@ -986,8 +990,9 @@ def load_function(spec: str) -> Callable:
     mod, _, fn = spec.partition(':')
     return getattr(importlib.import_module(mod), fn)
 
-def answer_model(config: dict) -> type[BaseModel]:
+def answer_model(config: dict) -> 'type[pydantic.BaseModel]':
     "The pydantic model of one answer, for the OpenAPI document."
+    from pydantic import Field, create_model
     common = {'request_id': (str, Field(description='Identifies this row\'s prediction: give it with the ground truth to POST /feedback.')),
               'model': (str, Field(description='The tag of the model that answered.'))}
     if config.get('kind') == 'regressor':
@@ -1005,6 +1010,7 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
                 ):
     "The BentoML service described by `config_path`."
     import bentoml
+    from pydantic import Field, create_model
     from starlette.responses import Response
     config = json.loads(Path(config_path).read_text(encoding='utf-8'))
     fields = config['fields']

@@ -83,3 +83,10 @@ def test_monitoring_drift_and_ground_truth(ported_served):
     assert perf['metric'] == p.metric and perf['joined'] == len(answers) and perf['realised'] is not None
     if p.kind == 'multiclass': assert 0 <= perf['realised'] <= 1 and set(out['bias']['observed']) == set(out['classes'])
     else: assert perf['realised'] > 0 and isinstance(out['bias']['observed'], float)
+    # the next run reads the parsed lines from their columnar copy, and judges the same as a parse of the JSON lines
+    cache = root / '.mlnb' / 'cache' / 'logs'
+    assert list(cache.glob('*.arrow')) and list(cache.glob('*.json'))
+    again = json.loads(mlnb('monitor', '--last', str(len(answers)), '--json', cwd=root, env=env, check=False).stdout)
+    shutil.rmtree(cache)
+    fresh = json.loads(mlnb('monitor', '--last', str(len(answers)), '--json', cwd=root, env=env, check=False).stdout)
+    for k in ('columns', 'predictions', 'performance', 'bias', 'window'): assert again[k] == out[k] == fresh[k], k
