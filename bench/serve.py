@@ -13,7 +13,8 @@ The three servers run side by side (an idle one costs nothing); in each of ROUND
 single-row requests from CONCURRENCY keep-alive clients (asyncio, raw HTTP/1.1) for WARMUP then
 DURATION seconds, one server at a time, and the medians over rounds are reported (the machine's
 noise is shared). Also measured: start-up time (launch to first 200 on /predict; each server is started and
-stopped once per round, one at a time, before the load) and rows/s for requests of MANY rows against in-process rows/s.
+stopped once per round, one at a time, before the load) and rows/s for requests of MANY rows against in-process rows/s
+(the median of 15 requests sent one after the other, and of 15 in-process calls).
 
 With --compare hand (the default) the summary ends with the four targets, as ratios within this invocation:
 start-up of the generated service over the faster hand-written one (at most 1.1x), its p50 with one client over the
@@ -67,6 +68,7 @@ class Hand:
 
 
 HAND_LATENCY_MS = 1000  # the hand-written batched service's dispatcher setting (BentoML's default is 10 s)
+MANY_SAMPLES = 15  # requests of MANY rows, one after the other, and in-process calls of as many rows: the median of each
 TARGETS = {'startup': 1.1, 'p50_1': 1.5, 'rps': 1.66, 'many': 0.5}  # generated over hand-written: at most, at most, at least; rows/s over in-process: at least
 
 
@@ -255,7 +257,7 @@ def main():
                 results[name]['rounds'].append(asyncio.run(load('127.0.0.1', srv.port, one, args.concurrency, args.warmup, args.duration)))
                 results[name]['single'].append(asyncio.run(load('127.0.0.1', srv.port, one, 1, 1, max(args.duration / 4, 3))))
         for name, srv in servers.items():
-            results[name]['many_rows_s'] = args.many / statistics.median(asyncio.run(request('127.0.0.1', srv.port, many))[1] for _ in range(5))
+            results[name]['many_rows_s'] = args.many / statistics.median(asyncio.run(request('127.0.0.1', srv.port, many))[1] for _ in range(MANY_SAMPLES))
         if args.compare == 'rollout':  # every row the champion answered was predicted by the shadow challenger too
             time.sleep(2)
             meta = json.loads(asyncio.run(get('127.0.0.1', servers['generated, shadow'].port, '/metadata')))
@@ -275,7 +277,7 @@ def main():
     while time.perf_counter() - t0 < 5: model.predict_proba(prepare(frame1)); n += 1
     inproc_rps = n / (time.perf_counter() - t0)
     framen = pd.DataFrame(rows).astype({'snapshot_date': 'datetime64[ns]'})
-    inproc_many = args.many / statistics.median(_timed(lambda: model.predict_proba(prepare(framen))) for _ in range(5))
+    inproc_many = args.many / statistics.median(_timed(lambda: model.predict_proba(prepare(framen))) for _ in range(MANY_SAMPLES))
 
     base = results[base_name]
     print(f"{os.cpu_count()} cores; {args.concurrency} clients (and 1), single-row requests, {args.warmup:.0f} s warm-up, "

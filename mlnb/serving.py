@@ -543,7 +543,11 @@ def _rejected(bad: dict[int, str], n: int) -> bytes:
 def each_json(values: list[dict]) -> list[str]:
     "The JSON of each dict of `values` without its braces; one encoder call for them all, unless a text in them holds `},{`."
     if not values: return []
-    parts = _dumps(values)[2:-2].split('},{')
+    try: # pydantic's encoder (in Rust) writes the floats of 1,000 answers about 6 times faster than `json`'s (BENCHMARKS.md)
+        from pydantic_core import to_json
+        text = to_json(values).decode()
+    except Exception: text = _dumps(values) # a value it does not know: `json` says what is wrong
+    parts = text[2:-2].split('},{')
     return parts if len(parts) == len(values) else [_dumps(v)[1:-1] for v in values]
 
 def log_path(config: Mapping) -> str | None:
