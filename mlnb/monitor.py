@@ -120,22 +120,25 @@ def _cache_key(f: Path, opts) -> str:
     st = f.stat()
     return f"{st.st_dev}-{st.st_ino}-{hashlib.sha1(str(opts.explicit_schema).encode()).hexdigest()[:12]}"
 
+def _ends(view: memoryview, end: int) -> tuple[str, str]:
+    "Hashes of the first and the last bytes of `view[:end]`: what a cached copy checks the file still starts with."
+    import hashlib
+    return hashlib.sha1(view[:min(end, _CACHE_HASHED)]).hexdigest(), hashlib.sha1(view[max(0, end - _CACHE_HASHED):end]).hexdigest()
+
 def _cached(cache: Path, key: str, view: memoryview) -> tuple[list, dict]:
     "The tables cached for `key` and the cache's record, if they are still the first bytes of the file `view` holds; else ([], {})."
-    import hashlib, pyarrow as pa
+    import pyarrow as pa
     try:
         meta = json.loads((cache / f'{key}.json').read_text())
         end = meta['end']
-        if meta.get('version') != _CACHE_VERSION or end > len(view) or \
-           hashlib.sha1(view[:min(end, _CACHE_HASHED)]).hexdigest() != meta['head'] or \
-           hashlib.sha1(view[max(0, end - _CACHE_HASHED):end]).hexdigest() != meta['tail']:
+        if meta.get('version') != _CACHE_VERSION or end > len(view) or _ends(view, end) != (meta['head'], meta['tail']):
             return [], {} # the file was truncated or rewritten
         return [pa.ipc.open_file(pa.memory_map(str(cache / s))).read_all() for s in meta['segments']], meta
     except (OSError, ValueError, KeyError, pa.ArrowException): return [], {}
 
-def _write_cache(cache: Path, key: str, f: Path, base: Path, view: memoryview, tables: list, meta: dict, end: int):
+def _write_cache(cache: Path, key: str, base: Path, view: memoryview, tables: list, meta: dict, end: int):
     "Record the tables parsed from the first `end` bytes of the file: a new segment, or (past a few) one compacted segment."
-    import hashlib, pyarrow as pa
+    import pyarrow as pa
     def write(name, table):
         tmp = cache / f'.{name}.{os.getpid()}.tmp'
         with pa.OSFile(str(tmp), 'wb') as sink, pa.ipc.new_file(sink, table.schema) as w: w.write_table(table)
@@ -145,9 +148,8 @@ def _write_cache(cache: Path, key: str, f: Path, base: Path, view: memoryview, t
         old = meta.get('segments', [])
         if len(old) + 1 > _CACHE_SEGMENTS: segments = [f'{key}.0-{end}.arrow']; write(segments[0], pa.concat_tables(tables))
         else: segments = old + [f"{key}.{meta.get('end', 0)}-{end}.arrow"]; write(segments[-1], tables[-1])
-        record = {'version': _CACHE_VERSION, 'log': str(base), 'file': str(f), 'end': end, 'segments': segments,
-                  'head': hashlib.sha1(view[:min(end, _CACHE_HASHED)]).hexdigest(),
-                  'tail': hashlib.sha1(view[max(0, end - _CACHE_HASHED):end]).hexdigest()}
+        head, tail = _ends(view, end)
+        record = {'version': _CACHE_VERSION, 'log': str(base), 'end': end, 'segments': segments, 'head': head, 'tail': tail}
         tmp = cache / f'.{key}.json.{os.getpid()}.tmp'
         tmp.write_text(json.dumps(record))
         os.replace(tmp, cache / f'{key}.json')
@@ -167,7 +169,7 @@ def _file_table(f: Path, opts, cache: Path | None = None, base: Path | None = No
         done = meta.get('end', 0)
         if end > done:
             tables.append(_parse(f, data.slice(done, end - done), opts))
-            _write_cache(cache, key, f, base or f.resolve(), view, tables, meta, end)
+            _write_cache(cache, key, base or f.resolve(), view, tables, meta, end)
         if len(data) > end: tables.append(_parse(f, data.slice(end), opts)) # a last line without its newline (yet): read, not kept
         return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
