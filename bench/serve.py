@@ -27,10 +27,13 @@ It counts the challenger's shadow predictions in the log against the champion's 
 (shadow at least 0.8x the plain service's req/s with p99 within 1.2x, canary at least 0.95x, no errors).
 With --compare kafka: the generated service logging to JSON lines, and to a Kafka topic (librdkafka's mock cluster in a
 process of its own: the real protocol on a loopback port).
+With --before REV (and --compare hand): also the same model built by the mlnb of an earlier commit of this repository
+(checked out in a temporary git worktree), served beside the others: the summary ends with the generated service
+over that one.
 
 Each server is also measured with a single client (p50 latency of a lone request).
 
-Usage: python bench/serve.py [--compare hand|rollout|kafka] [--duration 20] [--warmup 5] [--concurrency 32] [--many 1000] [--rounds 3]
+Usage: python bench/serve.py [--compare hand|rollout|kafka] [--before REV] [--duration 20] [--warmup 5] [--concurrency 32] [--many 1000] [--rounds 3]
 """
 import argparse, asyncio, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -195,7 +198,9 @@ def main():
     ap.add_argument('--compare', choices=['hand', 'rollout', 'kafka'], default='hand',
                     help='hand: the generated service against hand-written ones; rollout: plain, shadow and canary builds; '
                          'kafka: the JSON-lines log against a Kafka topic (librdkafka mock cluster)')
+    ap.add_argument('--before', metavar='REV', help='with --compare hand: also serve the Bento that the mlnb of this git revision builds')
     args = ap.parse_args()
+    if args.before and args.compare != 'hand': ap.error('--before goes with --compare hand')
     tmp = Path(tempfile.mkdtemp(prefix='mlnb-serve-bench-'))
     home = tmp / 'bentoml'
     env = {**os.environ, 'BENTOML_HOME': str(home)}
@@ -226,6 +231,11 @@ def main():
         specs = [('(a) hand-written', 'plain:Hand', hand_dir, {}), ('(b) hand-written + batching', 'batched:Hand', hand_dir, {}),
                  ('generated (mlnb build)', build(mlnb, proj, env), empty, logs(2))]
         base_name = '(b) hand-written + batching'
+        if args.before:  # the same model, built by the mlnb of REV: its runtime goes into the Bento
+            old = tmp / 'before'
+            sh(['git', '-C', str(Path(__file__).resolve().parent), 'worktree', 'add', '-q', '--detach', str(old), args.before], tmp, env)
+            try: specs.append((f'generated at {args.before[:10]}', build(mlnb, proj, {**env, 'PYTHONPATH': str(old)}, '--model', tag), empty, logs(3)))
+            finally: sh(['git', '-C', str(Path(__file__).resolve().parent), 'worktree', 'remove', '--force', str(old)], tmp, env)
     elif args.compare == 'rollout':
         sh([mlnb, 'run', '-q', '--engine', 'fast', '-p', 'n_estimators=100'], proj, env)
         other = next(m['tag'] for m in json.loads(sh([mlnb, 'models', '--json'], proj, env)) if m['tag'] != tag)
@@ -309,6 +319,11 @@ def main():
         for what, ratio, op, target, detail in checks:
             met = ratio <= target if op == '<=' else ratio >= target
             print(f"  {what:34} {ratio:5.2f}x  target {op} {target}x  {'met' if met else 'MISSED':6}  ({detail})")
+        if args.before:
+            old = results[f'generated at {args.before[:10]}']
+            print(f"\ngenerated now / generated at {args.before[:10]}: req/s {gen['rps'] / old['rps']:.2f}x, p50 {gen['p50'] / old['p50']:.2f}x, "
+                  f"p99 {gen['p99'] / old['p99']:.2f}x, 1-client p50 {gen['p50_1'] / old['p50_1']:.2f}x, start-up {gen['startup'] / old['startup']:.2f}x, "
+                  f"{args.many}-row rows/s {gen['many_rows_s'] / old['many_rows_s']:.2f}x")
     if args.compare == 'rollout':
         sh_, can = results['generated, shadow'], results['generated, canary 10%']
         print(f"\nshadow: the challenger predicted {shadowed['challenger']} of the {shadowed['champion']} rows the champion answered "

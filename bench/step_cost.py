@@ -92,7 +92,7 @@ def main():
     from mlnb import engines
     from mlnb.pipeline import make_plan
     from mlnb.project import load_project
-    from mlnb.runner import execute_step
+    from mlnb.executors import execute_step
     proj = load_project(tmp)
     plan = make_plan(proj)
     out = tmp / 'out'; out.mkdir()

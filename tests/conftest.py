@@ -85,7 +85,7 @@ def train_and_build(root, home, engine='fast'):
 
 def start_server(served, log):
     "A `bentoml serve` of the built Bento of `served`, logging predictions to `log`."
-    from mlnb.bento import Server
+    from mlnb.server import Server
     root, env, bento = served
     srv = Server(bento, log_path=log, env=env)
     srv.log = log

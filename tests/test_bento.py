@@ -22,11 +22,15 @@ def test_build_makes_a_current_bento_with_the_runtime_inside(served):
     import mlnb.serving
     # the service is the runtime module as it is in mlnb, bound to settings that are data: no generated code
     assert (path / 'src' / 'service.py').read_text() == mlnb.serving.SERVICE_PY
-    assert (path / 'src' / 'mlnb_serving.py').read_text() == Path(mlnb.serving.__file__).read_text()
+    runtime = Path(mlnb.serving.__file__).parent
+    shipped = sorted(p.relative_to(path / 'src' / 'mlnb_serving') for p in (path / 'src' / 'mlnb_serving').rglob('*.py'))
+    assert shipped == sorted(p.relative_to(runtime) for p in runtime.rglob('*.py')), shipped
+    for p in shipped: assert (path / 'src' / 'mlnb_serving' / p).read_text() == (runtime / p).read_text(), p
     import ast
-    tree = ast.parse((path / 'src' / 'mlnb_serving.py').read_text())
+    trees = [ast.parse((path / 'src' / 'mlnb_serving' / p).read_text()) for p in shipped]
     imported = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split('.')[0]
-                for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+                for tree in trees for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names
+                if not (isinstance(n, ast.ImportFrom) and n.level)} # the package's modules import one another relatively
     third_party = imported - set(sys.stdlib_module_names)
     # never mlnb: an image needs no mlnb; the Kafka client only when a log is a kafka:// topic (imported there, not at start);
     # pydantic_core is pydantic's own core (pinned by the pinned pydantic)
@@ -291,7 +295,7 @@ def test_openapi_document_describes_the_real_fields_and_answers(server):
 
 def test_a_broken_log_never_fails_a_prediction(served, tmp_path):
     root, env, bento = served
-    from mlnb.bento import Server
+    from mlnb.server import Server
     blocker = tmp_path / 'not-a-dir'
     blocker.write_text('a file where the log folder should be')
     with Server(bento, log_path=blocker / 'predictions.jsonl', env=env) as srv:
@@ -335,7 +339,7 @@ def test_many_rows_in_one_request_and_adaptive_batching(server, served):
 def test_mlnb_serve_leaves_no_server_behind(served, sig):
     "`mlnb serve` stopped by a signal (even SIGKILL) stops `bentoml serve` and its workers."
     import signal, socket, time
-    from mlnb.bento import _descendants, free_port
+    from mlnb.server import _descendants, free_port
     root, env, bento = served
     port = free_port()
     proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, env={**os.environ, **env},

@@ -204,13 +204,13 @@ def test_one_champion_per_segment(project, fresh_store):
     res = mlnb('rollback', 'churn', cwd=project, check=False)
     assert res.returncode == 2 and 'Its segments: east, north, south, west (pass --segment)' in res.stderr
 
-    from mlnb.registry import champions  # the ledger alone: what a per-segment Bento is built from
+    from mlnb.champions import champions  # the ledger alone: what a per-segment Bento is built from
     assert champions('churn', project) == after
     lin = json.loads(mlnb('lineage', after['east'], '--json', cwd=project).stdout)
     assert lin['model']['segment'] == 'east' and lin['step']['params']['region'] == 'east'
 
     # one Bento holds every segment's champion and routes each row by its region; verify replays each segment's golden rows
-    from mlnb.bento import Server
+    from mlnb.server import Server
     toml.write_text(toml.read_text().replace('[tool.mlnb.serve]\n', '[tool.mlnb.serve]\nsegment_by = "region"\n'))
     bento = mlnb('build', cwd=project).stdout.split()[1].rstrip('.')
     checked = json.loads(mlnb('verify', '--json', cwd=project).stdout)

@@ -101,14 +101,14 @@ def test_run_promotes_a_first_model_and_gates_a_worse_one(ported, fresh_store):
 
 
 def readme_block(after):
-    "The lines of the first ```sh block of README.md after the text `after`."
-    text = (SOURCE.parent.parent / 'README.md').read_text()
+    "The lines of the first ```sh block of the guide docs/bring-your-own-data.md after the text `after`."
+    text = (SOURCE.parent.parent / 'docs' / 'bring-your-own-data.md').read_text()
     start = text.index('```sh', text.index(after)) + len('```sh')
     return [l.strip() for l in text[start:text.index('```', start)].splitlines() if l.strip()]
 
 
 def test_bring_your_own_data_from_mlnb_new(tmp_path):
-    "README's walk-through: `mlnb new wine`, the notebooks and pyproject.toml of tests/projects/wine in place, its commands."
+    "The walk-through of docs/bring-your-own-data.md: `mlnb new wine`, the notebooks and pyproject.toml of tests/projects/wine in place, its commands."
     steps = readme_block('1. **Start from the scaffold**')
     assert steps[0] == 'mlnb new wine && cd wine'
     run(['bash', '-euo', 'pipefail', '-c', steps[0]], tmp_path)

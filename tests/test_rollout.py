@@ -32,7 +32,7 @@ def rollout(scaffold_template, tmp_path_factory):
 
 def serve(root, env, tmp, *build_args):
     "Build with `build_args` and serve the Bento with a log and a flags file of its own."
-    from mlnb.bento import Server
+    from mlnb.server import Server
     bento = mlnb('build', *build_args, cwd=root, env=env).stdout.split()[1].rstrip('.')
     srv = Server(bento, log_path=tmp / 'predictions.jsonl', env=env, flags=tmp / 'flags.json')
     srv.log, srv.flags, srv.bento = tmp / 'predictions.jsonl', tmp / 'flags.json', bento

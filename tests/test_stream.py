@@ -38,7 +38,7 @@ def kafka_project(scaffold_template, tmp_path_factory):
     text = (root / 'pyproject.toml').read_text()
     (root / 'pyproject.toml').write_text(text.replace('prediction_log = ".mlnb/predictions/churn.jsonl"', f'prediction_log = "{url}"'))
     bento = mlnb('build', cwd=root, env=env).stdout.split()[1].rstrip('.')
-    from mlnb.bento import Server
+    from mlnb.server import Server
     srv = Server(bento, env=env, flags=root / '.mlnb' / 'flags.json')
     sys.path.insert(0, str(root))
     from churn.data import simulate
@@ -49,7 +49,7 @@ def kafka_project(scaffold_template, tmp_path_factory):
 
 def test_events_ground_truth_monitoring_and_the_next_training_run(kafka_project, tmp_path):
     root, env, srv, url, simulate = kafka_project
-    from mlnb.stream import read_kafka
+    from mlnb.events import read_kafka
     frame = simulate(1500, seed=31)
     rows = request_rows(frame, 'churned')
     answers = []
@@ -117,7 +117,7 @@ def test_a_broker_that_disappears_loses_no_answer_and_counts_what_is_lost(scaffo
         from churn.data import simulate
         rows = request_rows(simulate(500, seed=32), 'churned')
     finally: sys.path.remove(str(root))
-    from mlnb.bento import Server
+    from mlnb.server import Server
     with Server(bento, env=env, flags=tmp_path / 'flags.json') as srv:
         meta = lambda: httpx.get(srv.url + '/metadata').json()['events']
         for i in range(0, 200, 20): assert httpx.post(srv.url + '/predict', json={'rows': rows[i:i + 20]}, timeout=30).status_code == 200
