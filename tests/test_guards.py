@@ -34,13 +34,13 @@ def model_processes(srv):
     return out
 
 
-def wait_for(check, what, timeout=30):
-    "Poll `check()` until it is true; fail naming `what` after `timeout` seconds."
+def wait_for(check, what, timeout=30, show=lambda: ''):
+    "Poll `check()` until it is true; fail naming `what` (and what `show()` says) after `timeout` seconds."
     deadline = time.time() + timeout
     while time.time() < deadline:
         if check(): return
         time.sleep(0.1)
-    pytest.fail(f'{what} did not happen within {timeout} s')
+    pytest.fail(f'{what} did not happen within {timeout} s\n{show()}')
 
 
 def replace(path, data: bytes):
@@ -111,19 +111,24 @@ def test_flags_files_of_any_shape_never_take_the_service_down(guarded, tmp_path)
                 f.write(whole[20:])
             wait_for(lambda: follows(last), 'following the file once whole')
             # neither a folder, a FIFO nor a device in its place holds up or takes down the service
+            def good(on): # each a change of state, so that following it shows the service read it
+                replace(flags, GOOD(on))
+                wait_for(lambda: follows(on), f'following a good flags file (on: {on})')
             def refuses_a_non_file(make, on):
                 start = len(srv.output())
                 make()
-                wait_for(lambda: f'the flags file {flags} is refused: it cannot be read' in srv.output()[start:], 'the refusal of a file that is not a file')
+                wait_for(lambda: f'the flags file {flags} is refused: it cannot be read' in srv.output()[start:], 'the refusal of a file that is not a file',
+                         show=lambda: srv.output()[-3000:])
                 assert follows(on)
-            replace(flags, GOOD(False))
-            wait_for(lambda: follows(False), 'following a good flags file (on: False)')
+            special = tmp_path / 'special'
+            good(True), good(False)
             refuses_a_non_file(lambda: (flags.unlink(), flags.mkdir()), False) # (deleted for a moment: every flag off, as the file said)
             flags.rmdir()
-            for make in (lambda: os.mkfifo(tmp_path / 'special'), lambda: (tmp_path / 'special').symlink_to('/dev/zero')):
-                replace(flags, GOOD(True))
-                wait_for(lambda: follows(True), 'following a good flags file (on: True)')
-                refuses_a_non_file(lambda: (make(), os.replace(tmp_path / 'special', flags)), True)
+            good(True)
+            refuses_a_non_file(lambda: (os.mkfifo(special), os.replace(special, flags)), True)
+            good(False)
+            refuses_a_non_file(lambda: (special.symlink_to('/dev/zero'), os.replace(special, flags)), False)
+            good(True)
             flags.unlink()
             wait_for(lambda: follows(False), 'every flag off once the file is deleted')
             # `mlnb flag` says what is wrong, and rewrites the file
@@ -166,7 +171,7 @@ def test_the_flags_check_refuses_in_words_or_returns_valid_flags(doc):
 
 
 def test_only_the_token_holder_writes_ground_truth_beyond_loopback(guarded, tmp_path):
-    from mlnb.server import Server, free_port, stop_group
+    from mlnb.server import Server, free_port
     root, env, bento, champion, rows = guarded
     clean = {k: v for k, v in os.environ.items() if k not in ('MLNB_TOKEN', 'MLNB_INSECURE')}
     port = free_port('0.0.0.0')
