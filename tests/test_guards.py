@@ -24,13 +24,12 @@ def guarded(scaffold_template, tmp_path_factory):
 
 
 def model_processes(srv):
-    "The pids of the server's model processes."
-    from mlnb.server import _descendants
+    "The pids of the server's model processes (their command line names the Bento in the server's own BentoML home)."
     out = set()
-    for pid, _ in _descendants(srv.proc.pid):
-        try: cmd = Path(f'/proc/{pid}/cmdline').read_bytes()
+    for cmdline in Path('/proc').glob('[0-9]*/cmdline'):
+        try: cmd = cmdline.read_bytes()
         except OSError: continue
-        if b'model_process' in cmd: out.add(pid)
+        if b'model_process' in cmd and srv.home.encode() in cmd: out.add(int(cmdline.parent.name))
     return out
 
 
