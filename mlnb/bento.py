@@ -203,6 +203,7 @@ def build(project: Project | None = None, # the project (default: the current on
               'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),
               'variants': variants, 'rollout': ro, 'segments': segments, 'fallback': cfg.fallback, 'monitor': monitor,
               'feedback_log': cfg.feedback_log, 'kafka': dict(cfg.kafka),
+              'auth': {'token_env': cfg.token_env, 'protect': list(cfg.protect)}, # the variable's name: the token never enters a Bento
               'alerts': dict(project.settings.get('alerts', {})), 'metadata': meta}
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:

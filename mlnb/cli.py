@@ -340,10 +340,11 @@ def build(tag: str | None, challenger, mode, share, key):
 @click.option('--host', default='127.0.0.1', show_default=True, help='Interface to listen on (loopback by default).')
 @click.option('--port', default=3000, show_default=True, type=click.IntRange(1, 65535), help='Port to listen on.')
 @click.option('--bento', help='Bento tag (default: the latest `mlnb build`).')
-def serve(host: str, port: int, bento: str | None):
+@click.option('--insecure', is_flag=True, help='Beyond loopback, serve without the bearer token that POST /feedback needs ([tool.mlnb.serve] token_env).')
+def serve(host: str, port: int, bento: str | None, insecure: bool):
     "Serve the latest build with `bentoml serve`, until interrupted."
     from mlnb.server import serve as do_serve
-    sys.exit(do_serve(host=host, port=port, bento=bento))
+    sys.exit(do_serve(host=host, port=port, bento=bento, insecure=insecure))
 
 @main.command()
 @click.argument('bento', required=False)
@@ -435,9 +436,11 @@ def flag(name, state, reason, path, as_json):
     from mlnb.flags import flags_path, read_flags, set_flag
     from mlnb.project import load_project
     if path is None: path = flags_path(load_project())
-    flags = read_flags(path)
-    if name is not None:
+    if name is None: flags = read_flags(path)
+    else:
         if state is None: raise UsageError(f"Say on or off: `mlnb flag {name} on`.")
+        try: read_flags(path)
+        except UsageError as e: click.secho(f"{e}\nReplacing it with a valid file that holds only flag {name}.", fg='yellow', err=True)
         flags = set_flag(path, name, state == 'on', reason)
     emit(flags, as_json, lambda d: _table(f'Flags ({path})', ['flag', 'state', 'since', 'by', 'reason'],
          [[k, 'on' if v.get('on') else 'off', v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))

@@ -63,6 +63,8 @@ class ServeConfig:
     segment_by: str | None = None # a request field: one Bento holds every segment's champion and routes each row by this field
     default_segment: str | None = None # the segment that answers a value with no champion (default: such a row is a 400)
     flags: str = '.mlnb/flags.json' # where `mlnb flag` keeps the flags `mlnb serve` reads (a deployment sets MLNB_FLAGS)
+    token_env: str = 'MLNB_TOKEN' # the name of the environment variable holding the bearer token (never the token itself)
+    protect: tuple[str, ...] = ('/feedback',) # routes that need the token beyond loopback: '/feedback' always, '/predict' if listed
 
     def __post_init__(self):
         if not (isinstance(self.model, str) and self.model.isidentifier()):
@@ -87,6 +89,14 @@ class ServeConfig:
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                 raise UsageError(f"[tool.mlnb.serve] {k} must be a positive integer, not {v!r}.")
+        if not (isinstance(self.token_env, str) and re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', self.token_env)):
+            raise UsageError(f"[tool.mlnb.serve] token_env must name an environment variable (e.g. \"MLNB_TOKEN\"), not {self.token_env!r}; "
+                             "the token itself goes in that variable, never in pyproject.toml.")
+        routes = ('/feedback', '/predict')
+        if not isinstance(self.protect, (list, tuple)) or not all(r in routes for r in self.protect) or '/feedback' not in self.protect:
+            raise UsageError(f"[tool.mlnb.serve] protect must list the routes that need the token, \"/feedback\" (always) and optionally "
+                             f"\"/predict\", not {self.protect!r}. To serve without a token beyond loopback, use `mlnb serve --insecure`.")
+        object.__setattr__(self, 'protect', tuple(dict.fromkeys(self.protect)))
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ServeConfig:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import ServeConfig
 from .errors import UsageError
+from .serving import parse_flags, read_flags_file
 
 # %% auto #0
 __all__ = ['flags_path', 'read_flags', 'set_flag']
@@ -22,22 +23,33 @@ def flags_path(project) -> Path:
     return path if path.is_absolute() else project.root / path
 
 def read_flags(path: str | Path) -> dict:
-    "The flags in the file at `path` ({} when there is none)."
+    "The flags in the file at `path` ({} when there is none); a `UsageError` saying what is wrong with a file that is not valid."
     path = Path(path)
-    try: return json.loads(path.read_text()) if path.exists() else {}
-    except ValueError: raise UsageError(f"The flags file {path} is not JSON; fix or delete it, then try again.") from None
+    try:
+        data = read_flags_file(path)
+        return {} if data is None else parse_flags(data)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"The flags file {path} is not what `mlnb flag` writes: {e}. A running service refuses it and keeps its last "
+                         "good flags. `mlnb flag fallback on` (or off) replaces it with a valid file; so does deleting it (every flag off).") from None
 
 def set_flag(path: str | Path, # the flags file
              name: str, # the flag, e.g. 'fallback'
              on: bool, # its new state
              reason: str = '', # why (kept in the file and shown by GET /metadata)
             ) -> dict:
-    "Switch flag `name` on or off in the file at `path`, with who, when and why; returns all the flags."
+    "Switch flag `name` on or off in the file at `path`, with who, when and why; returns all the flags. A file that is not valid is replaced whole."
     path = Path(path)
-    flags = read_flags(path)
+    try: flags = read_flags(path)
+    except UsageError: flags = {}
     flags[name] = {'on': on, 'reason': reason, 'at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'by': getpass.getuser()}
+    text = json.dumps(flags, indent=1)
+    try: parse_flags(text) # never write a file the service would refuse
+    except ValueError as e: raise UsageError(f"Flag {name!r} cannot be set: {e}.") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.flags-')
-    with os.fdopen(fd, 'w') as f: f.write(json.dumps(flags, indent=1))
-    os.replace(tmp, path) # a reader sees the old file or the new one, never half of one
+    with os.fdopen(fd, 'w') as f: f.write(text)
+    try: os.replace(tmp, path) # a reader sees the old file or the new one, never half of one
+    except OSError as e:
+        os.unlink(tmp)
+        raise UsageError(f"The flags file {path} cannot be written ({e.strerror}); remove what is there, then try again.") from None
     return flags

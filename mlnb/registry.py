@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/registry.html.md"""
 
 # %% ../nbs/23_registry.ipynb #3cbdd74d
 from __future__ import annotations
-import json
+import json, os, shutil, tempfile, threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,8 +19,8 @@ from .outputs import plain
 from .project import load_project, project_root
 
 # %% auto #0
-__all__ = ['rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model', 'model_info', 'promote',
-           'gate', 'models', 'lineage']
+__all__ = ['rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model', 'model_info',
+           'save_to_store', 'promote', 'gate', 'models', 'lineage']
 
 # %% ../nbs/23_registry.ipynb #007a9cb2
 def _transform(root: Path):
@@ -109,7 +109,6 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
               segment: str | None = None, # the segment it was trained for (a region, a tier): one champion per segment
              ) -> str:
     "Save `model` to the BentoML model store with its lineage, its contract and its monitoring reference; returns the model tag."
-    import bentoml
     root, ctx = project_root(), context()
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
     check_tag(name, 'name')
@@ -142,8 +141,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
             'contract': contract or '', 'contract_yaml': contract_text, 'git_commit': commit or '',
             'lineage': json.dumps(lineage, sort_keys=True), 'golden': json.dumps(gold) if gold is not None else '',
             'reference': json.dumps(ref) if ref is not None else '', 'segment': segment}
-    m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=meta)
-    return str(m.tag)
+    return save_to_store(name, model, labels, meta)
 
 def load_model(tag: str):
     "The model saved under `tag` (`name:version`, or `name` for the latest)."
@@ -166,6 +164,69 @@ def model_info(tag: str) -> dict:
             'lineage': json.loads(md['lineage']) if md.get('lineage') else {},
             'golden': json.loads(md['golden']) if md.get('golden') else None,
             'reference': json.loads(md['reference']) if md.get('reference') else None}
+
+# %% ../nbs/23_registry.ipynb #02f0515d
+_SAVING = threading.Lock() # one save at a time in this process: the store BentoML writes to is swapped while it saves
+
+def _sweep(staging: Path):
+    "Remove the staging folders of writers that died (their lock files are free)."
+    import fcntl
+    for lock in staging.glob('*.lock'):
+        try: fd = os.open(lock, os.O_RDWR)
+        except OSError: continue
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError: os.close(fd); continue # its writer is alive
+        shutil.rmtree(str(lock)[:-len('.lock')], ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+def _point_latest(models: Path, m):
+    "Point `latest` of model `m`'s name at it, unless a newer version is there; replaced whole, never rewritten in place."
+    from bentoml._internal.models.model import ModelStore
+    latest = models / m.tag.name / 'latest'
+    try: current = latest.read_text().strip()
+    except OSError: current = ''
+    if current and (models / m.tag.name / current / 'model.yaml').is_file():
+        if ModelStore(models).get(f'{m.tag.name}:{current}').creation_time > m.creation_time: return
+    tmp = latest.with_name(f'.latest-{os.getpid()}')
+    tmp.write_text(m.tag.version)
+    os.replace(tmp, latest)
+
+def save_to_store(name: str, # model name
+                  model, # a fitted scikit-learn estimator or pipeline
+                  labels: dict, # BentoML labels
+                  metadata: dict, # BentoML metadata
+                  store: str | Path | None = None, # the model store's folder (default: BentoML's, under BENTOML_HOME)
+                 ) -> str:
+    "Save `model` with `bentoml.sklearn` into a folder beside the store, then move it into place under the store's lock; returns its tag."
+    import errno, fcntl, bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+    models = Path(store or BentoMLContainer.model_store.get()._path).resolve()
+    models.mkdir(parents=True, exist_ok=True)
+    staging = models.parent / '.mlnb-staging'
+    staging.mkdir(exist_ok=True)
+    _sweep(staging)
+    fd, lock = tempfile.mkstemp(dir=staging, suffix='.lock')
+    fcntl.flock(fd, fcntl.LOCK_EX) # held while this writer lives
+    work = Path(lock[:-len('.lock')])
+    try:
+        with _SAVING, BentoMLContainer.model_store.patch(ModelStore(work)):
+            m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=metadata)
+        with open(models / '.mlnb.lock', 'a') as held:
+            fcntl.flock(held, fcntl.LOCK_EX) # one writer at a time
+            dest = models / m.tag.name / m.tag.version
+            dest.parent.mkdir(exist_ok=True)
+            try: os.rename(work / m.tag.name / m.tag.version, dest) # whole, at once
+            except OSError as e:
+                if e.errno != errno.EXDEV: raise
+                shutil.copytree(work / m.tag.name / m.tag.version, dest) # the staging folder is on another file system
+            _point_latest(models, m)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        Path(lock).unlink(missing_ok=True)
+        os.close(fd)
+    return str(m.tag)
 
 # %% ../nbs/23_registry.ipynb #e6847474
 def _ledger(root=None) -> Ledger: return Ledger(root or project_root())

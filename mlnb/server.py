@@ -15,7 +15,7 @@ from .errors import MlnbError
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['free_port', 'launch', 'stop_group', 'Server', 'serve']
+__all__ = ['free_port', 'launch', 'stop_group', 'Server', 'serve', 'exposure']
 
 # %% ../nbs/27_server.ipynb #60b14cbd
 def free_port(host: str = '127.0.0.1') -> int:
@@ -132,13 +132,15 @@ class Server:
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
 
-def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3000, bento: str | None = None) -> int:
+def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3000, bento: str | None = None,
+          insecure: bool = False, # beyond loopback, serve without the bearer token (see `exposure`)
+         ) -> int:
     "Serve the latest build (or `bento`) in the foreground until SIGINT, SIGTERM or SIGHUP; returns the server's exit code."
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
     absolute = lambda p: str(p) if '://' in str(p) or Path(p).is_absolute() else str(project.root / p)
-    env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags)}
+    env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags), **exposure(cfg, host, insecure)}
     proc = launch(bento, host, port, env)
     def forward(signum, frame):
         try: os.killpg(proc.pid, signal.SIGTERM)
@@ -148,3 +150,19 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     finally:
         stop_group(proc)
         for s, h in old.items(): signal.signal(s, h)
+
+# %% ../nbs/27_server.ipynb #f0b985f6
+def exposure(cfg: ServeConfig, # the project's [tool.mlnb.serve]
+             host: str, # where the server will listen
+             insecure: bool = False, # serve without a token beyond loopback
+            ) -> dict:
+    "The environment `mlnb serve` adds for the service's guard; a `UsageError` for a host beyond loopback without a token or `insecure`."
+    from mlnb.errors import UsageError
+    from mlnb.serving import is_loopback
+    if insecure: return {'MLNB_INSECURE': '1'}
+    if not is_loopback(host) and not (os.environ.get(cfg.token_env) or '').strip():
+        raise UsageError(f"`mlnb serve --host {host}` would let anyone who reaches the port post ground truth (POST /feedback) and so "
+                         f"choose what the next model learns from. Put a token in the environment variable {cfg.token_env} "
+                         "([tool.mlnb.serve] token_env; e.g. `export MLNB_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`), "
+                         "which clients then send as `Authorization: Bearer <token>`, or pass --insecure to serve without one.")
+    return {}

@@ -96,5 +96,5 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
     svc = bentoml.service(name=config['name'])(Service)
     static = config.get('metadata', {})
     svc.add_asgi_middleware(Guard, metadata=lambda: {**static, **(state['runtime'].live() if 'runtime' in state else {})},
-                            max_body=config.get('max_body_bytes', 64 * 2**20))
+                            max_body=config.get('max_body_bytes', 64 * 2**20), auth=config.get('auth'))
     return svc

@@ -102,11 +102,17 @@ def label_type(config: dict):
     if config.get('kind') == 'regressor' or not classes: return Annotated[float, Field(strict=True, allow_inf_nan=False)]
     return Annotated[Literal[tuple(classes)], BeforeValidator(_exact(type(classes[0])))]
 
+def _not_blank(v: str) -> str:
+    "`v`, unless it is empty or only spaces."
+    if not v.strip(): raise ValueError('a request id cannot be blank: give the `request_id` of an answer')
+    return v
+
 def feedback_model(config: dict) -> 'type[pydantic.BaseModel]':
     "The pydantic model of one piece of ground truth: the request id of a prediction and the true label."
-    from pydantic import ConfigDict, Field, create_model
+    from pydantic import AfterValidator, ConfigDict, Field, create_model
+    rid = Annotated[str, Field(strict=True, min_length=1, max_length=200, json_schema_extra={'pattern': r'\S'}), AfterValidator(_not_blank)]
     return create_model('Feedback', __config__=ConfigDict(extra='forbid'),
-        request_id=(Annotated[str, Field(strict=True, min_length=1, max_length=200)], Field(description='The `request_id` of the answer.')),
+        request_id=(rid, Field(description='The `request_id` of the answer (not blank).')),
         label=(label_type(config), Field(description='The true label (a class of the model) or value.')))
 
 # %% ../../nbs/serving/00_requests.ipynb #24f4f208
