@@ -57,12 +57,12 @@ def _newlines(a: np.ndarray) -> np.ndarray:
 def _objects(a: np.ndarray) -> int | None:
     "The number of lines in the bytes `a` when each starts an object (its first byte is `{`), else None."
     if not len(a) or a[0] != ord('{'): return None
-    n = opened = 0
+    n = 0
     for i in range(0, len(a), _CHUNK):
-        c = a[i:i + _CHUNK + 1]
-        nl = c[:-1] == 10 if len(c) > _CHUNK else c == 10
-        n, opened = n + np.count_nonzero(nl), opened + np.count_nonzero(nl[:len(c) - 1] & (c[1:len(nl) + 1] == ord('{')))
-    return n + (a[-1] != 10) if opened == n - (a[-1] == 10) else None
+        after = np.flatnonzero(a[i:i + _CHUNK] == 10) + (i + 1) # where the next lines start
+        if not (a[after[after < len(a)]] == ord('{')).all(): return None
+        n += len(after)
+    return n + int(a[-1] != 10)
 
 def _kind(v) -> str:
     return ('true or false' if isinstance(v, bool) else 'a number' if isinstance(v, (int, float)) else 'text' if isinstance(v, str) else
