@@ -6,9 +6,9 @@ Docs: https://mlnb.github.io/mlnb/api/events.html.md"""
 
 # %% ../nbs/17_events.ipynb #c27717f3
 from __future__ import annotations
-import datetime as _dt, io, json, os, re, time, uuid
+import datetime as _dt, json, math, os, re, time, uuid
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,11 +17,189 @@ from .errors import MlnbError, UsageError
 from .serving import parse_kafka
 
 # %% auto #0
-__all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback']
+__all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'too_damaged']
 
-# %% ../nbs/17_events.ipynb #835b4246
+# %% ../nbs/17_events.ipynb #2345287b
 _ARROW = {'float': 'float64', 'int': 'int64', 'bool': 'bool', 'str': 'string', 'datetime': 'string'}
 
+def _schema(columns: Mapping[str, str], label: str | None, regressor: bool, with_probabilities: bool = True):
+    import pyarrow as pa
+    row = pa.struct([(name, pa.type_for_alias(_ARROW.get(t, 'string'))) for name, t in columns.items()])
+    pred = [('value', pa.float64())] if regressor else [('label', pa.type_for_alias(label or 'string')), ('probability', pa.float64())] + \
+        ([('probabilities', pa.list_(pa.float64()))] if with_probabilities else [])
+    return pa.schema([('request_id', pa.string()), ('ts', pa.string()), ('model', pa.string()), ('variant', pa.string()),
+                      ('row', row), ('prediction', pa.struct(pred))])
+
+class _Reader(NamedTuple):
+    "One kind of log line: pyarrow's parse options (with the explicit schema), the fields every line needs, and how many probabilities a line holds (None: as many as most lines)."
+    opts: Any
+    required: tuple = ()
+    classes: int | None = None
+
+    @property
+    def schema(self): return self.opts.explicit_schema
+
+    def key(self) -> str:
+        "What a columnar copy of the lines read depends on: the schema and the checks."
+        import hashlib
+        return hashlib.sha1(f'{self.schema}|{self.required}|{self.classes}'.encode()).hexdigest()[:12]
+
+def _reader(schema, required: tuple, classes: int | None = None) -> _Reader:
+    import pyarrow.json as pj
+    return _Reader(pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore'), required, classes)
+
+_CHUNK, _BLOCK, _HUGE = 16 << 20, 2048, object() # _HUGE: a number beyond a double (1e999), which pyarrow refuses
+
+def _newlines(a: np.ndarray) -> np.ndarray:
+    "The positions of the newlines in the bytes `a`, looked for a chunk at a time."
+    return np.concatenate([np.zeros(0, np.int64)] + [np.flatnonzero(a[i:i + _CHUNK] == 10) + i for i in range(0, len(a), _CHUNK)])
+
+def _objects(a: np.ndarray) -> int | None:
+    "The number of lines in the bytes `a` when each starts an object (its first byte is `{`), else None; a chunk at a time, on every core."
+    if not len(a) or a[0] != ord('{'): return None
+    def lines(i):
+        after = np.flatnonzero(a[i:i + _CHUNK] == 10) + (i + 1) # where the next lines start
+        return len(after) if (a[after[after < len(a)]] == ord('{')).all() else None
+    starts = range(0, len(a), _CHUNK)
+    if len(starts) > 1 and (os.cpu_count() or 1) > 1: # numpy lets go of Python's lock here
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(min(os.cpu_count(), len(starts))) as ex: counts = list(ex.map(lines, starts))
+    else: counts = [lines(i) for i in starts]
+    return None if None in counts else sum(counts) + int(a[-1] != 10)
+
+def _kind(v) -> str:
+    return ('true or false' if isinstance(v, bool) else 'a number' if isinstance(v, (int, float)) else 'text' if isinstance(v, str) else
+            'a list' if isinstance(v, list) else 'an object' if isinstance(v, dict) else 'a number too large')
+
+def _fits(t, path: str):
+    "A function telling why a JSON value does not convert to the arrow type `t` the way pyarrow's reader converts (None: it does)."
+    import pyarrow as pa
+    if pa.types.is_struct(t):
+        fields = [(f.name, _fits(f.type, f'{path}.{f.name}'.lstrip('.'))) for f in t]
+        def check(v):
+            if not isinstance(v, dict): return f'{path} is {_kind(v)}, not an object'
+            for name, fit in fields:
+                if v.get(name) is not None and (why := fit(v[name])): return why
+        return check
+    if pa.types.is_list(t):
+        item = _fits(t.value_type, f'{path}[]')
+        return lambda v: f'{path} is {_kind(v)}, not a list' if not isinstance(v, list) else next(filter(None, (item(x) for x in v if x is not None)), None)
+    ok, what = ((lambda v: isinstance(v, str) and (v.isascii() or not any('\udc80' <= c <= '\udcff' for c in v)), 'UTF-8 text') if pa.types.is_string(t) else
+                (lambda v: isinstance(v, bool), 'true or false') if pa.types.is_boolean(t) else
+                (lambda v: type(v) is int and -2**63 <= v < 2**63, 'a 64-bit integer') if pa.types.is_integer(t) else
+                (lambda v: type(v) in (int, float), 'a number') if pa.types.is_floating(t) else (lambda v: True, ''))
+    return lambda v: None if ok(v) else f'{path} is text that is not UTF-8' if isinstance(v, str) and what == 'UTF-8 text' else f'{path} is {_kind(v)}, not {what}'
+
+def _judge(line: bytes, fits) -> str | None:
+    "Why the JSON line `line` cannot be read, as far as Python's json can tell; None when it may be (pyarrow decides)."
+    s = line.strip(b' \t\r')
+    if not s.startswith(b'{'): return 'the line is not a JSON object' # nor given to pyarrow: its reader crashes on a block that starts with null
+    try: v = json.loads(s.decode('utf-8', 'surrogateescape'), parse_float=lambda x: f if math.isfinite(f := float(x)) else _HUGE)
+    except RecursionError: return None
+    except ValueError as e: return None if str(e).startswith('Extra data') else f'the line is not JSON ({e})' # several objects on a line: pyarrow reads them
+    return fits(v)
+
+def _salvage(data, starts: np.ndarray, stops: np.ndarray, reader: _Reader) -> tuple[list, list, list]:
+    "The rows of the lines `data[starts[i]:stops[i]]`, a block of lines at a time, a block pyarrow refuses line by line: (tables, the line of each row, [lines skipped, first, why])."
+    import pyarrow as pa, pyarrow.json as pj
+    a, view, fits = np.frombuffer(data, np.uint8), memoryview(data), _fits(pa.struct(list(reader.schema)), '')
+    tables, at, bad = [], [], [0, None, None]
+    def fail(i, why):
+        bad[0] += 1
+        if bad[1] is None or i < bad[1]: bad[1:] = [int(i), why]
+    def parse(idx):
+        buf = b'\n'.join(bytes(view[starts[i]:stops[i]]) for i in idx) + b'\n'
+        try: return pj.read_json(pa.BufferReader(buf), parse_options=reader.opts, read_options=pj.ReadOptions(use_threads=False, block_size=max(len(buf), 1 << 20)))
+        except pa.ArrowInvalid as e: return re.sub(r' in row \d+$', '', str(e))
+    def halves(idx): # lines Python's json finds fine: pyarrow decides, halving the block down to single lines
+        t = parse(idx)
+        if isinstance(t, pa.Table) and (t.num_rows == len(idx) or len(idx) == 1): tables.append(t); at.append(np.repeat(idx, t.num_rows) if len(idx) == 1 else np.asarray(idx))
+        elif len(idx) == 1: fail(idx[0], t)
+        else: halves(idx[:len(idx) // 2]); halves(idx[len(idx) // 2:])
+    first = np.where(stops > starts, a[np.minimum(starts, len(a) - 1)], 10) if len(a) else np.zeros(0, np.uint8)
+    lines = set(np.flatnonzero(first == ord('{')).tolist())
+    for i in np.flatnonzero(first != ord('{')): # blank, led by spaces, or not an object
+        line = bytes(view[starts[i]:stops[i]])
+        if not line.strip(b' \t\r'): continue # a blank line holds nothing to read
+        if why := _judge(line, fits): fail(i, why)
+        else: lines.add(int(i))
+    lines = sorted(lines)
+    for b in range(0, len(lines), _BLOCK):
+        idx = lines[b:b + _BLOCK]
+        t = parse(idx)
+        if isinstance(t, pa.Table) and t.num_rows == len(idx): tables.append(t); at.append(np.asarray(idx)); continue
+        ok = []
+        for i in idx:
+            if why := _judge(bytes(view[starts[i]:stops[i]]), fits): fail(i, why)
+            else: ok.append(i)
+        if ok: halves(ok)
+    return tables, at, bad
+
+def _times(ts) -> tuple:
+    "ISO 8601 text as UTC times (arrow reads text with a zone offset, pandas the rest of ISO 8601), and where the text is not a time."
+    import pyarrow as pa, pyarrow.compute as pc
+    try: out = pc.cast(ts, pa.timestamp('us', 'UTC'))
+    except pa.ArrowInvalid: out = pa.array(pd.to_datetime(ts.to_pandas(), utc=True, format='ISO8601', errors='coerce')).cast(pa.timestamp('us', 'UTC'), safe=False)
+    return out, np.asarray(out.is_null()) & np.asarray(ts.is_valid())
+
+def _not_utf8(col) -> np.ndarray:
+    "Where the text of the arrow column `col` is not UTF-8 (pyarrow's JSON reader keeps the bytes as they are)."
+    import pyarrow as pa, pyarrow.compute as pc
+    out = np.zeros(len(col), dtype=bool)
+    for i in np.flatnonzero(~pc.fill_null(pc.string_is_ascii(col), True).to_numpy(zero_copy_only=False)):
+        try: col[int(i)].as_buffer().to_pybytes().decode('utf-8')
+        except UnicodeDecodeError: out[i] = True
+    return out
+
+def _check(t, reader: _Reader) -> tuple:
+    "The rows of the parsed table `t` that can be used (ts as UTC times), the positions of those that cannot, and why the first cannot."
+    import pyarrow as pa, pyarrow.compute as pc
+    flat, code, whys = t.flatten(), np.zeros(t.num_rows, np.int16), []
+    def fail(bad, why):
+        whys.append(why)
+        code[np.asarray(bad, dtype=bool) & (code == 0)] = len(whys)
+    for name in flat.column_names:
+        col = flat.column(name)
+        if pa.types.is_string(col.type) and col.null_count < len(col):
+            try: col.validate(full=True)
+            except pa.ArrowInvalid: fail(_not_utf8(col), f'{name} is text that is not UTF-8')
+    for name in reader.required: fail(np.asarray((t if name in t.column_names else flat).column(name).is_null()), f'the line has no {name}')
+    ts = flat.column('ts').combine_chunks() if code.any() else flat.column('ts')
+    if code.any(): ts = pc.if_else(pa.array(code == 0), ts, pa.scalar(None, pa.string())) # text that is not UTF-8 goes no further
+    times, wrong = _times(ts)
+    fail(wrong, lambda i: f'ts {ts[i].as_py()!r} is not an ISO 8601 time')
+    if 'prediction.probabilities' in flat.column_names:
+        lens = np.asarray(pc.list_value_length(flat.column('prediction.probabilities')).fill_null(-1))
+        k = reader.classes or (int(np.bincount(lens[lens >= 0]).argmax()) if (lens >= 0).any() else 0)
+        fail((lens >= 0) & (lens != k), lambda i: f'prediction.probabilities holds {lens[i]} values, not {k}')
+    bad = np.flatnonzero(code)
+    why = whys[code[bad[0]] - 1] if len(bad) else None
+    t = t.set_column(t.schema.get_field_index('ts'), 'ts', times)
+    return (t.filter(pa.array(code == 0)) if len(bad) else t), bad, (why(bad[0]) if callable(why) else why)
+
+def _read(data, reader: _Reader) -> tuple:
+    "The rows of the JSON lines in `data` that can be used, and the lines that cannot: (how many, the first one's index, why), or None."
+    import pyarrow as pa, pyarrow.json as pj
+    a = np.frombuffer(data, np.uint8)
+    t = at = None
+    if n := _objects(a): # every line starts an object: pyarrow reads them all at once, on every core
+        try: t = pj.read_json(pa.BufferReader(data), parse_options=reader.opts, read_options=pj.ReadOptions(block_size=16 << 20))
+        except pa.ArrowInvalid: pass
+        if t is not None and t.num_rows != n: t = None # a line holds several objects
+    bad = [0, None, None]
+    if t is None:
+        nl = _newlines(a)
+        starts, stops = np.r_[0, nl + 1], np.r_[nl, len(a)]
+        if starts[-1] == len(a): starts, stops = starts[:-1], stops[:-1]
+        tables, at, bad = _salvage(data, starts, stops, reader)
+        t, at = (pa.concat_tables(tables) if tables else reader.schema.empty_table()), np.concatenate([np.zeros(0, np.int64)] + at)
+    t, wrong, why = _check(t, reader)
+    if len(wrong):
+        first = int(wrong[0] if at is None else at[wrong[0]])
+        bad = [bad[0] + len(wrong)] + ([first, why] if bad[1] is None or first < bad[1] else bad[1:])
+    return t, (tuple(bad) if bad[0] else None)
+
+# %% ../nbs/17_events.ipynb #835b4246
 def log_files(path: str | Path, # the current log file
               since: _dt.datetime | None = None, # only the files that can hold lines from then on
              ) -> list[Path]:
@@ -35,22 +213,6 @@ def log_files(path: str | Path, # the current log file
             if m and (since is None or m.group(1) >= since.strftime('%Y-%m-%d')): rotated.append((m.group(1), int(m.group(2)), f))
     return [f for _, _, f in sorted(rotated)] + ([p] if p.is_file() else [])
 
-def _schema(columns: Mapping[str, str], label: str | None, regressor: bool, with_probabilities: bool = True):
-    import pyarrow as pa
-    row = pa.struct([(name, pa.type_for_alias(_ARROW.get(t, 'string'))) for name, t in columns.items()])
-    pred = [('value', pa.float64())] if regressor else [('label', pa.type_for_alias(label or 'string')), ('probability', pa.float64())] + \
-        ([('probabilities', pa.list_(pa.float64()))] if with_probabilities else [])
-    return pa.schema([('request_id', pa.string()), ('ts', pa.string()), ('model', pa.string()), ('variant', pa.string()),
-                      ('row', row), ('prediction', pa.struct(pred))])
-
-def _parse(f: Path, data, opts):
-    "The JSON lines in `data` (bytes of the log file `f`) as an arrow table."
-    import pyarrow as pa, pyarrow.json as pj
-    try: return pj.read_json(pa.BufferReader(data), parse_options=opts, read_options=pj.ReadOptions(block_size=16 << 20))
-    except pa.ArrowInvalid as e:
-        raise MlnbError(f"The log {f} cannot be read: {e}. A line may have been cut by a crash; "
-                        "move the file aside to read the rest.", path=str(f)) from None
-
 def _lines_end(view: memoryview) -> int:
     "The length of the whole lines at the start of `view` (up to and including its last newline)."
     end, step = len(view), 1 << 16
@@ -60,32 +222,31 @@ def _lines_end(view: memoryview) -> int:
         end -= step
     return 0
 
-_CACHE_VERSION, _CACHE_SEGMENTS, _CACHE_HASHED = 1, 8, 4096
+_CACHE_VERSION, _CACHE_SEGMENTS, _CACHE_HASHED, _CACHE_GRAIN = 2, 8, 4096, 2_000_000_000 # grain: ns within which a file's time may not tell two writes apart
 
-def _cache_key(f: Path, opts) -> str:
-    "The name of the columnar copy of log file `f` parsed with `opts`: the file's identity (it survives rotation) and the schema."
-    import hashlib
-    st = f.stat()
-    return f"{st.st_dev}-{st.st_ino}-{hashlib.sha1(str(opts.explicit_schema).encode()).hexdigest()[:12]}"
+def _cache_key(st: os.stat_result, reader: _Reader) -> str:
+    "The name of the columnar copy of a log file read by `reader`: the file's identity (it survives rotation), the schema and the checks."
+    return f"{st.st_dev}-{st.st_ino}-{reader.key()}"
 
 def _ends(view: memoryview, end: int) -> tuple[str, str]:
     "Hashes of the first and the last bytes of `view[:end]`: what a cached copy checks the file still starts with."
     import hashlib
     return hashlib.sha1(view[:min(end, _CACHE_HASHED)]).hexdigest(), hashlib.sha1(view[max(0, end - _CACHE_HASHED):end]).hexdigest()
 
-def _cached(cache: Path, key: str, view: memoryview) -> tuple[list, dict]:
+def _cached(cache: Path, key: str, view: memoryview, st: os.stat_result) -> tuple[list, dict]:
     "The tables cached for `key` and the cache's record, if they are still the first bytes of the file `view` holds; else ([], {})."
     import pyarrow as pa
     try:
         meta = json.loads((cache / f'{key}.json').read_text())
-        end = meta['end']
-        if meta.get('version') != _CACHE_VERSION or end > len(view) or _ends(view, end) != (meta['head'], meta['tail']):
-            return [], {} # the file was truncated or rewritten
+        end, size = meta['end'], meta['size']
+        rewritten = len(view) < size or (len(view) == size and (st.st_mtime_ns != meta['mtime'] or meta['mtime'] >= meta['at'] - _CACHE_GRAIN))
+        if meta.get('version') != _CACHE_VERSION or rewritten or end > len(view) or _ends(view, end) != (meta['head'], meta['tail']):
+            return [], {} # truncated, rewritten in place (or written too close to when it was cached to tell), or not the same start
         return [pa.ipc.open_file(pa.memory_map(str(cache / s))).read_all() for s in meta['segments']], meta
-    except (OSError, ValueError, KeyError, pa.ArrowException): return [], {}
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException): return [], {}
 
-def _write_cache(cache: Path, key: str, base: Path, view: memoryview, tables: list, meta: dict, end: int):
-    "Record the tables parsed from the first `end` bytes of the file: a new segment, or (past a few) one compacted segment."
+def _write_cache(cache: Path, key: str, base: Path, view: memoryview, st: os.stat_result, tables: list, meta: dict, end: int, skipped: dict | None):
+    "Record the tables read from the first `end` bytes of the file, and the lines skipped there: a new segment, or (past a few) one compacted segment."
     import pyarrow as pa
     def write(name, table):
         tmp = cache / f'.{name}.{os.getpid()}.tmp'
@@ -97,7 +258,8 @@ def _write_cache(cache: Path, key: str, base: Path, view: memoryview, tables: li
         if len(old) + 1 > _CACHE_SEGMENTS: segments = [f'{key}.0-{end}.arrow']; write(segments[0], pa.concat_tables(tables))
         else: segments = old + [f"{key}.{meta.get('end', 0)}-{end}.arrow"]; write(segments[-1], tables[-1])
         head, tail = _ends(view, end)
-        record = {'version': _CACHE_VERSION, 'log': str(base), 'end': end, 'segments': segments, 'head': head, 'tail': tail}
+        record = {'version': _CACHE_VERSION, 'log': str(base), 'end': end, 'segments': segments, 'head': head, 'tail': tail,
+                  'size': len(view), 'mtime': st.st_mtime_ns, 'at': time.time_ns(), 'skipped': skipped}
         tmp = cache / f'.{key}.json.{os.getpid()}.tmp'
         tmp.write_text(json.dumps(record))
         os.replace(tmp, cache / f'{key}.json')
@@ -105,21 +267,25 @@ def _write_cache(cache: Path, key: str, base: Path, view: memoryview, tables: li
             if s.name not in segments: s.unlink(missing_ok=True)
     except OSError: pass
 
-def _file_table(f: Path, opts, cache: Path | None = None, base: Path | None = None):
-    "The parsed lines of the log file `f`. With a `cache` directory, lines parsed before are read from their columnar copy there and only the new ones are parsed."
+def _file_table(f: Path, reader: _Reader, cache: Path | None = None, base: Path | None = None) -> tuple:
+    "The usable lines of the log file `f` as a table, and the lines skipped ({'lines', 'first', 'why'}, or None). With a `cache` directory, lines read before come from their columnar copy there and only the new ones are parsed."
     import pyarrow as pa
+    st = f.stat()
     with pa.memory_map(str(f)) as src:
         data = src.read_buffer()
-        if cache is None: return _parse(f, data, opts)
         view = memoryview(data)
-        key, end = _cache_key(f, opts), _lines_end(view)
-        tables, meta = _cached(cache, key, view)
-        done = meta.get('end', 0)
+        key, end = _cache_key(st, reader), _lines_end(view)
+        tables, meta = _cached(cache, key, view, st) if cache is not None else ([], {})
+        done, skipped = meta.get('end', 0), meta.get('skipped')
         if end > done:
-            tables.append(_parse(f, data.slice(done, end - done), opts))
-            _write_cache(cache, key, base or f.resolve(), view, tables, meta, end)
-        if len(data) > end: tables.append(_parse(f, data.slice(end), opts)) # a last line without its newline (yet): read, not kept
-        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+            t, bad = _read(data.slice(done, end - done), reader)
+            tables.append(t)
+            if bad: # lines are numbered from the file's start
+                first = (_newlines(np.frombuffer(data.slice(0, done), np.uint8)).size if done else 0) + bad[1] + 1
+                skipped = {'lines': bad[0] + (skipped or {}).get('lines', 0), 'first': (skipped or {}).get('first', first), 'why': (skipped or {}).get('why', bad[2])}
+            if cache is not None: _write_cache(cache, key, base or f.resolve(), view, st, tables, meta, end, skipped)
+        if len(data) > end: tables.append(_read(data.slice(end), reader)[0]) # a last line still being written: read when whole, not kept, never counted
+        return (pa.concat_tables(tables) if len(tables) != 1 else tables[0]), skipped
 
 def _forget(cache: Path, base: Path, files: list[Path]):
     "Remove the cached copies of the log at `base` whose file is gone."
@@ -132,24 +298,33 @@ def _forget(cache: Path, base: Path, files: list[Path]):
                 for s in meta['segments']: (cache / s).unlink(missing_ok=True)
                 m.unlink()
 
-def _tables(path, opts, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None) -> tuple[list, dict]:
-    "The arrow tables of a log (files or a kafka:// topic) that can hold the window, and where they came from."
-    import pyarrow.json as pj
+def _damage(found: list[tuple[str, dict]], rows: int, unit: str = 'line') -> dict:
+    "What reading a log passed over: lines skipped, lines read, their share, and for each file the count, the first line and why."
+    n = sum(d['lines'] for _, d in found)
+    files = [{'file': f, **d, 'message': f"{d['lines']} {unit}{'s' * (d['lines'] != 1)} of {Path(f).name if unit == 'line' else f} could not be read "
+              f"(first at {unit} {d['first']}: {d['why']}): skipped"} for f, d in found]
+    return {'lines': n, 'read': rows + n, 'share': n / (rows + n) if rows + n else 0.0, 'files': files}
+
+def _tables(path, reader: _Reader, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None) -> tuple[list, dict]:
+    "The usable rows of a log (files or a kafka:// topic) that can hold the window, and where they came from: files or partitions, and the lines skipped."
+    import pyarrow as pa
     if str(path).startswith('kafka://'):
         data, info = read_kafka(str(path), since, last, kafka)
-        return ([pj.read_json(io.BytesIO(data), parse_options=opts)] if data else []), info
+        t, bad = _read(pa.py_buffer(data), reader)
+        return [t], {**info, 'damaged': _damage([(str(path), {'lines': bad[0], 'first': bad[1] + 1, 'why': bad[2]})] if bad else [], len(t), 'message')}
     base = Path(path).resolve()
     files = log_files(path, since)
     if last is not None: files = files[::-1]
-    tables, n = [], 0
+    tables, found, n = [], [], 0
     for f in files:
         if not f.stat().st_size: continue
-        t = _file_table(f, opts, cache, base)
+        t, skipped = _file_table(f, reader, cache, base)
         tables.append(t)
         n += len(t)
+        if skipped: found.append((str(f), skipped))
         if last is not None and n >= last: break
     if cache is not None: _forget(cache, base, log_files(path))
-    return (tables[::-1] if last is not None else tables), {'source': str(path), 'files': [str(f) for f in files]}
+    return (tables[::-1] if last is not None else tables), {'source': str(path), 'files': [str(f) for f in files], 'damaged': _damage(found, n)}
 
 def read_events(path: str | Path, # the prediction log (its rotated files are read too), or a kafka://HOST:PORT/TOPIC
                 columns: Mapping[str, str], # request field -> type ('float', 'int', 'bool', 'str', 'datetime')
@@ -160,18 +335,18 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
                 kafka: Mapping | None = None, # librdkafka settings, for a topic
                 with_probabilities: bool = True, # also read a classifier's per-class probabilities (only ground truth needs them)
                 cache: str | Path | None = None, # a directory for columnar copies of the parsed files: each line is parsed once
+                classes: int | None = None, # a classifier's number of classes: probabilities of another length make a line unusable (default: as most lines)
                ) -> pd.DataFrame:
-    "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns."
-    import pyarrow as pa, pyarrow.json as pj
-    schema = _schema(columns, label, regressor, with_probabilities)
-    opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
-    tables, info = _tables(path, opts, since, last, kafka, Path(cache) if cache is not None else None)
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns; lines that cannot be used are skipped, and counted in `attrs['source']['damaged']`."
+    import pyarrow as pa
+    reader = _reader(_schema(columns, label, regressor, with_probabilities),
+                     ('request_id', 'ts', 'model', 'variant', 'row', 'prediction', 'prediction.value' if regressor else 'prediction.label'), classes)
+    tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None)
+    table = pa.concat_tables(tables) if tables else _check(reader.schema.empty_table(), reader)[0]
     if str(path).startswith('kafka://') and len(table): table = table.sort_by('ts') # partitions interleave
     flat = table.flatten()
     probs = flat.column('prediction.probabilities') if 'prediction.probabilities' in flat.column_names else None
     df = flat.drop_columns(['prediction.probabilities']).to_pandas() if probs is not None else flat.to_pandas()
-    df['ts'] = _utc(flat.column('ts'))
     if probs is not None: df.attrs['probabilities'] = _Shared(probs)
     keep = np.ones(len(df), dtype=bool)
     if since is not None: keep &= (df['ts'] >= pd.Timestamp(since)).to_numpy()
@@ -185,12 +360,6 @@ class _Shared:
     def __init__(self, value): self.value = value
     def __deepcopy__(self, memo): return self
 
-def _utc(ts) -> pd.Series:
-    "An arrow column of ISO 8601 text as UTC timestamps: arrow parses text with a zone offset, pandas the rest of ISO 8601."
-    import pyarrow as pa, pyarrow.compute as pc
-    try: return pc.cast(ts, pa.timestamp('us', 'UTC')).to_pandas()
-    except pa.ArrowInvalid: return pd.to_datetime(ts.to_pandas(), utc=True, format='ISO8601') # no zone offset, nanoseconds
-
 def select(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     "The rows of `df` where `keep` is true, with their probabilities."
     import pyarrow as pa
@@ -200,11 +369,17 @@ def select(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     return out
 
 def probabilities(df: pd.DataFrame) -> np.ndarray | None:
-    "The per-class probabilities of the rows of `df` as a matrix (rows x classes), or None."
+    "The per-class probabilities of the rows of `df` as a matrix (rows x classes; NaN for a row without them, such as a fallback's answer), or None."
+    import pyarrow as pa, pyarrow.compute as pc
     p = getattr(df.attrs.get('probabilities'), 'value', None)
     if p is None or len(p) == 0 or p.null_count == len(p): return None
-    flat = np.asarray(p.combine_chunks().flatten(), dtype='float64')
-    return flat.reshape(len(p), -1) if len(p) else None
+    p = p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
+    lens = pc.list_value_length(p).fill_null(0).to_numpy(zero_copy_only=False)
+    if not lens.any(): return None
+    k = int(np.bincount(lens[lens > 0]).argmax())
+    out, ok = np.full((len(p), k), np.nan), lens == k
+    out[ok] = pc.list_flatten(p.filter(pa.array(ok))).to_numpy(zero_copy_only=False).reshape(-1, k)
+    return out
 
 # %% ../nbs/17_events.ipynb #f8e3f8da
 def _kafka_error(url: str, e: Exception) -> MlnbError:
@@ -268,15 +443,25 @@ def read_feedback(path: str | Path, # the feedback log (its rotated files are re
                   label: str | None = None, # the arrow type of the labels ('int64', 'string', 'bool', 'float64')
                   kafka: Mapping | None = None, # librdkafka settings, for a topic
                  ) -> pd.DataFrame:
-    "Ground truth: request_id, label, ts; the latest label of each request id."
-    import pyarrow as pa, pyarrow.json as pj
-    schema = pa.schema([('request_id', pa.string()), ('label', pa.type_for_alias(label or 'string')), ('ts', pa.string())])
-    opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior='ignore')
-    try: tables = _tables(path, opts, kafka=kafka)[0]
+    "Ground truth: request_id, label, ts; the latest label of each request id. Lines that cannot be used are skipped, and counted in `attrs['source']['damaged']`."
+    import pyarrow as pa
+    reader = _reader(pa.schema([('request_id', pa.string()), ('label', pa.type_for_alias(label or 'string')), ('ts', pa.string())]), ('request_id', 'label', 'ts'))
+    try: tables, info = _tables(path, reader, kafka=kafka)
     except UsageError:
         if not str(path).startswith('kafka://'): raise
-        tables = [] # no feedback topic yet: no ground truth yet
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    df = table.to_pandas()
-    df['ts'] = _utc(table.column('ts'))
-    return df.dropna(subset=['request_id']).drop_duplicates('request_id', keep='last').reset_index(drop=True)
+        tables, info = [], {'source': str(path), 'damaged': _damage([], 0)} # no feedback topic yet: no ground truth yet
+    df = (pa.concat_tables(tables) if tables else _check(reader.schema.empty_table(), reader)[0]).to_pandas()
+    out = df.drop_duplicates('request_id', keep='last').reset_index(drop=True)
+    out.attrs['source'] = info
+    return out
+
+# %% ../nbs/17_events.ipynb #db93372e
+def too_damaged(damaged: Mapping | None, # what a reader skipped: `attrs['source']['damaged']` of `read_events` or `read_feedback`
+                bound: float, # the largest share of the lines read that may be skipped (`[tool.mlnb.monitor] damaged_share`)
+                log: str | Path, # the log, for the message
+               ) -> str | None:
+    "The message saying that more than `bound` of the lines read could not be used, with where the first is; None when not."
+    if not damaged or damaged['share'] <= bound: return None
+    return (f"{damaged['share']:.1%} of the lines of {log} could not be read ({damaged['lines']} of {damaged['read']}), more than damaged_share = "
+            f"{bound}: {'; '.join(f['message'] for f in damaged['files'])}. Look at those lines: something other than the service may write "
+            "there, or the disk may be failing; once understood, move the damaged file aside.")

@@ -17,7 +17,7 @@ from .alerts import send_alert
 from .config import GateConfig, MonitorConfig, ServeConfig, parse_since
 from .drift import drift as column_drift, text_counts
 from .errors import MlnbError, UsageError
-from .events import log_files, probabilities, read_events, read_feedback, select
+from .events import log_files, probabilities, read_events, read_feedback, select, too_damaged
 from .project import load_project
 
 # %% auto #0
@@ -72,15 +72,16 @@ def score(metric: str, # the gate's metric
     if 'prediction.label' not in answers: return None, f"'{metric}' is a classifier's metric"
     labels, binary = answers['prediction.label'].to_numpy(), len(classes or []) == 2
     if metric in ('roc_auc', 'log_loss'):
-        if len(set(np.asarray(y).tolist())) < 2: return None, f'{metric} needs ground truth of two classes at least'
-        if proba is None and not (binary and 'prediction.probability' in answers): return None, f'{metric} needs probabilities'
-        if metric == 'log_loss':
-            p = proba if proba is not None else np.c_[1 - answers['prediction.probability'], answers['prediction.probability']]
-            return float(skm.log_loss(y, p, labels=classes)), None
-        if binary: return float(skm.roc_auc_score(np.asarray(y) == classes[1], answers['prediction.probability'].to_numpy())), None
-        present = sorted(set(np.asarray(y).tolist()))
-        if len(present) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
-        return float(skm.roc_auc_score(y, proba, multi_class='ovr', labels=classes)), None
+        q = answers['prediction.probability'].to_numpy(dtype='float64') if binary and 'prediction.probability' in answers else None
+        p = proba if proba is not None else np.c_[1 - q, q] if q is not None else None
+        if p is None: return None, f'{metric} needs probabilities'
+        have = np.isfinite(p).all(axis=1) & (np.isfinite(q) if q is not None else True) # an answer without probabilities (a fallback's) is left out
+        y = np.asarray(y)[have]
+        if len(set(y.tolist())) < 2: return None, f'{metric} needs ground truth of two classes at least' + (' among the answers with probabilities' if not have.all() else '')
+        if metric == 'log_loss': return float(skm.log_loss(y, p[have], labels=classes)), None
+        if binary: return float(skm.roc_auc_score(y == classes[1], (q if q is not None else p[:, 1])[have])), None
+        if len(set(y.tolist())) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
+        return float(skm.roc_auc_score(y, p[have], multi_class='ovr', labels=classes)), None
     if metric == 'accuracy': return float(skm.accuracy_score(y, labels)), None
     if metric == 'balanced_accuracy': return float(skm.balanced_accuracy_score(y, labels)), None
     base, _, avg = metric.partition('_')
@@ -334,7 +335,11 @@ def monitor(project=None, # the project (default: the current one)
     label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
     feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
     events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None,
-                         cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None)
+                         cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None)
+    damaged = {'bound': cfg.damaged_share, 'predictions': events.attrs['source']['damaged'],
+               'feedback': feedback.attrs['source']['damaged'] if feedback is not None else None}
+    damage_alerts = [{'kind': 'damaged_log', 'log': str(p), 'message': m} for d, p in ((damaged['predictions'], path), (damaged['feedback'], fb_path))
+                     if (m := too_damaged(d, cfg.damaged_share, p))]
     everything = events
     mine = ((events['model'] == tag) & (events['variant'] != 'challenger')).to_numpy()
     others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items()}
@@ -343,7 +348,8 @@ def monitor(project=None, # the project (default: the current one)
     if len(events) < cfg.min_rows:
         raise UsageError(f"{path} holds {len(events)} predictions of {tag} in {window}"
                          + (f" (and {sum(others.values())} of other models: {', '.join(others)})" if others else '')
-                         + f"; at least {cfg.min_rows} are needed to judge (min_rows). Widen the window (--since, --last) or pick the model (--model).")
+                         + f"; at least {cfg.min_rows} are needed to judge (min_rows). Widen the window (--since, --last) or pick the model (--model)."
+                         + ''.join(f"\n{a['message']}" for a in damage_alerts))
     gate = GateConfig.from_settings(project.settings)
     metric, evaluation = _evaluation(project.root, tag)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes)
@@ -355,7 +361,8 @@ def monitor(project=None, # the project (default: the current one)
     res['variants'] = variants
     res = {'model': tag, 'kind': kind, 'classes': classes, 'log': str(path), 'feedback_log': str(fb_path), 'source': events.attrs.get('source'),
            'window': {'description': window, 'since': start.isoformat() if start else None, 'first': events['ts'].min().isoformat(),
-                      'last': events['ts'].max().isoformat(), 'rows': len(events), 'other_models': others}, **res}
+                      'last': events['ts'].max().isoformat(), 'rows': len(events), 'other_models': others, 'damaged': damaged}, **res}
+    res['alerts'] += damage_alerts
     if res['alerts'] and alert:
         res['alert_command'] = send_alert(project.root, {'kind': 'monitor', 'model': tag, 'window': res['window'], 'alerts': res['alerts']})
     return res

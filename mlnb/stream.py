@@ -6,14 +6,14 @@ Docs: https://mlnb.github.io/mlnb/api/stream.html.md"""
 
 # %% ../nbs/25_stream.ipynb #378343e5
 from __future__ import annotations
-import datetime as _dt
+import datetime as _dt, warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .config import ServeConfig, parse_since
-from .errors import UsageError
-from .events import read_events, read_feedback
+from .config import MonitorConfig, ServeConfig, parse_since
+from .errors import MlnbError, UsageError
+from .events import read_events, read_feedback, too_damaged
 from .notebook import record
 from .project import load_project, project_root
 from .serving import feedback_path
@@ -49,15 +49,21 @@ def production_data(since: str | _dt.datetime | None = '30d', # the window's sta
     schema = load_contract(serve.contract, project.root)
     fields = request_fields(schema, serve.label)
     label_type = _arrow_type(schema.columns[serve.label].dtype)
-    events = read_events(src, {f['name']: f['type'] for f in fields}, label_type, label_type == 'float64', start, None, serve.kafka)
-    events = events[(events['variant'] != 'challenger') & (events['ts'] < pd.Timestamp(end))].drop_duplicates('request_id', keep='last')
+    events = read_events(src, {f['name']: f['type'] for f in fields}, label_type, label_type == 'float64', start, None, serve.kafka, with_probabilities=False)
     truth = read_feedback(fb, label_type, serve.kafka)
+    damaged = {'bound': MonitorConfig.from_settings(project.settings).damaged_share, 'predictions': events.attrs['source']['damaged'],
+               'feedback': truth.attrs['source']['damaged']}
+    for d, log in ((damaged['predictions'], src), (damaged['feedback'], fb)):
+        if msg := too_damaged(d, damaged['bound'], log): raise MlnbError(f"No training set was made from {log}: {msg}", source=str(log))
+        if d['lines']: warnings.warn(' '.join(f['message'] for f in d['files']), stacklevel=2)
+    offsets = events.attrs['source'].get('partitions')
+    events = events[(events['variant'] != 'challenger') & (events['ts'] < pd.Timestamp(end))].drop_duplicates('request_id', keep='last')
     joined = events[['request_id', 'ts', *[f'row.{f["name"]}' for f in fields]]].merge(truth[['request_id', 'label']], on='request_id')
     frame = pd.DataFrame({c: joined['label'] if c == serve.label else joined[f'row.{c}'] for c in schema.columns}).reset_index(drop=True)
     window = {'source': src, 'feedback': fb, 'since': start.isoformat() if start else None, 'until': end.isoformat(),
               'events': int(len(events)), 'labelled': int(len(frame)),
               'first': joined['ts'].min().isoformat() if len(joined) else None, 'last': joined['ts'].max().isoformat() if len(joined) else None,
-              'offsets': events.attrs.get('source', {}).get('partitions')}
+              'offsets': offsets, 'damaged': damaged}
     frame.attrs['production_window'] = window
     record('production_window', window)
     return frame
