@@ -363,6 +363,7 @@ def verify(bento: str | None, as_json: bool):
 def _monitor_table(r: dict):
     "The result of `mlnb monitor` as rich tables."
     from rich.console import Group
+    from rich.markup import escape
     w = r['window']
     head = (f"{r['model']}: {w['rows']} predictions in {w['description']} ({w['first'][:19]} to {w['last'][:19]} UTC); "
             f"reference of {r['reference_rows']} held-out rows, judged by {r['tests']}"
@@ -383,14 +384,15 @@ def _monitor_table(r: dict):
              ['answers (share or mean)', fmt(b.get('predicted'))], ['true labels', fmt(b.get('observed'))], ['in training', fmt(b.get('training'))],
              ['action limits', ', '.join(f'{k} {v}' for k, v in a['limits'].items()) or 'none'],
              ['broken', ', '.join(f'{k} = {v:.3f}' for k, v in a['breached'].items()) or 'none']]
-    parts = [head, drift, _table('Ground truth, bias and action limits', ['', 'value'], facts)]
+    skipped = [f['message'] for d in (w.get('damaged') or {}).values() if isinstance(d, dict) for f in d['files']]
+    parts = [head, *[f'[yellow]{escape(m)}[/]' for m in skipped], drift, _table('Ground truth, bias and action limits', ['', 'value'], facts)]
     v = r.get('variants')
     if v:
         rows = [[n, x['model'], x['rows'], fmt(x.get('share') or x.get('mean')), fmt(x.get(p['metric']))] for n, x in v['variants'].items()]
         parts.append(_table(f"Champion and challenger ({v.get('shadowed_rows', 0)} rows predicted by both, agreement "
                             f"{fmt(v.get('agreement'))})", ['variant', 'model', 'rows', 'answers', str(p['metric'])], rows))
         parts.append(('[green]' if v.get('promote') else '') + f"By the gate's rule: {v['reason']}" + ('[/]' if v.get('promote') else ''))
-    alerts = '\n'.join(f"[red]alert[/] {x['kind']}: {x['message']}" for x in r['alerts']) or '[green]No alert: everything is within bounds.[/]'
+    alerts = '\n'.join(f"[red]alert[/] {x['kind']}: {escape(x['message'])}" for x in r['alerts']) or '[green]No alert: everything is within bounds.[/]'
     sent = r.get('alert_command')
     if sent: alerts += '\n' + (f"alert command: {sent['message']}" if sent['ok'] else f"[red]{sent['message']}[/]")
     return Group(*parts, alerts)

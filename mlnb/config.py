@@ -195,6 +195,7 @@ class MonitorConfig:
     fallback_on_action_limit: bool = False # the service answers with the fallback while an action limit is broken
     report: str = 'nbs/05_monitor.ipynb' # the notebook `mlnb monitor --report` executes
     cache: bool = True # keep a columnar copy of the parsed log in .mlnb/cache/logs, so that each line is parsed once
+    damaged_share: float = 0.01 # largest share of a log's lines that cannot be read (skipped and counted) before it is an alert
 
     def __post_init__(self):
         if self.small_reference is None:
@@ -208,6 +209,8 @@ class MonitorConfig:
         for k in ('small_reference', 'window', 'min_rows', 'buckets'):
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0): raise UsageError(f"[tool.mlnb.monitor] {k} must be a positive integer, not {v!r}.")
+        if not (isinstance(self.damaged_share, (int, float)) and not isinstance(self.damaged_share, bool) and 0 <= self.damaged_share <= 1):
+            raise UsageError(f"[tool.mlnb.monitor] damaged_share must be a number in [0, 1] (a share of the log's lines), not {self.damaged_share!r}.")
         for k in ('fallback_on_action_limit', 'cache'):
             if not isinstance(getattr(self, k), bool): raise UsageError(f"[tool.mlnb.monitor] {k} must be true or false, not {getattr(self, k)!r}.")
         for name, b in self.action_limits.items():
