@@ -41,15 +41,16 @@ def as_timestamps(s):
 
 def read_table(path: str | Path, # a CSV or Parquet file
               ) -> 'pd.DataFrame':
-    "The table at `path` as the new project will read it, timestamps parsed; `UsageError` if it cannot be read."
+    "The table at `path` as the new project will read it, timestamps parsed (and booleans with gaps); `UsageError` if it cannot be read."
     from mlnb.contract import read_data
     df = read_data(path)
     if not len(df.columns) or not len(df):
         raise UsageError(f"Data file {path} has no rows (or no columns): a project needs labelled rows. Pass a file with data.", path=str(path))
     for c in df.columns:
         if not isinstance(c, str): raise UsageError(f"Data file {path} has a column named {c!r}, which is not text. Name every column.", path=str(path))
-        ts = as_timestamps(df[c])
+        ts, vals = as_timestamps(df[c]), df[c].dropna()
         if ts is not None: df[c] = ts
+        elif df[c].dtype == object and len(vals) and vals.map(type).eq(bool).all(): df[c] = df[c].astype('boolean') # True, False and gaps
     return df
 
 # %% ../nbs/32_tabular.ipynb #bda25a22
@@ -262,6 +263,7 @@ def analyse(path: str | Path, # a CSV or Parquet file
     prob = infer_problem(df[label], problem, positive)
     if prob['classes'] is not None and _kind(df[label]) == 'float': df[label] = df[label].astype('Int64') # whole numbers
     y = df[label].dropna()
+    if isinstance(y.dtype, pd.api.extensions.ExtensionDtype) and y.dtype.kind in 'iub': y = y.astype(y.dtype.numpy_dtype) # no gap left
     if len(y) < MIN_ROWS: raise UsageError(f"The table has {len(y)} labelled row(s); a project needs at least {MIN_ROWS}. Add rows with a '{label}'.", column=label)
     numeric, categorical, timestamps, left_out = [], [], [], []
     for c in df.columns:

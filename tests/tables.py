@@ -90,7 +90,7 @@ class TableCase:
 
 CASES = {c.name: c for c in [
     TableCase('penguin_sex', penguins, 'penguins.csv', 'sex', ('--key', 'penguin id'), classes=('female', 'male')),
-    TableCase('penguin_species', penguins, 'penguins.parquet', 'species', ('--key', 'penguin id', '--segment', 'island'),
+    TableCase('penguin_species', penguins, 'penguins.parquet', 'species', ('--key', 'penguin id', '--segment', 'sex'),
               problem='multiclass', metric='f1_macro', classes=('Adelie', 'Chinstrap', 'Gentoo')),
     TableCase('iris', iris, 'iris.csv', 'class', problem='multiclass', metric='f1_macro', classes=(0, 1, 2)),
     TableCase('diabetes', diabetes, 'diabetes.csv', 'progression', ('--metric', 'mae'), problem='regression', metric='mae'),

@@ -115,9 +115,9 @@ def test_the_segment_steps_train_one_model_per_value(made):
     case, root, env, out, steps = made
     if '--segment' not in case.options: pytest.skip('a table made without --segment')
     res = mlnb('run', 'evaluate_segment', '--engine', 'fast', cwd=root, env=env)
-    assert res.stdout.count('promoted') >= 3
+    assert res.stdout.count('promoted') >= 2
     segments = {m['segment'] for m in json.loads(mlnb('models', case.name, '--json', cwd=root, env=env).stdout) if m['champion']}
-    assert segments == {None, 'Biscoe', 'Dream', 'Torgersen'}
+    assert segments == {None, 'female', 'male'}
 
 
 def test_build_refuses_settings_that_do_not_fit_the_model(made):
