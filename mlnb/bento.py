@@ -15,7 +15,7 @@ from .project import Project, load_project
 
 # %% auto #0
 __all__ = ['ROLLOUTS', 'model_facts', 'describe_answers', 'check_fit', 'uses_kafka', 'requirements', 'trained_contract',
-           'rollout', 'segment_variants', 'build', 'latest_build', 'bento_config']
+           'rollout', 'segment_variants', 'build', 'latest_build', 'bento_config', 'check_served']
 
 # %% ../nbs/26_bento.ipynb #4c08a5ad
 def model_facts(model) -> dict:
@@ -268,3 +268,13 @@ def bento_config(b) -> dict:
     path = Path(b.path) / 'src' / 'mlnb_service.json'
     if not path.is_file(): raise UsageError(f"Bento {b.tag} was not built by `mlnb build` (it has no mlnb_service.json).")
     return json.loads(path.read_text())
+
+# %% ../nbs/26_bento.ipynb #60a8fbc8
+def check_served(bento: str, # a Bento tag
+                ):
+    "Raise `UsageError` when the action limits of Bento `bento` name answers its model cannot give (see `check_fit`)."
+    import bentoml
+    try: b = bentoml.bentos.get(bento)
+    except bentoml.exceptions.NotFound: return # `bentoml serve` says so
+    c = bento_config(b)
+    check_fit({'kind': c['kind'], 'classes': c.get('classes')}, (c.get('monitor') or {}).get('action_limits') or {})

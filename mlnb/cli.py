@@ -70,7 +70,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]):
 @click.option('--positive', metavar='VALUE', help="With --data, a binary problem: the positive class (default: True, the larger number, "
               "or the rarer text value).")
 @click.option('--segment', metavar='COLUMN', help='With --data: also make optional steps that train one model per value of this column.')
-@click.option('--metric', help="With --data: the gate's metric (default: roc_auc for binary, f1_macro for multiclass, rmse for regression; "
+@click.option('--metric', metavar='NAME', help="With --data: the gate's metric (default: roc_auc for binary, f1_macro for multiclass, rmse for regression; "
               "also log_loss, accuracy, balanced_accuracy, f1, precision, recall, mae, r2).")
 def new(path: Path, name: str | None, force: bool, data: Path | None, label: str | None, keys: tuple, time: str | None,
         problem: str | None, positive: str | None, segment: str | None, metric: str | None):

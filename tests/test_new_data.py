@@ -121,7 +121,7 @@ def test_the_segment_steps_train_one_model_per_value(made):
 
 
 def test_build_refuses_settings_that_do_not_fit_the_model(made):
-    "The churn scaffold's action limit on a benign/malignant model, and a fallback answering 0/1, are refused at build, not alerts at run time."
+    "The churn scaffold's action limit on a benign/malignant model, and a fallback answering 0/1, are refused at build (and serve), not alerts at run time."
     case, root, env, out, steps = made
     if case.name != 'cancer': pytest.skip('one project is enough')
     toml = (root / 'pyproject.toml').read_text()
@@ -136,6 +136,14 @@ def test_build_refuses_settings_that_do_not_fit_the_model(made):
     assert res.returncode == 2 and 'the fallback answered 1, which is not one of the classes' in res.stderr, res.stderr
     (root / 'pyproject.toml').write_text(toml)
     (root / 'rules.py').unlink()
+    # a Bento built before `mlnb build` checked its settings: `mlnb serve` refuses it instead of alerting from the first request
+    name, version = steps['build'].split()[1].rstrip('.').split(':')
+    settings = root.parent / 'bentoml' / 'bentos' / name / version / 'src' / 'mlnb_service.json'
+    kept = settings.read_text()
+    settings.write_text(json.dumps({**json.loads(kept), 'monitor': {'action_limits': {'1': [0.02, 0.6]}}}))
+    try: res = mlnb('serve', '--port', '1', cwd=root, env=env, check=False, timeout=60)
+    finally: settings.write_text(kept)
+    assert res.returncode == 2 and "action_limits names '1', which is not a class of the model" in res.stderr, res.stderr
 
 
 # Refusals: each before anything is written, exit code 2, naming the column and the fix.
