@@ -265,6 +265,9 @@ def analyse(path: str | Path, # a CSV or Parquet file
     y = df[label].dropna()
     if isinstance(y.dtype, pd.api.extensions.ExtensionDtype) and y.dtype.kind in 'iub': y = y.astype(y.dtype.numpy_dtype) # no gap left
     if len(y) < MIN_ROWS: raise UsageError(f"The table has {len(y)} labelled row(s); a project needs at least {MIN_ROWS}. Add rows with a '{label}'.", column=label)
+    lone = [c for c, n in y.value_counts().items() if n < 2] if prob['classes'] else []
+    if lone: raise UsageError(f"The class(es) {_show([_plain(c) for c in lone])} of the label '{label}' have one row each: a classifier needs two "
+                              "rows of each class at least (one to learn from, one to test on). Add rows of it, or merge it into another class.", column=label)
     numeric, categorical, timestamps, left_out = [], [], [], []
     for c in df.columns:
         if c == label or c in keys: continue
