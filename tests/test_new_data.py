@@ -33,7 +33,7 @@ def made(request, tmp_path_factory):
     out = mlnb('new', case.name, '--data', data.name, '--label', case.label, *case.options, cwd=folder, env=env).stdout
     root = folder / case.name
     git_snapshot(root)
-    steps = {'nbdev-test': run(['nice', '-n', '10', 'nbdev-test'], root).stdout,
+    steps = {'nbdev-test': run(['nbdev-test'], root).stdout,
              'run': mlnb('run', '--engine', 'fast', cwd=root, env=env).stdout,
              'build': mlnb('build', cwd=root, env=env).stdout,
              'verify': mlnb('verify', cwd=root, env=env).stdout}
