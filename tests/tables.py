@@ -5,7 +5,7 @@ they cover a binary problem with a text label, multiclass problems with text and
 (scikit-learn's and statsmodels' data), a boolean label, missing values, timestamps used with `--time`, categories,
 integer keys, column names with spaces, a per-segment project, and a table of 10^5 rows made from a shipped one.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

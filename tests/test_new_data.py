@@ -5,7 +5,7 @@ For each table of tests/tables.py (from packages that ship them), with no edit o
 notebook's model in this process, and `mlnb monitor` on them without an alert. Then the refusals: bad tables before
 anything is written, and settings that cannot fit the model at `mlnb build`. Real nbdev, papermill kernels, BentoML.
 """
-import json, re, shutil, sys, tomllib
+import json, re, sys, tomllib
 
 import httpx
 import pandas as pd
