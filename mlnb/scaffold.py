@@ -6,14 +6,16 @@ Docs: https://mlnb.github.io/mlnb/api/scaffold.html.md"""
 
 # %% ../nbs/33_scaffold.ipynb #053ffe34
 from __future__ import annotations
-import json, keyword, os, re, subprocess, sys
+import json, keyword, math, os, re, shutil, subprocess, sys, tomllib
 from importlib import metadata, resources
 from pathlib import Path
+from typing import Iterable
 
-from .errors import MlnbError, ScaffoldError
+from .errors import MlnbError, ScaffoldError, UsageError
 
 # %% auto #0
-__all__ = ['check_name', 'requirement_from', 'mlnb_requirement', 'write_template', 'new_project']
+__all__ = ['check_name', 'requirement_from', 'mlnb_requirement', 'write_template', 'toml_value', 'toml_table', 'table_files',
+           'new_project', 'review']
 
 # %% ../nbs/33_scaffold.ipynb #a689972b
 _TAKEN = {'mlnb', 'nbdev', 'papermill', 'scrapbook', 'pandas', 'numpy', 'sklearn', 'bentoml', 'pandera', 'test', 'tests'}
@@ -58,9 +60,18 @@ def mlnb_requirement() -> str:
     return requirement_from(d.read_text('direct_url.json'), d.version, d.metadata.get_all('Project-URL') or [])
 
 # %% ../nbs/33_scaffold.ipynb #0ca51adc
-def _template() -> Path:
-    "The folder of the project template."
-    return Path(str(resources.files('mlnb') / 'templates' / 'project'))
+_SHARED = ('_gitignore', '_github/workflows/mlnb.yml', 'contracts/README.md', 'nbs/05_monitor.ipynb') # what the table template takes from the churn one
+
+def _template(kind: str = 'project') -> Path:
+    "The folder of template `kind`: 'project' (the churn example) or 'table'."
+    return Path(str(resources.files('mlnb') / 'templates' / kind))
+
+def _template_files(kind: str) -> dict[Path, Path]:
+    "Template path -> file of template `kind`."
+    src = _template(kind)
+    files = {f.relative_to(src): f for f in sorted(src.rglob('*')) if f.is_file() and '__pycache__' not in f.parts}
+    if kind == 'project': return files
+    return {**{Path(p): _template('project') / p for p in _SHARED}, **files}
 
 def _dest_name(part: str) -> str:
     "The name a template path part gets in the new project."
@@ -70,13 +81,15 @@ def write_template(target: Path, # the new project's folder
                    name: str, # distribution name
                    package: str, # package name
                    requirement: str | None = None, # how CI installs mlnb (default: `mlnb_requirement()`)
+                   template: str = 'project', # 'project' (the churn example) or 'table'
+                   values: dict[str, str] | None = None, # more `{{key}}` -> text replacements
                   ) -> list[Path]:
-    "Copy the project template into `target`, filling in the names; returns the files written."
-    src, written = _template(), []
-    values = {'{{name}}': name, '{{package}}': package, '{{mlnb_requirement}}': requirement or mlnb_requirement()}
-    for f in sorted(src.rglob('*')):
-        if f.is_dir() or '__pycache__' in f.parts: continue
-        rel = Path(*[_dest_name(p) for p in f.relative_to(src).parts])
+    "Copy a project template into `target`, filling in the names; returns the files written."
+    written = []
+    values = {'{{name}}': name, '{{package}}': package, '{{mlnb_requirement}}': requirement or mlnb_requirement(),
+              **{'{{%s}}' % k: v for k, v in (values or {}).items()}}
+    for part, f in sorted(_template_files(template).items()):
+        rel = Path(*[_dest_name(p) for p in part.parts])
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         text = f.read_text(encoding='utf-8')
@@ -84,6 +97,107 @@ def write_template(target: Path, # the new project's folder
         dest.write_text(text, encoding='utf-8')
         written.append(rel)
     return written
+
+# %% ../nbs/33_scaffold.ipynb #4c6834e1
+def toml_value(v) -> str:
+    "`v` (a string, number, boolean, list or dict of those) as a TOML value."
+    if isinstance(v, bool): return 'true' if v else 'false'
+    if isinstance(v, int): return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v): raise ValueError(f"TOML has no value for {v!r}.")
+        return repr(v)
+    if isinstance(v, str): return json.dumps(v, ensure_ascii=False) # a JSON string is a TOML basic string
+    if isinstance(v, (list, tuple)): return '[' + ', '.join(map(toml_value, v)) + ']'
+    if isinstance(v, dict): return '{ ' + ', '.join(f'{json.dumps(str(k), ensure_ascii=False)} = {toml_value(x)}' for k, x in v.items()) + ' }'
+    raise ValueError(f"TOML has no value for a {type(v).__name__} ({v!r}).")
+
+def toml_table(d: dict, # key -> value; a dict value is a table of its own
+               comments: dict | None = None, # key -> a comment written after it
+              ) -> str:
+    "The TOML document of `d` (tables after the plain keys)."
+    comments, out = comments or {}, []
+    key = lambda k: k if re.fullmatch(r'[A-Za-z0-9_-]+', k) else json.dumps(k, ensure_ascii=False)
+    note = lambda k: f"  # {comments[k]}" if k in comments else ''
+    out += [f"{key(k)} = {toml_value(v)}{note(k)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict): out += ['', f'[{key(k)}]{note(k)}', *(f"{key(kk)} = {toml_value(vv)}" for kk, vv in v.items())]
+    return '\n'.join(out) + '\n'
+
+# %% ../nbs/33_scaffold.ipynb #85edad64
+_PROBLEM_COMMENTS = {
+    'data': 'the table, relative to the project root', 'rows': 'rows of the table when the project was made',
+    'labelled_rows': 'rows with a label', 'contract': 'contracts/<contract>.yaml: the data contract of the table and of the requests',
+    'model': "the model's name in the store", 'label': 'the column the model predicts',
+    'problem': '"binary", "multiclass" or "regression"', 'classes': "a classifier's classes: the label's values, sorted",
+    'positive': "a binary problem's positive class (the one its metrics score)", 'positive_rule': 'how the positive class was chosen',
+    'keys': 'the columns that together identify a row (not features)', 'time': 'the timestamp column that orders the split',
+    'segment': 'one model per value of this column (the per-segment steps)',
+    'split': '"time": the latest rows held out; "stratified": a random share, stratified on the label',
+    'features': 'the columns the model learns from, by kind (02_features.ipynb); left_out: not features',
+    'baseline': "the fallback's answer (06_baseline.ipynb), computed from the labelled rows: the classes' shares and the likeliest, or the median",
+}
+
+def _segment_steps(column: str) -> str:
+    "The `[tool.mlnb.steps.*]` tables of the per-segment models of `column`."
+    return (f"\n# One model per value of {toml_value(column)}, opt-in: `mlnb run evaluate_segment` (a plain `mlnb run` leaves these out).\n"
+            "# The same notebooks run once per value the data step recorded (`data.segments`): each `train_segment` item trains on\n"
+            "# the rows of its value and registers the model for that segment; the `evaluate_segment` item of the same value scores\n"
+            "# it and gates it against that segment's champion (`mlnb models NAME --segment VALUE`).\n"
+            '[tool.mlnb.steps.train_segment]\nnotebook = "nbs/03_train.ipynb"\nneeds = ["data", "features"]\n'
+            'params = { max_iter = 100 }\nforeach = { segment = "data.segments" }\noptional = true\n\n'
+            '[tool.mlnb.steps.evaluate_segment]\nnotebook = "nbs/04_evaluate.ipynb"\nneeds = ["data", "train_segment"]\n'
+            'params = { train_step = "train_segment" }\nforeach = { segment = "data.segments" }\noptional = true\n')
+
+def _segment_section(column: str, model: str) -> str:
+    "The README's section on the per-segment models of `column`."
+    return (f"\n## One model per `{column}`\n\n`mlnb run evaluate_segment` trains and gates one model per value of `{column}` instead of one\n"
+            "for every row. The data step records the values it saw (`segments`); the optional steps `train_segment` and\n"
+            "`evaluate_segment` in `pyproject.toml` run `03_train` and `04_evaluate` once per value (`foreach = { segment =\n"
+            "\"data.segments\" }`), each with its own `segment` parameter, executed notebook and cache entry. Each model is\n"
+            "registered for its segment (`log_model(..., segment=...)`) and gated against that segment's champion:\n\n"
+            f"```sh\nmlnb run evaluate_segment --engine fast       # data, features, then train_segment and evaluate_segment per value\n"
+            f"mlnb models {model} --segment VALUE           # the versions of one segment; * marks its champion\n```\n")
+
+def table_files(t, # a `mlnb.tabular.Table`
+                package: str, # the package's (and the model's) name
+               ) -> dict:
+    "{'values': the template's fields, 'problem': problem.toml's text, 'contract': (name, YAML text), 'summary': the lines of `describe`}."
+    from mlnb.contract import ContractError, check, infer_schema, read_data, to_yaml
+    from mlnb.project import valid_contract_name
+    from mlnb.tabular import describe, settings
+    contract = re.sub(r'\W+', '_', t.path.stem).strip('_') or 'table'
+    if not valid_contract_name(contract) or contract[0].isdigit(): contract = f't_{contract}'
+    schema = infer_schema(t.frame, contract, keys=t.keys)
+    for k in t.keys: schema = schema.update_column(k, checks=[]) # a new row's key is outside the range of the old ones
+    try: check(read_data(t.path), schema)
+    except ContractError as e:
+        raise UsageError(f"{t.path} does not meet the contract inferred from it, as the data step will read it (a column whose type "
+                         f"pandas reads differently row by row?):\n{e}\nFix the column it names in the file.") from None
+    data = f'data/{t.path.name}'
+    s = settings(t, package, contract, data)
+    p, g, m = s['problem'], s['gate'], s['monitor']
+    one = lambda text: ' '.join(str(text).split()) # a comment stays on its line
+    values = {
+        'description': toml_value(one(f"Predicts {t.label!r} from {data} ({p['problem']}), with mlnb.")),
+        'data_inputs': toml_value([data, f'{package}/problem.toml']), 'contracts': toml_value([contract]),
+        'segment_steps': _segment_steps(t.segment) if t.segment else '',
+        'metric': toml_value(g['metric']), 'direction': toml_value(g['direction']), 'best': toml_value(g['best']), 'floor': toml_value(g['floor']),
+        'gate_comment': one(f"For this {p['problem']} problem: {g['metric']}; the baseline's on the table: {g['floor']}."),
+        'model': toml_value(package), 'contract': toml_value(contract), 'label': toml_value(t.label),
+        'prediction_log': toml_value(f'.mlnb/predictions/{package}.jsonl'),
+        'action_limits': toml_value(m['action_limits']), 'min_rows': toml_value(m['min_rows']),
+        'limits_comment': one("the mean answer" if p['problem'] == 'regression' else f"the share of answers {p['positive']!r} (the positive "
+                              "class)" if p['problem'] == 'binary' else "the share of answers of each class"),
+        'min_rows_comment': one(f"100, or the test rows of a smaller table ({m['min_rows']})"),
+        'headline': one(f"Predicts `{t.label}` from the other columns of `{t.path.name}` ({p['problem']})."),
+        'data_file': data, 'about': '\n'.join(f'- {l}' for l in describe(s)),
+        'segment_section': _segment_section(t.segment, package) if t.segment else '',
+    }
+    head = (f"# The table and the problem, as `mlnb new --data` found them in {data}. The notebooks read this file\n"
+            f"# ({package}.data.PROBLEM), and it travels with the package into the service. Edit it with care: a new label or\n"
+            "# key is best made with a new `mlnb new --data`, which also infers the contract and the gate for it.\n")
+    return {'values': values, 'problem': head + toml_table(p, _PROBLEM_COMMENTS), 'contract': (contract, to_yaml(schema)),
+            'summary': describe(s), 'schema': schema}
 
 # %% ../nbs/33_scaffold.ipynb #c7c4ea55
 _FINISH = '''
@@ -101,9 +215,17 @@ mlnb.contract.infer(data.load_customers('data/customers.csv'), 'customers', keys
 def new_project(path: str | Path, # folder to create (or fill)
                 name: str | None = None, # package name (default: the folder's name, '-' read as '_')
                 force: bool = False, # write into a non-empty folder, replacing template files
-                rows: int = 5000, # rows of simulated data in data/customers.csv
+                rows: int = 5000, # rows of simulated data in data/customers.csv (the churn example)
+                data: str | Path | None = None, # a CSV or Parquet file: make the project for this table
+                label: str | None = None, # with `data`: the column to predict
+                keys: Iterable[str] = (), # with `data`: the columns that together identify a row
+                time: str | None = None, # with `data`: a timestamp column; train on the earlier rows, evaluate on the later
+                problem: str | None = None, # with `data`: 'binary', 'multiclass' or 'regression' (default: from the label)
+                positive: str | None = None, # with `data`: a binary problem's positive class (default: a stated rule)
+                segment: str | None = None, # with `data`: a column to train one model per value of (optional steps)
+                metric: str | None = None, # with `data`: the gate's metric (default: the problem's)
                ) -> Path:
-    "Create an mlnb project at `path`; returns its root."
+    "Create an mlnb project at `path` (for the table `data`, or the churn example); returns its root."
     target = Path(path).expanduser().resolve()
     if target.exists() and not target.is_dir():
         raise ScaffoldError(f"Cannot create a project at {target}: a file of that name exists. Choose another path.", path=str(target))
@@ -111,15 +233,54 @@ def new_project(path: str | Path, # folder to create (or fill)
         raise ScaffoldError(f"Refusing to write into {target}: the folder is not empty. Choose a new folder, "
                             "or pass --force to add the project files (files of the same name are replaced).", path=str(target))
     package = check_name(name if name is not None else target.name.replace('-', '_'))
+    table = None
+    if data is None:
+        given = [o for o, v in (('--label', label), ('--key', list(keys)), ('--time', time), ('--problem', problem), ('--positive', positive),
+                                ('--segment', segment), ('--metric', metric)) if v]
+        if given: raise UsageError(f"{', '.join(given)} describe{'s' * (len(given) == 1)} the table of --data FILE: pass --data too, or leave "
+                                   f"{'it' if len(given) == 1 else 'them'} out for the churn example.")
+    else:
+        if not label: raise UsageError("--data needs --label COLUMN: the column the model learns to predict.")
+        from mlnb.tabular import analyse
+        table = table_files(analyse(data, label, keys, time, problem, positive, segment, metric), package) # refusals come here, before any write
     target.mkdir(parents=True, exist_ok=True)
-    write_template(target, name or target.name, package)
+    if table is None: write_template(target, name or target.name, package)
+    else: _write_table(target, name or target.name, package, Path(data), table)
     link = target / 'nbs' / package # a notebook's kernel starts in nbs/: there, `import <package>` finds the package through this link
     if not link.exists() and not link.is_symlink(): link.symlink_to(Path('..') / package, target_is_directory=True)
     (target / 'data').mkdir(exist_ok=True)
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(target), os.environ.get('PYTHONPATH')]))}
-    res = subprocess.run([sys.executable, '-c', _FINISH, package, str(rows)], cwd=target, env=env,
+    res = subprocess.run([sys.executable, '-c', _FINISH if table is None else _EXPORT, package, str(rows)], cwd=target, env=env,
                          capture_output=True, text=True)
     if res.returncode:
         raise MlnbError(f"The project files were written to {target}, but exporting the package or writing the sample "
                         f"data failed:\n{res.stderr.strip()[-2000:]}\nFix the cause, then run `nbdev-export` there.", path=str(target))
     return target
+
+_EXPORT = 'from nbdev.doclinks import nbdev_export as export; export()'
+
+def _write_table(target: Path, name: str, package: str, data: Path, table: dict):
+    "Write the project of a table: the `table` template, the file in data/, problem.toml, the contract."
+    write_template(target, name, package, template='table', values=table['values'])
+    (target / 'data').mkdir(exist_ok=True)
+    dest = target / 'data' / data.name
+    if not (dest.exists() and dest.samefile(data)): shutil.copyfile(data, dest)
+    (target / package).mkdir(exist_ok=True)
+    (target / package / 'problem.toml').write_text(table['problem'], encoding='utf-8')
+    contract, yaml = table['contract']
+    (target / 'contracts').mkdir(exist_ok=True)
+    (target / 'contracts' / f'{contract}.yaml').write_text(yaml, encoding='utf-8')
+
+# %% ../nbs/33_scaffold.ipynb #87249368
+def review(root: str | Path, # a project made by `mlnb new --data`
+          ) -> str:
+    "What the project at `root` knows of its table (problem.toml, the gate, the monitoring) and its data contract, for review."
+    from mlnb.contract import load
+    from mlnb.project import load_project
+    from mlnb.tabular import contract_table, describe
+    project = load_project(Path(root))
+    problem = tomllib.loads((project.root / project.package / 'problem.toml').read_text(encoding='utf-8'))
+    lines = describe({'problem': problem, 'gate': project.settings['gate'], 'monitor': project.settings['monitor']})
+    return '\n'.join([f"What mlnb made of the table ({project.package}/problem.toml, pyproject.toml):", *(f'  - {l}' for l in lines), '',
+                      f"The data contract contracts/{problem['contract']}.yaml, inferred from the table (review it before you commit it):",
+                      contract_table(load(problem['contract'], project.root), problem['label'])])

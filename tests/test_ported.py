@@ -3,7 +3,7 @@
 Each test runs once per project of tests/projects/ (the `ported` fixtures): real nbdev, real papermill
 kernels, the real gate and BentoML model store.
 """
-import json, shutil
+import json
 
 import pandas as pd
 import yaml
@@ -108,19 +108,13 @@ def readme_block(after):
 
 
 def test_bring_your_own_data_from_mlnb_new(tmp_path):
-    "The walk-through of docs/bring-your-own-data.md: `mlnb new wine`, the notebooks and pyproject.toml of tests/projects/wine in place, its commands."
-    steps = readme_block('1. **Start from the scaffold**')
-    assert steps[0] == 'mlnb new wine && cd wine'
-    run(['bash', '-euo', 'pipefail', '-c', steps[0]], tmp_path)
-    root = tmp_path / 'wine'
-    run(['bash', '-euo', 'pipefail', '-c', ' && '.join(steps[1:])], root)
-    assert not (root / 'contracts' / 'customers.yaml').exists()
-    for nb in (root / 'nbs').glob('*.ipynb'): nb.unlink()  # what the user rewrites, steps 2 to 5 and 7
-    for f in [*(SOURCE / 'wine' / 'nbs').glob('*.ipynb'), SOURCE / 'wine' / 'pyproject.toml']:
-        shutil.copy(f, root / f.relative_to(SOURCE / 'wine'))
-    commands = readme_block('6. **Export the package')
-    assert commands[-1] == 'mlnb check data/wines.csv --contract wines'
-    res = run(['bash', '-euo', 'pipefail', '-c', ' && '.join(commands)], root)
-    assert "data/wines.csv: 178 rows meet contract 'wines'." in res.stdout
-    assert (root / 'wine' / 'data.py').read_text().count('def make_wines') == 1 and 'def simulate' not in (root / 'wine' / 'data.py').read_text()
-    assert [s['step'] for s in json.loads(mlnb('steps', '--json', cwd=root).stdout)] == ['data', 'features', 'train', 'evaluate']
+    "The walk-through of docs/bring-your-own-data.md: its table and its `mlnb new --data` command, then its commands to test, run, build and verify."
+    make = readme_block('## 1. Make the project')
+    assert make[1] == 'mlnb new cancer --data cancer.csv --label diagnosis --key "patient id"'
+    res = run(['bash', '-euo', 'pipefail', '-c', ' && '.join(make)], tmp_path)
+    assert '`malignant` (the rarer value)' in res.stdout and 'patient id' in res.stdout and 'mean radius' in res.stdout
+    steps = readme_block('## 2. Test, run, serve')
+    assert steps[0] == 'cd cancer'
+    res = run(['bash', '-euo', 'pipefail', '-c', ' && '.join(steps)], tmp_path, env={'BENTOML_HOME': str(tmp_path / 'bentoml')})
+    assert 'no champion yet: promoted' in res.stdout and 'exactly as the notebook did' in res.stdout
+    assert [s['step'] for s in json.loads(mlnb('steps', '--json', cwd=tmp_path / 'cancer').stdout)] == ['data', 'features', 'train', 'evaluate']
