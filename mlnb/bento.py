@@ -14,8 +14,8 @@ from .errors import MlnbError, UsageError, did_you_mean
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['ROLLOUTS', 'model_facts', 'describe_answers', 'uses_kafka', 'requirements', 'trained_contract', 'rollout',
-           'segment_variants', 'build', 'latest_build', 'bento_config']
+__all__ = ['ROLLOUTS', 'model_facts', 'describe_answers', 'check_fit', 'uses_kafka', 'requirements', 'trained_contract',
+           'rollout', 'segment_variants', 'build', 'latest_build', 'bento_config', 'check_served']
 
 # %% ../nbs/26_bento.ipynb #4c08a5ad
 def model_facts(model) -> dict:
@@ -36,6 +36,39 @@ def describe_answers(facts: dict) -> str:
             else "`probability`, the probability of the predicted label")
     return (f"Predict each row. The answer is a list with one object per row: `label`, the predicted class (one of {c}); "
             f"{prob}; `probabilities`, one per class in the order {c}; `request_id` and `model`, the tag of the model that answered.")
+
+# %% ../nbs/26_bento.ipynb #0bbacf2a
+def check_fit(facts: dict, # `model_facts` of the model
+              action_limits: dict, # [tool.mlnb.monitor] action_limits
+              fallback: str | None = None, # [tool.mlnb.serve] fallback, 'package.module:function'
+              golden: dict | None = None, # the model's golden examples: rows, predictions
+              fields: list[dict] | None = None, # the request fields (the fallback is given the golden rows as the service types them)
+             ):
+    "Raise `UsageError` naming each setting that does not fit the model's answers."
+    from mlnb.serving import Fallback, load_function, request_model, to_frame
+    problems, classes = [], facts['classes']
+    if facts['kind'] == 'regressor':
+        bad = [str(k) for k in action_limits if str(k) != 'mean']
+        if bad: problems.append(f"[tool.mlnb.monitor] action_limits names {', '.join(map(repr, bad))}, but the model is a regressor: it answers "
+                                "numbers, whose only limit is \"mean\" (e.g. action_limits = { mean = [low, high] }).")
+    else:
+        bad = [str(k) for k in action_limits if str(k) not in [str(c) for c in classes]]
+        if bad: problems.append(f"[tool.mlnb.monitor] action_limits names {', '.join(map(repr, bad))}, which {'is' if len(bad) == 1 else 'are'} "
+                                f"not a class of the model; its classes are {', '.join(repr(str(c)) for c in classes)}. Name a class "
+                                f"(e.g. \"{classes[-1]}\" = [low, high]) or remove the limit.")
+        odd = sorted({repr(p) for p in (golden or {}).get('predictions', []) if p not in classes})
+        if odd: problems.append(f"The model's golden answers name {', '.join(odd)}, which are not its classes ({classes}): log the model "
+                                "again (mlnb.log_model with golden=...), so that its golden examples are its own.")
+    if fallback and golden and golden.get('rows') and fields is not None:
+        Row = request_model(fields)
+        try: frame = to_frame([Row.model_validate_json(json.dumps(r)) for r in golden['rows']], fields)
+        except ValueError: frame = None # golden rows of another contract: `mlnb verify` names them
+        _, errors = Fallback(load_function(fallback), facts['kind'], classes).predict(frame) if frame is not None else (None, {})
+        if errors:
+            i, why = next(iter(errors.items()))
+            problems.append(f"[tool.mlnb.serve] fallback {fallback} cannot answer like the model on the golden rows ({len(errors)} of "
+                            f"{len(frame)} fail; row {i}: {why}). Make it answer {'numbers' if facts['kind'] == 'regressor' else f'the classes {classes}'}.")
+    if problems: raise UsageError('The settings do not fit the model:\n' + '\n'.join(f'- {p}' for p in problems))
 
 # %% ../nbs/26_bento.ipynb #31a996a3
 _RUNTIME = ('joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn') # what the runtime and a scikit-learn model import
@@ -180,6 +213,7 @@ def build(project: Project | None = None, # the project (default: the current on
         try: mlnb.serving.load_function(getattr(cfg, key))
         except (ImportError, AttributeError) as e:
             raise UsageError(f"[tool.mlnb.serve] {key} {getattr(cfg, key)!r} cannot be imported ({e}). Export it from a notebook, then build again.") from None
+    check_fit(facts, project.settings.get('monitor', {}).get('action_limits', {}), cfg.fallback, info['golden'], fields)
     out = project.state / 'build' / (tag.replace(':', '-') + (f"-{ro['mode']}-{variants['challenger']['model'].split(':')[1]}" if ro else ''))
     if out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -208,7 +242,7 @@ def build(project: Project | None = None, # the project (default: the current on
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:
         bento = bentoml.bentos.build('service:Service', name=cfg.model, build_ctx=str(out),
-                                     include=['service.py', 'mlnb_serving/**/*.py', 'mlnb_service.json', f'{pkg_dir.name}/**/*.py'],
+                                     include=['service.py', 'mlnb_serving/**/*.py', 'mlnb_service.json', f'{pkg_dir.name}/**'],
                                      labels={'mlnb.model': tag.replace(':', '-'), 'mlnb.run': lin.get('run_id') or 'none',
                                              **({'mlnb.challenger': variants['challenger']['model'].replace(':', '-'), 'mlnb.mode': ro['mode']} if ro else {})},
                                      python={'packages': requirements(project, kafka=uses_kafka(cfg)), 'lock_packages': False})
@@ -235,3 +269,13 @@ def bento_config(b) -> dict:
     path = Path(b.path) / 'src' / 'mlnb_service.json'
     if not path.is_file(): raise UsageError(f"Bento {b.tag} was not built by `mlnb build` (it has no mlnb_service.json).")
     return json.loads(path.read_text())
+
+# %% ../nbs/26_bento.ipynb #60a8fbc8
+def check_served(bento: str, # a Bento tag
+                ):
+    "Raise `UsageError` when the action limits of Bento `bento` name answers its model cannot give (see `check_fit`)."
+    import bentoml
+    try: b = bentoml.bentos.get(bento)
+    except bentoml.exceptions.NotFound: return # `bentoml serve` says so
+    c = bento_config(b)
+    check_fit({'kind': c['kind'], 'classes': c.get('classes')}, (c.get('monitor') or {}).get('action_limits') or {})

@@ -58,11 +58,28 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]):
 @click.argument('path', type=click.Path(path_type=Path))
 @click.option('--name', help="Package name (default: the folder's name, '-' read as '_').")
 @click.option('--force', is_flag=True, help='Write into a non-empty folder, replacing files of the same name.')
-def new(path: Path, name: str | None, force: bool):
-    "Create a project at PATH: pipeline notebooks, package, contracts, CI workflow and sample data."
-    from mlnb.scaffold import new_project
-    root = new_project(path, name=name, force=force)
-    click.echo(f"Created {root}\nNext:\n  cd {path}\n  mlnb run")
+@click.option('--data', type=click.Path(path_type=Path), help='A CSV or Parquet file: make the project for this table (copied to data/) '
+              'instead of the churn example.')
+@click.option('--label', metavar='COLUMN', help='With --data: the column the model predicts.')
+@click.option('--key', 'keys', metavar='COLUMN', multiple=True, help='With --data: a column that identifies a row (repeat for a key of '
+              'several columns); not a feature, unique in the contract.')
+@click.option('--time', metavar='COLUMN', help='With --data: a timestamp column; the model trains on the earlier rows and is evaluated '
+              'on the later ones (default: a random split, stratified on the label).')
+@click.option('--problem', type=click.Choice(['binary', 'multiclass', 'regression']), help='With --data: the kind of model '
+              '(default: from the label: two values binary; text, or whole numbers with at most 10 values, multiclass; other numbers regression).')
+@click.option('--positive', metavar='VALUE', help="With --data, a binary problem: the positive class (default: True, the larger number, "
+              "or the rarer text value).")
+@click.option('--segment', metavar='COLUMN', help='With --data: also make optional steps that train one model per value of this column.')
+@click.option('--metric', metavar='NAME', help="With --data: the gate's metric (default: roc_auc for binary, f1_macro for multiclass, rmse for regression; "
+              "also log_loss, accuracy, balanced_accuracy, f1, precision, recall, mae, r2).")
+def new(path: Path, name: str | None, force: bool, data: Path | None, label: str | None, keys: tuple, time: str | None,
+        problem: str | None, positive: str | None, segment: str | None, metric: str | None):
+    "Create a project at PATH: pipeline notebooks, package, contracts, CI workflow and data (the churn example, or your table with --data)."
+    from mlnb.scaffold import new_project, review
+    root = new_project(path, name=name, force=force, data=data, label=label, keys=keys, time=time, problem=problem,
+                       positive=positive, segment=segment, metric=metric)
+    if data is not None: click.echo(review(root))
+    click.echo(f"Created {root}\nNext:\n  cd {path}\n" + ("  nbdev-test\n" if data is not None else '') + "  mlnb run")
 
 # %% ../nbs/35_cli.ipynb #7f15f249
 @main.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, shutil, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
-from .bento import latest_build
+from .bento import check_served, latest_build
 from .config import ServeConfig
 from .errors import MlnbError
 from .project import Project, load_project
@@ -139,6 +139,7 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
+    check_served(bento) # settings that do not fit its model are refused, not alerted on
     absolute = lambda p: str(p) if '://' in str(p) or Path(p).is_absolute() else str(project.root / p)
     env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags), **exposure(cfg, host, insecure)}
     proc = launch(bento, host, port, env)
