@@ -63,6 +63,7 @@ class ServeConfig:
     segment_by: str | None = None # a request field: one Bento holds every segment's champion and routes each row by this field
     default_segment: str | None = None # the segment that answers a value with no champion (default: such a row is a 400)
     flags: str = '.mlnb/flags.json' # where `mlnb flag` keeps the flags `mlnb serve` reads (a deployment sets MLNB_FLAGS)
+    shutdown_grace_s: float = 30 # on SIGTERM or SIGINT, `mlnb serve` answers the requests in flight for at most this many seconds, then stops anyway
 
     def __post_init__(self):
         if not (isinstance(self.model, str) and self.model.isidentifier()):
@@ -87,6 +88,9 @@ class ServeConfig:
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                 raise UsageError(f"[tool.mlnb.serve] {k} must be a positive integer, not {v!r}.")
+        g = self.shutdown_grace_s
+        if not (isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g > 0):
+            raise UsageError(f"[tool.mlnb.serve] shutdown_grace_s must be a positive number of seconds (the default is 30), not {g!r}.")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ServeConfig:
