@@ -123,8 +123,8 @@ class ModelProcess:
             self.state['live']['events'] = {**events, **{k: None if events.get(k) is None else 0 for k in self.past}}
         self.past['written'] += found
         self.past['lost'] += lost
-        log.error('the model process stopped (exit code %s)%s; starting a new one', code,
-                  f': {lost} rows it had answered are not in the prediction log, counted as lost' if lost else '')
+        log.error('the model process stopped (exit code %s)%s%s', code, f': {lost} rows it had answered are not in the prediction log, '
+                  'counted as lost' if lost else '', '' if self.closing else '; starting a new one')
         if not self.closing:
             try: self._start()
             except Exception as e: log.error('%s', describe_error(e))
