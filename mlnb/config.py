@@ -65,6 +65,7 @@ class ServeConfig:
     flags: str = '.mlnb/flags.json' # where `mlnb flag` keeps the flags `mlnb serve` reads (a deployment sets MLNB_FLAGS)
     token_env: str = 'MLNB_TOKEN' # the name of the environment variable holding the bearer token (never the token itself)
     protect: tuple[str, ...] = ('/feedback',) # routes that need the token beyond loopback: '/feedback' always, '/predict' if listed
+    shutdown_grace_s: float = 30 # on SIGTERM or SIGINT, `mlnb serve` answers the requests in flight for at most this many seconds, then stops anyway
 
     def __post_init__(self):
         if not (isinstance(self.model, str) and self.model.isidentifier()):
@@ -97,6 +98,9 @@ class ServeConfig:
             raise UsageError(f"[tool.mlnb.serve] protect must list the routes that need the token, \"/feedback\" (always) and optionally "
                              f"\"/predict\", not {self.protect!r}. To serve without a token beyond loopback, use `mlnb serve --insecure`.")
         object.__setattr__(self, 'protect', tuple(dict.fromkeys(self.protect)))
+        g = self.shutdown_grace_s
+        if not (isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g > 0):
+            raise UsageError(f"[tool.mlnb.serve] shutdown_grace_s must be a positive number of seconds (the default is 30), not {g!r}.")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ServeConfig:

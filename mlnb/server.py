@@ -132,24 +132,80 @@ class Server:
     def __enter__(self): return self
     def __exit__(self, *exc): self.stop()
 
+def _port_in_use(host: str, port: int) -> bool:
+    "Whether a process listens on `port` of `host` (a port with only closed connections left is free, as for the server, which reuses addresses)."
+    with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try: s.bind((host, port))
+        except OSError: return True
+    return False
+
+def _adopt_orphans(on: bool = True):
+    "Make this process the one that adopts the orphans of what it started (Linux's child subreaper), so that it can stop them."
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, int(on)) # PR_SET_CHILD_SUBREAPER
+    except Exception: pass
+
+def _reap(keep: int | None = None):
+    "Collect the exit status of the children that ended (but `keep`'s, which its `Popen` collects), so none stays a zombie."
+    while True:
+        try: info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError: return
+        if info is None or info.si_pid == keep: return
+        try: os.waitpid(info.si_pid, 0)
+        except ChildProcessError: pass
+
+def _stop_adopted(grace: float):
+    "Wait up to `grace` seconds for the processes this one adopted to end (a worker whose server is gone stops by itself), then kill them."
+    deadline = time.monotonic() + grace
+    while True:
+        _reap()
+        left = _descendants(os.getpid())
+        if not left or time.monotonic() >= deadline: break
+        time.sleep(0.1)
+    now = _processes()
+    for pid, started in left:
+        if now.get(pid, (None, None))[1] == started:
+            try: os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError): pass
+    while _descendants(os.getpid()) and time.monotonic() < deadline + 5:
+        _reap(); time.sleep(0.05)
+
 def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3000, bento: str | None = None,
           insecure: bool = False, # beyond loopback, serve without the bearer token (see `exposure`)
          ) -> int:
-    "Serve the latest build (or `bento`) in the foreground until SIGINT, SIGTERM or SIGHUP; returns the server's exit code."
+    "Serve the latest build (or `bento`) in the foreground until SIGINT, SIGTERM or SIGHUP, then stop gracefully; returns the server's exit code."
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
     check_served(bento) # settings that do not fit its model are refused, not alerted on
+    if _port_in_use(host, port):
+        raise MlnbError(f"Port {port} on {host} is in use: another server (or what is left of one) listens there. "
+                        "Stop it, or serve on another port with --port.")
     absolute = lambda p: str(p) if '://' in str(p) or Path(p).is_absolute() else str(project.root / p)
-    env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags), **exposure(cfg, host, insecure)}
+    env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags),
+           'MLNB_SHUTDOWN_GRACE_S': str(cfg.shutdown_grace_s), **exposure(cfg, host, insecure)}
+    _adopt_orphans() # a worker left by a killed `bentoml serve` becomes this process's child: it is waited for, or stopped
     proc = launch(bento, host, port, env)
+    asked = []
     def forward(signum, frame):
-        try: os.killpg(proc.pid, signal.SIGTERM)
+        asked.append(time.monotonic())
+        try: os.killpg(proc.pid, signal.SIGTERM) # the arbiter stops its workers: each answers what is in flight, then ends
         except ProcessLookupError: pass
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try: return proc.wait()
+    try:
+        while True:
+            try: return proc.wait(0.5)
+            except subprocess.TimeoutExpired: _reap(keep=proc.pid)
+            if len(asked) > 1 or (asked and time.monotonic() - asked[0] > cfg.shutdown_grace_s + 10):
+                print('mlnb serve: stopping the server now' + (' (asked twice)' if len(asked) > 1 else
+                      f' (it did not stop within shutdown_grace_s = {cfg.shutdown_grace_s:g} s)'), file=sys.stderr)
+                stop_group(proc, grace=0)
     finally:
         stop_group(proc)
+        _stop_adopted(cfg.shutdown_grace_s + 5)
+        _adopt_orphans(False)
         for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/27_server.ipynb #f0b985f6

@@ -9,9 +9,9 @@ __all__ = ['log', 'JsonLinesLog', 'parse_kafka', 'KafkaLog', 'open_log', 'feedba
            'open_feedback_log', 'store_feedback']
 
 # %% ../../nbs/serving/04_logs.ipynb #a8e01396
-import datetime as _dt, logging, os, threading, time
+import datetime as _dt, fcntl, logging, os, re, threading, time
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .requests import describe_error, dumps
 
@@ -19,45 +19,134 @@ from .requests import describe_error, dumps
 log = logging.getLogger('mlnb.service')
 
 # %% ../../nbs/serving/04_logs.ipynb #2263b0d3
+_ROTATED = r'\.\d{4}-\d{2}-\d{2}\.\d+'
+
 class JsonLinesLog:
-    "Appends lines to a JSON-lines file, rotated by day and size; a failure to write is counted and logged, never raised."
+    "Appends whole lines to a JSON-lines file that several processes share, rotated by day and size; what cannot be written is counted and logged, never raised."
     def __init__(self, path: str | Path, # the current file; rotated files take its name with the date and a number
                  max_bytes: int = 256 * 1024 * 1024, # rotate when the file passes this size
                 ):
         self.path, self.max_bytes = Path(path), max_bytes
-        self.lock, self.file, self.day, self.failures, self.written = threading.Lock(), None, None, 0, 0
+        self.lock, self.fd = threading.Lock(), None
+        self.written, self.lost, self.failures, self.cut = 0, 0, 0, 0 # lines written, lines lost, failed writes, unfinished lines removed
 
     def _rotated_name(self, day: str) -> Path:
         n = 1
         while (p := self.path.with_name(f'{self.path.stem}.{day}.{n}{self.path.suffix}')).exists(): n += 1
         return p
 
-    def _open(self, today: str):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size:
-            old_day = _dt.datetime.fromtimestamp(self.path.stat().st_mtime, _dt.timezone.utc).strftime('%Y-%m-%d')
-            if old_day != today or self.path.stat().st_size >= self.max_bytes: os.replace(self.path, self._rotated_name(old_day))
-        self.file, self.day = open(self.path, 'a', encoding='utf-8'), today
+    def _close(self):
+        if self.fd is not None:
+            try: os.close(self.fd) # releases the lock too
+            except OSError: pass
+        self.fd = None
+
+    def _locked(self) -> tuple[int, int]:
+        "(descriptor, size) of the current file, locked (`flock`, exclusive): rotated first when due, without a line left unfinished."
+        while True:
+            if self.fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            st = os.fstat(self.fd)
+            try: current = os.stat(self.path).st_ino == st.st_ino # another process may have rotated it since we opened it
+            except FileNotFoundError: current = False
+            if current and st.st_size:
+                day = _dt.datetime.fromtimestamp(st.st_mtime, _dt.timezone.utc).strftime('%Y-%m-%d')
+                if day != time.strftime('%Y-%m-%d', time.gmtime()) or st.st_size >= self.max_bytes:
+                    os.replace(self.path, self._rotated_name(day))
+                    current = False
+            if current: break
+            self._close()
+        size = st.st_size
+        if size and os.pread(self.fd, 1, size - 1) != b'\n': size = self._cut(size)
+        return self.fd, size
+
+    def _cut(self, size: int) -> int:
+        "Remove the unfinished last line a writer stopped mid-write left (the next line would be glued onto it); returns the new size."
+        end, keep = size, 0
+        while end > 0:
+            start = max(0, end - 65536)
+            i = os.pread(self.fd, end - start, start).rfind(b'\n')
+            if i >= 0:
+                keep = start + i + 1
+                break
+            end = start
+        os.ftruncate(self.fd, keep)
+        self.cut += 1
+        log.warning('%s ended in an unfinished line of %d bytes, left by a process stopped while writing it: removed', self.path, size - keep)
+        return keep
 
     def write(self, text: str) -> bool:
-        "Append `text` (whole lines); returns whether it was written."
+        "Append `text` (whole lines) in one piece; returns whether it was written (if not, none of it is in the file)."
         if not text: return True
-        try:
-            with self.lock:
-                today = time.strftime('%Y-%m-%d', time.gmtime())
-                if self.file is not None and (self.day != today or self.file.tell() >= self.max_bytes):
-                    self.file.close(); self.file = None
-                if self.file is None: self._open(today)
-                self.file.write(text)
-                self.file.flush()
-                self.written += text.count('\n')
-            return True
-        except Exception as e:
-            self.file = None
-            self.failures += 1
-            if self.failures == 1 or self.failures % 1000 == 0:
-                log.warning('could not write the prediction log %s (%d failures): %s', self.path, self.failures, describe_error(e))
-            return False
+        data, n = text.encode(), text.count('\n')
+        with self.lock:
+            try:
+                fd, start = self._locked()
+                try:
+                    left = memoryview(data)
+                    while left: left = left[os.write(fd, left):]
+                except BaseException:
+                    try: os.ftruncate(fd, start) # a part written (say, before the disk filled up) is taken back
+                    except OSError: pass
+                    raise
+                finally: fcntl.flock(fd, fcntl.LOCK_UN)
+                self.written += n
+                return True
+            except Exception as e:
+                self._close()
+                self.failures += 1
+                self.lost += n
+                if self.failures == 1 or self.failures % 1000 == 0:
+                    log.warning('could not write the prediction log %s (%d failures, %d lines lost): %s', self.path, self.failures, self.lost, describe_error(e))
+                return False
+
+    def repair(self):
+        "Remove a line left unfinished by a writer killed mid-write (and rotate the file if due), without writing."
+        with self.lock:
+            try: fcntl.flock(self._locked()[0], fcntl.LOCK_UN)
+            except Exception as e:
+                self._close()
+                log.warning('could not open the prediction log %s: %s', self.path, describe_error(e))
+
+    def mark(self) -> tuple:
+        "Where the file ends now, (device, inode, size, time): what `recount` starts from."
+        try: st = os.stat(self.path)
+        except OSError: return (None, None, 0, time.time())
+        return (st.st_dev, st.st_ino, st.st_size, time.time())
+
+    def recount(self, mark: tuple, # from `mark`, taken before the lines were written
+                ids: Iterable[str], # request ids (without the row number)
+               ) -> int:
+        "After a writer died: remove a line it left unfinished, and count the rows of requests `ids` logged since `mark` (in this file or one rotated since)."
+        dev, ino, size, t = mark
+        want, seen = {i.encode() for i in ids}, set()
+        with self.lock:
+            fd, _ = self._locked()
+            try:
+                pattern = re.compile(re.escape(self.path.stem) + _ROTATED + re.escape(self.path.suffix))
+                for p in [self.path, *(p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name))]:
+                    try: st = p.stat()
+                    except OSError: continue
+                    if (st.st_dev, st.st_ino) == (dev, ino): start = size
+                    elif st.st_mtime >= t - 1: start = 0 # a file begun after the mark (the log was rotated)
+                    else: continue
+                    with open(p, 'rb') as f:
+                        f.seek(start)
+                        rest = b''
+                        for chunk in iter(lambda: f.read(1 << 20), b''):
+                            *lines, rest = (rest + chunk).split(b'\n')
+                            for line in lines: # a shadow prediction repeats its row's id: each id counts once
+                                if line.startswith(b'{"request_id":"'):
+                                    rid = line[15:line.find(b'"', 15)]
+                                    if rid.rpartition(b'-')[0] in want: seen.add(rid)
+            finally: fcntl.flock(fd, fcntl.LOCK_UN)
+        return len(seen)
+
+    def close(self):
+        "Close the file."
+        with self.lock: self._close()
 
 # %% ../../nbs/serving/04_logs.ipynb #a970f1f1
 def parse_kafka(url: str) -> tuple[str, str]:
@@ -113,6 +202,15 @@ class KafkaLog:
         self.written += len(lines)
         if wait is None: return self.undelivered == before
         return self.producer.flush(wait) == 0 and self.undelivered == before
+
+    @property
+    def lost(self) -> int:
+        "Events that could not be delivered."
+        return self.undelivered
+
+    def close(self, wait: float = 10):
+        "Wait up to `wait` seconds for the events queued to be delivered."
+        self.producer.flush(wait)
 
 def open_log(where: str | Path | None, # a file path or a kafka:// URL
              max_bytes: int, # rotation size of a file

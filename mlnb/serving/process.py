@@ -8,13 +8,13 @@ Docs: https://mlnb.github.io/mlnb/api/serving/process.html.md"""
 __all__ = ['log', 'load_function', 'model_process', 'ModelProcess']
 
 # %% ../../nbs/serving/06_process.ipynb #9091d657
-import gc, importlib, json, logging, os, threading
+import gc, importlib, json, logging, os, subprocess, threading, uuid
 from pathlib import Path
 from typing import Callable, Mapping
 
 from .requests import describe_error, dumps
 from .batching import Batcher
-from .logs import log_path, open_feedback_log, store_feedback
+from .logs import JsonLinesLog, log_path, open_feedback_log, store_feedback
 from .runtime import Runtime
 
 # %% ../../nbs/serving/06_process.ipynb #67d3eea8
@@ -43,25 +43,27 @@ def model_process(fd: int, # the process's end of the socket pair
         rt = Runtime(config, {name: joblib.load(f) for name, f in s['models'].items()}, transform, fallback=fallback)
     except BaseException as e:
         conn.send(('failed', describe_error(e))); return
+    if isinstance(rt.log, JsonLinesLog): rt.log.repair() # a line left unfinished by a process killed while writing, if nobody wrote since
     gc.freeze() # what is loaded now lives as long as the process: keep it out of the collector's scans (BENCHMARKS.md)
     gc.set_threshold(50_000, 20, 20)
     conn.send(('ready', rt.state()))
-    while True:
-        try: msg = conn.recv()
-        except (EOFError, OSError):
-            if rt.shadow is not None and not rt.shadow.drain(): log.warning('stopping with %d shadow predictions not made', rt.shadow.pending)
-            return
-        if msg == 'state':
-            conn.send(('state', rt.state())); continue
-        try: results = rt._work(msg)
-        except Exception as e:
-            conn.send(('failed', describe_error(e))); continue
-        conn.send(('done', [r[:2] for r in results], rt.state()))
-        try: rt._after(msg, results) # the log, after the answers are on their way
-        except Exception as e: log.warning('writing the prediction log failed: %s', describe_error(e))
+    try:
+        while True:
+            try: msg = conn.recv()
+            except EOFError: break # the server closed the socket: it stops
+            if msg == 'state':
+                conn.send(('state', rt.state())); continue
+            try: results = rt._work(msg)
+            except Exception as e:
+                conn.send(('failed', describe_error(e))); continue
+            conn.send(('done', [r[:2] for r in results], rt.state()))
+            try: rt._after(msg, results) # the log, after the answers are on their way
+            except Exception as e: log.warning('writing the prediction log failed: %s', describe_error(e))
+    except OSError: pass # the server is gone: what it could not send on was answered to nobody, and is not logged
+    rt.close()
 
 class ModelProcess:
-    "The server's side of the model process: batches requests, sends them to the process, restarts it when it dies."
+    "The server's side of the model process: batches requests, sends them to the process, restarts it when it dies, and counts what a dead one answered but had not logged."
     def __init__(self, config: dict, # the service settings
                  config_path: str | Path, # where they are (the process reads them)
                  models: Mapping[str, str], # variant -> model file
@@ -69,15 +71,20 @@ class ModelProcess:
                 ):
         self.config, self.module = config, module
         self.spec = json.dumps({'config': str(config_path), 'models': {k: str(v) for k, v in models.items()}})
-        self.lock, self.proc, self.state, self.starts = threading.Lock(), None, {}, 0
+        self.lock, self.proc, self.state, self.starts, self.closing = threading.Lock(), None, {}, 0, False
         self.batch_rows = None # a histogram of rows per call, when the server has metrics
-        self.gauges = None # (share, mean, breached, undelivered) Prometheus gauges, when the server has metrics
+        self.gauges = None # (share, mean, breached, undelivered, lost) Prometheus gauges, when the server has metrics
+        where = log_path(config)
+        # the prediction log as this side reads it after a model process died (a Kafka topic cannot be read back)
+        self.events = JsonLinesLog(where, config.get('log_max_bytes', 256 * 1024 * 1024)) if where and not str(where).startswith('kafka://') else None
+        self.pending = None # (log mark, {request id: rows}) of the last batch answered, until the process's next reply
+        self.past = {'written': 0, 'lost': 0, 'delivered': 0, 'undelivered': 0} # what the model processes that died wrote and lost
         self._start()
-        self.feedback_log = open_feedback_log(config, log_path(config))
+        self.feedback_log = open_feedback_log(config, where)
         self.batcher = Batcher(self._work, config.get('max_batch_size', 1024), after=self._after, observe=self._observe)
 
     def _start(self):
-        import socket, subprocess, sys
+        import socket, sys
         from multiprocessing.connection import Connection
         mine, theirs = socket.socketpair()
         env = {**os.environ, 'PYTHONPATH': os.pathsep.join(p for p in sys.path if p)} # this process's imports: the Bento's code
@@ -91,25 +98,61 @@ class ModelProcess:
             self.proc.kill()
             raise RuntimeError(f'The model process could not load the models: {info}')
         self.state = info
+        threading.Thread(target=self._watch, args=(self.proc,), name='mlnb-model-process', daemon=True).start()
 
-    def _call(self, msg):
+    def _watch(self, proc: subprocess.Popen):
+        "Wait for `proc` to end; if it died on its own, account for it and start a new one."
+        proc.wait()
         with self.lock:
-            self.conn.send(msg)
-            return self.conn.recv()
+            if proc is self.proc and not self.closing: self._died()
 
-    def _work(self, payloads: list) -> list[tuple]:
-        plain = [([tuple(r.__dict__.values()) for r in rows], variant) for rows, variant in payloads]
-        try: kind, *rest = self._call(plain)
-        except (EOFError, OSError):
-            code = self.proc.wait()
-            log.error('the model process stopped (exit code %s); starting a new one', code)
-            body = dumps({'error': f'The model process stopped (exit code {code}) while predicting this request, and is being '
-                                    'restarted; nothing was predicted. Send the request again.'}).encode()
+    def _died(self) -> int:
+        "With the lock held, after the model process died: count the rows it answered and did not log, start a new one; returns its exit code."
+        code, found, lost = self.proc.wait(), 0, 0
+        if self.pending is not None:
+            mark, answered = self.pending
+            if self.events is not None:
+                try: found = self.events.recount(mark, answered)
+                except Exception as e: log.warning('could not read the prediction log %s back: %s', self.events.path, describe_error(e))
+            lost, self.pending = sum(answered.values()) - found, None
+        events = (self.state.get('live') or {}).get('events')
+        if events:
+            if events.get('delivered') is not None: # Kafka: what was neither acknowledged nor counted went with the process
+                lost += max(0, events['written'] - events['delivered'] - events['undelivered'])
+            for k in self.past: self.past[k] += events.get(k) or 0
+            self.state['live']['events'] = {**events, **{k: None if events.get(k) is None else 0 for k in self.past}}
+        self.past['written'] += found
+        self.past['lost'] += lost
+        log.error('the model process stopped (exit code %s)%s%s', code, f': {lost} rows it had answered are not in the prediction log, '
+                  'counted as lost' if lost else '', '' if self.closing else '; starting a new one')
+        if not self.closing:
             try: self._start()
             except Exception as e: log.error('%s', describe_error(e))
-            return [(503, body)] * len(payloads)
-        if kind == 'failed': raise RuntimeError(rest[0])
-        results, self.state = rest
+        self.export()
+        return code
+
+    def _call(self, msg):
+        "Send `msg` and return the process's reply (with the lock held); a reply means it logged the batch before."
+        self.conn.send(msg)
+        reply = self.conn.recv()
+        self.pending = None
+        return reply
+
+    def _work(self, payloads: list) -> list[tuple]:
+        ids = [uuid.uuid4().hex[:20] for _ in payloads]
+        plain = [([tuple(r.__dict__.values()) for r in rows], variant, rid) for (rows, variant), rid in zip(payloads, ids)]
+        with self.lock:
+            mark = self.events.mark() if self.events is not None else None
+            try: kind, *rest = self._call(plain)
+            except (EOFError, OSError):
+                code = self._died()
+                body = dumps({'error': f'The model process stopped (exit code {code}) while predicting this request, and is being '
+                                        'restarted; nothing was predicted. Send the request again.'}).encode()
+                return [(503, body)] * len(payloads)
+            if kind == 'failed': raise RuntimeError(rest[0])
+            results, self.state = rest
+            answered = {rid: len(rows) for rid, (rows, _), (status, _) in zip(ids, payloads, results) if status == 200}
+            if answered: self.pending = (mark, answered)
         return results
 
     async def predict(self, rows: list, # validated rows
@@ -119,38 +162,47 @@ class ModelProcess:
         return await self.batcher.submit((rows, variant), len(rows))
 
     def live(self) -> dict:
-        "The model process's `Runtime.live`: asked now when no batch is under way, else as of the last batch."
+        "The model process's `Runtime.live` (asked now when no batch is under way, else as of the last batch), with what the processes before it logged and lost."
         if self.lock.acquire(blocking=False):
-            try:
-                self.conn.send('state')
-                self.state = self.conn.recv()[1]
-            except (EOFError, OSError): pass
+            try: self.state = self._call('state')[1]
+            except (EOFError, OSError): pass # it died: its thread is starting a new one
             finally: self.lock.release()
-            self._export()
-        return self.state['live']
+            self.export()
+        return self._live()
+
+    def _live(self) -> dict:
+        live = dict(self.state.get('live') or {})
+        if events := live.get('events'):
+            live['events'] = {**events, **{k: (events.get(k) or 0) + v for k, v in self.past.items() if events.get(k) is not None or v}}
+        return {**live, 'model_process': {'starts': self.starts}}
 
     def feedback(self, items: list) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
         return store_feedback(self.feedback_log, items)
 
-    def close(self):
-        "Stop the model process."
-        self.conn.close()
-        try: self.proc.wait(10)
-        except Exception: self.proc.kill()
+    def close(self, timeout: float = 30, # seconds the process has to finish its log before it is killed
+             ):
+        "Stop the model process after the batch under way: it writes the log of what it answered, then ends."
+        with self.lock:
+            self.closing = True
+            self.conn.close()
+        try: self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill(); self.proc.wait()
 
     def _observe(self, n: int):
         if self.batch_rows is not None: self.batch_rows.observe(n)
 
-    def _after(self, payloads, results): self._export()
+    def _after(self, payloads, results): self.export()
 
-    def _export(self):
-        "Set the Prometheus gauges: the action limits' rates and breaches, and the events Kafka could not take."
+    def export(self):
+        "Set the Prometheus gauges: the action limits' rates and breaches, the events Kafka could not take, the rows lost to the log."
         if self.gauges is None: return
-        share, mean, breached, undelivered = self.gauges
-        cur, broken = self.state['rates'], self.state['broken']
+        share, mean, breached, undelivered, lost = self.gauges
+        cur, broken = self.state.get('rates') or {}, self.state.get('broken') or {}
         for k, v in cur.get('share', {}).items(): share.labels(label=k).set(v)
         if cur.get('mean') is not None: mean.set(cur['mean'])
         for name in (self.config.get('monitor') or {}).get('action_limits') or {}: breached.labels(limit=str(name)).set(1 if str(name) in broken else 0)
-        events = self.state['live'].get('events') or {}
+        events = self._live().get('events') or {}
         if events.get('delivered') is not None: undelivered.set(events.get('undelivered') or 0)
+        if events: lost.set(events.get('lost') or 0)

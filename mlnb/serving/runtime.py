@@ -15,7 +15,7 @@ from .requests import dumps, each_json, to_frame
 from .predict import Fallback, Predictor
 from .batching import Batcher
 from .rollout import Flag, Rates, Shadow, route, run_alert
-from .logs import JsonLinesLog, log_path, open_feedback_log, open_log, store_feedback
+from .logs import JsonLinesLog, log, log_path, open_feedback_log, open_log, store_feedback
 
 if TYPE_CHECKING: import numpy as np, pandas as pd
 
@@ -61,7 +61,7 @@ class Runtime:
                       variant: str | None = None, # the variant that must answer (default: as routed)
                      ) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for one request of validated rows."
-        status, body, *_ = await self.batcher.submit((rows, variant), len(rows))
+        status, body, *_ = await self.batcher.submit((rows, variant, None), len(rows))
         return status, body
 
     def _answer(self, frame: 'pd.DataFrame', names: 'np.ndarray') -> tuple[list, dict, list]:
@@ -104,17 +104,18 @@ class Runtime:
         self.tripped = bool(broken)
         return self.tripped
 
-    def _work(self, payloads: list) -> list[tuple]:
-        frame = to_frame([r for rows, _ in payloads for r in rows], self.fields)
-        rids = [f'{rid}-{n}' for rows, _ in payloads for rid in [uuid.uuid4().hex[:20]] for n in range(len(rows))]
+    def _work(self, payloads: list, # (rows, the variant that must answer or None, the request's id or None: one is made)
+             ) -> list[tuple]:
+        frame = to_frame([r for rows, *_ in payloads for r in rows], self.fields)
+        rids = [f'{rid}-{n}' for rows, _, given in payloads for rid in [given or uuid.uuid4().hex[:20]] for n in range(len(rows))]
         names = route(frame, self.config, rids)
         start = 0
-        for rows, forced in payloads:
+        for rows, forced, _ in payloads:
             if forced is not None: names[start:start + len(rows)] = forced
             start += len(rows)
         out, errors, models = self._answer(frame, names)
         results, start, counted = [], 0, []
-        for rows, _ in payloads:
+        for rows, *_ in payloads:
             end = start + len(rows)
             bad = {i - start: e for i, e in errors.items() if start <= i < end} if errors else None
             if bad: results.append((422, _rejected(bad, len(rows)), None, None))
@@ -167,7 +168,7 @@ class Runtime:
                              'flag': bool(flag.get('on')), 'flag_reason': flag.get('reason'),
                              'on_action_limit': self.limit_fallback, 'action_limit_broken': self.tripped},
                 'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped},
-                'events': None if self.log is None else {'log': str(self.log.path), 'written': self.log.written,
+                'events': None if self.log is None else {'log': str(self.log.path), 'written': self.log.written, 'lost': self.log.lost,
                                                          'delivered': getattr(self.log, 'delivered', None),
                                                          'undelivered': getattr(self.log, 'undelivered', self.log.failures)}}
 
@@ -178,3 +179,8 @@ class Runtime:
     def feedback(self, items: list) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
         return store_feedback(self.feedback_log, items)
+
+    def close(self):
+        "Make the shadow predictions still waiting, and hand what the logs hold to their file or topic."
+        if self.shadow is not None and not self.shadow.drain(): log.warning('stopping with %d shadow predictions not made', self.shadow.pending)
+        for lg in {id(x): x for x in (self.log, self.feedback_log) if x is not None}.values(): lg.close()
