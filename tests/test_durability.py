@@ -46,6 +46,16 @@ def _tree(root):
     return roles
 
 
+def _model_process(root, killed=None, seconds=60):
+    "The pid of the model process under `root`, once there is one other than `killed`."
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        pid = _tree(root).get('model process')
+        if pid is not None and pid != killed: return pid
+        time.sleep(0.05)
+    pytest.fail(f'no model process under {root} within {seconds} s of the last kill')
+
+
 def _living(family):
     "The processes of `family` ((pid, start time) pairs) still running (not gone, not zombies)."
     out = []
@@ -148,14 +158,15 @@ def test_killed_model_processes_lose_no_answered_row_silently(served, tmp_path):
                         if r.status_code == 200: answered.append([a['request_id'] for a in r.json()])
         clients = [threading.Thread(target=client) for _ in range(6)]
         for t in clients: t.start()
-        rnd, kills = random.Random(22), 0
+        rnd, kills, killed = random.Random(22), 0, None
         while kills < 8:
+            model = _model_process(srv.proc.pid, killed)  # answers to requests in flight at a kill may arrive before it is back
             seen = len(answered)
             deadline = time.time() + 60
-            while len(answered) < seen + 2 and time.time() < deadline: time.sleep(0.01)  # the model process answers again
+            while len(answered) < seen + 2 and time.time() < deadline: time.sleep(0.01)  # the new model process answers
             time.sleep(rnd.uniform(0, 0.4))  # anywhere in its cycle: predicting, answering, writing the log
-            os.kill(_tree(srv.proc.pid)['model process'], signal.SIGKILL)
-            kills += 1
+            os.kill(model, signal.SIGKILL)
+            kills, killed = kills + 1, model
         deadline = time.time() + 60
         while len(answered) < seen + 4 and time.time() < deadline: time.sleep(0.05)
         stop.set()
