@@ -18,7 +18,7 @@ from .artifacts import is_ref
 from .champions import settle_gates
 from .config import GateConfig
 from .engines import kernel_pool, kernels, papermill_engine
-from .errors import MlnbError, ParameterError, StepFailed
+from .errors import MlnbError, ParameterError, StepFailed, StoreError
 from .executors import LazyExecutor, execute_step, executor_spec, start_executor
 from .export import ensure_exported, package_hash
 from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, step_context, step_parts
@@ -290,8 +290,8 @@ class RunState:
     def abort(self, e: BaseException) -> list[dict]:
         "End a run that stopped (an exception, Ctrl+C, SIGTERM): its running steps and the run failed, no gate decision applied."
         def within(db):
-            db.execute("update steps set status='failed', error=? where run_id=? and status='running'",
-                       (json.dumps({'reason': f'the run stopped: {type(e).__name__}: {e}'}), self.run_id))
+            db.run("update steps set status='failed', error=:error where run_id=:run_id and status='running'",
+                   error=json.dumps({'reason': f'the run stopped: {type(e).__name__}: {e}'}), run_id=self.run_id)
             return settle_gates(db, self.run_id, False)
         return self.led.finish_run(self.run_id, 'failed', f'{type(e).__name__}: {e}', within=within)
 
@@ -370,7 +370,9 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         result.alert = _guard_alert(project, run_id, result)
         return result
     except BaseException as e:
-        run.abort(e)
+        try: run.abort(e)
+        except StoreError: pass # the store went away: the run stays unfinished there (then shown as killed) and promoted nothing
+        if isinstance(e, StoreError): raise StoreError(f"Run {run_id} stopped: {e}", **e.fields) from None
         raise
     finally:
         stop_kernels(); _restore_sigterm(old_term)

@@ -1,5 +1,5 @@
 """Shared fixtures: scaffolded projects and helpers to run the real command-line tools."""
-import json, os, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import pytest
@@ -131,3 +131,19 @@ def ported(ported_template, tmp_path):
     dest = tmp_path / ported_template.name
     shutil.copytree(ported_template, dest, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
     return dest
+
+
+@pytest.fixture(scope='session')
+def postgres():
+    "A throwaway PostgreSQL cluster for the session: initdb in a temporary folder, a free loopback port, a role with a password (PGPASSWORD)."
+    from postgres import Cluster, bindir
+    if bindir() is None: pytest.skip('PostgreSQL is not installed (Debian: apt-get install postgresql, as .ci/run does)')
+    try: import psycopg  # noqa: F401
+    except ImportError: pytest.skip('the PostgreSQL client is not installed: pip install "mlnb[team]"')
+    if os.geteuid() == 0 and (shutil.which('runuser') is None or subprocess.run(['id', 'postgres'], capture_output=True).returncode):
+        pytest.skip("PostgreSQL refuses to run as root, and there is no 'postgres' user (or runuser) to run it as")
+    base = Path(tempfile.mkdtemp(prefix='mlnb-pg-'))  # not under pytest's folder: the 'postgres' user must reach it
+    cluster = Cluster(base).start().setup_role()
+    yield cluster
+    try: cluster.stop()
+    finally: shutil.rmtree(base, ignore_errors=True)
