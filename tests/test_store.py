@@ -1,5 +1,5 @@
 """A team's store: the ledger in PostgreSQL shared by two clones, migrations, promotion across machines, the store going away, no password anywhere."""
-import json, os, secrets, shutil, sqlite3, subprocess, tempfile, time
+import json, os, secrets, shutil, sqlite3, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import nbformat
@@ -115,6 +115,29 @@ def test_migrations_of_a_team_store_are_explicit_and_checked_at_start(postgres, 
     assert r.returncode == 2 and 'PGPASSWORD' in r.stderr and postgres.password not in r.stderr and 'mlnb:***@' in r.stderr, r.stderr
 
 
+def test_a_teams_flags_live_in_the_store_and_reach_every_server(postgres, tmp_path, monkeypatch):
+    url = postgres.new_database()
+    a, b = tiny(tmp_path / 'a', url), tiny(tmp_path / 'b', url)
+    env = postgres.env
+    mlnb('store', 'upgrade', cwd=a, env=env)
+    mlnb('flag', 'fallback', 'on', '--reason', 'model down', '--file', a / 'flags.json', cwd=a, env=env)
+    # another machine sees the team's flag before its own file does, and writes it there with --sync
+    shown = _json('flag', '--file', b / 'flags.json', cwd=b, env=env)
+    assert (shown['fallback']['on'], shown['fallback']['reason']) == (True, 'model down') and not (b / 'flags.json').exists()
+    mlnb('flag', '--sync', '--file', b / 'flags.json', cwd=b, env=env)
+    assert json.loads((b / 'flags.json').read_text())['fallback'] == shown['fallback']
+    # what `mlnb serve` does every two seconds: the file beside a server follows the store
+    from mlnb.flags import follow_flags
+    monkeypatch.setenv('PGPASSWORD', postgres.password)
+    follow = follow_flags(b, b / 'served.json', every=0)
+    assert json.loads((b / 'served.json').read_text())['fallback']['on'] is True
+    mlnb('flag', 'fallback', 'off', '--file', a / 'flags.json', cwd=a, env=env)
+    follow()
+    assert json.loads((b / 'served.json').read_text())['fallback']['on'] is False
+    r = mlnb('flag', '--sync', '--file', 'x.json', cwd=tiny(tmp_path / 'solo'), env=env, check=False) # a project's own SQLite file: its file is the truth
+    assert r.returncode == 2 and "this project's flags are its file's" in r.stderr, r.stderr
+
+
 def test_two_machines_gating_at_once_promote_exactly_one(postgres, tmp_path):
     url = postgres.new_database()
     a, b = tiny(tmp_path / 'a', url), tiny(tmp_path / 'b', url)
@@ -144,6 +167,40 @@ def test_two_machines_gating_at_once_promote_exactly_one(postgres, tmp_path):
     hist = _json('history', 'm', cwd=b, env=postgres.env)
     assert [h['previous'] for h in hist][1:] == [h['tag'] for h in hist][:-1] # one chain: each change starts from the champion before it
     assert hist[-1]['tag'] == 'm:v2'
+
+
+def test_write_transactions_of_two_machines_follow_one_another_and_a_killed_one_leaves_nothing(postgres):
+    import threading
+    from mlnb.champions import current_champion, move_champion
+    from mlnb.store import Store
+    db = 'tx_' + secrets.token_hex(4)
+    postgres.new_database(db)
+    url = postgres.url(db, password=True)
+    Store(url, check=False).upgrade()
+    first, second = Store(url), Store(url) # two connections, as two machines have
+    seen = threading.Event()
+    def promote():
+        with first.tx() as tx:
+            current = current_champion(tx, 'm')
+            seen.set()
+            time.sleep(1.0) # the other machine's compare-and-set comes now, and must wait for this one
+            move_champion(tx, 'm:v1', 'gate', 'first', None, current)
+    t = threading.Thread(target=promote)
+    t.start()
+    assert seen.wait(30)
+    with second.tx() as tx:
+        current = current_champion(tx, 'm')
+        if current is None: move_champion(tx, 'm:v2', 'gate', 'second', None, current)
+    t.join()
+    assert current == 'm:v1' and [r['tag'] for r in second.all('select tag from champions order by seq')] == ['m:v1']
+    # a process killed in the middle of its transaction changes nothing, and the lock it held is free again
+    code = ('import sys, time\nfrom mlnb.champions import move_champion\nfrom mlnb.store import Store\n'
+            'with Store(sys.argv[1]).tx() as tx:\n    move_champion(tx, "m:v9", "gate", "killed", None, "m:v1")\n'
+            '    print("inside", flush=True)\n    time.sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', code, url], stdout=subprocess.PIPE, text=True)
+    try: assert proc.stdout.readline().strip() == 'inside'
+    finally: proc.kill(); proc.wait()
+    with second.tx() as tx: assert current_champion(tx, 'm') == 'm:v1'
 
 
 def test_the_store_going_away_mid_run_fails_that_run_and_the_next_completes(tmp_path):
