@@ -267,9 +267,10 @@ class Store(Tx):
         import mlnb.migrations
         where = str(Path(mlnb.migrations.__file__).parent)
         script = ScriptDirectory(where, version_locations=[where])
-        with self.tx() as tx:
+        with self.tx() as tx: # under the write lock: two machines upgrading at once apply each revision once
             before = self._do(lambda: tx._conn.exec_driver_sql('select version_num from alembic_version').scalar()
                               if _sqlalchemy().inspect(tx._conn).has_table('alembic_version') else None)
+            after = before
             if before is not None and before not in REVISIONS:
                 raise StoreError(f"The store {self.shown} has schema revision {before}, made by a newer mlnb than this one ({_version()}). "
                                  "Upgrade mlnb (pip install -U mlnb); a store is never taken back to an older schema.", store=self.shown)
@@ -277,8 +278,9 @@ class Store(Tx):
                 with EnvironmentContext(Config(), script, fn=lambda rev, ctx: script._upgrade_revs(to, rev), destination_rev=to) as env:
                     env.configure(connection=tx._conn)
                     self._do(env.run_migrations)
-        if self.kind == 'postgresql' and to == HEAD: _READY.add(self.url)
-        return before, to if before is None or REVISIONS.index(before) < REVISIONS.index(to) else before
+                after = to
+        if self.kind == 'postgresql' and after == HEAD: _READY.add(self.url)
+        return before, after
 
 def _version() -> str:
     "This mlnb's version, as the messages name it."

@@ -22,6 +22,15 @@ def mlnb(*args, cwd, check=True, env=None, timeout=600):
     return run([MLNB, *map(str, args)], cwd=cwd, check=check, env=env, timeout=timeout)
 
 
+def step_notebook(path, params, body):
+    "Write a step notebook: a `parameters` cell and a body cell."
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={'tags': ['parameters']}),
+                                         nbformat.v4.new_code_cell(body)])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, path)
+
+
 def git_snapshot(root):
     "Commit everything in `root` so later changes show in `git status`."
     g = ['git', '-c', 'user.email=ci@mlnb.invalid', '-c', 'user.name=ci']
@@ -133,9 +142,8 @@ def ported(ported_template, tmp_path):
     return dest
 
 
-@pytest.fixture(scope='session')
-def postgres():
-    "A throwaway PostgreSQL cluster for the session: initdb in a temporary folder, a free loopback port, a role with a password (PGPASSWORD)."
+def postgres_cluster():
+    "A throwaway PostgreSQL cluster, started (stop it with `.stop()`, remove `.base`); the test is skipped, saying why, when it cannot be had."
     from postgres import Cluster, bindir
     if bindir() is None: pytest.skip('PostgreSQL is not installed (Debian: apt-get install postgresql, as .ci/run does)')
     try: import psycopg  # noqa: F401
@@ -143,7 +151,16 @@ def postgres():
     if os.geteuid() == 0 and (shutil.which('runuser') is None or subprocess.run(['id', 'postgres'], capture_output=True).returncode):
         pytest.skip("PostgreSQL refuses to run as root, and there is no 'postgres' user (or runuser) to run it as")
     base = Path(tempfile.mkdtemp(prefix='mlnb-pg-'))  # not under pytest's folder: the 'postgres' user must reach it
-    cluster = Cluster(base).start().setup_role()
+    try: return Cluster(base).start().setup_role()
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+
+
+@pytest.fixture(scope='session')
+def postgres():
+    "A throwaway PostgreSQL cluster for the session: initdb in a temporary folder, a free loopback port, a role with a password (PGPASSWORD)."
+    cluster = postgres_cluster()
     yield cluster
     try: cluster.stop()
-    finally: shutil.rmtree(base, ignore_errors=True)
+    finally: shutil.rmtree(cluster.base, ignore_errors=True)

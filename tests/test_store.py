@@ -1,22 +1,11 @@
 """A team's store: the ledger in PostgreSQL shared by two clones, migrations, promotion across machines, the store going away, no password anywhere."""
-import json, os, secrets, shutil, sqlite3, subprocess, sys, tempfile, time
+import json, os, secrets, shutil, sqlite3, subprocess, sys, time
 from pathlib import Path
 
-import nbformat
-import pytest
-
-from conftest import MLNB, mlnb
+from conftest import MLNB, mlnb, postgres_cluster, step_notebook as _notebook
 
 HERE = Path(__file__).parent
 WORSE = ['-p', 'n_estimators=3', '-p', 'max_depth=2']
-
-
-def _notebook(path, params, body):
-    "Write a step notebook: a `parameters` cell and a body cell."
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={'tags': ['parameters']}),
-                                         nbformat.v4.new_code_cell(body)])
-    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    nbformat.write(nb, path)
 
 
 def tiny(root, store=None):
@@ -204,10 +193,7 @@ def test_write_transactions_of_two_machines_follow_one_another_and_a_killed_one_
 
 
 def test_the_store_going_away_mid_run_fails_that_run_and_the_next_completes(tmp_path):
-    from postgres import Cluster, bindir
-    if bindir() is None: pytest.skip('PostgreSQL is not installed (Debian: apt-get install postgresql, as .ci/run does)')
-    base = Path(tempfile.mkdtemp(prefix='mlnb-pg-'))
-    cluster = Cluster(base).start().setup_role() # a server of this test's own: it is stopped in the middle of a run
+    cluster = postgres_cluster() # a server of this test's own: it is stopped in the middle of a run
     try:
         db = 'faults'
         cluster.new_database(db)
@@ -242,7 +228,7 @@ def test_the_store_going_away_mid_run_fails_that_run_and_the_next_completes(tmp_
     finally:
         try: cluster.stop('immediate')
         except subprocess.CalledProcessError: pass
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(cluster.base, ignore_errors=True)
 
 
 def test_the_scaffold_in_two_clones_shares_one_team_store_and_writes_no_password(postgres, scaffold_template, tmp_path):
