@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/store.html.md"""
 
 # %% ../nbs/06b_store.ipynb #8e223956
 from __future__ import annotations
-import os, sqlite3, threading
+import os, sqlite3, sys, threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,24 +92,13 @@ def _forget_engines():
 os.register_at_fork(after_in_child=_forget_engines)
 
 def _sqlalchemy():
-    "SQLAlchemy, imported when a store is first opened (not by `import mlnb`)."
+    "SQLAlchemy, imported when a PostgreSQL store is opened or a schema migrated (not by `import mlnb`, nor for a SQLite ledger's queries)."
     import sqlalchemy
     return sqlalchemy
 
-def _engine(url: str, kind: str):
-    "A SQLAlchemy engine for `url`: one per SQLite store (closed with it); one per PostgreSQL address and process."
+def _pg_engine(url: str):
+    "The SQLAlchemy engine (psycopg 3) for the PostgreSQL store at `url`: one per address and process."
     sa = _sqlalchemy()
-    if kind == 'sqlite':
-        eng = sa.create_engine(url, hide_parameters=True, connect_args={'timeout': 60, 'check_same_thread': False})
-        @sa.event.listens_for(eng, 'connect')
-        def _connect(dbapi, record):
-            dbapi.isolation_level = None # no implicit transactions: tx() says BEGIN IMMEDIATE itself
-            dbapi.execute('pragma busy_timeout = 60000')
-            dbapi.execute('pragma journal_mode = wal')
-        @sa.event.listens_for(eng, 'begin')
-        def _begin(conn):
-            if conn.get_execution_options().get('mlnb_write'): conn.exec_driver_sql('BEGIN IMMEDIATE')
-        return eng
     with _GUARD:
         if url not in _ENGINES:
             try: import psycopg # noqa: F401 (the driver)
@@ -117,7 +106,9 @@ def _engine(url: str, kind: str):
                 raise StoreError(f"The store {masked(url)} is a PostgreSQL database, and its client is not installed: "
                                  'pip install "mlnb[team]"') from None
             u = sa.engine.make_url(url).set(drivername='postgresql+psycopg')
-            args = {'connect_timeout': 10, 'application_name': 'mlnb'}
+            # a database that stops answering (a network gone, not a server stopped) is found out within about a minute, not hours
+            args = {'connect_timeout': 10, 'application_name': 'mlnb', 'keepalives_idle': 30, 'keepalives_interval': 10, 'keepalives_count': 3,
+                    'tcp_user_timeout': 60_000}
             args = {k: v for k, v in args.items() if k not in u.query}
             eng = sa.create_engine(u, hide_parameters=True, connect_args=args, pool_size=2, max_overflow=8)
             @sa.event.listens_for(eng, 'connect')
@@ -127,14 +118,24 @@ def _engine(url: str, kind: str):
             _ENGINES[url] = eng
         return _ENGINES[url]
 
+def _sqlite_engine(path: Path):
+    "A SQLAlchemy engine on the SQLite file at `path` whose transactions are `BEGIN IMMEDIATE` (for Alembic's migrations)."
+    sa = _sqlalchemy()
+    eng = sa.create_engine(f'sqlite:///{path}', connect_args={'timeout': 60})
+    @sa.event.listens_for(eng, 'connect')
+    def _connect(dbapi, record): dbapi.isolation_level = None # no implicit transactions: the one below is said explicitly
+    @sa.event.listens_for(eng, 'begin')
+    def _begin(conn): conn.exec_driver_sql('BEGIN IMMEDIATE')
+    return eng
+
 # %% ../nbs/06b_store.ipynb #c398fa8b
 class Tx:
-    "One write transaction of a store: `one`, `all` and `run` inside it."
+    "One write transaction of a store: `one`, `all`, `run` and `insert` inside it."
     def __init__(self, store: 'Store', conn): self._store, self._conn = store, conn
 
     def all(self, sql: str, **params) -> list[dict]:
         "The rows of query `sql` with named `params`, as dicts."
-        return self._store._do(lambda: [dict(r) for r in self._conn.execute(self._store._text(sql), params).mappings()])
+        return self._store._rows(self._conn, sql, params)
 
     def one(self, sql: str, **params) -> dict | None:
         "The first row of query `sql`, or None."
@@ -143,7 +144,7 @@ class Tx:
 
     def run(self, sql: str, **params) -> int:
         "Execute statement `sql`; returns how many rows it changed."
-        return self._store._do(lambda: self._conn.execute(self._store._text(sql), params).rowcount)
+        return self._store._exec(self._conn, sql, params)
 
     def insert(self, table: str, # a table of the ledger
                row: dict, # column -> value: the names are mlnb's own, the values travel as parameters
@@ -160,55 +161,68 @@ class Store(Tx):
                 ):
         self.url, self.shown = url, masked(url)
         self.kind = _KINDS[url.partition('://')[0].lower()]
-        self.path = Path(url.partition('://')[2][1:]) if self.kind == 'sqlite' else None
-        if self.path is not None:
+        self._store, self._texts = self, {}
+        if self.kind == 'sqlite':
+            self.path = Path(url.partition('://')[2][1:])
             if not create and not self.path.exists(): raise FileNotFoundError(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = _engine(url, self.kind)
-        self._store, self._texts = self, {}
+            def connect():
+                db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                db.row_factory = sqlite3.Row
+                db.execute('pragma busy_timeout = 60000')
+                db.execute('pragma journal_mode = wal')
+                return db
+            self._conn = self._do(connect) # one connection: autocommit, and `tx()` says BEGIN IMMEDIATE itself
+        else: self.path, self.engine = None, _pg_engine(url)
         if check: self.ready()
-
-    @property
-    def _conn(self):
-        "A connection for one statement outside a transaction (autocommit)."
-        c = self.engine.connect()
-        return c if self.kind == 'sqlite' else c.execution_options(isolation_level='AUTOCOMMIT')
 
     def all(self, sql: str, **params) -> list[dict]:
         "The rows of query `sql` with named `params`, as dicts (outside a transaction)."
-        def go():
-            with self._conn as c: return [dict(r) for r in c.execute(self._text(sql), params).mappings()]
-        return self._do(go)
+        if self.kind == 'sqlite': return self._rows(self._conn, sql, params)
+        with self._autocommit() as c: return self._rows(c, sql, params)
 
     def run(self, sql: str, **params) -> int:
         "Execute statement `sql` on its own (outside a transaction); returns how many rows it changed."
-        def go():
-            with self._conn as c:
-                n = c.execute(self._text(sql), params).rowcount
-                c.commit()
-                return n
-        return self._do(go)
+        if self.kind == 'sqlite': return self._exec(self._conn, sql, params)
+        with self._autocommit() as c: return self._exec(c, sql, params)
 
     @contextmanager
     def tx(self) -> Iterator[Tx]:
         "One write transaction, taken before any read so writers queue instead of failing: committed at the end, rolled back on any exception."
-        conn = self._do(lambda: self.engine.connect().execution_options(mlnb_write=True))
+        if self.kind == 'sqlite':
+            conn = self._conn
+            self._do(lambda: conn.execute('begin immediate'))
+            commit, rollback, close = (lambda: conn.execute('commit')), (lambda: conn.execute('rollback')), (lambda: None)
+        else:
+            conn = self._do(self.engine.connect)
+            commit, rollback, close = conn.commit, conn.rollback, conn.close
         try:
-            self._do(conn.begin)
-            if self.kind == 'postgresql': self._do(lambda: conn.execute(self._text('select pg_advisory_xact_lock(:k)'), {'k': _LOCK}))
+            if self.kind == 'postgresql': self._exec(conn, 'select pg_advisory_xact_lock(:k)', {'k': _LOCK})
             yield Tx(self, conn)
         except BaseException:
-            try: conn.rollback()
+            try: rollback()
             except Exception: pass # the connection went away: the database rolls back by itself
             raise
-        else: self._do(conn.commit)
+        else: self._do(commit)
         finally:
-            try: conn.close()
+            try: close()
             except Exception: pass
 
     def close(self):
-        "Close a SQLite store's connections (a PostgreSQL engine stays, shared by the process)."
-        if self.kind == 'sqlite': self.engine.dispose()
+        "Close a SQLite store's connection (a PostgreSQL engine stays, shared by the process)."
+        if self.kind == 'sqlite': self._conn.close()
+
+    def _autocommit(self):
+        "A PostgreSQL connection for statements outside a transaction."
+        return self._do(lambda: self.engine.connect().execution_options(isolation_level='AUTOCOMMIT'))
+
+    def _rows(self, conn, sql: str, params: dict) -> list[dict]:
+        if self.kind == 'sqlite': return self._do(lambda: [dict(r) for r in conn.execute(sql, params)])
+        return self._do(lambda: [dict(r) for r in conn.execute(self._text(sql), params).mappings()])
+
+    def _exec(self, conn, sql: str, params: dict) -> int:
+        if self.kind == 'sqlite': return self._do(lambda: conn.execute(sql, params).rowcount)
+        return self._do(lambda: conn.execute(self._text(sql), params).rowcount)
 
     def _text(self, sql: str):
         if sql not in self._texts: self._texts[sql] = _sqlalchemy().text(sql)
@@ -216,9 +230,12 @@ class Store(Tx):
 
     def _do(self, fn):
         "`fn()`, with a failure of the database turned into a `StoreError` naming it (password masked) and how to retry."
-        sa = _sqlalchemy()
         try: return fn()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e: raise self.failed(e) from None
+        except sqlite3.OperationalError as e: raise self.failed(e) from None
+        except Exception as e:
+            sa = sys.modules.get('sqlalchemy')
+            if sa is not None and isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)): raise self.failed(e) from None
+            raise
 
     def failed(self, e: BaseException) -> StoreError:
         "A `StoreError` for failure `e` of the database: what it said (without the statement, its values or the password) and what to do."
@@ -234,12 +251,11 @@ class Store(Tx):
 
     def revision(self) -> str | None:
         "The schema revision the database records (None: no schema yet, or a ledger from before versioned migrations)."
-        sa = _sqlalchemy()
-        def go():
-            with self._conn as c:
-                if not sa.inspect(c).has_table('alembic_version'): return None
-                return c.exec_driver_sql('select version_num from alembic_version').scalar()
-        return self._do(go)
+        found = ("select name from sqlite_master where type = 'table' and name = 'alembic_version'" if self.kind == 'sqlite' else
+                 "select table_name from information_schema.tables where table_schema = current_schema() and table_name = 'alembic_version'")
+        if not self.all(found): return None
+        r = self.one('select version_num from alembic_version')
+        return None if r is None else r['version_num']
 
     def ready(self):
         "Check the schema's version: a SQLite file is brought up to date; a PostgreSQL database behind or ahead of this mlnb is refused."
@@ -259,7 +275,7 @@ class Store(Tx):
 
     def upgrade(self, to: str = HEAD, # the revision to bring the schema to (one of `REVISIONS`)
                ) -> tuple[str | None, str]:
-        "Apply the revisions the database lacks, in one transaction under the write lock; returns (revision before, revision after)."
+        "Apply the revisions the database lacks with Alembic, in one transaction under the write lock; returns (revision before, revision after)."
         if to not in REVISIONS: raise UsageError(f"Revision {to!r} is not one of this mlnb's: {', '.join(REVISIONS)}.")
         from alembic.config import Config
         from alembic.runtime.environment import EnvironmentContext
@@ -267,18 +283,26 @@ class Store(Tx):
         import mlnb.migrations
         where = str(Path(mlnb.migrations.__file__).parent)
         script = ScriptDirectory(where, version_locations=[where])
-        with self.tx() as tx: # under the write lock: two machines upgrading at once apply each revision once
-            before = self._do(lambda: tx._conn.exec_driver_sql('select version_num from alembic_version').scalar()
-                              if _sqlalchemy().inspect(tx._conn).has_table('alembic_version') else None)
-            after = before
+        engine = _sqlite_engine(self.path) if self.kind == 'sqlite' else self.engine
+        conn = self._do(engine.connect)
+        try:
+            done = self._do(conn.begin) # under the write lock: two machines upgrading at once apply each revision once
+            if self.kind == 'postgresql': self._exec(conn, 'select pg_advisory_xact_lock(:k)', {'k': _LOCK})
+            before = self._do(lambda: conn.exec_driver_sql('select version_num from alembic_version').scalar()
+                              if _sqlalchemy().inspect(conn).has_table('alembic_version') else None)
             if before is not None and before not in REVISIONS:
                 raise StoreError(f"The store {self.shown} has schema revision {before}, made by a newer mlnb than this one ({_version()}). "
                                  "Upgrade mlnb (pip install -U mlnb); a store is never taken back to an older schema.", store=self.shown)
+            after = before
             if before is None or REVISIONS.index(before) < REVISIONS.index(to):
                 with EnvironmentContext(Config(), script, fn=lambda rev, ctx: script._upgrade_revs(to, rev), destination_rev=to) as env:
-                    env.configure(connection=tx._conn)
+                    env.configure(connection=conn)
                     self._do(env.run_migrations)
                 after = to
+            self._do(done.commit)
+        finally:
+            conn.close() # (a transaction not committed is rolled back)
+            if self.kind == 'sqlite': engine.dispose()
         if self.kind == 'postgresql' and after == HEAD: _READY.add(self.url)
         return before, after
 
@@ -294,10 +318,11 @@ def store_status(root: str | Path) -> dict:
     url = store_url(root)
     try: s = Store(url, create=False, check=False)
     except FileNotFoundError: return {'store': masked(url), 'kind': 'sqlite', 'revision': None, 'head': HEAD, 'state': 'none'}
-    try: rev = s.revision()
+    try:
+        rev = s.revision()
+        state = 'current' if rev == HEAD else 'none' if rev is None and s.kind == 'postgresql' and not s.all(_TABLES, t='runs') else \
+                'ahead' if rev is not None and rev not in REVISIONS else 'behind'
     finally: s.close()
-    state = 'current' if rev == HEAD else 'none' if rev is None and s.kind == 'postgresql' and not s.all(_TABLES, t='runs') else \
-            'ahead' if rev is not None and rev not in REVISIONS else 'behind'
     return {'store': s.shown, 'kind': s.kind, 'revision': rev, 'head': HEAD, 'state': state}
 
 _TABLES = "select table_name from information_schema.tables where table_schema = current_schema() and table_name = :t"
