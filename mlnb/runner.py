@@ -27,6 +27,7 @@ from .outputs import read_refs, store
 from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
 from .progress import Progress
 from .project import Project, load_project
+from .store import client_modules
 
 # %% auto #0
 __all__ = ['StepResult', 'RunResult', 'RunState', 'run_pipeline']
@@ -383,7 +384,8 @@ def _warm_kernels(project: Project, plan: Plan, pm_engine: str, spec: Mapping):
     "Start the warm kernels of a local run with the kernel engine (for the first step's notebook); returns what stops them all."
     if pm_engine != 'mlnb_kernel' or spec['name'] != 'local' or not plan.steps or kernel_pool() is not None: return lambda: None
     stack = ExitStack()
-    kp = stack.enter_context(kernels(spec['jobs'], preload=project.settings.get('preload', ()), log_dir=str(project.state / 'kernels')))
+    preload = (*project.settings.get('preload', ()), *client_modules(project.root)) # with a team's store, its client too
+    kp = stack.enter_context(kernels(spec['jobs'], preload=preload, log_dir=str(project.state / 'kernels')))
     first = plan.steps[0]
     kp.warm(first.info.kernel, str(first.notebook.parent))
     return stack.close # closing twice does nothing

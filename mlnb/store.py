@@ -17,7 +17,7 @@ from .migrations import HEAD, REVISIONS
 from .project import read_toml
 
 # %% auto #0
-__all__ = ['masked', 'store_url', 'Tx', 'Store', 'store_status', 'upgrade_store', 'peek']
+__all__ = ['masked', 'store_url', 'Tx', 'Store', 'store_status', 'upgrade_store', 'peek', 'client_modules']
 
 # %% ../nbs/06b_store.ipynb #29f6f893
 _PASSWORDS = ('password', 'passwd', 'sslpassword') # libpq's query parameters that hold a secret
@@ -352,3 +352,9 @@ def peek(root: str | Path, # the project root
         return None if r is None else dict(r)
     try: return Store(url).one(sql, **params)
     except StoreError: return None
+
+# %% ../nbs/06b_store.ipynb #5c3eff18
+def client_modules(root: str | Path) -> tuple[str, ...]:
+    "What a step's kernel imports to read the store of the project at `root`: nothing for its SQLite file; SQLAlchemy and psycopg for a team's PostgreSQL (a waiting kernel imports them before its step arrives)."
+    if store_url(root).startswith('sqlite:'): return ()
+    return ('sqlalchemy', 'sqlalchemy.dialects.postgresql.psycopg', 'psycopg', 'mlnb.store')
