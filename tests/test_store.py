@@ -266,6 +266,7 @@ def test_the_scaffold_in_two_clones_shares_one_team_store_and_writes_no_password
     assert [s['status'] for s in shown['steps']] == ['ok'] * 4 and shown['gates'][0]['status'] == 'applied'
     hist = json.loads(cli(b, 'history', 'churn', '--json').stdout)
     assert [(h['kind'], h['previous'], h['tag']) for h in hist] == [('gate', None, weak), ('gate', weak, strong)]
+    assert 'Report: ' in cli(b, 'report').stdout and list((b / '.mlnb' / 'runs').glob('*/report.html')) # from the team's ledger alone
     assert f'{weak} is the champion' in cli(b, 'rollback', 'churn').stdout
     hist = json.loads(cli(a, 'history', 'churn', '--json').stdout)
     assert [(h['kind'], h['tag']) for h in hist][-1] == ('rollback', weak)
