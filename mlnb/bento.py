@@ -166,7 +166,7 @@ def build(project: Project | None = None, # the project (default: the current on
     from mlnb.champions import champion
     from mlnb.contract import request_fields
     from mlnb.export import ensure_exported
-    from mlnb.ledger import Ledger
+    from mlnb.ledger import Ledger, new_uid
     from mlnb.registry import model_info
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
@@ -251,7 +251,7 @@ def build(project: Project | None = None, # the project (default: the current on
     led = Ledger(project.root)
     try:
         with led.tx() as db:
-            db.execute('insert into builds (bento, model, at, path) values (?,?,?,?)', (str(bento.tag), tag, time.time(), str(out)))
+            db.insert('builds', {'uid': new_uid(), 'bento': str(bento.tag), 'model': tag, 'at': time.time(), 'path': str(out)})
     finally: led.close()
     return str(bento.tag)
 
@@ -259,7 +259,7 @@ def latest_build(project: Project) -> dict:
     "The latest build recorded in the project's ledger."
     from mlnb.ledger import Ledger
     led = Ledger(project.root)
-    try: r = led.db.execute('select * from builds order by seq desc limit 1').fetchone()
+    try: r = led.db.one('select * from builds order by seq desc limit 1')
     finally: led.close()
     if r is None: raise UsageError("Nothing has been built yet in this project. Run `mlnb build` first.")
     return dict(r)

@@ -6,12 +6,13 @@ Docs: https://mlnb.github.io/mlnb/api/champions.html.md"""
 
 # %% ../nbs/17_champions.ipynb #0c159e45
 from __future__ import annotations
-import getpass, json, re, sqlite3, time
+import getpass, json, re, time
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
-from .ledger import Ledger, gate_row
+from .ledger import Ledger, gate_row, new_uid
+from .store import Tx
 from .project import project_root
 
 # %% auto #0
@@ -62,21 +63,22 @@ def champions(name: str, root: str | Path | None = None) -> dict[str, str]:
     check_tag(name, 'name')
     led = _ledger(root)
     try:
-        segs = [r['s'] for r in led.db.execute("select distinct coalesce(segment, '') s from champions where model=? order by s", (name,))]
+        segs = [r['s'] for r in led.db.all("select distinct coalesce(segment, '') s from champions where model=:name order by s", name=name)]
         return {s: current_champion(led.db, name, s) for s in segs if s}
     finally: led.close()
 
-def current_champion(db: sqlite3.Connection, name: str, segment: str = '') -> str | None:
+def current_champion(db: Tx, # the ledger's store (`Ledger.db`), or a transaction of it
+                     name: str, segment: str = '') -> str | None:
     "The champion of `name` (of `segment`) as `db` sees it (inside the caller's transaction)."
-    r = db.execute("select tag from champions where model=? and coalesce(segment, '')=? order by seq desc limit 1", (name, segment)).fetchone()
+    r = db.one("select tag from champions where model=:name and coalesce(segment, '')=:segment order by seq desc limit 1", name=name, segment=segment)
     return r['tag'] if r else None
 
-def move_champion(db: sqlite3.Connection, tag: str, kind: str, reason: str, run_id: str | None, current: str | None, segment: str = '',
+def move_champion(db: Tx, tag: str, kind: str, reason: str, run_id: str | None, current: str | None, segment: str = '',
           evidence: Mapping | None = None):
     "Append the change of the champion (of `segment`) to `tag` (from `current`) to the history, inside the caller's transaction."
-    db.execute('insert into champions (model, tag, previous, at, kind, by, reason, run_id, segment, evidence) values (?,?,?,?,?,?,?,?,?,?)',
-               (tag.split(':')[0], tag, current, time.time(), kind, getpass.getuser(), reason, run_id, segment,
-                json.dumps(evidence) if evidence else None))
+    db.insert('champions', {'uid': new_uid(), 'model': tag.split(':')[0], 'tag': tag, 'previous': current, 'at': time.time(), 'kind': kind,
+                            'by': getpass.getuser(), 'reason': reason, 'run_id': run_id, 'segment': segment,
+                            'evidence': json.dumps(evidence) if evidence else None})
 
 def history(name: str, root: str | Path | None = None,
             segment: str | None = None, # only this segment's changes ('' : those without a segment; default: every segment's)
@@ -84,7 +86,7 @@ def history(name: str, root: str | Path | None = None,
     "Every change of model `name`'s champion, oldest first: segment, when, kind ('gate', 'manual', 'rollback'), from which tag to which, by whom, why, run."
     check_tag(name, 'name')
     led = _ledger(root)
-    try: rows = [{**dict(r), 'segment': r['segment'] or ''} for r in led.db.execute('select * from champions where model=? order by seq', (name,))]
+    try: rows = [{**r, 'segment': r['segment'] or ''} for r in led.db.all('select * from champions where model=:name order by seq', name=name)]
     finally: led.close()
     for r in rows: r['evidence'] = json.loads(r['evidence']) if r.get('evidence') else None
     return rows if segment is None else [r for r in rows if r['segment'] == check_segment(segment)]
@@ -118,19 +120,20 @@ def record_evidence(evidence: Mapping, # a comparison of champion and challenger
     led = _ledger(root)
     try:
         with led.tx() as db:
-            cur = db.execute('insert into evidence (at, model, champion, challenger, mode, metric, champion_value, challenger_value, rows, '
-                             'agreement, promote, reason, detail) values (?,?,?,?,?,?,?,?,?,?,?,?,?)',
-                             (time.time(), evidence['challenger'].split(':')[0], evidence['champion'], evidence['challenger'], evidence.get('mode'),
-                              evidence.get('metric'), evidence.get('champion_value'), evidence.get('challenger_value'), evidence.get('rows'),
-                              evidence.get('agreement'), None if evidence.get('promote') is None else int(bool(evidence['promote'])),
-                              evidence.get('reason'), json.dumps(evidence, default=str)))
-            return cur.lastrowid
+            uid = new_uid()
+            db.insert('evidence', {'uid': uid, 'at': time.time(), 'model': evidence['challenger'].split(':')[0], 'champion': evidence['champion'],
+                                   'challenger': evidence['challenger'], 'mode': evidence.get('mode'), 'metric': evidence.get('metric'),
+                                   'champion_value': evidence.get('champion_value'), 'challenger_value': evidence.get('challenger_value'),
+                                   'rows': evidence.get('rows'), 'agreement': evidence.get('agreement'),
+                                   'promote': None if evidence.get('promote') is None else int(bool(evidence['promote'])),
+                                   'reason': evidence.get('reason'), 'detail': json.dumps(evidence, default=str)})
+            return db.one('select seq from evidence where uid=:uid', uid=uid)['seq']
     finally: led.close()
 
 def latest_evidence(tag: str, root: str | Path | None = None) -> dict | None:
     "The latest live comparison recorded for challenger `tag`, or None."
     led = _ledger(root)
-    try: r = led.db.execute('select * from evidence where challenger=? order by seq desc limit 1', (tag,)).fetchone()
+    try: r = led.db.one('select * from evidence where challenger=:tag order by seq desc limit 1', tag=tag)
     finally: led.close()
     return None if r is None else {**{k: r[k] for k in r.keys() if k != 'detail'}, 'detail': json.loads(r['detail'])}
 
@@ -143,9 +146,9 @@ def rollback(name: str, root: str | Path | None = None,
     led = _ledger(root)
     try:
         with led.tx() as db:
-            rows = [dict(r) for r in db.execute("select tag, kind from champions where model=? and coalesce(segment, '')=? order by seq", (name, segment))]
+            rows = db.all("select tag, kind from champions where model=:name and coalesce(segment, '')=:segment order by seq", name=name, segment=segment)
             if not rows:
-                others = [r['s'] for r in db.execute("select distinct segment s from champions where model=? and coalesce(segment, '') != ''", (name,))]
+                others = [r['s'] for r in db.all("select distinct segment s from champions where model=:name and coalesce(segment, '') != ''", name=name)]
                 raise UsageError(f"Model '{name}' has no champion{f' for segment {segment!r}' if segment else ''}, so there is nothing to roll back."
                                  + (f" Its segments: {', '.join(sorted(others))} (pass --segment)." if others and not segment else ''))
             stack = [] # champions in force, oldest first: a promotion pushes, a rollback pops
@@ -165,13 +168,13 @@ _OUTCOMES = {'applied': 'now the champion (was {champion})',
              'stale': 'but the champion changed while the run was going (to {current}), so it was not promoted: run again',
              'run_failed': 'but the run did not succeed, so nothing was promoted and the champion is unchanged'}
 
-def settle_gates(db: sqlite3.Connection, # the ledger, inside the transaction that finishes the run
+def settle_gates(db: Tx, # the ledger, inside the transaction that finishes the run
                  run_id: str, # the run
                  run_ok: bool, # whether every step of the run succeeded
                 ) -> list[dict]:
     "Apply the pending gate decisions of `run_id` (promote only if `run_ok`) and mark what became of each; returns them."
     out = []
-    for g in [gate_row(r) for r in db.execute("select * from gates where run_id=? and status='pending' order by seq", (run_id,))]:
+    for g in [gate_row(r) for r in db.all("select * from gates where run_id=:run_id and status='pending' order by seq", run_id=run_id)]:
         segment = g.get('segment') or ''
         current = current_champion(db, g['model'], segment)
         if not run_ok: status = 'run_failed'
@@ -181,8 +184,8 @@ def settle_gates(db: sqlite3.Connection, # the ledger, inside the transaction th
             move_champion(db, g['candidate'], 'gate', g['reason'], run_id, current, segment)
             status = 'applied'
         outcome = _OUTCOMES[status].format(champion=g['champion'] or 'none', current=current or 'none')
-        db.execute('update gates set status=?, applied=?, outcome=?, settled=? where seq=?',
-                   (status, int(status == 'applied'), outcome, time.time(), g['seq']))
+        db.run('update gates set status=:status, applied=:applied, outcome=:outcome, settled=:at where seq=:seq',
+               status=status, applied=int(status == 'applied'), outcome=outcome, at=time.time(), seq=g['seq'])
         note = g['reason'] if status in ('applied', 'declined') else f"{g['reason']}; {outcome}"
         out.append({**g, 'status': status, 'applied': status == 'applied', 'outcome': outcome, 'note': note})
     return out

@@ -17,7 +17,8 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'build', 'serve', 'verify', 'monitor', 'feedback', 'flag', 'report', 'lab']
+           'build', 'serve', 'verify', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store', 'store_status',
+           'store_upgrade']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -449,19 +450,33 @@ def feedback(file: Path, model: str | None):
 @click.option('--reason', default='', help='Why (kept in the file and shown by GET /metadata).')
 @click.option('--file', 'path', type=click.Path(path_type=Path), help='The flags file (default: [tool.mlnb.serve] flags in the project).')
 @click.option('--json', 'as_json', is_flag=True, help='Print the flags as JSON.')
-def flag(name, state, reason, path, as_json):
-    "Show the flags, or switch flag NAME (fallback) on or off for the running service."
-    from mlnb.errors import UsageError
-    from mlnb.flags import flags_path, read_flags, set_flag
+@click.option('--sync', is_flag=True, help="With a team's store: write its flags into the file now (`mlnb serve` keeps its file in step by itself).")
+def flag(name, state, reason, path, as_json, sync):
+    "Show the flags, or switch flag NAME (fallback) on or off for the running service (and, with a team's store, for every server the team runs)."
+    from mlnb.errors import ProjectError, UsageError
+    from mlnb.flags import flags_path, new_flag, read_flags, shared_store, store_flag, stored_flags, sync_flags, write_flags
     from mlnb.project import load_project
-    if path is None: path = flags_path(load_project())
-    if name is None: flags = read_flags(path)
+    from mlnb.store import masked, store_url
+    try: project = load_project()
+    except ProjectError:
+        if path is None: raise
+        project = None # a flags file outside any project: the file alone
+    if path is None: path = flags_path(project)
+    team = project is not None and shared_store(project.root)
+    if sync and not team:
+        raise UsageError("`mlnb flag --sync` writes the flags of a team's store ([tool.mlnb] store = \"postgresql://...\") into the file; "
+                         "this project's flags are its file's.")
+    if sync: sync_flags(project.root, path)
+    if name is None: flags = stored_flags(project.root) if team else read_flags(path)
     else:
         if state is None: raise UsageError(f"Say on or off: `mlnb flag {name} on`.")
         try: read_flags(path)
         except UsageError as e: click.secho(f"{e}\nReplacing it with a valid file that holds only flag {name}.", fg='yellow', err=True)
-        flags = set_flag(path, name, state == 'on', reason)
-    emit(flags, as_json, lambda d: _table(f'Flags ({path})', ['flag', 'state', 'since', 'by', 'reason'],
+        value = new_flag(state == 'on', reason)
+        if project is not None: store_flag(project.root, name, value) # the store first: it is never older than a file
+        flags = write_flags(path, {name: value})
+    where = f'store {masked(store_url(project.root))}; file {path}' if team else str(path)
+    emit(flags, as_json, lambda d: _table(f'Flags ({where})', ['flag', 'state', 'since', 'by', 'reason'],
          [[k, 'on' if v.get('on') else 'off', v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))
 
 # %% ../nbs/37_cli.ipynb #9359cb5a
@@ -486,3 +501,30 @@ def lab(port: int | None, no_browser: bool):
     "Start JupyterLab on loopback at the project root, ready for hand runs (needs mlnb[lab])."
     from mlnb.lab import lab as run_lab
     sys.exit(run_lab(port=port, open_browser=not no_browser))
+
+# %% ../nbs/37_cli.ipynb #937a5823
+@main.group()
+def store():
+    "The ledger's store: the project's SQLite file, or a team's PostgreSQL ([tool.mlnb] store, or MLNB_STORE)."
+
+@store.command('status')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of text.')
+def store_status(as_json: bool):
+    "Say where the ledger lives (password masked) and whether its schema is the one this mlnb runs with."
+    from mlnb.project import load_project
+    from mlnb.store import store_status as status_of
+    s = status_of(load_project().root)
+    if as_json: return click.echo(json.dumps(s, indent=2))
+    what = {'current': f"schema revision {s['revision']}, this mlnb's", 'none': 'no ledger yet' + (' (run `mlnb store upgrade`)' if s['kind'] == 'postgresql' else ''),
+            'behind': f"schema revision {s['revision'] or 'from before versioned migrations'}, behind this mlnb's {s['head']}: run `mlnb store upgrade`",
+            'ahead': f"schema revision {s['revision']}, made by a newer mlnb (this one's is {s['head']}): upgrade mlnb"}[s['state']]
+    click.echo(f"{s['store']} ({'PostgreSQL' if s['kind'] == 'postgresql' else 'SQLite'}): {what}.")
+
+@store.command('upgrade')
+def store_upgrade():
+    "Bring the store's schema to this mlnb's revision (for a team's store: once, from one machine, after upgrading mlnb)."
+    from mlnb.project import load_project
+    from mlnb.store import upgrade_store
+    r = upgrade_store(load_project().root)
+    click.echo(f"{r['store']}: already at schema revision {r['after']}." if r['before'] == r['after'] else
+               f"{r['store']}: schema revision {r['before'] or '(none)'} -> {r['after']}.")

@@ -10,7 +10,7 @@ import difflib
 
 # %% auto #0
 __all__ = ['MlnbError', 'UsageError', 'ProjectError', 'ScaffoldError', 'PipelineError', 'ParameterError', 'RecordError',
-           'StepFailed', 'did_you_mean']
+           'StepFailed', 'StoreError', 'did_you_mean']
 
 # %% ../nbs/00_errors.ipynb #caf8caab
 class MlnbError(Exception):
@@ -57,6 +57,9 @@ class RecordError(MlnbError):
 
 class StepFailed(MlnbError):
     "Raised when a notebook step raises during execution; names the step, cell, exception and executed notebook."
+
+class StoreError(MlnbError):
+    "Raised when the ledger's store cannot be reached or used, or its schema is not the one this mlnb runs with; names the store (password masked) and what to do."
 
 # %% ../nbs/00_errors.ipynb #fe99232d
 def did_you_mean(name: str, # the name that was not found

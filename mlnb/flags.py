@@ -1,4 +1,4 @@
-"""The switches a running service reads (`mlnb flag`): kept in one JSON file, replaced whole, so that a reader never sees half of it.
+"""The switches a running service reads (`mlnb flag`): kept in one JSON file, replaced whole, so that a reader never sees half of it; a team's flags live in its store, and the file follows them.
 
 Docs: https://mlnb.github.io/mlnb/api/flags.html.md"""
 
@@ -6,15 +6,17 @@ Docs: https://mlnb.github.io/mlnb/api/flags.html.md"""
 
 # %% ../nbs/12_flags.ipynb #a0be3cb2
 from __future__ import annotations
-import getpass, json, os, tempfile, time
+import getpass, json, os, sys, tempfile, time
 from pathlib import Path
 
 from .config import ServeConfig
-from .errors import UsageError
+from .errors import StoreError, UsageError
 from .serving import parse_flags, read_flags_file
+from .store import Store, store_url
 
 # %% auto #0
-__all__ = ['flags_path', 'read_flags', 'set_flag']
+__all__ = ['flags_path', 'read_flags', 'new_flag', 'set_flag', 'write_flags', 'store_flag', 'stored_flags', 'shared_store',
+           'sync_flags', 'follow_flags']
 
 # %% ../nbs/12_flags.ipynb #e72df8bf
 def flags_path(project) -> Path:
@@ -32,19 +34,32 @@ def read_flags(path: str | Path) -> dict:
         raise UsageError(f"The flags file {path} is not what `mlnb flag` writes: {e}. A running service refuses it and keeps its last "
                          "good flags. `mlnb flag fallback on` (or off) replaces it with a valid file; so does deleting it (every flag off).") from None
 
+def new_flag(on: bool, # the flag's new state
+             reason: str = '', # why (kept with it and shown by GET /metadata)
+            ) -> dict:
+    "A flag's state with why, when and who, as the file (and the store) keep it."
+    return {'on': on, 'reason': reason, 'at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'by': getpass.getuser()}
+
 def set_flag(path: str | Path, # the flags file
              name: str, # the flag, e.g. 'fallback'
              on: bool, # its new state
              reason: str = '', # why (kept in the file and shown by GET /metadata)
             ) -> dict:
     "Switch flag `name` on or off in the file at `path`, with who, when and why; returns all the flags. A file that is not valid is replaced whole."
+    return write_flags(path, {name: new_flag(on, reason)})
+
+def write_flags(path: str | Path, # the flags file
+                changes: dict, # flag name -> state (`new_flag`)
+                replace: bool = False, # the file holds `changes` alone (else they are set over what it holds)
+               ) -> dict:
+    "Write flags into the file at `path`, checked as the service checks them; returns all the flags. A file that is not valid is replaced whole."
     path = Path(path)
-    try: flags = read_flags(path)
+    try: flags = {} if replace else read_flags(path)
     except UsageError: flags = {}
-    flags[name] = {'on': on, 'reason': reason, 'at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'by': getpass.getuser()}
+    flags.update(changes)
     text = json.dumps(flags, indent=1)
     try: parse_flags(text) # never write a file the service would refuse
-    except ValueError as e: raise UsageError(f"Flag {name!r} cannot be set: {e}.") from None
+    except ValueError as e: raise UsageError(f"Flag {', '.join(map(repr, changes)) or 'set'} cannot be set: {e}.") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.flags-')
     with os.fdopen(fd, 'w') as f: f.write(text)
@@ -53,3 +68,57 @@ def set_flag(path: str | Path, # the flags file
         os.unlink(tmp)
         raise UsageError(f"The flags file {path} cannot be written ({e.strerror}); remove what is there, then try again.") from None
     return flags
+
+# %% ../nbs/12_flags.ipynb #9aac3699
+def store_flag(root: str | Path, # the project root
+               name: str, # the flag
+               value: dict, # its state (`new_flag`)
+              ):
+    "Keep flag `name`'s new state in the project's store (the team's, when it is shared)."
+    parse_flags(json.dumps({name: value})) # what the service would refuse is never kept
+    s = Store(store_url(root))
+    try:
+        with s.tx() as tx:
+            tx.run('insert into flags (name, value, at, by) values (:name, :value, :at, :by) '
+                   'on conflict (name) do update set value=excluded.value, at=excluded.at, by=excluded.by',
+                   name=name, value=json.dumps(value), at=time.time(), by=value.get('by'))
+    finally: s.close()
+
+def stored_flags(root: str | Path) -> dict:
+    "The flags kept in the project's store: name -> state."
+    s = Store(store_url(root))
+    try: return {r['name']: json.loads(r['value']) for r in s.all('select name, value from flags order by name')}
+    finally: s.close()
+
+def shared_store(root: str | Path) -> bool:
+    "Whether the project's store is a team's (PostgreSQL), whose flags are the truth the files follow."
+    return not store_url(root).startswith('sqlite:')
+
+def sync_flags(root: str | Path, path: str | Path) -> bool:
+    "Make the flags file at `path` hold the store's flags; returns whether it changed."
+    flags = stored_flags(root)
+    if not flags: return False # nothing kept in the store yet: the file stays as it is
+    try: now = read_flags(path)
+    except UsageError: now = None
+    if now == flags: return False
+    write_flags(path, flags, replace=True)
+    return True
+
+def follow_flags(root: str | Path, # the project root
+                 path: str | Path, # the flags file a server reads
+                 every: float = 2.0, # seconds between two looks at the store
+                ):
+    "With a team's store: a function to call often that brings the file at `path` in step with the store (at most every `every` seconds). None with the project's own SQLite file, whose flags are the file's."
+    if not shared_store(root): return None
+    state = {'next': 0.0, 'warned': False}
+    def follow():
+        if time.monotonic() < state['next']: return
+        state['next'] = time.monotonic() + every
+        try:
+            if sync_flags(root, path): print(f'mlnb serve: flags from the store written to {path}', file=sys.stderr)
+            state['warned'] = False
+        except (StoreError, UsageError) as e:
+            if not state['warned']: print(f'mlnb serve: the service keeps its flags as they are: {e}', file=sys.stderr)
+            state['warned'] = True
+    follow()
+    return follow

@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/hand.html.md"""
 
 # %% ../nbs/20_hand.ipynb #78e87d25
 from __future__ import annotations
-import os, sqlite3, time
+import os, time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from .errors import MlnbError, RecordError
 from .ledger import Ledger, new_run_id, newest_outputs
 from .outputs import plain
 from .project import project_root
+from .store import peek
 
 # %% auto #0
 __all__ = ['injected_context', 'live_context', 'notebook_path', 'step_of', 'hand_run', 'hand_params', 'record', 'upstream',
@@ -34,17 +35,11 @@ def _is_live(ctx: dict, root: Path) -> bool:
     "Whether the ledger of `root` says the step of `ctx` is still running (True when the ledger cannot tell, e.g. on a remote worker)."
     key = (str(ctx.get('run_id')), str(ctx.get('step')))
     if key in _LIVE: return True
-    db_path = root / '.mlnb' / 'ledger.db'
-    if not db_path.is_file(): return True
-    try:
-        db = sqlite3.connect(f'file:{db_path}?mode=ro', uri=True, timeout=30)
-        try:
-            run = db.execute('select status from runs where id=?', key[:1]).fetchone()
-            step = db.execute('select status from steps where run_id=? and step=?', key).fetchone()
-        finally: db.close()
-    except sqlite3.Error: return True
-    if run is None: return True
-    live = run[0] == 'running' and (step is None or step[0] == 'running')
+    try: r = peek(root, 'select r.status run_status, s.status step_status from runs r left join steps s on s.run_id = r.id and s.step = :step '
+                        'where r.id = :run_id', run_id=key[0], step=key[1])
+    except MlnbError: return True
+    if r is None: return True
+    live = r['run_status'] == 'running' and r['step_status'] in (None, 'running')
     if live: _LIVE.add(key)
     return live
 

@@ -1,4 +1,4 @@
-"""The run ledger: one SQLite file (WAL) recording every run and step with its lineage.
+"""The run ledger: every run and step with its lineage, the gate decisions and the cache index, in the project's store (its SQLite file, or a team's PostgreSQL).
 
 Docs: https://mlnb.github.io/mlnb/api/ledger.html.md"""
 
@@ -6,57 +6,22 @@ Docs: https://mlnb.github.io/mlnb/api/ledger.html.md"""
 
 # %% ../nbs/08_ledger.ipynb #6cf9a200
 from __future__ import annotations
-import json, os, secrets, socket, sqlite3, subprocess, sys, time
-from contextlib import contextmanager
+import json, os, secrets, socket, subprocess, sys, time
+from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from fastcore.basics import patch
 
 from .errors import MlnbError
+from .store import Store, Tx, store_url
 
 # %% auto #0
-__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'package_versions', 'git_state', 'new_run_id', 'Ledger', 'gate_row',
-           'latest_outputs', 'newest_outputs']
+__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'package_versions', 'git_state', 'new_run_id', 'new_uid', 'Ledger',
+           'gate_row', 'latest_outputs', 'newest_outputs']
 
 # %% ../nbs/08_ledger.ipynb #89bb1561
-_SCHEMA = '''
-create table if not exists runs (
-  id text primary key, started real not null, ended real, status text not null,
-  profile text, targets text, overrides text, engine text, git_commit text, git_dirty integer,
-  python text, packages text, host text, pid integer, error text);
-create table if not exists steps (
-  run_id text not null references runs(id), step text not null, status text not null,
-  started real, ended real, duration real, params text, fingerprint text, outputs text,
-  notebook text, cached_from text, error text, primary key (run_id, step));
-create index if not exists steps_fp on steps(step, fingerprint, status);
-create table if not exists champions (
-  seq integer primary key autoincrement, model text not null, tag text not null, previous text, at real not null,
-  kind text not null, by text, reason text, run_id text);
-create table if not exists gates (
-  seq integer primary key autoincrement, run_id text not null, model text, candidate text, champion text, metric text,
-  candidate_value real, champion_value real, promote integer, applied integer, reason text, at real);
-create table if not exists builds (
-  seq integer primary key autoincrement, bento text not null, model text not null, at real not null, path text);
-create table if not exists evidence (
-  seq integer primary key autoincrement, at real not null, model text not null, champion text, challenger text, mode text,
-  metric text, champion_value real, challenger_value real, rows integer, agreement real, promote integer, reason text, detail text);
-'''
-
-# Columns added after the first release: a ledger made by an older mlnb gets them when it is opened.
-_ADDED = {'gates': (('step', 'text'), ('status', 'text'), ('outcome', 'text'), ('settled', 'real'),
-                    ('metrics', 'text'), ('champion_metrics', 'text'), ('segment', 'text')),
-          # champions.evidence: what live traffic said of a model when it was promoted by hand (see `record_evidence`);
-          # champions.segment: the champion pointer is kept per model and segment ('': no segment)
-          'champions': (('evidence', 'text'), ('segment', 'text')),
-          # runs.kind: 'pipeline' (None in older ledgers) or 'interactive' (a notebook run by hand); runs.executor: 'local' or 'dask'
-          'runs': (('kind', 'text'), ('force', 'integer'), ('executor', 'text')),
-          # steps.parts: what the fingerprint was computed from (see `mlnb.fingerprint.fingerprint_parts`);
-          # steps.upstream_runs: upstream step -> the run whose outputs this step read;
-          # steps.item, steps.parent: a fan-out item's values (JSON) and its step
-          'steps': (('parts', 'text'), ('upstream_runs', 'text'), ('item', 'text'), ('parent', 'text'))}
-
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
 # execution that made it be reused from the cache; any other leaves the decision to be made again.
 GATE_STATES = {'pending': 'recorded; its run has not finished',
@@ -90,6 +55,10 @@ def new_run_id() -> str:
     "A run id that sorts by start time: `YYYYMMDD-HHMMSS-xxxxxx`."
     return time.strftime('%Y%m%d-%H%M%S', time.gmtime()) + '-' + secrets.token_hex(3)
 
+def new_uid() -> str:
+    "The key of a new row of a table numbered by `seq` (champions, gates, builds, evidence): the same in any store the row is copied to."
+    return secrets.token_hex(16)
+
 def _alive(pid: int | None) -> bool:
     "Whether process `pid` exists on this machine."
     if not pid: return False
@@ -100,35 +69,19 @@ def _alive(pid: int | None) -> bool:
 
 # %% ../nbs/08_ledger.ipynb #ab9b7cef
 class Ledger:
-    "The SQLite run ledger of the project at `root`."
+    "The run ledger of the project at `root`, kept in its store (`mlnb.store`): the project's SQLite file, or a team's PostgreSQL."
     def __init__(self, root: str | Path, # the project root
-                 create: bool = True, # create the database if it does not exist
+                 create: bool = True, # SQLite: create the file if it does not exist (else FileNotFoundError)
                 ):
-        self.path = Path(root) / '.mlnb' / 'ledger.db'
-        if not create and not self.path.exists(): raise FileNotFoundError(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute('pragma busy_timeout = 60000')
-        self.db.execute('pragma journal_mode = wal')
-        with self.tx():
-            for stmt in _SCHEMA.split(';'):
-                if stmt.strip(): self.db.execute(stmt)
-            for table, cols in _ADDED.items():
-                have = {r['name'] for r in self.db.execute(f'pragma table_info({table})')}
-                for name, typ in cols:
-                    if name not in have: self.db.execute(f'alter table {table} add column {name} {typ}')
+        self.root = Path(root)
+        self.db = Store(store_url(self.root), create=create) # every query: `one`, `all`, `run`, `insert`, `tx()`
+        self.path = self.db.path # the SQLite file (None for a team's store)
 
     def close(self): self.db.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        "One write transaction, taken before any read so writers queue instead of failing."
-        self.db.execute('begin immediate')
-        try: yield self.db
-        except BaseException:
-            self.db.execute('rollback'); raise
-        else: self.db.execute('commit')
+    def tx(self) -> AbstractContextManager[Tx]:
+        "One write transaction (`mlnb.store.Store.tx`), taken before any read so writers queue instead of failing."
+        return self.db.tx()
 
 # %% ../nbs/08_ledger.ipynb #f834577d
 def _j(v): return None if v is None else json.dumps(v, sort_keys=True, default=str)
@@ -141,11 +94,10 @@ def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=()
     commit, dirty = git_state(root)
     v = package_versions()
     with self.tx() as db:
-        db.execute('insert into runs (id, started, status, profile, targets, overrides, engine, git_commit, git_dirty, '
-                   'python, packages, host, pid, kind, force, executor) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
-                   (run_id, time.time(), 'running', profile, _j(list(targets)), _j(list(overrides)), engine, commit,
-                    None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid(),
-                    'pipeline', int(force), executor))
+        db.insert('runs', {'id': run_id, 'started': time.time(), 'status': 'running', 'profile': profile, 'targets': _j(list(targets)),
+                           'overrides': _j(list(overrides)), 'engine': engine, 'git_commit': commit, 'git_dirty': None if dirty is None else int(dirty),
+                           'python': v.pop('python'), 'packages': _j(v), 'host': socket.gethostname(), 'pid': os.getpid(), 'kind': 'pipeline',
+                           'force': int(force), 'executor': executor})
 
 @patch
 def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None,
@@ -153,11 +105,15 @@ def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprin
                upstream_runs: dict | None = None, # upstream step -> run whose outputs the step is given
                item: dict | None = None, parent: str | None = None, # a fan-out item: its values and its step
               ):
-    "Record that `step` (or item `step` of step `parent`) of `run_id` started."
+    "Record that `step` (or item `step` of step `parent`) of `run_id` started (anew, if it was recorded before)."
     with self.tx() as db:
-        db.execute('insert or replace into steps (run_id, step, status, started, params, fingerprint, notebook, parts, upstream_runs, '
-                   'item, parent) values (?,?,?,?,?,?,?,?,?,?,?)', (run_id, step, 'running', time.time(), _j(params), fingerprint,
-                                                                    notebook, _j(parts), _j(upstream_runs), _j(item), parent))
+        db.run('insert into steps (run_id, step, status, started, params, fingerprint, notebook, parts, upstream_runs, item, parent) '
+               'values (:run_id, :step, :status, :started, :params, :fingerprint, :notebook, :parts, :upstream_runs, :item, :parent) '
+               'on conflict (run_id, step) do update set status=excluded.status, started=excluded.started, ended=null, duration=null, '
+               'params=excluded.params, fingerprint=excluded.fingerprint, outputs=null, notebook=excluded.notebook, cached_from=null, error=null, '
+               'parts=excluded.parts, upstream_runs=excluded.upstream_runs, item=excluded.item, parent=excluded.parent',
+               run_id=run_id, step=step, status='running', started=time.time(), params=_j(params), fingerprint=fingerprint, notebook=notebook,
+               parts=_j(parts), upstream_runs=_j(upstream_runs), item=_j(item), parent=parent)
 
 @patch
 def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=None, error=None, cached_from=None,
@@ -166,48 +122,50 @@ def finish_step(self: Ledger, run_id: str, step: str, status: str, *, outputs=No
     now = time.time()
     with self.tx() as db:
         for d in gates:
-            db.execute('insert into gates (run_id, step, model, candidate, champion, metric, candidate_value, champion_value, promote, '
-                       'applied, reason, at, status, metrics, champion_metrics, segment) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
-                       (run_id, step, d['model'], d['candidate'], d['champion'], d['metric'], d['candidate_value'],
-                        d['champion_value'], int(bool(d['promote'])), 0, d['reason'], now, 'pending',
-                        _j(d.get('metrics')), _j(d.get('champion_metrics')), d.get('segment') or ''))
-        row = db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
+            db.insert('gates', {'uid': new_uid(), 'run_id': run_id, 'step': step, 'model': d['model'], 'candidate': d['candidate'],
+                                'champion': d['champion'], 'metric': d['metric'], 'candidate_value': d['candidate_value'],
+                                'champion_value': d['champion_value'], 'promote': int(bool(d['promote'])), 'applied': 0, 'reason': d['reason'],
+                                'at': now, 'status': 'pending', 'metrics': _j(d.get('metrics')), 'champion_metrics': _j(d.get('champion_metrics')),
+                                'segment': d.get('segment') or ''})
+        row = db.one('select started from steps where run_id=:run_id and step=:step', run_id=run_id, step=step)
         if row is None:
-            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, fingerprint, outputs, cached_from, error, '
-                       'parts, upstream_runs, item, parent) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
-                       (run_id, step, status, now, now, 0.0, _j(params), fingerprint, _j(outputs), cached_from, _j(error),
-                        _j(parts), _j(upstream_runs), _j(item), parent))
+            db.insert('steps', {'run_id': run_id, 'step': step, 'status': status, 'started': now, 'ended': now, 'duration': 0.0, 'params': _j(params),
+                                'fingerprint': fingerprint, 'outputs': _j(outputs), 'cached_from': cached_from, 'error': _j(error), 'parts': _j(parts),
+                                'upstream_runs': _j(upstream_runs), 'item': _j(item), 'parent': parent})
         else:
-            db.execute('update steps set status=?, ended=?, duration=?, outputs=?, error=?, cached_from=?, fingerprint=coalesce(?, fingerprint) '
-                       'where run_id=? and step=?', (status, now, now - row['started'], _j(outputs), _j(error), cached_from, fingerprint, run_id, step))
+            db.run('update steps set status=:status, ended=:ended, duration=:duration, outputs=:outputs, error=:error, cached_from=:cached_from, '
+                   'fingerprint=coalesce(:fingerprint, fingerprint) where run_id=:run_id and step=:step',
+                   status=status, ended=now, duration=now - row['started'], outputs=_j(outputs), error=_j(error), cached_from=cached_from,
+                   fingerprint=fingerprint, run_id=run_id, step=step)
 
 @patch
 def finish_run(self: Ledger, run_id: str, status: str, error: str | None = None,
-               within: Callable[[sqlite3.Connection], Any] | None = None, # also done in the same transaction (e.g. settling gates)
+               within: Callable[[Tx], Any] | None = None, # also done in the same transaction (e.g. settling gates)
               ) -> Any:
     "Record how run `run_id` ended, 'ok' or 'failed', in one transaction with `within(db)`; returns what `within` returned."
     with self.tx() as db:
         out = within(db) if within is not None else None
-        db.execute('update runs set status=?, ended=?, error=? where id=?', (status, time.time(), error, run_id))
+        db.run('update runs set status=:status, ended=:ended, error=:error where id=:id', status=status, ended=time.time(), error=error, id=run_id)
     return out
 
 # %% ../nbs/08_ledger.ipynb #9e9933ae
 @patch
 def reap(self: Ledger) -> list[str]:
     "Mark runs whose process died while running as 'killed'; returns their ids."
-    host, dead = socket.gethostname(), []
+    host = socket.gethostname()
+    running = lambda db: [r['id'] for r in db.all("select id, pid from runs where status='running' and host=:host", host=host) if not _alive(r['pid'])]
+    if not running(self.db): return [] # (a store shared by a team is read without its write lock when there is nothing to reap)
     with self.tx() as db:
-        for r in db.execute("select id, pid, host from runs where status='running'").fetchall():
-            if r['host'] == host and not _alive(r['pid']):
-                dead.append(r['id'])
-                db.execute("update runs set status='killed', error='the mlnb process died during the run' where id=?", (r['id'],))
-                db.execute("update steps set status='killed' where run_id=? and status='running'", (r['id'],))
-                db.execute("update gates set status='abandoned', applied=0, settled=?, outcome=? where run_id=? and status='pending'",
-                           (time.time(), "not applied: the run was killed before it finished, so the champion is unchanged; "
-                            "the next `mlnb run` evaluates the step again and decides anew", r['id']))
+        dead = running(db)
+        for run_id in dead:
+            db.run("update runs set status='killed', error='the mlnb process died during the run' where id=:id", id=run_id)
+            db.run("update steps set status='killed' where run_id=:id and status='running'", id=run_id)
+            db.run("update gates set status='abandoned', applied=0, settled=:at, outcome=:outcome where run_id=:id and status='pending'",
+                   at=time.time(), id=run_id, outcome="not applied: the run was killed before it finished, so the champion is unchanged; "
+                                                     "the next `mlnb run` evaluates the step again and decides anew")
     return dead
 
-def _run_row(r: sqlite3.Row) -> dict:
+def _run_row(r: dict) -> dict:
     "A run row as a plain dict, with 'killed' for a dead 'running' run."
     d = dict(r)
     for k in ('targets', 'overrides', 'packages'): d[k] = json.loads(d[k]) if d[k] else d[k]
@@ -216,7 +174,7 @@ def _run_row(r: sqlite3.Row) -> dict:
     d['kind'] = d.get('kind') or 'pipeline'
     return d
 
-def gate_row(r: sqlite3.Row) -> dict:
+def gate_row(r: dict) -> dict:
     "A gate decision as a plain dict (a decision recorded before mlnb kept states counts as settled)."
     d = dict(r)
     for k in ('metrics', 'champion_metrics'): d[k] = json.loads(d[k]) if d[k] else None
@@ -224,7 +182,7 @@ def gate_row(r: sqlite3.Row) -> dict:
     if d['status'] is None: d['status'] = 'applied' if d['applied'] else 'declined'
     return d
 
-def _step_row(r: sqlite3.Row, run_status: str) -> dict:
+def _step_row(r: dict, run_status: str) -> dict:
     d = dict(r)
     for k in ('params', 'outputs', 'error', 'parts', 'upstream_runs', 'item'): d[k] = json.loads(d[k]) if d.get(k) else d.get(k)
     if d['status'] == 'running' and run_status == 'killed': d['status'] = 'killed'
@@ -234,10 +192,9 @@ def _step_row(r: sqlite3.Row, run_status: str) -> dict:
 def runs(self: Ledger, limit: int = 20) -> list[dict]:
     "The latest `limit` runs, newest first, each with a count of its steps by status."
     out = []
-    for r in self.db.execute('select * from runs order by started desc, id desc limit ?', (limit,)).fetchall():
+    for r in self.db.all('select * from runs order by started desc, id desc limit :n', n=limit):
         d = _run_row(r)
-        d['steps'] = {s['status']: s['n'] for s in self.db.execute(
-            'select status, count(*) n from steps where run_id=? group by status', (d['id'],))}
+        d['steps'] = {s['status']: s['n'] for s in self.db.all('select status, count(*) n from steps where run_id=:id group by status', id=d['id'])}
         d['gates'] = self.gates(d['id'])
         out.append(d)
     return out
@@ -245,32 +202,32 @@ def runs(self: Ledger, limit: int = 20) -> list[dict]:
 @patch
 def get_run(self: Ledger, run_id: str) -> dict:
     "Run `run_id` (a unique prefix is enough) with its steps."
-    rows = self.db.execute('select * from runs where id like ? order by id', (run_id.replace('%', '') + '%',)).fetchall()
+    rows = self.db.all('select * from runs where id like :prefix order by id', prefix=run_id.replace('%', '').replace('_', '') + '%')
     if len(rows) != 1:
         raise MlnbError(f"No run matches '{run_id}'. See `mlnb runs` for run ids." if not rows else
                         f"'{run_id}' matches {len(rows)} runs ({', '.join(r['id'] for r in rows[:5])}). Give more of the id.")
     d = _run_row(rows[0])
-    d['steps'] = [_step_row(s, d['status']) for s in self.db.execute('select * from steps where run_id=? order by started', (d['id'],))]
+    d['steps'] = [_step_row(s, d['status']) for s in self.db.all('select * from steps where run_id=:id order by started', id=d['id'])]
     d['gates'] = self.gates(d['id'])
     return d
 
 @patch
 def gates(self: Ledger, run_id: str) -> list[dict]:
     "The gate decisions of run `run_id`, with what became of each (`status`, `outcome`)."
-    return [gate_row(g) for g in self.db.execute('select * from gates where run_id=? order by seq', (run_id,))]
+    return [gate_row(g) for g in self.db.all('select * from gates where run_id=:id order by seq', id=run_id)]
 
 @patch
 def cached(self: Ledger, step: str, fingerprint: str) -> tuple[str, Any] | None:
     "(run id, outputs) of the latest successful execution of `step` with `fingerprint` whose gate decisions were settled by its own successful run, or None."
-    r = self.db.execute("select s.run_id, s.cached_from, s.outputs from steps s where s.step=? and s.fingerprint=? and s.status in ('ok', 'cached') "
-                        "and not exists (select 1 from gates g where g.run_id = coalesce(s.cached_from, s.run_id) and g.step = s.step "
-                        f"and coalesce(g.status, 'applied') not in {SETTLED_OK}) order by s.ended desc limit 1", (step, fingerprint)).fetchone()
+    r = self.db.one("select s.run_id, s.cached_from, s.outputs from steps s where s.step=:step and s.fingerprint=:fp and s.status in ('ok', 'cached') "
+                    "and not exists (select 1 from gates g where g.run_id = coalesce(s.cached_from, s.run_id) and g.step = s.step "
+                    "and coalesce(g.status, 'applied') not in ('applied', 'declined')) order by s.ended desc limit 1", step=step, fp=fingerprint) # SETTLED_OK
     return None if r is None else (r['cached_from'] or r['run_id'], json.loads(r['outputs']) if r['outputs'] else {})
 
 @patch
 def latest(self: Ledger, step: str) -> Any | None:
     "Outputs of the latest successful (executed or cached) `step`, or None."
-    r = self.db.execute("select outputs from steps where step=? and status in ('ok', 'cached') order by ended desc limit 1", (step,)).fetchone()
+    r = self.db.one("select outputs from steps where step=:step and status in ('ok', 'cached') order by ended desc limit 1", step=step)
     return None if r is None else json.loads(r['outputs']) if r['outputs'] else {}
 
 def _reading(root: str | Path, read: Callable[[Ledger], Any]) -> Any | None:
@@ -294,30 +251,29 @@ def record_interactive(self: Ledger, run_id: str, step: str, *,
                        upstream_runs: dict | None = None, # upstream step -> the run whose outputs it read
                       ):
     "Add output `name` to the interactive run `run_id` of `step` (created with its first output)."
-    new = self.db.execute('select 1 from runs where id=?', (run_id,)).fetchone() is None
+    new = self.db.one('select 1 x from runs where id=:id', id=run_id) is None
     commit, dirty = git_state(root) if new else (None, None)
     now = time.time()
     with self.tx() as db:
         if new:
             v = package_versions()
-            db.execute('insert into runs (id, started, ended, status, kind, targets, engine, git_commit, git_dirty, python, packages, host, pid) '
-                       'values (?,?,?,?,?,?,?,?,?,?,?,?,?)', (run_id, now, now, 'interactive', 'interactive', _j([step]), 'by hand', commit,
-                        None if dirty is None else int(dirty), v.pop('python'), _j(v), socket.gethostname(), os.getpid()))
-            db.execute('insert into steps (run_id, step, status, started, ended, duration, params, outputs, notebook, upstream_runs) '
-                       'values (?,?,?,?,?,?,?,?,?,?)', (run_id, step, 'interactive', now, now, 0.0, _j(params), _j({name: payload}),
-                                                        notebook, _j(upstream_runs or {})))
+            db.insert('runs', {'id': run_id, 'started': now, 'ended': now, 'status': 'interactive', 'kind': 'interactive', 'targets': _j([step]),
+                               'engine': 'by hand', 'git_commit': commit, 'git_dirty': None if dirty is None else int(dirty), 'python': v.pop('python'),
+                               'packages': _j(v), 'host': socket.gethostname(), 'pid': os.getpid()})
+            db.insert('steps', {'run_id': run_id, 'step': step, 'status': 'interactive', 'started': now, 'ended': now, 'duration': 0.0,
+                                'params': _j(params), 'outputs': _j({name: payload}), 'notebook': notebook, 'upstream_runs': _j(upstream_runs or {})})
             return
-        row = db.execute('select outputs, started from steps where run_id=? and step=?', (run_id, step)).fetchone()
+        row = db.one('select outputs, started from steps where run_id=:id and step=:step', id=run_id, step=step)
         outs = {**(json.loads(row['outputs']) if row['outputs'] else {}), name: payload}
-        db.execute('update steps set outputs=?, params=?, ended=?, duration=?, upstream_runs=? where run_id=? and step=?',
-                   (_j(outs), _j(params), now, now - row['started'], _j(upstream_runs or {}), run_id, step))
-        db.execute('update runs set ended=? where id=?', (now, run_id))
+        db.run('update steps set outputs=:outputs, params=:params, ended=:ended, duration=:duration, upstream_runs=:ups where run_id=:id and step=:step',
+               outputs=_j(outs), params=_j(params), ended=now, duration=now - row['started'], ups=_j(upstream_runs or {}), id=run_id, step=step)
+        db.run('update runs set ended=:ended where id=:id', ended=now, id=run_id)
 
 @patch
 def newest(self: Ledger, step: str) -> dict | None:
     "The newest outputs of `step`, from a pipeline run (executed or cached) or a hand run: run id, kind, when, notebook, outputs; or None."
-    r = self.db.execute("select run_id, cached_from, status, ended, notebook, outputs from steps where step=? "
-                        "and status in ('ok', 'cached', 'interactive') order by ended desc limit 1", (step,)).fetchone()
+    r = self.db.one("select run_id, cached_from, status, ended, notebook, outputs from steps where step=:step "
+                    "and status in ('ok', 'cached', 'interactive') order by ended desc limit 1", step=step)
     if r is None: return None
     return {'run_id': r['cached_from'] or r['run_id'], 'kind': 'interactive' if r['status'] == 'interactive' else 'pipeline',
             'ended': r['ended'], 'notebook': r['notebook'], 'outputs': json.loads(r['outputs']) if r['outputs'] else {}}
@@ -329,8 +285,8 @@ def newest_outputs(root: str | Path, step: str) -> dict | None:
 @patch
 def previous(self: Ledger, run_id: str, step: str) -> dict | None:
     "The latest successful pipeline execution of `step` with recorded fingerprint parts before it ran in `run_id` (what its cache was checked against), or None."
-    r = self.db.execute('select started from steps where run_id=? and step=?', (run_id, step)).fetchone()
+    r = self.db.one('select started from steps where run_id=:id and step=:step', id=run_id, step=step)
     if r is None: return None
-    p = self.db.execute("select * from steps where step=? and status in ('ok', 'cached') and parts is not null and run_id != ? "
-                        "and ended <= ? order by ended desc limit 1", (step, run_id, r['started'])).fetchone()
+    p = self.db.one("select * from steps where step=:step and status in ('ok', 'cached') and parts is not null and run_id != :id "
+                    "and ended <= :started order by ended desc limit 1", step=step, id=run_id, started=r['started'])
     return None if p is None else _step_row(p, 'ok')

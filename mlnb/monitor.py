@@ -284,7 +284,7 @@ def model_to_watch(project, # the project
         return str(b.info.all_models[0].tag)
     from mlnb.ledger import Ledger
     led = Ledger(project.root)
-    try: r = led.db.execute('select model from builds order by seq desc limit 1').fetchone()
+    try: r = led.db.one('select model from builds order by seq desc limit 1')
     finally: led.close()
     if r: return r['model']
     tag = champion(serve.model, project.root)
@@ -295,7 +295,7 @@ def _evaluation(root, tag: str) -> tuple[str | None, float | None]:
     "(metric, value) the gate recorded for model `tag` as a candidate."
     from mlnb.ledger import Ledger
     led = Ledger(root)
-    try: r = led.db.execute('select metric, candidate_value from gates where candidate=? order by seq desc limit 1', (tag,)).fetchone()
+    try: r = led.db.one('select metric, candidate_value from gates where candidate=:tag order by seq desc limit 1', tag=tag)
     finally: led.close()
     return (r['metric'], r['candidate_value']) if r else (None, None)
 

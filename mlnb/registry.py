@@ -313,7 +313,7 @@ def models(name: str | None = None, root: str | Path | None = None,
 
 def _last_gate(led: Ledger, tag: str) -> dict | None:
     "The latest gate decision about candidate `tag`, with the metrics it was evaluated on, or None."
-    r = led.db.execute('select * from gates where candidate=? order by seq desc limit 1', (tag,)).fetchone()
+    r = led.db.one('select * from gates where candidate=:tag order by seq desc limit 1', tag=tag)
     return None if r is None else gate_row(r)
 
 def lineage(tag: str, root: str | Path | None = None) -> dict:
@@ -331,7 +331,7 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
                 if s['step'] != lin.get('step') and s['step'] not in lin.get('upstream', {}): continue
                 nb = s['notebook']
                 if s['cached_from']: # a cached step's notebook is the one of the run that executed it
-                    r = led.db.execute('select notebook from steps where run_id=? and step=?', (s['cached_from'], s['step'])).fetchone()
+                    r = led.db.one('select notebook from steps where run_id=:run_id and step=:step', run_id=s['cached_from'], step=s['step'])
                     nb = r['notebook'] if r else None
                 steps.append({**{k: s[k] for k in ('step', 'status', 'params', 'fingerprint', 'cached_from')}, 'notebook': nb})
                 if isinstance(s.get('outputs'), dict) and 'production_window' in s['outputs']: # trained on production data: which window

@@ -109,7 +109,7 @@ def _notebook_of(led: Ledger, step: Mapping) -> Path | None:
     "The executed notebook of `step` (for a cached step, the one of the run that executed it)."
     nb = step.get('notebook')
     if step.get('cached_from'):
-        r = led.db.execute('select notebook from steps where run_id=? and step=?', (step['cached_from'], step['step'])).fetchone()
+        r = led.db.one('select notebook from steps where run_id=:run_id and step=:step', run_id=step['cached_from'], step=step['step'])
         nb = r['notebook'] if r else None
     return Path(nb) if nb and Path(nb).is_file() else None
 
@@ -138,7 +138,7 @@ def run_report(root: str | Path, # the project root
     try:
         led.reap()
         if run_id is None:
-            r = led.db.execute("select id from runs where coalesce(kind, 'pipeline') = 'pipeline' order by started desc limit 1").fetchone()
+            r = led.db.one("select id from runs where coalesce(kind, 'pipeline') = 'pipeline' order by started desc limit 1")
             if r is None: raise UsageError(f"No pipeline run is recorded in {root / '.mlnb'}, so there is nothing to report. Run `mlnb run` first.")
             run_id = r['id']
         try: run = led.get_run(run_id)
@@ -167,7 +167,7 @@ def run_report(root: str | Path, # the project root
             if s['status'] != 'ok' and isinstance(g, Mapping) and not any(x['step'] == s['step'] for x in gates):
                 gates.append({**g, 'step': s['step'], 'status': 'shown, not applied' if s['status'] == 'interactive' else f"decided in run {s.get('cached_from')}",
                               'outcome': ''})
-        champ = {g['model']: led.db.execute('select tag from champions where model=? order by seq desc limit 1', (g['model'],)).fetchone()
+        champ = {g['model']: led.db.one('select tag from champions where model=:model order by seq desc limit 1', model=g['model'])
                  for g in gates if g.get('model')}
     finally: led.close()
     commit = (run.get('git_commit') or '-')[:12] + (' (dirty)' if run.get('git_dirty') else '')

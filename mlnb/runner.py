@@ -18,7 +18,7 @@ from .artifacts import is_ref
 from .champions import settle_gates
 from .config import GateConfig
 from .engines import kernel_pool, kernels, papermill_engine
-from .errors import MlnbError, ParameterError, StepFailed
+from .errors import MlnbError, ParameterError, StepFailed, StoreError
 from .executors import LazyExecutor, execute_step, executor_spec, start_executor
 from .export import ensure_exported, package_hash
 from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, step_context, step_parts
@@ -27,6 +27,7 @@ from .outputs import read_refs, store
 from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
 from .progress import Progress
 from .project import Project, load_project
+from .store import client_modules
 
 # %% auto #0
 __all__ = ['StepResult', 'RunResult', 'RunState', 'run_pipeline']
@@ -290,8 +291,8 @@ class RunState:
     def abort(self, e: BaseException) -> list[dict]:
         "End a run that stopped (an exception, Ctrl+C, SIGTERM): its running steps and the run failed, no gate decision applied."
         def within(db):
-            db.execute("update steps set status='failed', error=? where run_id=? and status='running'",
-                       (json.dumps({'reason': f'the run stopped: {type(e).__name__}: {e}'}), self.run_id))
+            db.run("update steps set status='failed', error=:error where run_id=:run_id and status='running'",
+                   error=json.dumps({'reason': f'the run stopped: {type(e).__name__}: {e}'}), run_id=self.run_id)
             return settle_gates(db, self.run_id, False)
         return self.led.finish_run(self.run_id, 'failed', f'{type(e).__name__}: {e}', within=within)
 
@@ -370,7 +371,9 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         result.alert = _guard_alert(project, run_id, result)
         return result
     except BaseException as e:
-        run.abort(e)
+        try: run.abort(e)
+        except StoreError: pass # the store went away: the run stays unfinished there (then shown as killed) and promoted nothing
+        if isinstance(e, StoreError): raise StoreError(f"Run {run_id} stopped: {e}", **e.fields) from None
         raise
     finally:
         stop_kernels(); _restore_sigterm(old_term)
@@ -381,7 +384,8 @@ def _warm_kernels(project: Project, plan: Plan, pm_engine: str, spec: Mapping):
     "Start the warm kernels of a local run with the kernel engine (for the first step's notebook); returns what stops them all."
     if pm_engine != 'mlnb_kernel' or spec['name'] != 'local' or not plan.steps or kernel_pool() is not None: return lambda: None
     stack = ExitStack()
-    kp = stack.enter_context(kernels(spec['jobs'], preload=project.settings.get('preload', ()), log_dir=str(project.state / 'kernels')))
+    preload = (*project.settings.get('preload', ()), *client_modules(project.root)) # with a team's store, its client too
+    kp = stack.enter_context(kernels(spec['jobs'], preload=preload, log_dir=str(project.state / 'kernels')))
     first = plan.steps[0]
     kp.warm(first.info.kernel, str(first.notebook.parent))
     return stack.close # closing twice does nothing

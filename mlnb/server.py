@@ -12,6 +12,7 @@ from pathlib import Path
 from .bento import check_served, latest_build
 from .config import ServeConfig
 from .errors import MlnbError
+from .flags import follow_flags
 from .project import Project, load_project
 
 # %% auto #0
@@ -186,6 +187,7 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     absolute = lambda p: str(p) if '://' in str(p) or Path(p).is_absolute() else str(project.root / p)
     env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags),
            'MLNB_SHUTDOWN_GRACE_S': str(cfg.shutdown_grace_s), **exposure(cfg, host, insecure)}
+    follow = follow_flags(project.root, env['MLNB_FLAGS']) # with a team's store, the flags file follows the store's flags
     _adopt_orphans() # a worker left by a killed `bentoml serve` becomes this process's child: it is waited for, or stopped
     proc = launch(bento, host, port, env)
     asked = []
@@ -198,6 +200,7 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
         while True:
             try: return proc.wait(0.5)
             except subprocess.TimeoutExpired: _reap(keep=proc.pid)
+            if follow is not None: follow()
             if len(asked) > 1 or (asked and time.monotonic() - asked[0] > cfg.shutdown_grace_s + 10):
                 print('mlnb serve: stopping the server now' + (' (asked twice)' if len(asked) > 1 else
                       f' (it did not stop within shutdown_grace_s = {cfg.shutdown_grace_s:g} s)'), file=sys.stderr)

@@ -1,5 +1,5 @@
 """Shared fixtures: scaffolded projects and helpers to run the real command-line tools."""
-import json, os, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,15 @@ MLNB = str(Path(sys.executable).parent / 'mlnb') if (Path(sys.executable).parent
 def mlnb(*args, cwd, check=True, env=None, timeout=600):
     "Run the real `mlnb` command line in a fresh process."
     return run([MLNB, *map(str, args)], cwd=cwd, check=check, env=env, timeout=timeout)
+
+
+def step_notebook(path, params, body):
+    "Write a step notebook: a `parameters` cell and a body cell."
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={'tags': ['parameters']}),
+                                         nbformat.v4.new_code_cell(body)])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, path)
 
 
 def git_snapshot(root):
@@ -131,3 +140,27 @@ def ported(ported_template, tmp_path):
     dest = tmp_path / ported_template.name
     shutil.copytree(ported_template, dest, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
     return dest
+
+
+def postgres_cluster():
+    "A throwaway PostgreSQL cluster, started (stop it with `.stop()`, remove `.base`); the test is skipped, saying why, when it cannot be had."
+    from postgres import Cluster, bindir
+    if bindir() is None: pytest.skip('PostgreSQL is not installed (Debian: apt-get install postgresql, as .ci/run does)')
+    try: import psycopg  # noqa: F401
+    except ImportError: pytest.skip('the PostgreSQL client is not installed: pip install "mlnb[team]"')
+    if os.geteuid() == 0 and (shutil.which('runuser') is None or subprocess.run(['id', 'postgres'], capture_output=True).returncode):
+        pytest.skip("PostgreSQL refuses to run as root, and there is no 'postgres' user (or runuser) to run it as")
+    base = Path(tempfile.mkdtemp(prefix='mlnb-pg-'))  # not under pytest's folder: the 'postgres' user must reach it
+    try: return Cluster(base).start().setup_role()
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+
+
+@pytest.fixture(scope='session')
+def postgres():
+    "A throwaway PostgreSQL cluster for the session: initdb in a temporary folder, a free loopback port, a role with a password (PGPASSWORD)."
+    cluster = postgres_cluster()
+    yield cluster
+    try: cluster.stop()
+    finally: shutil.rmtree(cluster.base, ignore_errors=True)

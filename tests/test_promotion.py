@@ -2,20 +2,11 @@
 import json, os, random, signal, sqlite3, subprocess, time
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from conftest import MLNB, mlnb
+from conftest import MLNB, mlnb, step_notebook as _notebook
 
 WORSE = ['-p', 'n_estimators=3', '-p', 'max_depth=2']
-
-
-def _notebook(path, params, body):
-    "Write a step notebook: a `parameters` cell and a body cell."
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={'tags': ['parameters']}),
-                                         nbformat.v4.new_code_cell(body)])
-    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    nbformat.write(nb, path)
 
 
 def _db(root):
