@@ -82,7 +82,7 @@ class ArtifactStore:
         if self.fs is not None:
             parent = dest.rsplit('/', 1)[0]
             def put():
-                self.fs.makedirs(parent, exist_ok=True)
+                if not self.in_place: self.fs.makedirs(parent, exist_ok=True) # an object store has no folders to make
                 to = dest if self.in_place else f"{parent}/.tmp-{secrets.token_hex(8)}"
                 if src is None: self.fs.pipe_file(to, data)
                 else: self.fs.put_file(str(src), to)

@@ -122,7 +122,8 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     else: hand = None
     lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
-               'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
+               'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []),
+               'windows': ctx.get('windows', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
                'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None, 'segment': segment or None}
     if hand is not None: lineage.update(notebook=hand['notebook'], upstream_runs=hand['upstream_runs'])
     contract_text = ''
@@ -308,7 +309,8 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
             'interactive': bool(lin.get('interactive')), 'hand_run': lin.get('run_id') if lin.get('interactive') else None,
             'notebook': lin.get('notebook'), 'upstream_runs': lin.get('upstream_runs') or {},
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),
-                                              'contract': lin.get('contract'), 'windows': windows},
+                                              'contract': lin.get('contract'),
+                                              'windows': windows or [{'step': n, **w} for n, w in (lin.get('windows') or {}).items()]},
             'code': {'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'packages': lin.get('packages')},
             'golden_examples': len((info['golden'] or {}).get('rows', [])),
             'reference': None if not info['reference'] else {'rows': info['reference']['rows'], 'columns': list(info['reference']['columns']),

@@ -102,6 +102,9 @@ def reproduce(tag: str, # the model to reproduce, name:version
     if 'overrides' not in lin:
         raise UsageError(f"Model {tag} was logged before mlnb recorded how its run was asked for (profile, -p parameters): it cannot be recreated.")
     step, commit = lin['step'], lin['git_commit']
+    windows = lin.get('windows') or {} # production windows its run read: read again from their snapshots
+    if (lost := [n for n, w in windows.items() if not w.get('snapshot')]):
+        raise UsageError(f"Model {tag} was trained on a window of the production stream (step {lost[0]}) that was not kept: it cannot be recreated.")
     work = Path(tempfile.mkdtemp(prefix='mlnb-reproduce-'))
     tree, ok = None, False
     try:
@@ -112,7 +115,8 @@ def reproduce(tag: str, # the model to reproduce, name:version
         os.environ['BENTOML_HOME'] = str(home) # the reproduced model stays out of this machine's store
         os.environ.pop('MLNB_PROJECT_ROOT', None)
         try: res = run_pipeline(load_project(tree), [step.split('[')[0]], profile=lin.get('profile'), overrides=lin.get('overrides') or [],
-                                force=True, progress=progress)
+                                force=True, progress=progress,
+                                replay=windows)
         finally:
             for k, v in saved.items():
                 if v is None: os.environ.pop(k, None)

@@ -27,7 +27,7 @@ from .objects import snapshot_inputs
 from .outputs import read_refs, store
 from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
 from .progress import Progress
-from .project import Project, load_project
+from .project import ALWAYS, Project, load_project
 
 # %% auto #0
 __all__ = ['StepResult', 'RunResult', 'RunState', 'run_pipeline']
@@ -129,9 +129,11 @@ class RunState:
         return hit if hit is not None and _refs_exist(hit[1], self.st) else None
 
     def _context(self, s: PlannedStep) -> dict:
-        "What `s` is told about itself (`step_context`, with how the run was asked for); the input files of a step that read the production stream instead (it recorded a `production_window`) are left out."
-        read = {n: {} if isinstance(self.outputs.get(n), dict) and 'production_window' in self.outputs[n] else files for n, files in self.inputs.items()}
-        return {**step_context(self.plan, s, self.run_id, self.fps, read, self.contracts), **self.about}
+        "What `s` is told about itself (`step_context`, with how the run was asked for); a step that read the production stream (it recorded a `production_window`) read that window, not its input files."
+        windows = {n: o['production_window'] for n, o in self.outputs.items() if isinstance(o, dict) and isinstance(o.get('production_window'), dict)}
+        read = {n: {k: v for k, v in files.items() if k == ALWAYS} if n in windows else files for n, files in self.inputs.items()}
+        ctx = step_context(self.plan, s, self.run_id, self.fps, read, self.contracts)
+        return {**ctx, 'windows': {n: w for n, w in windows.items() if n in ctx['upstream']}, **self.about}
 
     def _upstream_runs(self, s: PlannedStep) -> dict:
         "Needed step -> the run whose outputs `s` is given (this one, or the one a cached step came from)."
@@ -314,6 +316,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                  progress: str = 'auto', # 'auto', 'rich', 'plain' or 'quiet'
                  executor: str | None = None, # 'local' (default) or 'dask'
                  address: str | None = None, # the Dask scheduler, 'tcp://HOST:PORT' (default: a LocalCluster for the run)
+                 replay: Mapping[str, dict] | None = None, # step -> the production window it reads again from its snapshot (`mlnb reproduce`)
                 ) -> RunResult:
     "Run the pipeline of `project`, recording everything in the ledger; returns how each step (and each item) ended."
     # 1. the plan, and every setting it runs with, checked before anything starts
@@ -350,7 +353,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     result = RunResult(run_id, 'running')
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     run = RunState(plan, run_id, run_dir, led, st, result, {}, fps, inputs, contracts, package, force,
-                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides})
+                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})})
     ex = LazyExecutor(lambda: start_executor(spec, pm_engine, root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
     try:
         # 3. steps whose needs have ended are skipped, reused or queued; queued units run as slots free up; each result is recorded
