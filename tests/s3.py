@@ -54,7 +54,8 @@ class Seaweed:
         log = open(self.folder / 'weed.log', 'ab')
         self.proc = subprocess.Popen([WEED, 'server', f'-dir={data}', '-ip=127.0.0.1', '-ip.bind=127.0.0.1', '-s3', f'-s3.port={self.s3}',
                                       f'-s3.config={config}', f'-master.port={self.master}', f'-volume.port={self.volume}',
-                                      f'-filer.port={self.filer}', '-master.telemetry=false', '-volume.max=20',
+                                      f'-filer.port={self.filer}', '-s3.port.iceberg=0', '-s3.port.lance=0', # no fixed ports: servers side by side
+                                      '-master.telemetry=false', '-volume.max=20', '-volume.preStopSeconds=0',
                                       '-master.volumeSizeLimitMB=64'],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -62,6 +63,7 @@ class Seaweed:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed server exited {self.proc.returncode}: {(self.folder / 'weed.log').read_text()[-3000:]}")
+            if _free(self.s3): time.sleep(0.2); continue # not listening yet (a client would retry a refused connection for seconds)
             try:
                 fs = self.client()
                 if not fs.exists(self.bucket): fs.mkdir(self.bucket)
@@ -86,8 +88,8 @@ class Seaweed:
             self.proc.wait(30)
 
     def stop(self):
-        "Stop the server gracefully."
+        "Stop the server: SIGTERM, and SIGKILL after 5 s (a graceful stop can take 15 s; the tests need nothing it saves)."
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try: self.proc.wait(30)
+            try: self.proc.wait(5)
             except subprocess.TimeoutExpired: self.kill()
