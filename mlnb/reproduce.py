@@ -91,6 +91,7 @@ def reproduce(tag: str, # the model to reproduce, name:version
               progress: str = 'auto', # the run's progress: 'auto', 'rich', 'plain' or 'quiet'
              ) -> dict:
     "Recreate the run of model `tag` from its commit, input snapshots and parameters, and compare the new model with it."
+    import bentoml
     from bentoml._internal.models.model import ModelStore
     root = Path(root or project_root()).resolve()
     info = model_info(tag) # fetched from the team's artifact store when this machine does not have it
@@ -106,7 +107,7 @@ def reproduce(tag: str, # the model to reproduce, name:version
     if (lost := [n for n, w in windows.items() if not w.get('snapshot')]):
         raise UsageError(f"Model {tag} was trained on a window of the production stream (step {lost[0]}) that was not kept: it cannot be recreated.")
     work = Path(tempfile.mkdtemp(prefix='mlnb-reproduce-'))
-    tree, ok = None, False
+    tree, kept = None, keep
     try:
         tree = _scratch(root, commit, work)
         for rel, sha in (lin.get('inputs') or {}).items():
@@ -122,8 +123,11 @@ def reproduce(tag: str, # the model to reproduce, name:version
                 if v is None: os.environ.pop(k, None)
                 else: os.environ[k] = v
         if res.error is not None:
+            kept = True # to be looked at
             raise MlnbError(f"The run that recreates {tag} failed (its notebooks are in {tree / '.mlnb' / 'runs' / res.run_id}):\n{res.error}")
-        found = [m for m in ModelStore(home / 'models').list(info['name']) if json.loads(m.info.metadata.get('lineage') or '{}').get('step') == step]
+        try: logged = ModelStore(home / 'models').list(info['name'])
+        except bentoml.exceptions.NotFound: logged = [] # none was logged
+        found = [m for m in logged if json.loads(m.info.metadata.get('lineage') or '{}').get('step') == step]
         if len(found) != 1:
             raise MlnbError(f"The run that recreates {tag} logged {len(found)} models of '{info['name']}' in step '{step}', not one: "
                             f"the code at {commit[:12]} does not log it as it did.")
@@ -133,11 +137,10 @@ def reproduce(tag: str, # the model to reproduce, name:version
         diffs, same = differences({'lineage': lin, 'golden': info['golden']}, new, {n: (old_parts[n], new_parts[n]) for n in old_parts if n in new_parts})
         if lin.get('git_dirty') and diffs:
             diffs.append(f"the model was trained from uncommitted changes on top of {commit[:12]}: they are not in the commit")
-        ok = True
         return {'model': tag, 'reproduced': str(found[0].tag), 'commit': commit, 'step': step, 'run_id': res.run_id,
                 'inputs': {k: v for k, v in (lin.get('inputs') or {}).items() if k != ALWAYS},
                 'differences': diffs, 'equal': same, 'kept': str(tree) if keep else None}
     finally:
-        if tree is not None and ok and not keep:
-            subprocess.run(['git', 'worktree', 'remove', '--force', str(work / 'src')], cwd=root, capture_output=True, timeout=300)
-        if ok and not keep: shutil.rmtree(work, ignore_errors=True)
+        if not kept:
+            if tree is not None: subprocess.run(['git', 'worktree', 'remove', '--force', str(work / 'src')], cwd=root, capture_output=True, timeout=300)
+            shutil.rmtree(work, ignore_errors=True)
