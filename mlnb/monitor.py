@@ -278,8 +278,8 @@ def model_to_watch(project, # the project
     if model: return model if _stored_metadata(model) is not None else model_info(model)['tag']
     if bento:
         import bentoml
-        from mlnb.objects import ensure_bento
-        ensure_bento(bento, project.root)
+        from mlnb.objects import ensure
+        ensure(bento, 'bento', project.root)
         try: b = bentoml.get(bento)
         except (bentoml.exceptions.NotFound, ValueError, bentoml.exceptions.BentoMLException):
             raise UsageError(f"There is no Bento {bento!r} in the store. See `bentoml list`.") from None

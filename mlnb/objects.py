@@ -18,7 +18,7 @@ from .project import ALWAYS, project_root
 
 # %% auto #0
 __all__ = ['snapshot_ref', 'snapshot_inputs', 'restore_input', 'team_store', 'object_key', 'local_models', 'staged', 'install',
-           'push_model', 'fetch_model', 'push_bento', 'fetch_bento', 'ensure_model', 'ensure_bento', 'pull']
+           'push', 'fetch', 'ensure', 'pull']
 
 # %% ../nbs/21a_objects.ipynb #4e954035
 def snapshot_ref(sha: str) -> dict:
@@ -139,54 +139,37 @@ def install(models: Path, # the model store's folder
         _point_latest(models, m)
 
 # %% ../nbs/21a_objects.ipynb #0751f1b8
-def push_model(tag: str, # name:version
-               models: str | Path, # the model store's folder that holds it (a staging folder, for a new model)
-               root: str | Path | None = None, # the project
-              ) -> str | None:
-    "Upload model `tag` to the team's artifact store (when `[tool.mlnb] artifacts` is set); returns its key there."
+def push(tag: str, # name:version
+         kind: str, # 'model' or 'bento' (a Bento carries its models)
+         root: str | Path | None = None, # the project
+         models: str | Path | None = None, # a model store's folder that holds the model (default: the local one; a staging folder for a new model)
+        ) -> str | None:
+    "Upload the model or Bento `tag`, as BentoML exports it, to the team's artifact store (when `[tool.mlnb] artifacts` is set); returns its key there."
     import bentoml
     from bentoml._internal.models.model import ModelStore
     st = team_store(root)
     if st is None: return None
     with tempfile.TemporaryDirectory() as d:
-        f = bentoml.models.export_model(tag, str(Path(d) / 'model.bentomodel'), _model_store=ModelStore(models))
-        st.put_file(object_key(tag, 'model'), f)
-    return object_key(tag, 'model')
+        if kind == 'model': f = bentoml.models.export_model(tag, str(Path(d) / 'model.bentomodel'), _model_store=ModelStore(models or local_models()))
+        else: f = bentoml.bentos.export_bento(tag, str(Path(d) / 'service.bento'))
+        st.put_file(object_key(tag, kind), f)
+    return object_key(tag, kind)
 
-def fetch_model(tag: str, # name:version
-                root: str | Path | None = None, # the project
-               ) -> bool:
-    "Bring model `tag` from the team's artifact store into the local BentoML store; False when the store does not have it."
+def fetch(tag: str, # name:version
+          kind: str, # 'model' or 'bento' (a Bento brings its models)
+          root: str | Path | None = None, # the project
+         ) -> bool:
+    "Bring the model or Bento `tag` from the team's artifact store into the local BentoML store; False when the store does not have it."
     import bentoml
     from bentoml._internal.models.model import ModelStore
     st = team_store(root)
-    if st is None or ':' not in str(tag) or str(tag).endswith(':latest') or not st.has(object_key(tag, 'model')): return False
-    models = local_models()
-    with tempfile.TemporaryDirectory() as d, staged(models) as work:
-        f = st.get_file(object_key(tag, 'model'), Path(d) / 'model.bentomodel')
-        install(models, work, bentoml.models.import_model(str(f), _model_store=ModelStore(work)))
-    return True
-
-def push_bento(tag: str, # name:version
-               root: str | Path | None = None, # the project
-              ) -> str | None:
-    "Upload Bento `tag`, its models inside, to the team's artifact store (when `[tool.mlnb] artifacts` is set); returns its key there."
-    import bentoml
-    st = team_store(root)
-    if st is None: return None
+    if st is None or ':' not in str(tag) or str(tag).endswith(':latest') or not st.has(object_key(tag, kind)): return False
     with tempfile.TemporaryDirectory() as d:
-        st.put_file(object_key(tag, 'bento'), bentoml.bentos.export_bento(tag, str(Path(d) / 'service.bento')))
-    return object_key(tag, 'bento')
-
-def fetch_bento(tag: str, # name:version
-                root: str | Path | None = None, # the project
-               ) -> bool:
-    "Bring Bento `tag` (and its models) from the team's artifact store into the local BentoML store; False when the store does not have it."
-    import bentoml
-    st = team_store(root)
-    if st is None or ':' not in str(tag) or str(tag).endswith(':latest') or not st.has(object_key(tag, 'bento')): return False
-    with tempfile.TemporaryDirectory() as d:
-        bentoml.bentos.import_bento(str(st.get_file(object_key(tag, 'bento'), Path(d) / 'service.bento')))
+        f = str(st.get_file(object_key(tag, kind), Path(d) / ('model.bentomodel' if kind == 'model' else 'service.bento')))
+        if kind == 'bento': bentoml.bentos.import_bento(f)
+        else:
+            models = local_models()
+            with staged(models) as work: install(models, work, bentoml.models.import_model(f, _model_store=ModelStore(work)))
     return True
 
 def _local(tag: str, kind: str) -> bool:
@@ -196,13 +179,12 @@ def _local(tag: str, kind: str) -> bool:
     except (bentoml.exceptions.NotFound, bentoml.exceptions.BentoMLException, ValueError): return False
     return True
 
-def ensure_model(tag: str, root: str | Path | None = None) -> bool:
-    "Whether model `tag` is in the local BentoML store, fetched from the team's artifact store if it was not."
-    return _local(tag, 'model') or fetch_model(tag, root)
-
-def ensure_bento(tag: str, root: str | Path | None = None) -> bool:
-    "Whether Bento `tag` is in the local BentoML store, fetched from the team's artifact store if it was not."
-    return _local(tag, 'bento') or fetch_bento(tag, root)
+def ensure(tag: str, # name:version
+           kind: str, # 'model' or 'bento'
+           root: str | Path | None = None, # the project
+          ) -> bool:
+    "Whether the model or Bento `tag` is in the local BentoML store, fetched from the team's artifact store if it was not."
+    return _local(tag, kind) or fetch(tag, kind, root)
 
 # %% ../nbs/21a_objects.ipynb #5d27e040
 def pull(tag: str, # a model's or a Bento's tag, name:version
@@ -214,10 +196,10 @@ def pull(tag: str, # a model's or a Bento's tag, name:version
     if st is None:
         raise UsageError("`mlnb pull` fetches from the team's artifact store, but [tool.mlnb] artifacts is not set in this project: "
                          "set it to the store the team shares, e.g. artifacts = \"s3://bucket/mlnb\".")
-    for kind, fetch in (('model', fetch_model), ('bento', fetch_bento)):
+    for kind in ('model', 'bento'):
         if st.has(object_key(tag, kind)):
             had = _local(tag, kind)
-            if not had: fetch(tag, root)
+            if not had: fetch(tag, kind, root)
             return {'tag': tag, 'kind': kind, 'fetched': not had, 'store': st.shown, 'key': object_key(tag, kind)}
     raise UsageError(f"There is no model or Bento {tag} in the artifact store {st.shown}. A model is there once `log_model` saved "
                      "it with this `artifacts` setting, a Bento once `mlnb build` built it; `mlnb models` lists this machine's models.")

@@ -15,7 +15,7 @@ from .config import GateConfig
 from .errors import MlnbError, UsageError
 from .ledger import Ledger, gate_row, git_state, package_versions
 from .notebook import context, record
-from .objects import fetch_model, install, local_models, push_model, staged
+from .objects import fetch, install, local_models, push, staged
 from .outputs import plain
 from .project import load_project, project_root
 
@@ -151,7 +151,7 @@ def _stored(tag: str):
     check_tag(tag, 'tag-or-name')
     try: return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
-        if fetch_model(tag): return bentoml.models.get(tag)
+        if fetch(tag, 'model'): return bentoml.models.get(tag)
         raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME), nor in the team's artifact store. "
                          "See `mlnb models`.") from None
 
@@ -188,7 +188,7 @@ def save_to_store(name: str, # model name
     with staged(models) as work:
         with _SAVING, BentoMLContainer.model_store.patch(ModelStore(work)):
             m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=metadata)
-        if root is not None: push_model(str(m.tag), work, root) # the object, whole ...
+        if root is not None: push(str(m.tag), 'model', root, work) # the object, whole ...
         install(models, work, m) # ... then the pointer
     return str(m.tag)
 
