@@ -16,7 +16,9 @@ def use_store(root: Path, server, name: str) -> str:
     "Point the project at `root` to a fresh prefix of the S3 server's bucket; returns the URL."
     url = f's3://{server.bucket}/{name}-{secrets.token_hex(3)}'
     toml = (root / 'pyproject.toml').read_text()
-    (root / 'pyproject.toml').write_text(toml.replace('[tool.mlnb]\n', f'[tool.mlnb]\nartifacts = "{url}"\n', 1))
+    if '[tool.mlnb]\n' in toml: toml = toml.replace('[tool.mlnb]\n', f'[tool.mlnb]\nartifacts = "{url}"\n', 1)
+    else: toml += f'\n[tool.mlnb]\nartifacts = "{url}"\n'
+    (root / 'pyproject.toml').write_text(toml)
     return url
 
 
