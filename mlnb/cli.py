@@ -390,11 +390,12 @@ def pull(tag: str):
 @click.option('--check', is_flag=True, help='Exit 1 when the reproduction differs from the model in anything.')
 @click.option('--keep', is_flag=True, help="Keep the scratch worktree (its .mlnb/ holds the run's notebooks and ledger).")
 @click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
+@click.option('--engine', default=None, help="The run's engine: 'kernel' (default), 'fast', or a papermill engine name.")
 @click.option('-q', '--quiet', is_flag=True, help='No progress output.')
-def reproduce(tag: str, check: bool, keep: bool, as_json: bool, quiet: bool):
+def reproduce(tag: str, check: bool, keep: bool, engine: str | None, as_json: bool, quiet: bool):
     "Recreate the run of model TAG from its git commit, input snapshots and parameters, and compare: fingerprints, metrics, golden predictions."
     from mlnb.reproduce import reproduce as do_reproduce
-    r = do_reproduce(tag, keep=keep, progress='quiet' if quiet or as_json else 'auto')
+    r = do_reproduce(tag, keep=keep, progress='quiet' if quiet or as_json else 'auto', engine=engine)
     if as_json: click.echo(json.dumps(r, indent=2))
     else:
         click.echo(f"Reproduced {r['model']} as {r['reproduced']} from commit {r['commit'][:12]}, step {r['step']}"

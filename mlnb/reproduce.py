@@ -89,6 +89,7 @@ def reproduce(tag: str, # the model to reproduce, name:version
               root: str | Path | None = None, # the project (default: the current one)
               keep: bool = False, # keep the scratch worktree (its .mlnb/ has the run's notebooks and ledger)
               progress: str = 'auto', # the run's progress: 'auto', 'rich', 'plain' or 'quiet'
+              engine: str | None = None, # the papermill engine of the run (default: the project's); it does not change what a step computes
              ) -> dict:
     "Recreate the run of model `tag` from its commit, input snapshots and parameters, and compare the new model with it."
     import bentoml
@@ -117,7 +118,7 @@ def reproduce(tag: str, # the model to reproduce, name:version
         os.environ.pop('MLNB_PROJECT_ROOT', None)
         try: res = run_pipeline(load_project(tree), [step.split('[')[0]], profile=lin.get('profile'), overrides=lin.get('overrides') or [],
                                 force=True, progress=progress,
-                                replay=windows)
+                                engine=engine, replay=windows)
         finally:
             for k, v in saved.items():
                 if v is None: os.environ.pop(k, None)

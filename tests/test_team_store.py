@@ -91,7 +91,7 @@ def test_reproduce_on_another_machine_uses_the_snapshot_and_matches_bit_for_bit(
     env_b = {**s3_server.env(), 'BENTOML_HOME': str(tmp_path / 'home_b')}
     csv = b / 'data' / 'customers.csv'
     csv.write_text(''.join(csv.read_text().splitlines(keepends=True)[:200])) # B's data changed since: the snapshot is what A read
-    res = mlnb('reproduce', a['tag'], '--check', '-q', cwd=b, env=env_b)
+    res = mlnb('reproduce', a['tag'], '--check', '-q', '--engine', 'fast', cwd=b, env=env_b)
     out = res.stdout
     assert f"Reproduced {a['tag']} as churn:" in out and 'inputs from their snapshots (data/customers.csv' in out, out
     assert 'fingerprints: equal (data, features, train)' in out and 'golden predictions: bit-identical (20 rows)' in out, out
@@ -110,7 +110,7 @@ def test_reproduce_names_what_differs_and_check_fails(machine_a, s3_server, tmp_
         mlnb('run', 'train', '--engine', 'fast', '--profile', 'ci', cwd=root, env=machine_a['env'])
         models = json.loads(mlnb('models', 'churn', '--json', cwd=root, env=machine_a['env']).stdout)
         tag = models[0]['tag']
-        res = mlnb('reproduce', tag, '--check', '-q', cwd=root, env=machine_a['env'], check=False)
+        res = mlnb('reproduce', tag, '--check', '-q', '--engine', 'fast', cwd=root, env=machine_a['env'], check=False)
     finally: (root / 'pyproject.toml').write_text(toml)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "differs: fingerprint of step 'data' differs: parameter sample_frac changed: 0.3 -> 0.2" in res.stdout, res.stdout
