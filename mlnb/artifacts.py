@@ -6,15 +6,15 @@ Docs: https://mlnb.github.io/mlnb/api/artifacts.html.md"""
 
 # %% ../nbs/07_artifacts.ipynb #ebd7d1ee
 from __future__ import annotations
-import hashlib, io, os, pickle, secrets, tempfile
-from urllib.parse import unquote, urlparse
+import hashlib, io, os, pickle, secrets, shutil, tempfile
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 from pathlib import Path
 from typing import Any
 
-from .errors import RecordError
+from .errors import RecordError, StoreUnavailable
 
 # %% auto #0
-__all__ = ['REF_KEY', 'is_ref', 'ArtifactStore']
+__all__ = ['REF_KEY', 'is_ref', 'mask_url', 'ArtifactStore']
 
 # %% ../nbs/07_artifacts.ipynb #a683bf35
 REF_KEY = '__mlnb_artifact__'
@@ -23,26 +23,48 @@ def is_ref(value: Any) -> bool:
     "True if `value` is an artifact reference."
     return isinstance(value, dict) and REF_KEY in value
 
+def mask_url(url: str | Path) -> str:
+    "`url` as mlnb shows it: a password in it replaced by `***`."
+    u = urlsplit(str(url))
+    if '://' not in str(url) or u.password is None: return str(url)
+    return urlunsplit(u._replace(netloc=f"{u.username}:***@{u.hostname}{f':{u.port}' if u.port else ''}"))
+
+_IN_PLACE = {'s3', 's3a', 'gs', 'gcs', 'az', 'abfs', 'abfss'} # object stores: an upload is visible once complete, or not at all
+
 class ArtifactStore:
-    "Content-addressed files under `root` (a folder, or an fsspec URL), referenced by small JSON-able dicts."
+    "Content-addressed files under `root` (a folder, or an fsspec URL), referenced by small JSON-able dicts; and named objects."
     def __init__(self, root: str | Path, # a folder, or an fsspec URL such as 's3://bucket/mlnb'
                  cache: str | Path | None = None, # where stored files of a remote store are downloaded to (default: a temporary folder)
                 ):
-        self.url, self.fs = str(root), None
+        self.url, self.fs, self.in_place = str(root), None, False
+        self.shown = mask_url(root)
         if isinstance(root, str) and '://' in root:
             u = urlparse(root)
             if u.scheme == 'file': root = Path(unquote(u.path))
             else:
+                hint = ' (pip install "mlnb[team]")' if u.scheme in ('s3', 's3a') else ''
                 try: import fsspec
                 except ImportError:
-                    raise RecordError(f"The artifact store {root} is an fsspec URL, but fsspec is not installed. "
-                                      "Install it (pip install fsspec, and s3fs for s3://), or use a local folder.") from None
+                    raise RecordError(f"The artifact store {self.shown} is an fsspec URL, but fsspec is not installed. "
+                                      f"Install it (pip install fsspec, and s3fs for s3://{hint}), or use a local folder.") from None
                 try: self.fs, root = fsspec.core.url_to_fs(root)
                 except (ImportError, ValueError) as e:
-                    raise RecordError(f"Cannot open the artifact store {self.url}: {e}. Install the package fsspec names for "
-                                      f"'{u.scheme}://' (e.g. s3fs for s3://), or fix `artifacts` in [tool.mlnb].") from None
+                    raise RecordError(f"Cannot open the artifact store {self.shown}: {mask_url(str(e))}. Install the package fsspec names for "
+                                      f"'{u.scheme}://'{hint or ' (e.g. s3fs for s3://)'}, or fix `artifacts` in [tool.mlnb].") from None
+                self.in_place = u.scheme in _IN_PLACE
                 self.cache = Path(cache or Path(tempfile.gettempdir()) / 'mlnb-artifacts')
         self.root = Path(root) if self.fs is None else str(root).rstrip('/')
+
+    def _remote(self, what: str, fn, *args):
+        "`fn(*args)` on the remote file system; not reaching it raises `StoreUnavailable`, naming the store and how to retry."
+        try: return fn(*args)
+        except (FileNotFoundError, RecordError): raise
+        except Exception as e:
+            end = os.environ.get('AWS_ENDPOINT_URL') if urlparse(self.url).scheme in ('s3', 's3a') else None
+            raise StoreUnavailable(f"The artifact store {self.shown}{f' (endpoint {mask_url(end)})' if end else ''} could not be reached "
+                                   f"while {what}: {type(e).__name__}: {mask_url(str(e))[:300]}. Nothing half-written is kept under a real "
+                                   "name. Once the store answers again, run the same command again (what finished is reused).",
+                                   store=self.shown) from None
 
     def path(self, ref: dict) -> Path | str:
         "Where the artifact of `ref` lives: a `Path`, or a path inside the fsspec file system."
@@ -52,7 +74,32 @@ class ArtifactStore:
 
     def exists(self, ref: dict) -> bool:
         "Whether the artifact of `ref` is in the store."
-        return self.fs.exists(self.path(ref)) if self.fs is not None else self.path(ref).is_file()
+        if self.fs is None: return self.path(ref).is_file()
+        return self._remote(f"looking for artifact {ref[REF_KEY][:12]}", self.fs.exists, self.path(ref))
+
+    def _write(self, dest, data: bytes | None = None, src: Path | None = None):
+        "Write `data` (or the local file `src`) to `dest` so that a reader finds it whole or not at all."
+        if self.fs is not None:
+            parent = dest.rsplit('/', 1)[0]
+            def put():
+                if not self.in_place: self.fs.makedirs(parent, exist_ok=True) # an object store has no folders to make
+                to = dest if self.in_place else f"{parent}/.tmp-{secrets.token_hex(8)}"
+                if src is None: self.fs.pipe_file(to, data)
+                else: self.fs.put_file(str(src), to)
+                if to != dest: self.fs.mv(to, dest)
+            return self._remote(f"writing {dest.rsplit('/', 1)[-1]}", put)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix='.tmp-')
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                if src is None: f.write(data)
+                else:
+                    with open(src, 'rb') as s: shutil.copyfileobj(s, f, 2**20)
+                f.flush(); os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def put_bytes(self, data: bytes, # the content
                   kind: str, # 'frame', 'file' or 'object'
@@ -61,23 +108,7 @@ class ArtifactStore:
         "Store `data` (once per content) and return its reference."
         sha = hashlib.sha256(data).hexdigest()
         ref = {REF_KEY: sha, 'kind': kind, 'ext': ext, 'size': len(data), **extra}
-        dest = self.path(ref)
-        if self.fs is not None:
-            if not self.fs.exists(dest):
-                tmp = f"{dest.rsplit('/', 1)[0]}/.tmp-{secrets.token_hex(8)}"
-                self.fs.makedirs(dest.rsplit('/', 1)[0], exist_ok=True)
-                self.fs.pipe_file(tmp, data)
-                self.fs.mv(tmp, dest)
-        elif not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix='.tmp-')
-            try:
-                with os.fdopen(fd, 'wb') as f:
-                    f.write(data); f.flush(); os.fsync(f.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        if not self.exists(ref): self._write(self.path(ref), data)
         return ref
 
     def put(self, value: Any) -> dict:
@@ -103,10 +134,11 @@ class ArtifactStore:
         "Load the value behind `ref`: a DataFrame, a `Path` to the stored file, or the unpickled object."
         p = self.path(ref)
         if not self.exists(ref):
-            raise RecordError(f"Artifact {ref[REF_KEY][:12]} ({ref.get('kind')}) is missing from {self.url}. "
+            raise RecordError(f"Artifact {ref[REF_KEY][:12]} ({ref.get('kind')}) is missing from {self.shown}. "
                               "It was deleted or the state folder was moved; re-run the step that made it with `--force`.")
         kind = ref.get('kind')
-        if self.fs is not None: p = self._local(p, ref) if kind == 'file' else io.BytesIO(self.fs.cat_file(p))
+        if self.fs is not None:
+            p = self._local(p, ref) if kind == 'file' else io.BytesIO(self._remote(f"reading artifact {ref[REF_KEY][:12]}", self.fs.cat_file, p))
         if kind == 'frame':
             import pandas as pd
             return pd.read_parquet(p)
@@ -117,9 +149,40 @@ class ArtifactStore:
     def _local(self, path: str, ref: dict) -> Path:
         "A local copy of the stored file at `path` (downloaded once into the cache; the name is its content's hash)."
         dest = self.cache / (ref[REF_KEY] + ref.get('ext', ''))
-        if not dest.is_file():
-            self.cache.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f'.tmp-{secrets.token_hex(8)}')
-            self.fs.get_file(path, str(tmp))
+        if not dest.is_file(): self._download(path, dest)
+        return dest
+
+    def _download(self, path: str, dest: Path):
+        "Download `path` of the remote file system to `dest`, under a temporary name first."
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f'.tmp-{secrets.token_hex(8)}')
+        try:
+            self._remote(f"reading {path.rsplit('/', 1)[-1]}", self.fs.get_file, path, str(tmp))
             os.replace(tmp, dest)
+        finally: tmp.unlink(missing_ok=True)
+
+    def key_path(self, key: str) -> Path | str:
+        "Where the named object `key` (e.g. 'models/churn/v1.bentomodel') lives."
+        return f"{self.root}/{key}" if self.fs is not None else self.root / key
+
+    def has(self, key: str) -> bool:
+        "Whether the named object `key` is in the store."
+        if self.fs is None: return self.key_path(key).is_file()
+        return self._remote(f"looking for {key}", self.fs.exists, self.key_path(key))
+
+    def put_file(self, key: str, # the object's name, e.g. 'models/churn/v1.bentomodel'
+                 src: str | Path, # the local file to store under it
+                ):
+        "Store the local file `src` as the named object `key`, whole or not at all."
+        self._write(self.key_path(key), src=Path(src))
+
+    def get_file(self, key: str, dest: str | Path) -> Path:
+        "Download the named object `key` to the local file `dest` (moved there once complete); returns `dest`."
+        dest, p = Path(dest), self.key_path(key)
+        if not self.has(key): raise RecordError(f"There is no {key} in the artifact store {self.shown}.")
+        if self.fs is not None: self._download(p, dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f'.tmp-{secrets.token_hex(8)}')
+            shutil.copyfile(p, tmp); os.replace(tmp, dest)
         return dest

@@ -111,6 +111,8 @@ def trained_contract(tag: str, # the model's tag
     import hashlib, bentoml
     import pandera.pandas as pa
     from mlnb.contract import contract_hash, load as load_contract # registers mlnb's checks with pandera
+    from mlnb.objects import ensure
+    ensure(tag, 'model', root) # a segment's champion may be in the team's store only
     text = bentoml.models.get(tag).info.metadata.get('contract_yaml')
     if text: return pa.DataFrameSchema.from_yaml(text), {'name': name, 'sha256': hashlib.sha256(text.encode()).hexdigest()}
     return load_contract(name, root), {'name': name, 'sha256': contract_hash(name, root)}
@@ -248,6 +250,8 @@ def build(project: Project | None = None, # the project (default: the current on
                                      python={'packages': requirements(project, kafka=uses_kafka(cfg)), 'lock_packages': False})
     except Exception as e:
         raise MlnbError(f"BentoML could not build the service in {out}: {type(e).__name__}: {e}") from None
+    from mlnb.objects import push
+    push(str(bento.tag), 'bento', project.root) # the team's store has it whole before the build is recorded
     led = Ledger(project.root)
     try:
         with led.tx() as db:

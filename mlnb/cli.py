@@ -17,8 +17,8 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'build', 'serve', 'verify', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store', 'store_status',
-           'store_upgrade']
+           'build', 'serve', 'verify', 'pull', 'reproduce', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store',
+           'store_status', 'store_upgrade']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -376,6 +376,35 @@ def verify(bento: str | None, as_json: bool):
         ex = res['example']
         click.echo(f"{res['bento']} answers the {res['rows']} golden examples of {' and '.join(res['models'].values())} exactly as the notebook did.\n"
                    f"For example, POST /predict {json.dumps(ex['request'])}\n  -> {json.dumps(ex['response'])}")
+
+# %% ../nbs/37_cli.ipynb #9f81005d
+@main.command()
+@click.argument('tag')
+def pull(tag: str):
+    "Fetch model or Bento TAG (name:version) from the team's artifact store ([tool.mlnb] artifacts) into the local BentoML store."
+    from mlnb.objects import pull as do_pull
+    r = do_pull(tag)
+    click.echo(f"{'Fetched' if r['fetched'] else 'Already here:'} {r['kind']} {r['tag']} ({r['store']}/{r['key']}).")
+
+@main.command()
+@click.argument('tag')
+@click.option('--check', is_flag=True, help='Exit 1 when the reproduction differs from the model in anything.')
+@click.option('--keep', is_flag=True, help="Keep the scratch worktree (its .mlnb/ holds the run's notebooks and ledger).")
+@click.option('--json', 'as_json', is_flag=True, help='Print the result as JSON.')
+@click.option('--engine', default=None, help="The run's engine: 'kernel' (default), 'fast', or a papermill engine name.")
+@click.option('-q', '--quiet', is_flag=True, help='No progress output.')
+def reproduce(tag: str, check: bool, keep: bool, engine: str | None, as_json: bool, quiet: bool):
+    "Recreate the run of model TAG from its git commit, input snapshots and parameters, and compare: fingerprints, metrics, golden predictions."
+    from mlnb.reproduce import reproduce as do_reproduce
+    r = do_reproduce(tag, keep=keep, progress='quiet' if quiet or as_json else 'auto', engine=engine)
+    if as_json: click.echo(json.dumps(r, indent=2))
+    else:
+        click.echo(f"Reproduced {r['model']} as {r['reproduced']} from commit {r['commit'][:12]}, step {r['step']}"
+                   + (f", inputs from their snapshots ({', '.join(f'{k} {v[:12]}' for k, v in r['inputs'].items())})" if r['inputs'] else '') + ':')
+        for line in r['equal']: click.echo(f"  {line}")
+        for line in r['differences']: click.secho(f"  differs: {line}", fg='red')
+        if r['kept']: click.echo(f"The scratch worktree is kept at {r['kept']}.")
+    if check and r['differences']: sys.exit(1)
 
 # %% ../nbs/37_cli.ipynb #4c036176
 def _monitor_table(r: dict):

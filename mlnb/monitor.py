@@ -258,10 +258,10 @@ def _stored_metadata(tag: str, # name:version
 def frozen_reference(tag: str) -> dict:
     "The reference `log_model` froze with model `tag`."
     md = _stored_metadata(tag)
-    if md is None:
-        import bentoml
-        try: md = bentoml.models.get(tag).info.metadata
-        except bentoml.exceptions.NotFound: raise UsageError(f"There is no model {tag!r} in the BentoML model store. See `mlnb models`.") from None
+    if md is None: # not read from model.yaml: BentoML's store has it under another name, or the team's artifact store has it
+        from mlnb.registry import model_info
+        info = model_info(tag)
+        md = {'reference': json.dumps(info['reference']) if info['reference'] else ''}
     if not md.get('reference'):
         raise UsageError(f"Model {tag} has no frozen reference to monitor against: it was logged without one. Log the next model "
                          "with mlnb.log_model(..., reference=test_df) (held-out rows), or mlnb.contract.profile(...) of the training data.")
@@ -278,6 +278,8 @@ def model_to_watch(project, # the project
     if model: return model if _stored_metadata(model) is not None else model_info(model)['tag']
     if bento:
         import bentoml
+        from mlnb.objects import ensure
+        ensure(bento, 'bento', project.root)
         try: b = bentoml.get(bento)
         except (bentoml.exceptions.NotFound, ValueError, bentoml.exceptions.BentoMLException):
             raise UsageError(f"There is no Bento {bento!r} in the store. See `bentoml list`.") from None

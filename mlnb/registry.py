@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/registry.html.md"""
 
 # %% ../nbs/24_registry.ipynb #3cbdd74d
 from __future__ import annotations
-import json, os, shutil, tempfile, threading
+import json, os, threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +15,7 @@ from .config import GateConfig
 from .errors import MlnbError, UsageError
 from .ledger import Ledger, gate_row, git_state, package_versions
 from .notebook import context, record
+from .objects import fetch, install, local_models, push, staged
 from .outputs import plain
 from .project import load_project, project_root
 
@@ -121,7 +122,8 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     else: hand = None
     lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
-               'inputs': ctx.get('inputs', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
+               'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []),
+               'windows': ctx.get('windows', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
                'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None, 'segment': segment or None}
     if hand is not None: lineage.update(notebook=hand['notebook'], upstream_runs=hand['upstream_runs'])
     contract_text = ''
@@ -141,23 +143,26 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
             'contract': contract or '', 'contract_yaml': contract_text, 'git_commit': commit or '',
             'lineage': json.dumps(lineage, sort_keys=True), 'golden': json.dumps(gold) if gold is not None else '',
             'reference': json.dumps(ref) if ref is not None else '', 'segment': segment}
-    return save_to_store(name, model, labels, meta)
+    return save_to_store(name, model, labels, meta, root=root)
+
+def _stored(tag: str):
+    "Model `tag` of the local BentoML store, fetched from the team's artifact store when only that has it."
+    import bentoml
+    check_tag(tag, 'tag-or-name')
+    try: return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        if fetch(tag, 'model'): return bentoml.models.get(tag)
+        raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME), nor in the team's artifact store. "
+                         "See `mlnb models`.") from None
 
 def load_model(tag: str):
     "The model saved under `tag` (`name:version`, or `name` for the latest)."
     import bentoml
-    check_tag(tag, 'tag-or-name')
-    try: return bentoml.sklearn.load_model(tag)
-    except bentoml.exceptions.NotFound:
-        raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME). See `mlnb models`.") from None
+    return bentoml.sklearn.load_model(_stored(tag).tag)
 
 def model_info(tag: str) -> dict:
     "Tag, creation time and the metadata `log_model` saved for `tag` (`name:version`, or `name` for the latest)."
-    import bentoml
-    check_tag(tag, 'tag-or-name')
-    try: m = bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        raise UsageError(f"There is no model {tag!r} in the BentoML model store (BENTOML_HOME). See `mlnb models`.") from None
+    m = _stored(tag)
     md = dict(m.info.metadata)
     return {'tag': str(m.tag), 'name': m.tag.name, 'version': m.tag.version, 'created': m.info.creation_time.isoformat(),
             'labels': dict(m.info.labels), 'metrics': dict(md.get('metrics') or {}), 'segment': md.get('segment') or None,
@@ -168,64 +173,23 @@ def model_info(tag: str) -> dict:
 # %% ../nbs/24_registry.ipynb #02f0515d
 _SAVING = threading.Lock() # one save at a time in this process: the store BentoML writes to is swapped while it saves
 
-def _sweep(staging: Path):
-    "Remove the staging folders of writers that died (their lock files are free)."
-    import fcntl
-    for lock in staging.glob('*.lock'):
-        try: fd = os.open(lock, os.O_RDWR)
-        except OSError: continue
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError: os.close(fd); continue # its writer is alive
-        shutil.rmtree(str(lock)[:-len('.lock')], ignore_errors=True)
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-
-def _point_latest(models: Path, m):
-    "Point `latest` of model `m`'s name at it, unless a newer version is there; replaced whole, never rewritten in place."
-    from bentoml._internal.models.model import ModelStore
-    latest = models / m.tag.name / 'latest'
-    try: current = latest.read_text().strip()
-    except OSError: current = ''
-    if current and (models / m.tag.name / current / 'model.yaml').is_file():
-        if ModelStore(models).get(f'{m.tag.name}:{current}').creation_time > m.creation_time: return
-    tmp = latest.with_name(f'.latest-{os.getpid()}')
-    tmp.write_text(m.tag.version)
-    os.replace(tmp, latest)
-
 def save_to_store(name: str, # model name
                   model, # a fitted scikit-learn estimator or pipeline
                   labels: dict, # BentoML labels
                   metadata: dict, # BentoML metadata
                   store: str | Path | None = None, # the model store's folder (default: BentoML's, under BENTOML_HOME)
+                  root: str | Path | None = None, # the project whose artifact store gets the model first (when `artifacts` is set)
                  ) -> str:
-    "Save `model` with `bentoml.sklearn` into a folder beside the store, then move it into place under the store's lock; returns its tag."
-    import errno, fcntl, bentoml
+    "Save `model` with `bentoml.sklearn` into a folder beside the store, upload it to the team's store, then move it into place under the store's lock; returns its tag."
+    import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models.model import ModelStore
-    models = Path(store or BentoMLContainer.model_store.get()._path).resolve()
-    models.mkdir(parents=True, exist_ok=True)
-    staging = models.parent / '.mlnb-staging'
-    staging.mkdir(exist_ok=True)
-    _sweep(staging)
-    fd, lock = tempfile.mkstemp(dir=staging, suffix='.lock')
-    fcntl.flock(fd, fcntl.LOCK_EX) # held while this writer lives
-    work = Path(lock[:-len('.lock')])
-    try:
+    models = local_models(store)
+    with staged(models) as work:
         with _SAVING, BentoMLContainer.model_store.patch(ModelStore(work)):
             m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=metadata)
-        with open(models / '.mlnb.lock', 'a') as held:
-            fcntl.flock(held, fcntl.LOCK_EX) # one writer at a time
-            dest = models / m.tag.name / m.tag.version
-            dest.parent.mkdir(exist_ok=True)
-            try: os.rename(work / m.tag.name / m.tag.version, dest) # whole, at once
-            except OSError as e:
-                if e.errno != errno.EXDEV: raise
-                shutil.copytree(work / m.tag.name / m.tag.version, dest) # the staging folder is on another file system
-            _point_latest(models, m)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        Path(lock).unlink(missing_ok=True)
-        os.close(fd)
+        if root is not None: push(str(m.tag), 'model', root, work) # the object, whole ...
+        install(models, work, m) # ... then the pointer
     return str(m.tag)
 
 # %% ../nbs/24_registry.ipynb #e6847474
@@ -345,7 +309,8 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
             'interactive': bool(lin.get('interactive')), 'hand_run': lin.get('run_id') if lin.get('interactive') else None,
             'notebook': lin.get('notebook'), 'upstream_runs': lin.get('upstream_runs') or {},
             'upstream_steps': steps, 'data': {'inputs': lin.get('inputs', {}), 'upstream_fingerprints': lin.get('upstream', {}),
-                                              'contract': lin.get('contract'), 'windows': windows},
+                                              'contract': lin.get('contract'),
+                                              'windows': windows or [{'step': n, **w} for n, w in (lin.get('windows') or {}).items()]},
             'code': {'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'packages': lin.get('packages')},
             'golden_examples': len((info['golden'] or {}).get('rows', [])),
             'reference': None if not info['reference'] else {'rows': info['reference']['rows'], 'columns': list(info['reference']['columns']),

@@ -23,10 +23,11 @@ from .executors import LazyExecutor, execute_step, executor_spec, start_executor
 from .export import ensure_exported, package_hash
 from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, step_context, step_parts
 from .ledger import Ledger, new_run_id
+from .objects import snapshot_inputs
 from .outputs import read_refs, store
 from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
 from .progress import Progress
-from .project import Project, load_project
+from .project import ALWAYS, Project, load_project
 from .store import client_modules
 
 # %% auto #0
@@ -118,6 +119,7 @@ class RunState:
     force: bool
     show: Any # Progress.update, or nothing
     prog: Any # the Progress, or None
+    about: dict = field(default_factory=dict) # how the run was asked for (profile, overrides): every step is told
     queue: list = field(default_factory=list) # units ready to run, in order
     fans: dict = field(default_factory=dict) # step name -> _Fan
     reasons: dict = field(default_factory=dict) # skipped item -> why
@@ -126,6 +128,13 @@ class RunState:
         "The cached (run id, outputs) of unit `name` with fingerprint `fp`, if its artifacts are all still there."
         hit = None if self.force else self.led.cached(name, fp)
         return hit if hit is not None and _refs_exist(hit[1], self.st) else None
+
+    def _context(self, s: PlannedStep) -> dict:
+        "What `s` is told about itself (`step_context`, with how the run was asked for); a step that read the production stream (it recorded a `production_window`) read that window, not its input files."
+        windows = {n: o['production_window'] for n, o in self.outputs.items() if isinstance(o, dict) and isinstance(o.get('production_window'), dict)}
+        read = {n: {k: v for k, v in files.items() if k == ALWAYS} if n in windows else files for n, files in self.inputs.items()}
+        ctx = step_context(self.plan, s, self.run_id, self.fps, read, self.contracts)
+        return {**ctx, 'windows': {n: w for n, w in windows.items() if n in ctx['upstream']}, **self.about}
 
     def _upstream_runs(self, s: PlannedStep) -> dict:
         "Needed step -> the run whose outputs `s` is given (this one, or the one a cached step came from)."
@@ -165,7 +174,7 @@ class RunState:
                                  parts=parts, upstream_runs=ups_from)
             self.show(s.name, 'cached', note=f'from run {hit[0]}')
             return
-        ctx = step_context(self.plan, s, self.run_id, self.fps, self.inputs, self.contracts)
+        ctx = self._context(s)
         self.queue.append(_Unit(s.name, s, None, fp, self.run_dir / f'{s.name}.ipynb', {n: self.outputs[n] for n in s.spec.needs}, ctx,
                                 parts, ups_from))
 
@@ -181,7 +190,7 @@ class RunState:
             return
         fan = self.fans[s.name] = _Fan(s, items)
         self.show(s.name, 'running', note=f'{len(items)} items')
-        base = step_context(self.plan, s, self.run_id, self.fps, self.inputs, self.contracts)
+        base = self._context(s)
         for it in items:
             one, ups, up_fps, missing = item_step(s, it), {}, {}, None
             for n in s.spec.needs:
@@ -308,6 +317,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                  progress: str = 'auto', # 'auto', 'rich', 'plain' or 'quiet'
                  executor: str | None = None, # 'local' (default) or 'dask'
                  address: str | None = None, # the Dask scheduler, 'tcp://HOST:PORT' (default: a LocalCluster for the run)
+                 replay: Mapping[str, dict] | None = None, # step -> the production window it reads again from its snapshot (`mlnb reproduce`)
                 ) -> RunResult:
     "Run the pipeline of `project`, recording everything in the ledger; returns how each step (and each item) ended."
     # 1. the plan, and every setting it runs with, checked before anything starts
@@ -331,6 +341,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
         fps = fingerprints(plan, package, inputs, contracts)
         st, led = store(project.root), Ledger(project.root)
+        snapshot_inputs(project.root, inputs, st) # the files as they are now, kept by content for `mlnb reproduce`
         led.reap()
         run_id = new_run_id()
         run_dir = project.state / 'runs' / run_id
@@ -343,7 +354,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     result = RunResult(run_id, 'running')
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     run = RunState(plan, run_id, run_dir, led, st, result, {}, fps, inputs, contracts, package, force,
-                   prog.update if prog else lambda *a, **k: None, prog)
+                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})})
     ex = LazyExecutor(lambda: start_executor(spec, pm_engine, root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
     try:
         # 3. steps whose needs have ended are skipped, reused or queued; queued units run as slots free up; each result is recorded

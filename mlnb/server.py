@@ -180,6 +180,8 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     project = project or load_project()
     cfg = ServeConfig.from_project(project)
     bento = bento or latest_build(project)['bento']
+    from mlnb.objects import ensure
+    ensure(bento, 'bento', project.root) # built on another machine: fetched from the team's artifact store
     check_served(bento) # settings that do not fit its model are refused, not alerted on
     if _port_in_use(host, port):
         raise MlnbError(f"Port {port} on {host} is in use: another server (or what is left of one) listens there. "

@@ -14,12 +14,13 @@ import pandas as pd
 from .config import MonitorConfig, ServeConfig, parse_since
 from .errors import MlnbError, UsageError
 from .events import read_events, read_feedback, too_damaged
-from .notebook import record
+from .notebook import context, record
+from .outputs import store
 from .project import load_project, project_root
 from .serving import feedback_path
 
 # %% auto #0
-__all__ = ['production_data']
+__all__ = ['production_data', 'replay_window']
 
 # %% ../nbs/26_stream.ipynb #7c875cc7
 def _arrow_type(dtype) -> str:
@@ -35,6 +36,8 @@ def production_data(since: str | _dt.datetime | None = '30d', # the window's sta
                    ) -> pd.DataFrame:
     "The production rows of a window with their ground truth: the contract's columns and label."
     from mlnb.contract import load as load_contract, request_fields # pandera: imported when a window is read
+    ctx = context()
+    if (kept := (ctx.get('replay') or {}).get(ctx.get('step'))) is not None: return replay_window(kept, root) # `mlnb reproduce`
     project = load_project(root or project_root())
     serve = ServeConfig.from_project(project)
     if not serve.contract or not serve.label:
@@ -64,6 +67,16 @@ def production_data(since: str | _dt.datetime | None = '30d', # the window's sta
               'events': int(len(events)), 'labelled': int(len(frame)),
               'first': joined['ts'].min().isoformat() if len(joined) else None, 'last': joined['ts'].max().isoformat() if len(joined) else None,
               'offsets': offsets, 'damaged': damaged}
+    window['snapshot'] = store(project.root).put(frame) # what `mlnb reproduce` reads again
+    frame.attrs['production_window'] = window
+    record('production_window', window)
+    return frame
+
+def replay_window(window: dict, # a `production_window` that a step recorded, with its `snapshot`
+                  root: str | Path | None = None, # the project
+                 ) -> pd.DataFrame:
+    "The frame `production_data` returned for `window`, from its snapshot in the artifact store; recorded as the step's window again."
+    frame = store(root).get(window['snapshot'])
     frame.attrs['production_window'] = window
     record('production_window', window)
     return frame

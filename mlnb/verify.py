@@ -52,6 +52,8 @@ def verify(project: Project | None = None, # the project
     import bentoml, httpx
     project = project or load_project()
     bento = bento or latest_build(project)['bento']
+    from mlnb.objects import ensure
+    ensure(bento, 'bento', project.root) # built on another machine: fetched from the team's artifact store
     try: b = bentoml.get(bento)
     except (bentoml.exceptions.NotFound, bentoml.exceptions.BentoMLException, ValueError):
         raise UsageError(f"There is no Bento {bento!r} in the store (a tag reads name:version). Run `mlnb build`, or see `bentoml list`.") from None

