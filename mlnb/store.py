@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/store.html.md"""
 
 # %% ../nbs/06b_store.ipynb #8e223956
 from __future__ import annotations
-import os, sqlite3, sys, threading
+import os, sqlite3, sys, threading, time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -153,6 +153,17 @@ class Tx:
         assert table.isidentifier() and all(k.isidentifier() for k in row), (table, list(row))
         return self.run(f"insert into {table} ({', '.join(row)}) values ({', '.join(':' + k for k in row)})", **row)
 
+def _wal(db: sqlite3.Connection, seconds: float = 60):
+    "Put the SQLite file of `db` in WAL mode (once: the mode is kept in the file). Two processes opening a new file at once can find it locked without SQLite waiting (the switch needs the file alone): try again, for up to `seconds`."
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if db.execute('pragma journal_mode').fetchone()[0].lower() != 'wal': db.execute('pragma journal_mode = wal')
+            return
+        except sqlite3.OperationalError as e:
+            if 'locked' not in str(e) or time.monotonic() > deadline: raise
+            time.sleep(0.05)
+
 class Store(Tx):
     "The ledger's database at `url` (see `store_url`): a SQLite file, or a team's PostgreSQL."
     def __init__(self, url: str, # an address from `store_url`
@@ -170,7 +181,7 @@ class Store(Tx):
                 db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
                 db.row_factory = sqlite3.Row
                 db.execute('pragma busy_timeout = 60000')
-                db.execute('pragma journal_mode = wal')
+                _wal(db)
                 return db
             self._conn = self._do(connect) # one connection: autocommit, and `tx()` says BEGIN IMMEDIATE itself
         else: self.path, self.engine = None, _pg_engine(url)
