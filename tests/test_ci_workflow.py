@@ -119,7 +119,7 @@ def test_the_scaffold_ci_workflow_runs_locally(scaffold_template, tmp_path, fres
     assert written == mlnb_requirement() and written.startswith(('mlnb @ git+https://', 'mlnb @ https://')), written
     assert '"$MLNB_REQUIREMENT"' in steps[0]['run']
     # without the secrets, the team's variables are empty: the run keeps everything on the runner, as it always did
-    outs = run_steps(steps, root, venv, {**env, **workflow_env(wf, {})})
+    outs = run_steps(steps, root, venv, {**env, 'BENTOML_HOME': str(fresh_store), **workflow_env(wf, {})})
     assert 'exactly as the notebook did' in outs[STEPS[-1]]
     assert any((root / '.mlnb' / 'runs').iterdir()) and (root / '.mlnb' / 'ledger.db').is_file()
     assert 'psycopg' not in outs['Install'] # the team's clients were not asked for
@@ -146,7 +146,7 @@ def test_on_the_default_branch_with_the_secrets_ci_gates_against_the_teams_champ
     run(['git', 'clone', '-q', str(laptop), str(root)], tmp_path)
     wf, steps = pipeline_steps(root)
     assert workflow_env(wf, team, default_branch=False) == dict.fromkeys(TEAM, '') # a branch or a pull request: no secrets
-    outs = run_steps(steps, root, venv, {**env, **workflow_env(wf, team)})
+    outs = run_steps(steps, root, venv, {**env, 'BENTOML_HOME': str(fresh_store), **workflow_env(wf, team)})
     assert 'vs champion' in outs['Pipeline (ci profile)'] and '(now the champion)' in outs['Pipeline (ci profile)'], outs['Pipeline (ci profile)']
     hist = json.loads(mlnb_cli('history', 'churn', '--json', cwd=laptop, env=on_laptop).stdout)
     assert [(h['kind'], h['previous']) for h in hist] == [('gate', None), ('gate', weak)] # the team's champion, seen from the laptop
