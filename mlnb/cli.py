@@ -18,7 +18,7 @@ from .errors import MlnbError
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
            'build', 'serve', 'verify', 'pull', 'reproduce', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store',
-           'store_status', 'store_upgrade']
+           'store_status', 'store_upgrade', 'store_push']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -557,3 +557,42 @@ def store_upgrade():
     r = upgrade_store(load_project().root)
     click.echo(f"{r['store']}: already at schema revision {r['after']}." if r['before'] == r['after'] else
                f"{r['store']}: schema revision {r['before'] or '(none)'} -> {r['after']}.")
+
+# %% ../nbs/37_cli.ipynb #b915abd9
+_PUSHED = (('runs', 'run', 'runs'), ('steps', 'step', 'steps'), ('gates', 'gate decision', 'gate decisions'),
+           ('histories', "champion's history", "champions' histories"), ('builds', 'build', 'builds'), ('evidence', 'live comparison', 'live comparisons'),
+           ('flags', 'flag', 'flags'), ('artifacts', 'artifact', 'artifacts'), ('models', 'model', 'models'), ('bentos', 'Bento', 'Bentos'))
+_ALWAYS = ('runs', 'steps', 'gates', 'histories', 'artifacts', 'models', 'bentos') # named even when none
+
+def _counted(counts: dict) -> str:
+    "`12 runs, 48 steps, ...` for the counts of a push."
+    out = []
+    for k, one, many in _PUSHED:
+        n = counts[k]
+        if n or k in _ALWAYS: out.append(f"{n} {one if n == 1 else many}" + (f" ({counts['champions']} changes)" if k == 'histories' and n else ''))
+    return ', '.join(out)
+
+@store.command('push')
+@click.option('--from', 'source', metavar='sqlite:///PATH', help="The project's own ledger to push (default: sqlite:///.mlnb/ledger.db, "
+              "whatever [tool.mlnb] store says now).")
+@click.option('--keep-team-champion', 'keep', metavar='NAME', multiple=True, help="When the team's champion history of model NAME differs "
+              "from this project's, keep the team's and push everything else (repeat for several models).")
+@click.option('--dry-run', is_flag=True, help='Say what would be pushed; push nothing.')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of text.')
+def store_push(source: str | None, keep: tuple, dry_run: bool, as_json: bool):
+    "Copy this project's own history (runs, steps, the cache index, gate decisions, champions' histories, builds, flags; artifacts, data snapshots, models, Bentos) into the team's store: only what it lacks."
+    from mlnb.project import load_project
+    from mlnb.storepush import store_push as push_history
+    r = push_history(load_project().root, source, keep, dry_run)
+    if as_json: return click.echo(json.dumps(r, indent=2))
+    total = lambda c: sum(v for k, v in c.items() if k != 'champions') # a history's changes are counted as the history
+    where = f"{r['store']} and {r['artifacts']}"
+    if total(r['pushed']):
+        click.echo(f"{'Would push' if dry_run else 'Pushed'} {_counted(r['pushed'])} to {where}; {total(r['already'])} already there.")
+    else: click.echo(f"Nothing to push: {where} already have all of it ({_counted(r['already'])}).")
+    left = r['left_out']
+    if left['running']: click.echo(f"Left out, still running (or stopped before it was marked): run {', '.join(left['running'])}; a later push takes it.")
+    if left['kept_histories']: click.echo(f"Kept the team's champion history of {', '.join(left['kept_histories'])}: this project's changes to it were not pushed.")
+    if left['kept_flags']: click.echo(f"Kept the team's flags {', '.join(left['kept_flags'])}, which differ from this project's.")
+    for kind in ('models', 'bentos'):
+        if left[kind]: click.echo(f"Not in this machine's BentoML store, so not pushed: {', '.join(left[kind])} (named by the ledger).")

@@ -18,7 +18,7 @@ from .project import ALWAYS, project_root
 
 # %% auto #0
 __all__ = ['snapshot_ref', 'snapshot_inputs', 'restore_input', 'team_store', 'object_key', 'local_models', 'staged', 'install',
-           'push', 'fetch', 'ensure', 'pull']
+           'push', 'fetch', 'in_local_store', 'ensure', 'pull']
 
 # %% ../nbs/21a_objects.ipynb #4e954035
 def snapshot_ref(sha: str) -> dict:
@@ -172,7 +172,7 @@ def fetch(tag: str, # name:version
             with staged(models) as work: install(models, work, bentoml.models.import_model(f, _model_store=ModelStore(work)))
     return True
 
-def _local(tag: str, kind: str) -> bool:
+def in_local_store(tag: str, kind: str) -> bool:
     "Whether the local BentoML store has the model or Bento `tag`."
     import bentoml
     try: (bentoml.models.get if kind == 'model' else bentoml.bentos.get)(tag)
@@ -184,7 +184,7 @@ def ensure(tag: str, # name:version
            root: str | Path | None = None, # the project
           ) -> bool:
     "Whether the model or Bento `tag` is in the local BentoML store, fetched from the team's artifact store if it was not."
-    return _local(tag, kind) or fetch(tag, kind, root)
+    return in_local_store(tag, kind) or fetch(tag, kind, root)
 
 # %% ../nbs/21a_objects.ipynb #5d27e040
 def pull(tag: str, # a model's or a Bento's tag, name:version
@@ -198,7 +198,7 @@ def pull(tag: str, # a model's or a Bento's tag, name:version
                          "set it to the store the team shares, e.g. artifacts = \"s3://bucket/mlnb\".")
     for kind in ('model', 'bento'):
         if st.has(object_key(tag, kind)):
-            had = _local(tag, kind)
+            had = in_local_store(tag, kind)
             if not had: fetch(tag, kind, root)
             return {'tag': tag, 'kind': kind, 'fetched': not had, 'store': st.shown, 'key': object_key(tag, kind)}
     raise UsageError(f"There is no model or Bento {tag} in the artifact store {st.shown}. A model is there once `log_model` saved "

@@ -40,7 +40,9 @@ def store(root: str | Path | None = None) -> ArtifactStore:
 _LOCATIONS: dict = {}
 
 def artifacts_location(root: Path) -> str | Path:
-    "`[tool.mlnb] artifacts` of the project at `root` (an fsspec URL, or a folder relative to `root`), else `.mlnb/artifacts`."
+    "`MLNB_ARTIFACTS`, else `[tool.mlnb] artifacts` of the project at `root` (an fsspec URL, or a folder relative to `root`), else `.mlnb/artifacts`."
+    env = os.environ.get('MLNB_ARTIFACTS', '').strip() # a CI secret or one machine's choice wins over pyproject.toml (empty: not set)
+    if env: return env if '://' in env else root / env
     f = root / 'pyproject.toml'
     try: st = f.stat(); key = (str(f), st.st_mtime_ns, st.st_size)
     except OSError: return root / '.mlnb' / 'artifacts'
