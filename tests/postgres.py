@@ -19,8 +19,9 @@ def _free_port() -> int:
 
 class Cluster:
     "A PostgreSQL server of the tests' own, listening on 127.0.0.1 only; `url(db)` is an address without the password (PGPASSWORD holds it)."
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, durable: bool = False):
         self.bin, self.base = bindir(), Path(base)
+        self.durable = durable # fsync on, as a real server (the tests turn it off: nothing they write must survive a crash)
         self.data, self.sock, self.log = self.base / 'data', self.base / 'sock', self.base / 'server.log'
         self.port = _free_port()
         self.superpw, self.user, self.password = secrets.token_hex(12), 'mlnb', 'pw-' + secrets.token_hex(12)
@@ -39,7 +40,8 @@ class Cluster:
             self._run(self.bin / 'initdb', '-D', self.data, '-U', 'postgres', '--pwfile', pw, '--auth=scram-sha-256', '-E', 'UTF8',
                       '--no-sync', '--locale=C')
             pw.unlink()
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock}"
+        if not self.durable: opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(self.bin / 'pg_ctl', '-D', self.data, '-l', self.log, '-w', '-t', '60', '-o', opts, 'start')
         return self
 
