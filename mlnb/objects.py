@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/objects.html.md"""
 
 # %% ../nbs/21a_objects.ipynb #b4d82e37
 from __future__ import annotations
-import contextlib, errno, fcntl, hashlib, os, shutil, tempfile
+import contextlib, errno, fcntl, hashlib, json, os, shutil, tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -18,7 +18,7 @@ from .project import ALWAYS, project_root
 
 # %% auto #0
 __all__ = ['snapshot_ref', 'snapshot_inputs', 'restore_input', 'team_store', 'object_key', 'local_models', 'staged', 'install',
-           'push', 'fetch', 'ensure', 'pull']
+           'push', 'fetch', 'ensure', 'team_models', 'pull']
 
 # %% ../nbs/21a_objects.ipynb #4e954035
 def snapshot_ref(sha: str) -> dict:
@@ -185,6 +185,40 @@ def ensure(tag: str, # name:version
           ) -> bool:
     "Whether the model or Bento `tag` is in the local BentoML store, fetched from the team's artifact store if it was not."
     return _local(tag, kind) or fetch(tag, kind, root)
+
+# %% ../nbs/21a_objects.ipynb #9271e1f3
+def _model_yaml(f) -> dict:
+    "The `model.yaml` at the head of a model archive as BentoML exports it (a tar whose first member it is)."
+    import tarfile, yaml
+    with tarfile.open(fileobj=f, mode='r|*') as t:
+        for m in t:
+            if m.name.removeprefix('./') == 'model.yaml': return yaml.safe_load(t.extractfile(m)) or {}
+    return {}
+
+_KEPT = ('segment', 'mlnb_run', 'metrics', 'lineage') # what listing a model needs of its metadata
+
+def team_models(name: str | None = None, # a model's name (default: every model)
+                root: str | Path | None = None, # the project
+               ) -> list[dict]:
+    "The models in the team's artifact store (of `name`, or all): tag, creation time, labels and the metadata a listing needs; [] without `artifacts`."
+    st = team_store(root)
+    if st is None: return []
+    if name is not None: check_tag(name, 'name')
+    cache, out = Path(root or project_root()) / '.mlnb' / 'cache' / 'models', []
+    for key in st.keys(f'models/{name}' if name else 'models', '.bentomodel'):
+        n, _, version = key[len('models/'):-len('.bentomodel')].partition('/')
+        kept = cache / n / f'{version}.json'
+        try: out.append(json.loads(kept.read_text())); continue
+        except (OSError, ValueError): pass
+        y = st.read_with(key, _model_yaml)
+        md = y.get('metadata') or {}
+        info = {'tag': f'{n}:{version}', 'created': str(y.get('creation_time') or ''), 'labels': y.get('labels') or {},
+                'metadata': {k: md[k] for k in _KEPT if k in md}}
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f'.{version}.{os.getpid()}.tmp')
+        tmp.write_text(json.dumps(info)); os.replace(tmp, kept)
+        out.append(info)
+    return out
 
 # %% ../nbs/21a_objects.ipynb #5d27e040
 def pull(tag: str, # a model's or a Bento's tag, name:version
