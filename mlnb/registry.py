@@ -114,13 +114,14 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
     check_tag(name, 'name')
     segment = check_segment(segment)
-    commit, dirty = git_state(root)
+    # a step run away from the project (a Dask worker's scratch folder) is told the commit of the run's checkout, and where that is
+    commit, dirty = ctx['git'] if isinstance(ctx.get('git'), list) else git_state(root)
     if not ctx: # a hand run: its interactive run, notebook, parameters and the upstream runs it read
         from mlnb.hand import lineage as hand_lineage
         hand = hand_lineage()
         ctx = {'run_id': hand['run_id'], 'step': hand['step'], 'params': hand['params']}
     else: hand = None
-    lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
+    lineage = {'project': ctx.get('project') or str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
                'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []),
                'windows': ctx.get('windows', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
