@@ -78,7 +78,7 @@ def test_a_fresh_clone_reuses_every_step_lists_and_builds_the_teams_champion(tea
     listed = models_json(b, 'churn')
     assert [(x['tag'], x['champion'], x['local']) for x in listed] == [(team['champion'], True, False)], listed
     assert listed[0]['gate']['status'] == 'applied' and listed[0]['training_metrics']
-    table = cli(b, 'models').stdout
+    table = cli({**b, 'env': {**b['env'], 'COLUMNS': '250'}}, 'models').stdout
     assert team['champion'].split(':')[1][:8] in table and 'team store' in table, table
     # ... and B builds it (fetched from S3) and verifies the Bento against the golden examples
     bento = cli(b, 'build').stdout.split()[1].rstrip('.')
@@ -198,7 +198,7 @@ def test_dask_workers_in_a_folder_of_their_own_run_the_scaffold_from_the_stores(
     assert all(Path(s['notebook']).is_file() and str(d['root']) in s['notebook'] for s in shown['steps']) # brought back to the driver
     # the model was trained on the worker (the driver's model store has none), from A's commit, on the snapshot's data
     new = [x for x in models_json(d, 'churn') if x['run_id'] == last['id']]
-    assert [x['local'] for x in new] == [False] and not (Path(d['env']['BENTOML_HOME']) / 'models').exists()
+    assert [x['local'] for x in new] == [False] and not list(Path(d['env']['BENTOML_HOME']).glob('models/*/*/model.yaml'))
     cli(d, 'pull', new[0]['tag'])
     lineage = json.loads(model_metadata(new[0]['tag'], d['root'], d['env'])['lineage'])
     head = run(['git', 'rev-parse', 'HEAD'], team['a']['root']).stdout.strip()
