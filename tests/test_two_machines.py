@@ -20,10 +20,10 @@ SEEN = {'folders': [], 'said': [], 'databases': []} # everything the machines wr
 
 def both_stores(root: Path, postgres, s3_server, name: str) -> dict:
     "Point the project at `root` to a new database of the PostgreSQL server and a fresh prefix of the S3 bucket."
-    db = f'{name}_{secrets.token_hex(3)}'
+    db, url = f'{name}_{secrets.token_hex(3)}', use_store(root, s3_server, name) # (use_store adds [tool.mlnb] if need be)
     _with_store(root, postgres.new_database(db))
     SEEN['databases'].append(db)
-    return {'db': db, 'url': use_store(root, s3_server, name)}
+    return {'db': db, 'url': url}
 
 
 def machine(root: Path, home: Path, postgres, s3_server) -> dict:
