@@ -273,6 +273,8 @@ def execute_away(project: dict, # the project's files: what `mlnb.objects.pack_p
     import dataclasses, shutil, tempfile
     root = _scratch(project, url, {rel: sha for rel, sha in (context.get('inputs') or {}).items() if rel != ALWAYS})
     (root / '.mlnb').mkdir(exist_ok=True)
+    if str(root) not in os.environ.get('PYTHONPATH', '').split(os.pathsep): # a kernel started for the step imports the package from there
+        os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(root), os.environ.get('PYTHONPATH')]))
     out_dir = Path(tempfile.mkdtemp(dir=root / '.mlnb', prefix='unit-'))
     out_path, outputs, failed = out_dir / out_name, None, None
     try:
