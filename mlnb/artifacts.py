@@ -186,3 +186,25 @@ class ArtifactStore:
             tmp = dest.with_name(f'.tmp-{secrets.token_hex(8)}')
             shutil.copyfile(p, tmp); os.replace(tmp, dest)
         return dest
+
+    def keys(self, prefix: str, # a folder of named objects, e.g. 'models'
+             suffix: str = '', # only the names ending so, e.g. '.bentomodel'
+            ) -> list[str]:
+        "The names of the named objects under `prefix` (relative to the store, sorted); temporary files are left out."
+        if self.fs is None:
+            base = self.root / prefix
+            found = [str(f.relative_to(self.root)) for f in base.rglob('*') if f.is_file()] if base.is_dir() else []
+        else:
+            base = f"{self.root}/{prefix.strip('/')}"
+            found = [p[len(self.root) + 1:] for p in self._remote(f"listing {prefix}", self.fs.find, base)]
+        return sorted(k for k in found if k.endswith(suffix) and not k.rsplit('/', 1)[-1].startswith('.tmp-'))
+
+    def read_with(self, key: str, # a named object
+                  fn, # called with the object opened for reading (a binary file object)
+                 ):
+        "What `fn` returns reading the named object `key` as a stream: `fn` reads only the part it needs."
+        if self.fs is None:
+            with open(self.key_path(key), 'rb') as f: return fn(f)
+        def read():
+            with self.fs.open(self.key_path(key), 'rb', block_size=2**16) as f: return fn(f)
+        return self._remote(f"reading {key}", read)

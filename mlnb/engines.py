@@ -63,6 +63,14 @@ def _process_output_to(path: str | None):
         for fd, old in zip((1, 2), saved):
             os.dup2(old, fd); os.close(old)
 
+def _forget(root: str | None):
+    "Drop the modules imported from the project root `root` (its package): the next notebook, maybe of another version of the project, imports its own."
+    if not root: return
+    top = os.path.join(root, '')
+    for name, m in list(sys.modules.items()):
+        f = getattr(m, '__file__', None)
+        if isinstance(f, str) and f.startswith(top): del sys.modules[name]
+
 def _worker_main(conn, preload):
     "Worker process: import `preload`, then run notebooks received on `conn` until told to stop."
     for m in preload:
@@ -97,6 +105,7 @@ def _worker_main(conn, preload):
             if shell is not None: shell.close()
             os.chdir(cwd0); sys.path[:] = path0
             os.environ.clear(); os.environ.update(env0)
+            _forget(job.get('root'))
             out.__exit__(None, None, None)
         conn.send(('done',))
 

@@ -12,15 +12,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from typing import Any, Callable, Mapping
 
+from .artifacts import REF_KEY, ArtifactStore
 from .config import DaskConfig
 from .engines import close_pool, default_pool, pool
 from .errors import MlnbError, StepFailed, UsageError, did_you_mean
+from .objects import restore_input, unpack_project
 from .outputs import read_refs
 from .pipeline import PlannedStep
+from .project import ALWAYS
 
 # %% auto #0
 __all__ = ['EXECUTORS', 'Executor', 'LocalExecutor', 'DaskExecutor', 'executor_spec', 'start_executor', 'LazyExecutor',
-           'execute_step', 'kernel_log']
+           'execute_step', 'kernel_log', 'execute_away', 'land']
 
 # %% ../nbs/23_executors.ipynb #8de52901
 class Executor:
@@ -238,3 +241,59 @@ def _log_path(log: Path) -> str | None:
 def _see_log(log: Path) -> str:
     "A sentence naming the kernel's log, when it holds anything."
     return f"\nThe kernel's own log (its stderr: warnings, crashes) is at {log}" if _log_path(log) else ''
+
+# %% ../nbs/23_executors.ipynb #91feb4be
+def _scratch(project: dict, url: str, inputs: Mapping[str, str]) -> Path:
+    "The scratch folder holding the project's files of `project` and the snapshots of `inputs` (made once, whole)."
+    import hashlib, json, secrets, shutil, tempfile
+    base = Path(tempfile.gettempdir()) / 'mlnb-away'
+    key = hashlib.sha256(json.dumps([project[REF_KEY], sorted(inputs.items())]).encode()).hexdigest()[:32]
+    root = base / key
+    if root.is_dir(): return root
+    st = ArtifactStore(url, cache=base / 'cache')
+    tmp = unpack_project(project, base / f'.tmp-{key}-{secrets.token_hex(4)}', st)
+    try:
+        for rel, sha in sorted(inputs.items()): restore_input(rel, sha, tmp, st=st)
+        try: os.rename(tmp, root)
+        except OSError:
+            if not root.is_dir(): raise # else another unit made it first
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+def execute_away(project: dict, # the project's files: what `mlnb.objects.pack_project` returned
+                 url: str, # the artifact store that keeps them and the inputs' snapshots (an fsspec URL every worker reaches)
+                 step: PlannedStep, # what to run
+                 notebook: str, # its notebook, relative to the project
+                 out_name: str, # the executed notebook's file name
+                 upstream: Mapping[str, Any], # outputs of the needed steps
+                 engine: str, # papermill engine name
+                 context: Mapping[str, Any], # the `mlnb_run` parameter (its `inputs`: the input files to restore)
+                ) -> dict:
+    "Execute `step` in a scratch folder made from the artifact store alone; returns its outputs (or its failure), the executed notebook and the kernel's log as text."
+    import dataclasses, shutil, tempfile
+    root = _scratch(project, url, {rel: sha for rel, sha in (context.get('inputs') or {}).items() if rel != ALWAYS})
+    (root / '.mlnb').mkdir(exist_ok=True)
+    if str(root) not in os.environ.get('PYTHONPATH', '').split(os.pathsep): # a kernel started for the step imports the package from there
+        os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(root), os.environ.get('PYTHONPATH')]))
+    out_dir = Path(tempfile.mkdtemp(dir=root / '.mlnb', prefix='unit-'))
+    out_path, outputs, failed = out_dir / out_name, None, None
+    try:
+        try: outputs = execute_step(dataclasses.replace(step, notebook=root / notebook), out_path, upstream, engine, root, context)
+        except StepFailed as e: failed = e
+        log = kernel_log(out_path)
+        return {'outputs': outputs, 'failed': failed, 'at': str(out_path), 'notebook': out_path.read_text() if out_path.is_file() else None,
+                'log': log.read_text(errors='replace') if _log_path(log) else None}
+    finally: shutil.rmtree(out_dir, ignore_errors=True)
+
+def land(result: dict, # what `execute_away` returned
+         out_path: Path, # where the driver keeps the executed notebook
+        ) -> dict:
+    "Write the executed notebook and the kernel's log `execute_away` brought back to `out_path` (and beside it); the outputs, or the step's failure naming those files."
+    out_path, log = Path(out_path), kernel_log(Path(out_path))
+    if result['notebook'] is not None: out_path.write_text(result['notebook'])
+    if result['log']: log.write_text(result['log'])
+    e = result['failed']
+    if e is None: return result['outputs']
+    there, there_log = result['at'], str(kernel_log(Path(result['at'])))
+    here = lambda v: v.replace(there_log, str(log)).replace(there, str(out_path)) if isinstance(v, str) else v
+    raise StepFailed(here(e.message), **{k: here(v) for k, v in e.fields.items()})

@@ -15,7 +15,7 @@ from .config import GateConfig
 from .errors import MlnbError, UsageError
 from .ledger import Ledger, gate_row, git_state, package_versions
 from .notebook import context, record
-from .objects import fetch, install, local_models, push, staged
+from .objects import fetch, install, local_models, push, staged, team_models
 from .outputs import plain
 from .project import load_project, project_root
 
@@ -114,13 +114,14 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     if not name.isidentifier(): raise UsageError(f"Model name {name!r} must be a Python identifier, e.g. 'churn'.")
     check_tag(name, 'name')
     segment = check_segment(segment)
-    commit, dirty = git_state(root)
+    # a step run away from the project (a Dask worker's scratch folder) is told the commit of the run's checkout, and where that is
+    commit, dirty = ctx['git'] if isinstance(ctx.get('git'), list) else git_state(root)
     if not ctx: # a hand run: its interactive run, notebook, parameters and the upstream runs it read
         from mlnb.hand import lineage as hand_lineage
         hand = hand_lineage()
         ctx = {'run_id': hand['run_id'], 'step': hand['step'], 'params': hand['params']}
     else: hand = None
-    lineage = {'project': str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
+    lineage = {'project': ctx.get('project') or str(root), 'run_id': ctx.get('run_id'), 'step': ctx.get('step'),
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
                'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []),
                'windows': ctx.get('windows', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
@@ -253,25 +254,28 @@ def _by_hand(tag: str) -> bool:
 def models(name: str | None = None, root: str | Path | None = None,
            segment: str | None = None, # only the versions logged for this segment
           ) -> list[dict]:
-    "Versions in the model store (of `name`, or of every model mlnb logged), newest first: the segment, the champion (of its segment) marked, the metrics the gate scored each on, its training metrics."
+    "Versions in the model store and, with `[tool.mlnb] artifacts`, in the team's (of `name`, or of every model mlnb logged), newest first: the segment, the champion (of its segment) marked, the metrics the gate scored each on, its training metrics, whether it is in this machine's store."
     import bentoml
     if name is not None: check_tag(name, 'name')
     want = None if segment is None else check_segment(segment)
+    try: here = bentoml.models.list(name) if name else bentoml.models.list()
+    except bentoml.exceptions.NotFound: here = []
+    found = [(str(m.tag), m.info.creation_time.isoformat(), m.info.metadata, True) for m in here]
+    have = {t for t, *_ in found}
+    found += [(m['tag'], m['created'], m['metadata'], False) for m in team_models(name, root) if m['tag'] not in have]
     out, champs = [], {}
     led = _ledger(root)
     try:
-        for m in bentoml.models.list(name) if name else bentoml.models.list():
-            md = m.info.metadata
+        for tag, created, md, local in found:
             if 'lineage' not in md: continue
-            n, seg = m.tag.name, md.get('segment') or ''
+            n, seg = tag.split(':')[0], md.get('segment') or ''
             if want is not None and seg != want: continue
-            g = _last_gate(led, str(m.tag))
+            g = _last_gate(led, tag)
             if (n, seg) not in champs: champs[n, seg] = current_champion(led.db, n, seg)
-            out.append({'tag': str(m.tag), 'name': n, 'segment': seg or None, 'created': m.info.creation_time.isoformat(),
-                        'run_id': md.get('mlnb_run') or None,
+            out.append({'tag': tag, 'name': n, 'segment': seg or None, 'created': created, 'run_id': md.get('mlnb_run') or None,
                         'evaluation_metrics': g['metrics'] if g else None, 'training_metrics': dict(md.get('metrics') or {}),
                         'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'at')},
-                        'champion': str(m.tag) == champs[n, seg]})
+                        'champion': tag == champs[n, seg], 'local': local})
     finally: led.close()
     return sorted(out, key=lambda r: r['created'], reverse=True)
 

@@ -19,16 +19,16 @@ from .champions import settle_gates
 from .config import GateConfig
 from .engines import kernel_pool, kernels, papermill_engine
 from .errors import MlnbError, ParameterError, StepFailed, StoreError
-from .executors import LazyExecutor, execute_step, executor_spec, start_executor
+from .executors import LazyExecutor, execute_away, execute_step, executor_spec, land, start_executor
 from .export import ensure_exported, package_hash
 from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, step_context, step_parts
-from .ledger import Ledger, new_run_id
-from .objects import snapshot_inputs
+from .ledger import Ledger, git_state, new_run_id
+from .objects import pack_project, snapshot_inputs
 from .outputs import read_refs, store
 from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
 from .progress import Progress
 from .project import ALWAYS, Project, load_project
-from .store import client_modules
+from .store import client_modules, store_url
 
 # %% auto #0
 __all__ = ['StepResult', 'RunResult', 'RunState', 'run_pipeline']
@@ -355,7 +355,10 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     run = RunState(plan, run_id, run_dir, led, st, result, {}, fps, inputs, contracts, package, force,
                    prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})})
-    ex = LazyExecutor(lambda: start_executor(spec, pm_engine, root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
+    # with both of a team's stores shared, a Dask worker needs no copy of the project: each unit brings its files from the artifact store
+    away = spec['name'] == 'dask' and st.fs is not None and not store_url(project.root).startswith('sqlite:')
+    ex = LazyExecutor(lambda: start_executor(spec, pm_engine, None if away else root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
+    packed = None
     try:
         # 3. steps whose needs have ended are skipped, reused or queued; queued units run as slots free up; each result is recorded
         with ex:
@@ -366,13 +369,22 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                     u = run.queue.pop(0)
                     if (kp := kernel_pool()) is not None: kp.refill = bool(pending or run.queue) # start no kernel nobody needs
                     run.start(u)
-                    running[ex.submit(_timed, execute_step, u.step, u.out, u.upstream, pm_engine, project.root, u.context,
-                                      key=f'mlnb-{run_id}-{u.name}')] = u
+                    if not away: fut = ex.submit(_timed, execute_step, u.step, u.out, u.upstream, pm_engine, project.root, u.context,
+                                                 key=f'mlnb-{run_id}-{u.name}')
+                    else:
+                        if packed is None: # once, when the first unit runs: the project's files, and the commit they are from
+                            packed = (pack_project(project.root, project.package, {r for f in inputs.values() for r in f}, st),
+                                      {'git': list(git_state(project.root)), 'project': root})
+                        fut = ex.submit(_timed, execute_away, packed[0], st.url, u.step, u.step.notebook.relative_to(project.root).as_posix(),
+                                        u.out.name, u.upstream, pm_engine, {**u.context, **packed[1]}, key=f'mlnb-{run_id}-{u.name}')
+                    running[fut] = u
                 if not running: continue
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
                     u = running.pop(fut)
-                    try: outs, secs = fut.result()
+                    try:
+                        outs, secs = fut.result()
+                        if away: outs = land(outs, u.out)
                     except StepFailed as e: run.failed(u, e)
                     except Exception as e: run.lost(u, e)
                     else: run.succeeded(u, outs, secs)
