@@ -248,13 +248,16 @@ _SEGMENT = click.option('--segment', help='The segment (a region, a tier...) of 
 @_SEGMENT
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
 def models(name: str | None, segment: str | None, as_json: bool):
-    "List model versions in the BentoML model store (of NAME, or all that mlnb logged), marking the champion of each segment."
+    "List model versions in the BentoML model store and the team's artifact store (of NAME, or all that mlnb logged), marking the champion of each segment."
     from mlnb.project import load_project
     from mlnb.registry import models as list_models
     data = list_models(name, load_project().root, segment=segment)
-    emit(data, as_json, lambda d: _table('Models', ['tag', 'segment', 'created', 'run', 'evaluation (gate)', 'training', 'gate', 'champion'],
+    team = any(not m['local'] for m in data) # a column saying where, once some are only in the team's store
+    emit(data, as_json, lambda d: _table('Models', ['tag', 'segment', 'created', 'run', 'evaluation (gate)', 'training', 'gate', 'champion',
+                                                    *(['stored'] if team else [])],
          [[m['tag'], m['segment'] or '', m['created'][:19].replace('T', ' '), m['run_id'] or '', _metrics(m['evaluation_metrics']) or '-',
-           _metrics(m['training_metrics']), (m['gate'] or {}).get('status', '-'), '*' if m['champion'] else ''] for m in d]))
+           _metrics(m['training_metrics']), (m['gate'] or {}).get('status', '-'), '*' if m['champion'] else '',
+           *(['here' if m['local'] else 'team store'] if team else [])] for m in d]))
 
 def _metrics(m: dict | None) -> str:
     "Metrics as `name=value` pairs."

@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/objects.html.md"""
 
 # %% ../nbs/21a_objects.ipynb #b4d82e37
 from __future__ import annotations
-import contextlib, errno, fcntl, hashlib, os, shutil, tempfile
+import contextlib, errno, fcntl, hashlib, json, os, shutil, tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -17,8 +17,8 @@ from .outputs import artifacts_location, store
 from .project import ALWAYS, project_root
 
 # %% auto #0
-__all__ = ['snapshot_ref', 'snapshot_inputs', 'restore_input', 'team_store', 'object_key', 'local_models', 'staged', 'install',
-           'push', 'fetch', 'in_local_store', 'ensure', 'pull']
+__all__ = ['snapshot_ref', 'snapshot_inputs', 'restore_input', 'pack_project', 'unpack_project', 'team_store', 'object_key',
+           'local_models', 'staged', 'install', 'push', 'fetch', 'in_local_store', 'ensure', 'team_models', 'pull']
 
 # %% ../nbs/21a_objects.ipynb #4e954035
 def snapshot_ref(sha: str) -> dict:
@@ -47,9 +47,10 @@ def restore_input(rel: str, # the input file, relative to the project
                   sha: str, # the SHA-256 its lineage names
                   dest: str | Path, # the folder to restore it into (`dest/rel`)
                   root: str | Path | None = None, # the project whose artifact store keeps the snapshots
+                  st: ArtifactStore | None = None, # the artifact store (default: the project's)
                  ) -> Path:
     "Write the snapshot of input file `rel` with content `sha` to `dest/rel`; returns that path."
-    st = store(root)
+    st = st or store(root)
     if not st.exists(snapshot_ref(sha)):
         raise UsageError(f"The snapshot of {rel} ({sha[:12]}) is not in the artifact store {st.shown}: the run that read it kept it "
                          "elsewhere (another `artifacts` setting) or it was deleted. Point [tool.mlnb] artifacts at the store the run used.")
@@ -59,6 +60,55 @@ def restore_input(rel: str, # the input file, relative to the project
     shutil.copyfile(st.get(snapshot_ref(sha)), tmp)
     os.replace(tmp, out)
     return out
+
+# %% ../nbs/21a_objects.ipynb #fed3a6e3
+_SKIP = {'.git', '.mlnb', '__pycache__', '.ipynb_checkpoints'}
+
+def _project_files(root: Path) -> list[str]:
+    "The files of the project at `root` (relative, POSIX): those git tracks or would track, else every file; never under `_SKIP`."
+    import subprocess
+    try:
+        res = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=root, capture_output=True, timeout=60)
+        found = res.stdout.decode().split('\0') if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError): found = None
+    if found is None: found = [p.relative_to(root).as_posix() for p in root.rglob('*')]
+    return [f for f in found if f and not _SKIP & set(f.split('/'))]
+
+def pack_project(root: str | Path, # the project
+                 package: str, # its package's folder (`[tool.nbdev] lib_path`), included even when git ignores it
+                 exclude=(), # files left out (relative): the declared inputs, restored from their snapshots
+                 st: ArtifactStore | None = None, # the artifact store (default: the project's)
+                ) -> dict:
+    "Keep the project's files a step may read in the artifact store as one zip; returns its reference."
+    import io, zipfile
+    root, st = Path(root), st or store(root)
+    names = set(_project_files(root)) | {p.relative_to(root).as_posix() for p in (root / package).rglob('*.py')}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:
+        for rel in sorted(names - set(exclude)):
+            if not (root / rel).is_file() or _SKIP & set(rel.split('/')): continue
+            info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0)) # the same files give the same bytes
+            info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
+            z.writestr(info, (root / rel).read_bytes())
+    return st.put_bytes(buf.getvalue(), 'file', '.zip', filename='project.zip')
+
+def unpack_project(ref: dict, # what `pack_project` returned
+                   dest: str | Path, # the folder to create (left as it is when it exists: a finished unpacking)
+                   st: ArtifactStore, # the artifact store that keeps it
+                  ) -> Path:
+    "Unpack the project's files of `ref` into the new folder `dest`, whole (in a temporary folder, then moved); returns `dest`."
+    import zipfile
+    dest = Path(dest)
+    if dest.is_dir(): return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix='.tmp-'))
+    try:
+        with zipfile.ZipFile(st.get(ref)) as z: z.extractall(tmp)
+        try: os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir(): raise # else another unit unpacked it first
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 # %% ../nbs/21a_objects.ipynb #92eaf023
 def team_store(root: str | Path | None = None, # the project (default: the current one)
@@ -185,6 +235,40 @@ def ensure(tag: str, # name:version
           ) -> bool:
     "Whether the model or Bento `tag` is in the local BentoML store, fetched from the team's artifact store if it was not."
     return in_local_store(tag, kind) or fetch(tag, kind, root)
+
+# %% ../nbs/21a_objects.ipynb #85fbda5f
+def _model_yaml(f) -> dict:
+    "The `model.yaml` at the head of a model archive as BentoML exports it (a tar whose first member it is)."
+    import tarfile, yaml
+    with tarfile.open(fileobj=f, mode='r|*') as t:
+        for m in t:
+            if m.name.removeprefix('./') == 'model.yaml': return yaml.safe_load(t.extractfile(m)) or {}
+    return {}
+
+_KEPT = ('segment', 'mlnb_run', 'metrics', 'lineage') # what listing a model needs of its metadata
+
+def team_models(name: str | None = None, # a model's name (default: every model)
+                root: str | Path | None = None, # the project
+               ) -> list[dict]:
+    "The models in the team's artifact store (of `name`, or all): tag, creation time, labels and the metadata a listing needs; [] without `artifacts`."
+    st = team_store(root)
+    if st is None: return []
+    if name is not None: check_tag(name, 'name')
+    cache, out = Path(root or project_root()) / '.mlnb' / 'cache' / 'models', []
+    for key in st.keys(f'models/{name}' if name else 'models', '.bentomodel'):
+        n, _, version = key[len('models/'):-len('.bentomodel')].partition('/')
+        kept = cache / n / f'{version}.json'
+        try: out.append(json.loads(kept.read_text())); continue
+        except (OSError, ValueError): pass
+        y = st.read_with(key, _model_yaml)
+        md = y.get('metadata') or {}
+        info = {'tag': f'{n}:{version}', 'created': str(y.get('creation_time') or ''), 'labels': y.get('labels') or {},
+                'metadata': {k: md[k] for k in _KEPT if k in md}}
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f'.{version}.{os.getpid()}.tmp')
+        tmp.write_text(json.dumps(info)); os.replace(tmp, kept)
+        out.append(info)
+    return out
 
 # %% ../nbs/21a_objects.ipynb #5d27e040
 def pull(tag: str, # a model's or a Bento's tag, name:version
