@@ -176,6 +176,12 @@ class ArtifactStore:
         "Store the local file `src` as the named object `key`, whole or not at all."
         self._write(self.key_path(key), src=Path(src))
 
+    def put_named(self, key: str, # the object's name, e.g. 'exports/NOTEBOOKS-PACKAGE'
+                  data: bytes, # its content
+                 ):
+        "Store `data` as the named object `key`, whole or not at all."
+        self._write(self.key_path(key), data=data)
+
     def get_file(self, key: str, dest: str | Path) -> Path:
         "Download the named object `key` to the local file `dest` (moved there once complete); returns `dest`."
         dest, p = Path(dest), self.key_path(key)

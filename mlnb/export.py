@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl, hashlib, json, subprocess, sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import MlnbError
 from .project import Project
@@ -49,18 +49,28 @@ def _locked(path: Path):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-def ensure_exported(project: Project) -> bool:
-    "Run `nbdev-export` unless the package is known to match the notebooks; returns whether it exported."
+def ensure_exported(project: Project,
+                    known: Callable[[str, str], bool] | None = None, # (notebooks, package) -> whether that export was seen elsewhere
+                    remember: Callable[[str, str], None] | None = None, # called with (notebooks, package) after an export
+                    before: Callable[[], None] | None = None, # called just before an export starts (e.g. to start kernels meanwhile)
+                   ) -> bool:
+    "Run `nbdev-export` unless the package is known to match the notebooks (by this machine's stamp, or by `known`); returns whether it exported."
     stamp = project.state / 'export.json'
     with _locked(project.state / 'export.lock'):
-        nbs = _notebooks_hash(project)
+        nbs, pkg = _notebooks_hash(project), package_hash(project)
         try: old = json.loads(stamp.read_text())
         except (OSError, ValueError): old = {}
-        if old.get('notebooks') == nbs and old.get('package') == package_hash(project): return False
+        if old.get('notebooks') == nbs and old.get('package') == pkg: return False
+        if known is not None and known(nbs, pkg): # these notebooks were exported to exactly this package before, elsewhere
+            stamp.write_text(json.dumps({'notebooks': nbs, 'package': pkg}))
+            return False
+        if before is not None: before()
         res = subprocess.run([sys.executable, '-c', 'from nbdev.doclinks import nbdev_export as export; export()'],
                              cwd=project.root, capture_output=True, text=True)
         if res.returncode:
             raise MlnbError(f"Exporting the package from the notebooks failed (nbdev-export in {project.root}):\n"
                             f"{res.stderr.strip()[-3000:]}\nFix the notebook it names, then run again.")
-        stamp.write_text(json.dumps({'notebooks': nbs, 'package': package_hash(project)}))
+        pkg = package_hash(project)
+        stamp.write_text(json.dumps({'notebooks': nbs, 'package': pkg}))
+        if remember is not None: remember(nbs, pkg)
         return True

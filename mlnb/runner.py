@@ -329,18 +329,22 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     if 'gate' in project.settings: GateConfig.from_settings(project.settings) # a bad gate is refused before anything runs
     if jobs is not None and jobs < 1: raise MlnbError(f"--jobs must be at least 1, got {jobs}.")
     spec = executor_spec(project.settings, executor, address, jobs)
-    # 2. the kernels start while the package is exported and everything is fingerprinted; the run is opened in the ledger
+    # 2. the package is exported (the kernels start meanwhile) and everything is fingerprinted; the run is opened in the ledger
     project.state.mkdir(parents=True, exist_ok=True)
     root = str(project.root)
     if root not in os.environ.get('PYTHONPATH', '').split(os.pathsep): # for the kernels, which start now
         os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
-    stop_kernels = _warm_kernels(project, plan, pm_engine, spec)
+    warm = _WarmKernels(project, plan, pm_engine, spec)
+    stop_kernels = warm.stop
     old_term = _on_sigterm()
     try:
-        ensure_exported(project)
+        st = store(project.root)
+        shared = st.fs is not None # a team's object store: an export made on another machine is known there
+        ensure_exported(project, known=(lambda n, p: st.has(_export_key(n, p))) if shared else None,
+                        remember=(lambda n, p: st.put_named(_export_key(n, p), b'')) if shared else None, before=warm.start)
         inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
         fps = fingerprints(plan, package, inputs, contracts)
-        st, led = store(project.root), Ledger(project.root)
+        led = Ledger(project.root)
         snapshot_inputs(project.root, inputs, st) # the files as they are now, kept by content for `mlnb reproduce`
         led.reap()
         run_id = new_run_id()
@@ -367,6 +371,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                 run.advance(pending)
                 while run.queue and len(running) < ex.slots:
                     u = run.queue.pop(0)
+                    warm.start(u.step) # no kernel starts for a run whose steps are all reused
                     if (kp := kernel_pool()) is not None: kp.refill = bool(pending or run.queue) # start no kernel nobody needs
                     run.start(u)
                     if not away: fut = ex.submit(_timed, execute_step, u.step, u.out, u.upstream, pm_engine, project.root, u.context,
@@ -403,15 +408,30 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         if prog: prog.close()
         led.close()
 
-def _warm_kernels(project: Project, plan: Plan, pm_engine: str, spec: Mapping):
-    "Start the warm kernels of a local run with the kernel engine (for the first step's notebook); returns what stops them all."
-    if pm_engine != 'mlnb_kernel' or spec['name'] != 'local' or not plan.steps or kernel_pool() is not None: return lambda: None
-    stack = ExitStack()
-    preload = (*project.settings.get('preload', ()), *client_modules(project.root)) # with a team's store, its client too
-    kp = stack.enter_context(kernels(spec['jobs'], preload=preload, log_dir=str(project.state / 'kernels')))
-    first = plan.steps[0]
-    kp.warm(first.info.kernel, str(first.notebook.parent))
-    return stack.close # closing twice does nothing
+def _export_key(notebooks: str, package: str) -> str:
+    "The named object in the artifact store that says: notebooks of hash `notebooks` export to a package of hash `package`."
+    return f'exports/{notebooks}-{package}'
+
+class _WarmKernels:
+    "The warm kernels of a local run with the kernel engine: started once, when first wanted (while the package is exported, or for the first step that runs); `stop` stops them all."
+    def __init__(self, project: Project, plan: Plan, pm_engine: str, spec: Mapping):
+        self.project, self.plan, self.spec, self.stack = project, plan, spec, None
+        self.wanted = pm_engine == 'mlnb_kernel' and spec['name'] == 'local' and bool(plan.steps) and kernel_pool() is None
+
+    def start(self, step: PlannedStep | None = None, # the step about to run (default: the plan's first)
+             ):
+        "Start the kernels (and warm one for `step`), unless they were started already or are not wanted."
+        if not self.wanted or self.stack is not None: return
+        self.stack = ExitStack()
+        preload = (*self.project.settings.get('preload', ()), *client_modules(self.project.root)) # with a team's store, its client too
+        kp = self.stack.enter_context(kernels(self.spec['jobs'], preload=preload, log_dir=str(self.project.state / 'kernels')))
+        step = step or self.plan.steps[0]
+        kp.warm(step.info.kernel, str(step.notebook.parent))
+
+    def stop(self):
+        "Stop every kernel started (twice does nothing); none starts after."
+        self.wanted = False
+        if self.stack is not None: self.stack.close()
 
 def _on_sigterm():
     "Make SIGTERM interrupt the run as Ctrl+C does, so that its kernels are stopped; returns the handler it replaced."

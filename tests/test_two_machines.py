@@ -69,8 +69,11 @@ def team(scaffold_template, postgres, s3_server, tmp_path_factory):
 
 def test_a_fresh_clone_reuses_every_step_lists_and_builds_the_teams_champion(team, postgres, s3_server):
     b = clone(team, 'b', postgres, s3_server, team['tmp'])
-    out = cli(b, 'run', '--engine', 'fast', '--profile', 'ci').stdout
+    package = {f: f.stat().st_mtime_ns for f in (b['root'] / 'churn').rglob('*.py')}
+    out = cli(b, 'run', '--profile', 'ci').stdout # the default engine, kernels
     assert ': 4 cached.' in out, out # nothing executed: the cache index is the team's, the outputs are in S3
+    assert not (b['root'] / '.mlnb' / 'kernels').exists() # no kernel was started for a run that executes nothing
+    assert package and {f: f.stat().st_mtime_ns for f in (b['root'] / 'churn').rglob('*.py')} == package # not exported again: A's export is known
     assert not (b['root'] / '.mlnb' / 'cache').exists() # a cached step fetches nothing: only a step that runs reads its inputs
     runs = json.loads(cli(b, 'runs', '--json').stdout)
     assert [r['steps'] for r in runs] == [{'cached': 4}, {'ok': 4}]
