@@ -200,6 +200,19 @@ class MonitorConfig:
     report: str = 'nbs/05_monitor.ipynb' # the notebook `mlnb monitor --report` executes
     cache: bool = True # keep a columnar copy of the parsed log in .mlnb/cache/logs, so that each line is parsed once
     damaged_share: float = 0.01 # largest share of a log's lines that cannot be read (skipped and counted) before it is an alert
+    chunk: int | str | None = None # the window is judged in chunks: rows per chunk (5000), or a duration of the predictions' time ('1d'); default: 10 chunks
+    time: str | None = None # the request column holding a prediction's own time (default: the contract's only datetime column, else the log's time)
+    thresholds: str = 'learned' # 'learned': each column's threshold from the variation of the reference's own chunks; 'fixed': drift_threshold and p_value
+    sigmas: float = 3.0 # a learned band is the reference chunks' mean plus (and, for a metric, minus) this many standard deviations
+    multivariate: bool = True # one drift score over all features together (PCA reconstruction error), per chunk
+    estimate: bool = True # estimate performance without ground truth (CBPE for classifiers, DLE for regressors)
+    bias_bound: float = 0.05 # largest difference between the share answered and the share observed (a regressor's: mean, in the labels' standard deviations) that is not an alert
+    bias_min_rows: int = 200 # labelled rows needed before bias is judged
+    significance: float = 0.05 # significance level of variant comparisons
+    power: float = 0.8 # the power the rows-still-needed of a variant comparison is computed for
+    min_difference: float = 0.01 # the smallest difference of the gate's metric a variant comparison should detect
+    fallback_leave: float = 0.02 # the action-limit fallback leaves only when every limit holds with this margin (hysteresis)
+    fallback_dwell: float = 30.0 # seconds the action-limit fallback stays on at least, once it entered
 
     def __post_init__(self):
         if self.small_reference is None:
@@ -215,7 +228,24 @@ class MonitorConfig:
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0): raise UsageError(f"[tool.mlnb.monitor] {k} must be a positive integer, not {v!r}.")
         if not (isinstance(self.damaged_share, (int, float)) and not isinstance(self.damaged_share, bool) and 0 <= self.damaged_share <= 1):
             raise UsageError(f"[tool.mlnb.monitor] damaged_share must be a number in [0, 1] (a share of the log's lines), not {self.damaged_share!r}.")
-        for k in ('fallback_on_action_limit', 'cache'):
+        if not (self.chunk is None or (isinstance(self.chunk, int) and not isinstance(self.chunk, bool) and self.chunk >= 2)
+                or (isinstance(self.chunk, str) and re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*', self.chunk) and float(re.match(r'\s*(\d+(?:\.\d+)?)', self.chunk).group(1)) > 0)):
+            raise UsageError(f"[tool.mlnb.monitor] chunk must be rows per chunk (an integer of at least 2, e.g. 5000) or a duration such as '1d' or '6h', not {self.chunk!r}.")
+        if self.thresholds not in ('learned', 'fixed'):
+            raise UsageError(f"[tool.mlnb.monitor] thresholds must be 'learned' or 'fixed', not {self.thresholds!r}.")
+        if self.time is not None and not (isinstance(self.time, str) and self.time):
+            raise UsageError(f"[tool.mlnb.monitor] time must name a request column, not {self.time!r}.")
+        for k in ('sigmas', 'fallback_dwell'):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+                raise UsageError(f"[tool.mlnb.monitor] {k} must be a number of at least 0, not {v!r}.")
+        for k in ('bias_bound', 'significance', 'power', 'min_difference', 'fallback_leave'):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 or (k == 'fallback_leave' and v == 0)):
+                raise UsageError(f"[tool.mlnb.monitor] {k} must be a number between 0 and 1, not {v!r}.")
+        if not (isinstance(self.bias_min_rows, int) and not isinstance(self.bias_min_rows, bool) and self.bias_min_rows > 0):
+            raise UsageError(f"[tool.mlnb.monitor] bias_min_rows must be a positive integer, not {self.bias_min_rows!r}.")
+        for k in ('fallback_on_action_limit', 'cache', 'multivariate', 'estimate'):
             if not isinstance(getattr(self, k), bool): raise UsageError(f"[tool.mlnb.monitor] {k} must be true or false, not {getattr(self, k)!r}.")
         for name, b in self.action_limits.items():
             if not (isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in b) and b[0] <= b[1]):
