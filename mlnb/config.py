@@ -203,6 +203,7 @@ class MonitorConfig:
     chunk: int | str | None = None # the window is judged in chunks: rows per chunk (5000), or a duration of the predictions' time ('1d'); default: 10 chunks
     time: str | None = None # the request column holding a prediction's own time (default: the contract's only datetime column, else the log's time)
     thresholds: str = 'learned' # 'learned': each column's threshold from the variation of the reference's own chunks; 'fixed': drift_threshold and p_value
+    confirm: int = 2 # consecutive chunks above a column's threshold before it counts as drifted (a single chunk above is shown, not alerted)
     sigmas: float = 3.0 # a learned band is the reference chunks' mean plus (and, for a metric, minus) this many standard deviations
     multivariate: bool = True # one drift score over all features together (PCA reconstruction error), per chunk
     estimate: bool = True # estimate performance without ground truth (CBPE for classifiers, DLE for regressors)
@@ -223,7 +224,7 @@ class MonitorConfig:
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1):
                 raise UsageError(f"[tool.mlnb.monitor] {k} must be a number in (0, 1], not {v!r}.")
-        for k in ('small_reference', 'window', 'min_rows', 'buckets'):
+        for k in ('small_reference', 'window', 'min_rows', 'buckets', 'confirm'):
             v = getattr(self, k)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0): raise UsageError(f"[tool.mlnb.monitor] {k} must be a positive integer, not {v!r}.")
         if not (isinstance(self.damaged_share, (int, float)) and not isinstance(self.damaged_share, bool) and 0 <= self.damaged_share <= 1):

@@ -273,5 +273,6 @@ def _field(name: str, col) -> dict:
 def request_fields(schema, # a pandera DataFrameSchema (the contract)
                    label: str | None = None, # the label column, which requests do not carry
                   ) -> list[dict]:
-    "The request fields of contract `schema`, in its column order, without `label`."
-    return [_field(str(n), c) for n, c in schema.columns.items() if n != label]
+    "The request fields of contract `schema`, in its column order, without `label`; its keys (unique columns) say `key`."
+    keys = {str(k) for k in (schema.unique or [])} | {str(n) for n, c in schema.columns.items() if c.unique}
+    return [{**_field(str(n), c), **({'key': True} if str(n) in keys else {})} for n, c in schema.columns.items() if n != label]

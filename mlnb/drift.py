@@ -6,16 +6,18 @@ Docs: https://mlnb.github.io/mlnb/api/drift.html.md"""
 
 # %% ../nbs/01_drift.ipynb #699e4fbe
 from __future__ import annotations
-import math
+import datetime as _dt, math
 from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['N_QUANTILES', 'MAX_EXACT', 'MAX_CATEGORIES', 'SMALL_REFERENCE', 'column_kind', 'column_reference', 'kolmogorov_sf',
-           'chi2_sf', 'rel_entr', 'psi', 'histogram', 'numeric_drift', 'text_counts', 'categorical_drift',
-           'answer_columns', 'reference', 'drift', 'from_profile']
+__all__ = ['N_QUANTILES', 'MAX_EXACT', 'MAX_CATEGORIES', 'SMALL_REFERENCE', 'DEFAULT_CHUNKS', 'REFERENCE_ROWS',
+           'MAX_REFERENCE_ROWS', 'column_kind', 'column_reference', 'kolmogorov_sf', 'chi2_sf', 'rel_entr', 'psi',
+           'histogram', 'numeric_drift', 'text_counts', 'categorical_drift', 'answer_columns', 'reference', 'drift',
+           'from_profile', 'chunk_slices', 'JensenShannon', 'learn_threshold', 'learned_threshold', 'Reconstruction',
+           'reference_rows', 'parquet_bytes']
 
 # %% ../nbs/01_drift.ipynb #1be36814
 N_QUANTILES = 101 # 0%, 1%, ..., 100%
@@ -29,8 +31,9 @@ def _finite(x) -> float | None:
 def column_kind(values: pd.Series, # the column
                 field: Mapping | None = None, # its request field (type, categories), when known
                ) -> str:
-    "'numeric', 'categorical', 'datetime' or 'text'."
+    "'numeric', 'categorical', 'datetime', 'text', or 'key' for a declared key (described, never tested)."
     t = (field or {}).get('type')
+    if (field or {}).get('key'): return 'key'
     if (field or {}).get('categories') or t == 'bool' or pd.api.types.is_bool_dtype(values): return 'categorical'
     if t == 'datetime' or pd.api.types.is_datetime64_any_dtype(values): return 'datetime'
     if t in ('int', 'float') or pd.api.types.is_numeric_dtype(values):
@@ -58,7 +61,7 @@ def column_reference(values: pd.Series, # held-out values of one column
         ref.update(counts={k: int(c) for k, c in freq.head(MAX_CATEGORIES).items()}, other=int(freq.iloc[MAX_CATEGORIES:].sum()))
     elif kind == 'datetime' and len(present):
         ref.update(min=pd.Timestamp(present.min()).isoformat(), max=pd.Timestamp(present.max()).isoformat())
-    elif kind == 'text': ref['distinct'] = int(present.nunique())
+    elif kind in ('text', 'key'): ref['distinct'] = int(present.nunique())
     return ref
 
 # %% ../nbs/01_drift.ipynb #0228f107
@@ -286,7 +289,8 @@ def from_profile(profile: Mapping, # what `mlnb.contract.profile` returned
         f = by_name.get(name, {})
         n, nulls = p.get('count', 0), p.get('nulls', 0)
         ref = {'type': f.get('type'), 'n': n, 'null_rate': nulls / (n + nulls) if n + nulls else 0.0}
-        if p.get('histogram') and not f.get('categories'):
+        if f.get('key'): ref.update(kind='key', distinct=p.get('distinct'))
+        elif p.get('histogram') and not f.get('categories'):
             edges, counts = np.asarray(p['histogram']['edges'], dtype=float), np.asarray(p['histogram']['counts'], dtype=float)
             cdf = np.concatenate([[0.0], np.cumsum(counts) / max(counts.sum(), 1)])
             keep = np.concatenate([[True], np.diff(cdf) > 0])
@@ -299,3 +303,161 @@ def from_profile(profile: Mapping, # what `mlnb.contract.profile` returned
         if f.get('range'): ref['bounds'] = list(f['range'])
         cols[name] = ref
     return {'rows': int(profile.get('rows', 0)), 'columns': cols, 'kind': None}
+
+# %% ../nbs/01_drift.ipynb #c0218353
+DEFAULT_CHUNKS = 10 # chunks of a window when [tool.mlnb.monitor] chunk is not set (as NannyML's default chunker)
+
+def chunk_slices(n: int, # rows, in time order
+                 chunk: int | pd.Timedelta | None = None, # rows per chunk, a duration, or None for `DEFAULT_CHUNKS` equal chunks
+                 times: pd.Series | None = None, # the rows' times (sorted), for a duration
+                ) -> list[tuple[int, int]]:
+    "Contiguous chunks of `n` rows as (start, stop) row slices. A duration cuts at its multiples (whole days for '1d'); by rows, a last chunk of fewer than half the others' rows joins the one before."
+    if n <= 0: return []
+    if isinstance(chunk, (pd.Timedelta, _dt.timedelta)):
+        if times is None or len(times) != n: raise ValueError("chunks of a duration need the rows' times")
+        slot = pd.to_datetime(pd.Series(times), utc=True).dt.floor(pd.Timedelta(chunk)).to_numpy()
+        cuts = (np.flatnonzero(slot[1:] != slot[:-1]) + 1).tolist()
+        return list(zip([0, *cuts], [*cuts, n]))
+    size = max(1, math.ceil(n / DEFAULT_CHUNKS)) if chunk is None else int(chunk)
+    out = [(s, min(s + size, n)) for s in range(0, n, size)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] < size / 2: out[-2:] = [(out[-2][0], n)]
+    return out
+
+# %% ../nbs/01_drift.ipynb #b00b87a1
+class JensenShannon:
+    "The Jensen-Shannon distance (base 2) of a column's values to its reference values, over bins fixed on the reference."
+    def __init__(self, values: pd.Series | np.ndarray, # the column's reference values
+                 kind: str, # 'numeric' or 'categorical'
+                ):
+        self.kind = kind
+        if kind == 'numeric':
+            x = _numbers(values)
+            self.bins = np.histogram_bin_edges(x, bins='doane') if len(x) else np.array([0.0, 1.0])
+        else: self.cats = text_counts(pd.Series(values).dropna()).index
+        self.counts = self._counts(values)[0]
+
+    def _counts(self, values) -> tuple[np.ndarray, int]:
+        "The counts of `values` in the reference's bins, and how many values are present."
+        if self.kind == 'numeric':
+            x = _numbers(values)
+            return np.histogram(x, bins=self.bins)[0].astype('float64'), len(x)
+        v = pd.Series(values).dropna()
+        return text_counts(v).reindex(self.cats, fill_value=0).to_numpy(dtype='float64'), len(v)
+
+    def __call__(self, values: pd.Series | np.ndarray, # the values to score
+                 leave_out: bool = False, # `values` are reference rows: score them against the reference without them
+                ) -> float:
+        "The distance of `values` (NaN when none is present)."
+        cur, m = self._counts(values)
+        ref = self.counts - cur if leave_out else self.counts
+        if not m or ref.sum() <= 0: return float('nan')
+        cur, ref = cur / m, ref / ref.sum()
+        rest = 1.0 - cur.sum()
+        if rest > 1e-12: cur, ref = np.append(cur, rest), np.append(ref, 0.0)
+        return _jensenshannon(ref, cur) / math.sqrt(math.log(2))
+
+def _numbers(values) -> np.ndarray:
+    x = pd.to_numeric(pd.Series(values), errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
+    return x[np.isfinite(x)]
+
+# %% ../nbs/01_drift.ipynb #c8e3fa05
+def learn_threshold(score, # score(rows) -> the score of the reference rows `rows` (an index array), left out of the reference
+                    n: int, # reference rows
+                    size: int, # rows per chunk of the window
+                    sigmas: float = 3.0, # standard deviations above the scores' mean
+                    min_chunks: int = 10, # fewest contiguous chunks worth learning from
+                    draws: int = 50, # random samples
+                    seed: int = 0, # of the samples
+                   ) -> tuple[float | None, str]:
+    "A threshold learned from the scores of reference chunks, and a sentence saying from what."
+    size, m = max(int(size), 1), min(max(int(size), 1), n // 2)
+    if m < 2: return None, f'nothing to learn from: {n} reference rows'
+    rng = np.random.default_rng(seed)
+    sampled = learned_threshold([score(np.sort(rng.choice(n, m, replace=False))) for _ in range(draws)], sigmas)
+    how = f'{draws} random samples of {m} reference rows' + (' (fewer rows than a chunk: a cautious threshold)' if m < size else '')
+    if n // size < min_chunks: return sampled, how
+    chunked = learned_threshold([score(np.arange(i * size, (i + 1) * size)) for i in range(n // size)], sigmas)
+    if sampled is None or (chunked is not None and chunked > sampled): return chunked, f'{n // size} contiguous reference chunks of {size} rows'
+    return sampled, how
+
+def learned_threshold(scores, # a column's scores on the reference chunks
+                      sigmas: float = 3.0, # standard deviations above their mean
+                     ) -> float | None:
+    "Mean plus `sigmas` standard deviations of `scores` (None when there are none)."
+    s = np.asarray(scores, dtype='float64')
+    s = s[np.isfinite(s)]
+    return float(s.mean() + sigmas * s.std()) if len(s) else None
+
+# %% ../nbs/01_drift.ipynb #c43ac634
+class Reconstruction:
+    "The data reconstruction error of rows by the principal components of the reference (the multivariate drift score)."
+    def __init__(self, frame: pd.DataFrame, # the reference rows
+                 kinds: Mapping[str, str], # column -> 'numeric' or 'categorical': the columns used
+                 variance: float = 0.65, # share of the variance the components keep
+                ):
+        from sklearn.decomposition import PCA
+        self.kinds = dict(kinds)
+        self.fill, self.freq = {}, {}
+        for c, k in self.kinds.items():
+            if k == 'numeric':
+                x = _numbers(frame[c])
+                self.fill[c] = float(x.mean()) if len(x) else 0.0
+            else:
+                s = frame[c].dropna().astype(str)
+                self.freq[c] = s.value_counts(normalize=True)
+                self.fill[c] = str(self.freq[c].index[0]) if len(self.freq[c]) else ''
+        x = self._encode(frame)
+        self.mean, self.scale = x.mean(axis=0), x.std(axis=0)
+        self.scale[self.scale == 0] = 1.0
+        self.pca = PCA(n_components=variance, svd_solver='full').fit((x - self.mean) / self.scale)
+
+    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+        cols = []
+        for c, k in self.kinds.items():
+            if k == 'numeric':
+                x = pd.to_numeric(frame[c], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
+                cols.append(np.where(np.isfinite(x), x, self.fill[c]))
+            else:
+                s = frame[c].astype(object).where(frame[c].notna(), self.fill[c]).astype(str)
+                cols.append(s.map(self.freq[c]).fillna(0.0).to_numpy(dtype='float64'))
+        return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+
+    def __call__(self, frame: pd.DataFrame) -> float:
+        "The mean reconstruction error of the rows of `frame` (NaN for no rows)."
+        if not len(frame): return float('nan')
+        x = (self._encode(frame) - self.mean) / self.scale
+        back = self.pca.inverse_transform(self.pca.transform(x))
+        return float(np.linalg.norm(x - back, axis=1).mean())
+
+# %% ../nbs/01_drift.ipynb #73c05832
+REFERENCE_ROWS = 'reference.parquet' # the reference rows' file in a model's folder
+MAX_REFERENCE_ROWS = 200_000 # more held-out rows are sampled down to this many (in their order)
+
+def reference_rows(frame: pd.DataFrame, # held-out rows
+                   fields: list[Mapping], # the request fields
+                   answers: list[Mapping] | None = None, # the model's answers
+                   kind: str | None = None, # 'classifier' or 'regressor'
+                   label: str | None = None, # the label column of `frame`, if it has one
+                  ) -> pd.DataFrame:
+    "The reference rows as monitoring reads them: request columns, answers and per-class probabilities, the observed label."
+    out = {f'row.{f["name"]}': frame[f['name']].reset_index(drop=True) for f in fields if f['name'] in frame}
+    if answers is not None:
+        out.update({f'prediction.{k}': v for k, v in answer_columns(answers, kind).items()})
+        probs = [a.get('probabilities') for a in answers]
+        k = max((len(p) for p in probs if p), default=0)
+        for i in range(k): out[f'proba.{i}'] = pd.Series([p[i] if p and len(p) == k else np.nan for p in probs], dtype='float64')
+    if label is not None and label in frame: out['label'] = frame[label].reset_index(drop=True)
+    rows = pd.DataFrame(out)
+    if len(rows) > MAX_REFERENCE_ROWS:
+        rows = rows.iloc[np.sort(np.random.default_rng(0).choice(len(rows), MAX_REFERENCE_ROWS, replace=False))].reset_index(drop=True)
+    return rows
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    "`frame` as Parquet; a column of mixed Python values is kept as text."
+    import io
+    frame = frame.copy()
+    for c in frame.columns:
+        if frame[c].dtype == object and len({type(v) for v in frame[c].dropna()}) > 1: frame[c] = frame[c].map(lambda v: None if pd.isna(v) else str(v))
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()

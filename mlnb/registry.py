@@ -83,10 +83,11 @@ def freeze_reference(model, # the fitted model
                      fields: list[dict] | None, # the request fields
                      transform=None, # the feature function
                      label: str | None = None, # the label column
-                    ) -> dict:
+                     with_rows: bool = False, # also return the rows themselves (as `mlnb.drift.reference_rows` keeps them), or None for a profile
+                    ) -> dict | tuple:
     "The reference monitoring compares live data with: request columns, the model's answers on the rows, observed labels."
     import pandas as pd
-    from mlnb.drift import from_profile, reference as freeze
+    from mlnb.drift import from_profile, reference as freeze, reference_rows
     from mlnb.serving import Predictor, model_kind, plain_value
     kind = model_kind(model)
     classes = [plain_value(c) for c in model.classes_] if kind == 'classifier' else None
@@ -96,10 +97,12 @@ def freeze_reference(model, # the fitted model
         answers, errors = Predictor(model, transform, kind, classes).predict(feats)
         keep = [i for i in range(len(frame)) if i not in errors]
         fields = fields or [{'name': str(c)} for c in feats.columns]
-        ref = freeze(frame.iloc[keep].reset_index(drop=True), fields, [answers[i] for i in keep], kind, label)
-    elif isinstance(reference, Mapping) and 'columns' in reference: ref = from_profile(reference, fields)
+        kept, said = frame.iloc[keep].reset_index(drop=True), [answers[i] for i in keep]
+        ref, rows = freeze(kept, fields, said, kind, label), reference_rows(kept, fields, said, kind, label)
+    elif isinstance(reference, Mapping) and 'columns' in reference: ref, rows = from_profile(reference, fields), None
     else: raise UsageError(f"log_model(reference=...) takes held-out rows (a DataFrame) or a data profile (mlnb.contract.profile), not {type(reference).__name__}.")
-    return {**ref, 'kind': kind, 'classes': classes}
+    ref = {**ref, 'kind': kind, 'classes': classes}
+    return (ref, rows) if with_rows else ref
 
 def log_model(model, # a fitted scikit-learn estimator or pipeline
               name: str, # model name in the store, e.g. 'churn'
@@ -135,16 +138,19 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
     fields, transform = _request_fields(root, contract), _transform(root)
     if golden is not None and fields is not None: check_golden(rows_json(golden), fields, contract) # before the model sees them
     gold = golden_examples(model, golden, transform) if golden is not None else None
-    ref = None
+    ref, files = None, {}
     if reference is not None:
-        ref = freeze_reference(model, reference, fields, transform, load_project(root).settings.get('serve', {}).get('label'))
+        ref, rows = freeze_reference(model, reference, fields, transform, load_project(root).settings.get('serve', {}).get('label'), with_rows=True)
+        if rows is not None:
+            from mlnb.drift import REFERENCE_ROWS, parquet_bytes
+            files[REFERENCE_ROWS] = parquet_bytes(rows)
     labels = {'mlnb.run': ctx.get('run_id') or 'interactive', 'mlnb.step': ctx.get('step') or 'interactive',
               'mlnb.origin': 'interactive' if hand is not None else 'pipeline'}
     meta = {'mlnb_run': ctx.get('run_id') or '', 'mlnb_step': ctx.get('step') or '', 'metrics': lineage['metrics'],
             'contract': contract or '', 'contract_yaml': contract_text, 'git_commit': commit or '',
             'lineage': json.dumps(lineage, sort_keys=True), 'golden': json.dumps(gold) if gold is not None else '',
             'reference': json.dumps(ref) if ref is not None else '', 'segment': segment}
-    return save_to_store(name, model, labels, meta, root=root)
+    return save_to_store(name, model, labels, meta, root=root, files=files)
 
 def _stored(tag: str):
     "Model `tag` of the local BentoML store, fetched from the team's artifact store when only that has it."
@@ -180,6 +186,7 @@ def save_to_store(name: str, # model name
                   metadata: dict, # BentoML metadata
                   store: str | Path | None = None, # the model store's folder (default: BentoML's, under BENTOML_HOME)
                   root: str | Path | None = None, # the project whose artifact store gets the model first (when `artifacts` is set)
+                  files: Mapping[str, bytes] | None = None, # more files to keep in the model's folder (name -> content)
                  ) -> str:
     "Save `model` with `bentoml.sklearn` into a folder beside the store, upload it to the team's store, then move it into place under the store's lock; returns its tag."
     import bentoml
@@ -189,6 +196,7 @@ def save_to_store(name: str, # model name
     with staged(models) as work:
         with _SAVING, BentoMLContainer.model_store.patch(ModelStore(work)):
             m = bentoml.sklearn.save_model(name, model, labels=labels, metadata=metadata)
+        for fname, content in (files or {}).items(): (work / m.tag.name / m.tag.version / fname).write_bytes(content)
         if root is not None: push(str(m.tag), 'model', root, work) # the object, whole ...
         install(models, work, m) # ... then the pointer
     return str(m.tag)
