@@ -21,8 +21,9 @@ from .events import log_files, probabilities, read_events, read_feedback, select
 from .project import load_project
 
 # %% auto #0
-__all__ = ['METRICS', 'feedback_rows', 'score', 'check', 'timeline', 'compare_variants', 'frozen_reference', 'model_to_watch',
-           'monitor', 'feedback_from_file', 'report']
+__all__ = ['METRICS', 'feedback_rows', 'score', 'predictions_time', 'chunked_drift', 'multivariate_drift', 'chunked_performance',
+           'check', 'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor',
+           'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -89,6 +90,124 @@ def score(metric: str, # the gate's metric
     fn = {'f1': skm.f1_score, 'precision': skm.precision_score, 'recall': skm.recall_score}[base]
     return float(fn(y, labels, zero_division=0, **kw)), None
 
+# %% ../nbs/30_monitor.ipynb #b8551607
+def _runs(flags: list, confirm: int) -> int | None:
+    "The first chunk of the first run of `confirm` consecutive true flags, or None."
+    run = 0
+    for i, f in enumerate(flags):
+        run = run + 1 if f else 0
+        if run >= confirm: return i - confirm + 1
+    return None
+
+def _reorder(events: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
+    "The rows of `events` in `order`, with their probabilities."
+    import pyarrow as pa
+    out = events.iloc[order].reset_index(drop=True)
+    p = getattr(events.attrs.get('probabilities'), 'value', None)
+    if p is not None: out.attrs['probabilities'] = type(events.attrs['probabilities'])(p.take(pa.array(order)))
+    return out
+
+def predictions_time(events: pd.DataFrame, # the window's events
+                     ref: Mapping, # the frozen reference
+                     time: str | None = None, # [tool.mlnb.monitor] time
+                    ) -> tuple[pd.Series, str]:
+    "Each prediction's own time, and where it comes from: the request column `time`, else the reference's only datetime column, else the log's time."
+    dated = [k for k, c in ref.get('columns', {}).items() if c.get('kind') == 'datetime']
+    name = time or (dated[0] if len(dated) == 1 else None)
+    if name is not None and f'row.{name}' not in events:
+        if time: raise UsageError(f"[tool.mlnb.monitor] time = {time!r} is not a request column of the logged predictions; "
+                                  f"they have {', '.join(c[4:] for c in events.columns if c.startswith('row.'))}.")
+        name = None
+    if name is None: return events['ts'], "the log's time"
+    t = pd.to_datetime(events[f'row.{name}'], utc=True, errors='coerce', format='mixed')
+    return t.fillna(events['ts']), f'request column {name!r}' + (' (the log\'s time where it is missing)' if t.isna().any() else '')
+
+def chunked_drift(values: pd.Series, # a column's values in the window, in time order
+                  cref: Mapping, # its frozen reference
+                  ref_values: pd.Series | None, # its reference rows (None: fixed thresholds)
+                  slices: list[tuple[int, int]], # the chunks
+                  cfg: MonitorConfig, # thresholds
+                  small: bool, # the reference is small (fixed thresholds: statistical tests)
+                 ) -> dict:
+    "The column's score, threshold and verdict per chunk, the first chunk of `confirm` drifted ones in a row, and how the threshold was set."
+    from mlnb.drift import JensenShannon, learn_threshold
+    sizes = [b - a for a, b in slices]
+    if ref_values is not None and cfg.thresholds == 'learned' and ref_values.notna().sum() >= 4:
+        js = JensenShannon(ref_values, cref['kind'])
+        rv = ref_values.reset_index(drop=True)
+        thr, how = learn_threshold(lambda i: js(rv.iloc[i], leave_out=True), len(rv), int(np.median(sizes)), cfg.sigmas)
+        if thr is not None:
+            chunks = [{'score': s, 'threshold': thr, 'drifted': bool(s > thr)} for s in (js(values.iloc[a:b]) for a, b in slices)]
+            return {'method': 'jensen_shannon', 'threshold': thr, 'thresholds': 'learned', 'threshold_from': how, 'chunks': chunks,
+                    'drifted_from': _runs([c['drifted'] for c in chunks], cfg.confirm)}
+    chunks, method = [], None
+    for a, b in slices:
+        d = column_drift(cref, values.iloc[a:b], small, cfg.p_value, cfg.drift_threshold)
+        method = method or d.get('method')
+        chunks.append({'score': d.get('score'), 'threshold': d.get('threshold'), 'drifted': bool(d.get('drifted'))})
+    why = 'thresholds = "fixed"' if cfg.thresholds == 'fixed' else 'the reference has no rows to learn from (a profile, or a model logged before they were kept)'
+    return {'method': method, 'thresholds': 'fixed', 'threshold_from': why, 'chunks': chunks,
+            'drifted_from': next((i for i, c in enumerate(chunks) if c['drifted']), None)}
+
+def multivariate_drift(events: pd.DataFrame, # the window's events, in time order
+                       rows: pd.DataFrame, # the reference rows
+                       kinds: Mapping[str, str], # tested request column -> 'numeric' or 'categorical'
+                       slices: list[tuple[int, int]], # the chunks
+                       cfg: MonitorConfig, # sigmas, confirm
+                      ) -> dict | None:
+    "The reconstruction error of all tested request columns together per chunk, against a threshold learned on reference chunks (None with fewer than two columns)."
+    from mlnb.drift import Reconstruction, learn_threshold
+    cols = {f'row.{k}': v for k, v in kinds.items() if f'row.{k}' in rows and f'row.{k}' in events}
+    if len(cols) < 2 or len(rows) < 20: return None
+    rec = Reconstruction(rows, cols)
+    thr, how = learn_threshold(lambda i: rec(rows.iloc[i]), len(rows), int(np.median([b - a for a, b in slices])), cfg.sigmas)
+    chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (rec(events.iloc[a:b]) for a, b in slices)]
+    first = _runs([c['drifted'] for c in chunks], cfg.confirm)
+    return {'method': 'PCA reconstruction error', 'columns': [c[4:] for c in cols], 'components': int(rec.pca.n_components_),
+            'reference': rec(rows), 'threshold': thr, 'threshold_from': how, 'chunks': chunks, 'drifted': first is not None, 'drifted_from': first}
+
+def _metric_on(metric, y, frame, classes, proba):
+    "`score` of the rows with a label in `y` (NaN-free), or None."
+    return score(metric, y, frame, classes, proba)[0] if len(y) else None
+
+def chunked_performance(events: pd.DataFrame, # the window's events, in time order
+                        y: pd.Series, # each event's ground truth (NaN: none yet)
+                        rows: pd.DataFrame | None, # the reference rows
+                        slices: list[tuple[int, int]], # the chunks
+                        metric: str, classes: list | None, # the gate's metric; a classifier's classes
+                        cfg: MonitorConfig, # sigmas, confirm
+                       ) -> dict:
+    "The realised metric per chunk of its labelled rows, with a band learned from reference chunks of as many labelled rows."
+    proba = probabilities(events)
+    have = y.notna().to_numpy()
+    chunks = []
+    for a, b in slices:
+        idx = a + np.flatnonzero(have[a:b])
+        chunks.append({'rows': b - a, 'joined': int(len(idx)),
+                       'realised': _metric_on(metric, y.iloc[idx].to_numpy(), events.iloc[idx], classes, proba[idx] if proba is not None else None)})
+    out = {'metric': metric, 'chunks': chunks, 'band': None}
+    labelled = [c['joined'] for c in chunks if c['joined']]
+    if rows is None or 'label' not in rows or not labelled:
+        out['band_from'] = 'no reference rows with labels' if rows is None or 'label' not in rows else 'no ground truth in the window yet'
+        return out
+    rp = rows[[c for c in rows.columns if c.startswith('proba.')]].to_numpy(dtype='float64') if any(c.startswith('proba.') for c in rows) else None
+    yr = rows['label'].to_numpy()
+    size = int(np.median(labelled))
+    if len(rows) // size >= 10: sets, how = [np.arange(i * size, (i + 1) * size) for i in range(len(rows) // size)], f'{len(rows) // size} contiguous reference chunks of {size} rows'
+    else:
+        m, rng = min(size, len(rows) // 2), np.random.default_rng(0)
+        sets, how = [np.sort(rng.choice(len(rows), m, replace=False)) for _ in range(50)] if m >= 2 else [], f'50 random samples of {m} reference rows'
+    vals = [_metric_on(metric, yr[i], rows.iloc[i], classes, rp[i] if rp is not None else None) for i in sets]
+    v = np.array([x for x in vals if x is not None], dtype='float64')
+    if len(v) < 5:
+        out['band_from'] = f'too few reference chunks with a {metric} ({len(v)})'
+        return out
+    lo, hi = float(v.mean() - cfg.sigmas * v.std()), float(v.mean() + cfg.sigmas * v.std())
+    out.update(band=[lo, hi], band_from=how, reference_mean=float(v.mean()))
+    for c in chunks: c['outside'] = c['realised'] is not None and not lo <= c['realised'] <= hi
+    out['outside_from'] = _runs([c.get('outside', False) for c in chunks], cfg.confirm)
+    return out
+
 # %% ../nbs/30_monitor.ipynb #6e471b95
 def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
@@ -109,22 +228,51 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
           floor: float | None = None, # the gate's floor
           direction: str = 'maximize', # the gate's direction
           classes: list | None = None, # a classifier's classes
+          rows: pd.DataFrame | None = None, # the reference rows (`mlnb.drift.reference_rows`): learned thresholds, multivariate drift, bands
+          known: pd.Series | None = None, # the request ids of every variant's predictions in the window (for ground truth matching none)
          ) -> dict:
-    "Drift, bias, performance and action limits of `events` against `ref`; `alerts` says what to act on."
+    "Drift, bias, performance and action limits of `events` against `ref`, per chunk and over the window; `alerts` says what to act on."
+    from mlnb.drift import chunk_slices
     kind, n = ref.get('kind'), len(events)
     small = ref.get('rows', 0) <= cfg.small_reference
+    when, when_from = predictions_time(events, ref, cfg.time)
+    if not when.is_monotonic_increasing:
+        order = np.argsort(when.to_numpy(), kind='stable')
+        events, when = _reorder(events, order), when.iloc[order].reset_index(drop=True)
+    slices = chunk_slices(n, pd.Timedelta(parse_since(cfg.chunk)) if isinstance(cfg.chunk, str) else cfg.chunk, when)
     alerts, out = [], {'rows': n, 'reference_rows': ref.get('rows'), 'tests': 'statistical tests' if small else 'distances',
-                       'thresholds': {'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change}}
-    jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None)
+                       'thresholds': {'thresholds': cfg.thresholds if rows is not None else 'fixed', 'sigmas': cfg.sigmas, 'confirm': cfg.confirm,
+                                      'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change},
+                       'time': when_from,
+                       'chunks': [{'chunk': i, 'rows': b - a, 'from': when.iloc[a].isoformat(), 'to': when.iloc[b - 1].isoformat()} for i, (a, b) in enumerate(slices)]}
+    jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None, f'row.{name}')
             for name, cref in ref.get('columns', {}).items() if f'row.{name}' in events]
-    pjobs = [(name, pref, events[f'prediction.{name}'], None) for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
-    done = _map(lambda job: column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3]), jobs + pjobs, threads=n >= 50_000)
+    pjobs = [(name, pref, events[f'prediction.{name}'], None, f'prediction.{name}') for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
+    def judge(job):
+        d = column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3])
+        if d.get('method') is None:
+            return {**d, 'tested': False, 'described': {'key': 'a declared key', 'datetime': 'a timestamp', 'text': 'free text'}.get(d['kind'], 'no values')}
+        c = chunked_drift(job[2], job[1], rows[job[4]] if rows is not None and job[4] in rows else None, slices, cfg, small)
+        d['window'] = {k: d.get(k) for k in ('method', 'score', 'threshold', 'drifted')}
+        if c['thresholds'] == 'learned':
+            d.update(method=c['method'], score=max((x['score'] for x in c['chunks'] if x['score'] == x['score']), default=None),
+                     threshold=c['threshold'], drifted=c['drifted_from'] is not None)
+        return {**d, 'tested': True, **{k: c[k] for k in ('thresholds', 'threshold_from', 'drifted_from', 'chunks')}}
+    done = _map(judge, jobs + pjobs, threads=n >= 50_000)
     cols = dict(zip([j[0] for j in jobs], done[:len(jobs)]))
     for d in cols.values(): d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
     out['columns'] = cols
     drifted = [k for k, d in cols.items() if d.get('drifted')]
-    if drifted: alerts.append({'kind': 'drift', 'columns': drifted,
-                               'message': f"{len(drifted)} of {len([d for d in cols.values() if d.get('method')])} columns drifted: {', '.join(drifted)}"})
+    if drifted: alerts.append({'kind': 'drift', 'columns': drifted, 'from_chunk': {k: cols[k].get('drifted_from') for k in drifted},
+                               'message': f"{len(drifted)} of {len([d for d in cols.values() if d.get('tested')])} columns drifted: "
+                               + ', '.join(k + (f" (from chunk {cols[k]['drifted_from']}, {out['chunks'][cols[k]['drifted_from']]['from'][:19]})"
+                                                if cols[k].get('drifted_from') is not None else '') for k in drifted)})
+    if cfg.multivariate and rows is not None:
+        mv = multivariate_drift(events, rows, {k: d['kind'] for k, d in cols.items() if d.get('tested')}, slices, cfg)
+        out['multivariate'] = mv
+        if mv and mv['drifted']:
+            alerts.append({'kind': 'multivariate_drift', 'from_chunk': mv['drifted_from'],
+                           'message': f"the features together drifted (reconstruction error above {mv['threshold']:.4g} from chunk {mv['drifted_from']})"})
     nulls = [k for k, d in cols.items() if d['null_rate_alert']]
     if nulls: alerts.append({'kind': 'nulls', 'columns': nulls, 'message': 'the share of nulls moved by more than '
                              f"{cfg.null_rate_change}: " + ', '.join(f"{k} {cols[k]['reference_null_rate']:.1%} -> {cols[k]['null_rate']:.1%}" for k in nulls)})
@@ -148,13 +296,21 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         y = fb.reindex(joined['request_id']).to_numpy()
         in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
         perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
-                    unmatched_feedback=int((~feedback.loc[in_window, 'request_id'].isin(events['request_id'])).sum()))
+                    unmatched_feedback=int((~feedback.loc[in_window, 'request_id'].isin(known if known is not None else events['request_id'])).sum()))
         if hit.any():
             bias['observed'] = float(np.mean(y.astype(float))) if kind == 'regressor' else _shares(pd.Series(y))
             bias['predicted_on_labelled'] = float(joined['prediction.value'].mean()) if kind == 'regressor' else _shares(joined['prediction.label'])
             if metric:
                 proba = probabilities(events)
                 perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
+    if metric and feedback is not None and len(feedback):
+        y = feedback.drop_duplicates('request_id', keep='last').set_index('request_id')['label'].reindex(events['request_id']).reset_index(drop=True)
+        perf['chunks'] = chunked_performance(events, y, rows, slices, metric, classes, cfg)
+        first = perf['chunks'].get('outside_from')
+        if first is not None:
+            lo, hi = perf['chunks']['band']
+            alerts.append({'kind': 'performance', 'from_chunk': first, 'message': f"realised {metric} is outside its band [{lo:.4f}, {hi:.4f}] "
+                           f"(learned from the reference) from chunk {first}: " + ', '.join(f"{c['realised']:.4f}" for c in perf['chunks']['chunks'][first:] if c['realised'] is not None)})
     out['bias'], out['performance'] = bias, perf
     r = perf.get('realised')
     if r is not None and floor is not None and (r < floor if direction == 'maximize' else r > floor):
@@ -168,7 +324,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     out['action_limits'] = {'limits': {str(k): list(v) for k, v in cfg.action_limits.items()}, 'current': current, 'breached': broken}
     if broken: alerts.append({'kind': 'action_limit', 'limits': broken, 'message': 'action limits broken: ' + ', '.join(
         f"{'mean' if k == 'mean' else 'share of ' + k} {v:.3f} outside {list(cfg.action_limits[k])}" for k, v in broken.items())})
-    out['timeline'] = timeline(events, kind, cfg.buckets, feedback, metric, classes)
+    out['timeline'] = timeline(events.assign(ts=when), kind, cfg.buckets, feedback, metric, classes)
     out['alerts'] = alerts
     return out
 
@@ -267,6 +423,21 @@ def frozen_reference(tag: str) -> dict:
                          "with mlnb.log_model(..., reference=test_df) (held-out rows), or mlnb.contract.profile(...) of the training data.")
     return json.loads(md['reference'])
 
+def reference_frame(tag: str) -> pd.DataFrame | None:
+    "The reference rows kept beside model `tag` (`mlnb.drift.reference_rows`), or None (a profile, or a model logged before they were kept)."
+    from mlnb.champions import check_tag
+    from mlnb.drift import REFERENCE_ROWS
+    name, _, version = check_tag(tag, 'tag-or-name').partition(':')
+    f = Path(os.environ.get('BENTOML_HOME') or Path('~/bentoml').expanduser()) / 'models' / name / version / REFERENCE_ROWS
+    if not f.is_file():
+        try:
+            import bentoml
+            f = Path(bentoml.models.get(tag).path) / REFERENCE_ROWS
+        except Exception: return None
+    try: return pd.read_parquet(f)
+    except Exception as e: raise MlnbError(f"The reference rows of model {tag} at {f} cannot be read ({e}); the file is damaged. "
+                                           "Log the model again, or set [tool.mlnb.monitor] thresholds = \"fixed\".") from None
+
 def model_to_watch(project, # the project
                    serve: ServeConfig, # its [tool.mlnb.serve]
                    model: str | None = None, # --model
@@ -354,7 +525,8 @@ def monitor(project=None, # the project (default: the current one)
                          + ''.join(f"\n{a['message']}" for a in damage_alerts))
     gate = GateConfig.from_settings(project.settings)
     metric, evaluation = _evaluation(project.root, tag)
-    res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes)
+    res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes,
+                rows=reference_frame(tag), known=everything['request_id'])
     variants = compare_variants(everything, tag, kind, classes, feedback, gate)
     if variants is not None:
         from mlnb.champions import record_evidence
