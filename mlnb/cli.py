@@ -418,16 +418,29 @@ def _monitor_table(r: dict):
     head = (f"{r['model']}: {w['rows']} predictions in {w['description']} ({w['first'][:19]} to {w['last'][:19]} UTC); "
             f"reference of {r['reference_rows']} held-out rows, judged by {r['tests']}"
             + (f"; {sum(w['other_models'].values())} predictions of other models left out" if w['other_models'] else ''))
-    rows = []
+    rows, chunks = [], r.get('chunks') or []
     for name, d in [*r['columns'].items(), *[(f'answer: {k}', v) for k, v in r['predictions'].items()]]:
         unseen = ', '.join(f'{k} ({n})' for k, n in list(d.get('unseen', {}).items())[:3])
-        rows.append([name, d['kind'], d.get('method') or '-', '' if d.get('score') is None else f"{d['score']:.3g}",
-                     '[red]yes[/]' if d.get('drifted') else 'no', '' if d.get('psi') is None else f"{d['psi']:.3f}",
+        first = d.get('drifted_from')
+        verdict = (f"[red]yes, from chunk {first}[/]" if d.get('drifted') and first is not None else '[red]yes[/]' if d.get('drifted')
+                   else f"no ({sum(c['drifted'] for c in d['chunks'])} chunk above)" if any(c['drifted'] for c in d.get('chunks') or []) else 'no')
+        test = (d.get('method') or '-') + (' (learned)' if d.get('thresholds') == 'learned' else '') if d.get('tested', True) else f"described: {d.get('described', '-')}"
+        rows.append([name, d['kind'], test, '' if d.get('score') is None else f"{d['score']:.3g}", '' if d.get('threshold') is None else f"{d['threshold']:.3g}",
+                     verdict, '' if d.get('psi') is None else f"{d['psi']:.3f}",
                      f"{d['reference_null_rate']:.1%} -> {d['null_rate']:.1%}", d.get('out_of_range', ''), unseen])
-    drift = _table('Drift (training -> now)', ['column', 'kind', 'test', 'score', 'drift', 'PSI', 'nulls', 'outside contract', 'unseen'], rows)
+    title = (f"Drift (training -> now), in {len(chunks)} chunks by {r.get('time')}" + (f"; chunk {chunks[-1]['chunk']} from {chunks[-1]['from'][:19]}" if chunks else '')
+             + "; score: the highest chunk's")
+    drift = _table(title, ['column', 'kind', 'test', 'score', 'threshold', 'drift', 'PSI', 'nulls', 'outside contract', 'unseen'], rows)
+    mv = r.get('multivariate')
+    if mv: drift = Group(drift, f"All features together ({mv['method']}, {mv['components']} components of {len(mv['columns'])} columns): "
+                         + (f"[red]drifted from chunk {mv['drifted_from']}[/]" if mv['drifted'] else 'no drift')
+                         + f" (highest {max((c['score'] for c in mv['chunks']), default=0):.4g}, threshold {mv['threshold']:.4g})" if mv.get('threshold') is not None else '')
     p, b, a = r['performance'], r['bias'], r['action_limits']
     fmt = lambda v: '' if v is None else f'{v:.4f}' if isinstance(v, float) else json.dumps(v)
+    pc = p.get('chunks') or {}
     facts = [['realised ' + str(p['metric']), fmt(p.get('realised')) or (p.get('why_none') or 'no ground truth yet')],
+             *([['per chunk', ' '.join('-' if c['realised'] is None else f"{c['realised']:.3f}" + ('!' if c.get('outside') else '') for c in pc['chunks'])
+                 + (f"  (band {pc['band'][0]:.3f} to {pc['band'][1]:.3f}, from {pc['band_from']})" if pc.get('band') else '')]] if pc else []),
              ['at evaluation', fmt(p.get('evaluation'))], ['gate floor', fmt(p.get('floor'))],
              ['with ground truth', p['joined']], ['without ground truth', p['without_feedback']],
              ['ground truth matching no prediction', p['unmatched_feedback']],

@@ -10,7 +10,7 @@ import html, math
 from typing import Mapping, Sequence
 
 # %% auto #0
-__all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'bars', 'histogram', 'lines']
+__all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'bars', 'histogram', 'lines', 'heatmap']
 
 # %% ../nbs/02_plots.ipynb #b929d207
 REFERENCE, CURRENT, ALERT, BAND = '#9aa5b1', '#2b6cb0', '#c53030', '#c6f6d5'
@@ -59,6 +59,7 @@ def bars(categories: Sequence, # the x axis
          title: str = '', # the chart's title
          threshold: float | None = None, # a horizontal line; bars above it are red
          width: int = 480, height: int = 220,
+         colors: Sequence[str] | None = None, # one per series (default: the palette; one series is blue)
         ) -> Svg:
     "Grouped bars."
     names, values = list(series), [list(v) for v in series.values()]
@@ -67,7 +68,7 @@ def bars(categories: Sequence, # the x axis
     n, k = max(len(categories), 1), max(len(names), 1)
     slot = c.plot_w / n
     bw = slot * 0.8 / k
-    colors = [PALETTE[i % len(PALETTE)] for i in range(k)] if k > 1 else [CURRENT]
+    colors = list(colors) if colors else [PALETTE[i % len(PALETTE)] for i in range(k)] if k > 1 else [CURRENT]
     for i, cat in enumerate(categories):
         x0 = c.left + i * slot + slot * 0.1
         for j, vs in enumerate(values):
@@ -109,12 +110,14 @@ def lines(points: Sequence[str], # the x labels, in order
           series: Mapping[str, Sequence[float | None]], # name -> one value per point (None: no value)
           title: str = '', band: tuple[float, float] | None = None, # the fine area
           width: int = 480, height: int = 220,
+          zero: bool = True, # the axis starts at zero; False: it is fitted to the values and the band
          ) -> Svg:
     "Lines over labelled points, with an optional band."
     vals = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
-    lo = min(vals + ([band[0]] if band else []) + [0])
-    hi = max(vals + ([band[1]] if band else []) + [1e-12])
-    c = _Canvas(title, width, height, lo, hi + (hi - lo) * 0.1)
+    lo = min(vals + ([band[0]] if band else []) + ([0] if zero else []), default=0)
+    hi = max(vals + ([band[1]] if band else []) + ([1e-12] if zero else []), default=1)
+    pad = (hi - lo) * 0.1 or abs(hi) * 0.01 or 0.01
+    c = _Canvas(title, width, height, lo if zero else lo - pad, hi + pad)
     n = len(points)
     x = lambda i: c.left + (c.plot_w * (i + 0.5) / n if n else 0)
     if band:
@@ -128,6 +131,39 @@ def lines(points: Sequence[str], # the x labels, in order
             c.items.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{ALERT if out else color}"><title>{html.escape(name)}: {_fmt(v)}</title></circle>')
     step = max(1, n // 6)
     for i in range(0, n, step):
-        c.items.append(f'<text x="{x(i):.1f}" y="{c.y(lo) + 12:.1f}" text-anchor="middle" font-size="10">{html.escape(str(points[i]))}</text>')
+        c.items.append(f'<text x="{x(i):.1f}" y="{c.h - c.bottom + 12:.1f}" text-anchor="middle" font-size="10">{html.escape(str(points[i]))}</text>')
     c.legend(list(series), [PALETTE[j % len(PALETTE)] for j in range(len(series))])
+    return c.svg()
+
+# %% ../nbs/02_plots.ipynb #5fd85f3e
+def heatmap(rows: Sequence[str], # one line per row (e.g. a column)
+            columns: Sequence[str], # one cell per column (e.g. a chunk)
+            values: Sequence[Sequence[float | None]], # value per row and column: 0 white, 1 and more red
+            title: str = '', notes: Sequence[Sequence[str]] | None = None, # a tooltip per cell
+            width: int = 720, cell_height: int = 18,
+           ) -> Svg:
+    "Coloured cells: white (0) to amber (below 1) to red (1 and above); grey for no value."
+    left = min(max([len(str(r)) for r in rows] + [4]) * 7 + 8, 220)
+    h = 24 + cell_height * len(rows) + 40
+    c = _Canvas(title, width, h, 0, 1, left=left)
+    c.items = c.items[:1]
+    n = max(len(columns), 1)
+    cw = (width - left - 12) / n
+    def color(v):
+        if v is None or not math.isfinite(v): return '#e2e8f0'
+        if v >= 1: return ALERT
+        t = max(min(v, 1.0), 0.0)
+        return f'rgb({255 - int(t * 9)},{255 - int(t * 120)},{255 - int(t * 230)})'
+    for i, r in enumerate(rows):
+        y = 24 + i * cell_height
+        c.items.append(f'<text x="{left - 4}" y="{y + cell_height * 0.7:.1f}" text-anchor="end" font-size="10">{html.escape(str(r))}</text>')
+        for j in range(len(columns)):
+            v = values[i][j] if j < len(values[i]) else None
+            tip = notes[i][j] if notes else f'{r} {columns[j]}: {_fmt(v) if v is not None else "no value"}'
+            c.items.append(f'<rect x="{left + j * cw:.1f}" y="{y}" width="{max(cw - 1, 1):.1f}" height="{cell_height - 1}" fill="{color(v)}">'
+                           f'<title>{html.escape(tip)}</title></rect>')
+    step = max(1, n // 8)
+    for j in range(0, len(columns), step):
+        c.items.append(f'<text x="{left + (j + 0.5) * cw:.1f}" y="{24 + cell_height * len(rows) + 12}" text-anchor="middle" font-size="10">{html.escape(str(columns[j]))}</text>')
+    c.legend(['below threshold', 'drift (score above its threshold)'], ['rgb(250,195,80)', ALERT])
     return c.svg()

@@ -163,3 +163,52 @@ def test_report_is_one_html_page_with_plots(churn, tmp_path):
     from browser import screenshot
     shot = screenshot(out, tmp_path / 'report.png')
     assert shot['svgs'] >= 10 and shot['width'] > 600 and 'Data drift' in shot['text']
+
+
+@pytest.fixture(scope='module')
+def keyed(churn, tmp_path_factory):
+    "A project made by `mlnb new --data` from the scaffold's simulator with an integer key `id`, trained, built and served."
+    from conftest import run as sh
+    _, _, _, simulate = churn
+    folder = tmp_path_factory.mktemp('keyed')
+    rows = lambda n, seed, start: simulate(n, seed=seed, drift=0.0).drop(columns=['customer_id', 'snapshot_date']).assign(id=range(start, start + n))
+    rows(5000, 1, 0).to_csv(folder / 'customers.csv', index=False)
+    home = folder / 'bentoml'
+    mlnb('new', 'keyed', '--data', 'customers.csv', '--label', 'churned', '--key', 'id', cwd=folder, env={'BENTOML_HOME': str(home)})
+    root = folder / 'keyed'
+    sh(['git', 'init', '-q'], root); sh(['git', 'add', '-A'], root); sh(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'new'], root)
+    served = train_and_build(root, home)
+    srv = start_server(served, root / '.mlnb' / 'predictions' / 'keyed.jsonl')
+    yield root, served[1], srv, rows
+    srv.stop()
+
+
+def test_keys_are_described_and_calm_windows_stay_calm(keyed):
+    "Ten windows of new customers like the training ones (new integer ids): nothing flagged; the key is described, never tested."
+    root, env, srv, rows = keyed
+    for w in range(10):
+        send(srv, request_rows(rows(1000, 100 + w, 10_000 + 1000 * w), 'churned'))
+        code, res, _ = monitor(root, env, '--last', '1000')
+        assert code == 0 and res['alerts'] == [], (w, res['alerts'])
+        key = res['columns']['id']
+        assert (key['kind'], key['tested'], key['described'], key['method'], key['drifted']) == ('key', False, 'a declared key', None, False)
+        tested = [k for k, d in res['columns'].items() if d['tested']]
+        assert 'id' not in tested and len(tested) >= 8 and all(res['columns'][k]['thresholds'] == 'learned' for k in tested)
+        assert len(res['chunks']) == 10 and all(len(res['columns'][k]['chunks']) == 10 for k in tested)
+        assert res['multivariate'] and not res['multivariate']['drifted']
+
+
+def test_a_shift_half_way_is_flagged_from_the_chunk_where_it_starts(keyed):
+    root, env, srv, rows = keyed
+    calm, moved = rows(1000, 200, 30_000), rows(1000, 201, 31_000)
+    moved['monthly_charges'] = moved['monthly_charges'] * 1.25  # one feature, in the second half of the window
+    send(srv, request_rows(calm, 'churned')); send(srv, request_rows(moved, 'churned'))
+    code, res, _ = monitor(root, env, '--last', '2000')
+    assert code == 1
+    col = res['columns']['monthly_charges']
+    assert col['drifted'] and col['drifted_from'] == 5, [c['score'] for c in col['chunks']]
+    assert not any(c['drifted'] for c in col['chunks'][:5]) and all(c['drifted'] for c in col['chunks'][5:])
+    assert [a['columns'] for a in res['alerts'] if a['kind'] == 'drift'] == [['monthly_charges']]
+    assert res['columns']['id']['tested'] is False
+    text = mlnb('monitor', '--last', '2000', cwd=root, env=env, check=False).stdout
+    assert 'yes, from chunk 5' in text and 'described: a declared key' in text
