@@ -183,8 +183,12 @@ def chunked_performance(events: pd.DataFrame, # the window's events, in time ord
     chunks = []
     for a, b in slices:
         idx = a + np.flatnonzero(have[a:b])
-        chunks.append({'rows': b - a, 'joined': int(len(idx)),
-                       'realised': _metric_on(metric, y.iloc[idx].to_numpy(), events.iloc[idx], classes, proba[idx] if proba is not None else None)})
+        c = {'rows': b - a, 'joined': int(len(idx)),
+             'realised': _metric_on(metric, y.iloc[idx].to_numpy(), events.iloc[idx], classes, proba[idx] if proba is not None else None)}
+        if len(idx): # prediction bias in the chunk: answers against truth on the same labelled rows
+            c.update({'predicted': float(events['prediction.value'].iloc[idx].mean()), 'observed': float(y.iloc[idx].astype(float).mean())}
+                     if 'prediction.value' in events else {'predicted': _shares(events['prediction.label'].iloc[idx]), 'observed': _shares(y.iloc[idx])})
+        chunks.append(c)
     out = {'metric': metric, 'chunks': chunks, 'band': None}
     labelled = [c['joined'] for c in chunks if c['joined']]
     if rows is None or 'label' not in rows or not labelled:

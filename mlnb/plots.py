@@ -129,7 +129,7 @@ def lines(points: Sequence[str], # the x labels, in order
         for a, b, v in pts:
             out = band is not None and not band[0] <= v <= band[1]
             c.items.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{ALERT if out else color}"><title>{html.escape(name)}: {_fmt(v)}</title></circle>')
-    step = max(1, n // 6)
+    step = max(1, n // 6, math.ceil(max([len(str(p)) for p in points] + [1]) * 6.5 / max(c.plot_w / max(n, 1), 1))) # labels that do not overlap
     for i in range(0, n, step):
         c.items.append(f'<text x="{x(i):.1f}" y="{c.h - c.bottom + 12:.1f}" text-anchor="middle" font-size="10">{html.escape(str(points[i]))}</text>')
     c.legend(list(series), [PALETTE[j % len(PALETTE)] for j in range(len(series))])
@@ -162,7 +162,7 @@ def heatmap(rows: Sequence[str], # one line per row (e.g. a column)
             tip = notes[i][j] if notes else f'{r} {columns[j]}: {_fmt(v) if v is not None else "no value"}'
             c.items.append(f'<rect x="{left + j * cw:.1f}" y="{y}" width="{max(cw - 1, 1):.1f}" height="{cell_height - 1}" fill="{color(v)}">'
                            f'<title>{html.escape(tip)}</title></rect>')
-    step = max(1, n // 8)
+    step = max(1, math.ceil(max([len(str(x)) for x in columns] + [1]) * 6.5 / max(cw, 1))) # labels that do not overlap
     for j in range(0, len(columns), step):
         c.items.append(f'<text x="{left + (j + 0.5) * cw:.1f}" y="{24 + cell_height * len(rows) + 12}" text-anchor="middle" font-size="10">{html.escape(str(columns[j]))}</text>')
     c.legend(['below threshold', 'drift (score above its threshold)'], ['rgb(250,195,80)', ALERT])

@@ -163,6 +163,8 @@ def test_report_is_one_html_page_with_plots(churn, tmp_path):
     from browser import screenshot
     shot = screenshot(out, tmp_path / 'report.png')
     assert shot['svgs'] >= 10 and shot['width'] > 600 and 'Data drift' in shot['text']
+    assert 'per-feature drift over time' in page and 'per-feature drift over time' in shot['text'] and 'roc_auc per chunk' in page
+    assert 'Described, not tested: customer_id (a declared key), snapshot_date (a timestamp)' in page
 
 
 @pytest.fixture(scope='module')
