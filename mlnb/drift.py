@@ -395,7 +395,6 @@ class Reconstruction:
                  kinds: Mapping[str, str], # column -> 'numeric' or 'categorical': the columns used
                  variance: float = 0.65, # share of the variance the components keep
                 ):
-        from sklearn.decomposition import PCA
         self.kinds = dict(kinds)
         self.fill, self.freq = {}, {}
         for c, k in self.kinds.items():
@@ -409,7 +408,11 @@ class Reconstruction:
         x = self._encode(frame)
         self.mean, self.scale = x.mean(axis=0), x.std(axis=0)
         self.scale[self.scale == 0] = 1.0
-        self.pca = PCA(n_components=variance, svd_solver='full').fit((x - self.mean) / self.scale)
+        z = (x - self.mean) / self.scale # principal components by SVD, as scikit-learn's PCA(n_components=variance) keeps them
+        _, sv, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+        ratio = np.cumsum(sv ** 2) / max(float(np.sum(sv ** 2)), 1e-300)
+        self.components = int(min(np.searchsorted(ratio, variance, side='right') + 1, len(sv)))
+        self.center, self.vt = z.mean(axis=0), vt[:self.components]
 
     def _encode(self, frame: pd.DataFrame) -> np.ndarray:
         cols = []
@@ -417,16 +420,17 @@ class Reconstruction:
             if k == 'numeric':
                 x = pd.to_numeric(frame[c], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
                 cols.append(np.where(np.isfinite(x), x, self.fill[c]))
-            else:
-                s = frame[c].astype(object).where(frame[c].notna(), self.fill[c]).astype(str)
-                cols.append(s.map(self.freq[c]).fillna(0.0).to_numpy(dtype='float64'))
+            else: # each distinct value's share in the reference (0 if never seen; a missing value: the most frequent's)
+                codes, uniq = pd.factorize(frame[c])
+                share = pd.Series(uniq).astype(str).map(self.freq[c]).fillna(0.0).to_numpy(dtype='float64')
+                cols.append(np.where(codes >= 0, share[np.maximum(codes, 0)] if len(share) else 0.0, self.freq[c].get(self.fill[c], 0.0)))
         return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
 
     def __call__(self, frame: pd.DataFrame) -> float:
         "The mean reconstruction error of the rows of `frame` (NaN for no rows)."
         if not len(frame): return float('nan')
         x = (self._encode(frame) - self.mean) / self.scale
-        back = self.pca.inverse_transform(self.pca.transform(x))
+        back = (x - self.center) @ self.vt.T @ self.vt + self.center
         return float(np.linalg.norm(x - back, axis=1).mean())
 
 # %% ../nbs/01_drift.ipynb #73c05832

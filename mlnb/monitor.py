@@ -163,7 +163,7 @@ def multivariate_drift(events: pd.DataFrame, # the window's events, in time orde
     thr, how = learn_threshold(lambda i: rec(rows.iloc[i]), len(rows), int(np.median([b - a for a, b in slices])), cfg.sigmas)
     chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (rec(events.iloc[a:b]) for a, b in slices)]
     first = _runs([c['drifted'] for c in chunks], cfg.confirm)
-    return {'method': 'PCA reconstruction error', 'columns': [c[4:] for c in cols], 'components': int(rec.pca.n_components_),
+    return {'method': 'PCA reconstruction error', 'columns': [c[4:] for c in cols], 'components': rec.components,
             'reference': rec(rows), 'threshold': thr, 'threshold_from': how, 'chunks': chunks, 'drifted': first is not None, 'drifted_from': first}
 
 def _metric_on(metric, y, frame, classes, proba):
