@@ -441,6 +441,9 @@ def _monitor_table(r: dict):
     facts = [['realised ' + str(p['metric']), fmt(p.get('realised')) or (p.get('why_none') or 'no ground truth yet')],
              *([['per chunk', ' '.join('-' if c['realised'] is None else f"{c['realised']:.3f}" + ('!' if c.get('outside') else '') for c in pc['chunks'])
                  + (f"  (band {pc['band'][0]:.3f} to {pc['band'][1]:.3f}, from {pc['band_from']})" if pc.get('band') else '')]] if pc else []),
+             *([[f"estimated ({est['method'].split(' ')[0]}) per chunk", ' '.join('-' if c['estimated'] is None else f"{c['estimated']:.3f}" + ('!' if c.get('outside') else '') for c in est['chunks'])
+                 + (f"  (band {est['band'][0]:.3f} to {est['band'][1]:.3f})" if est.get('band') else '')]] if (est := p.get('estimated')) and est.get('chunks') else []),
+             *([['bias', b['judged']['message']]] if b.get('judged') else []),
              ['at evaluation', fmt(p.get('evaluation'))], ['gate floor', fmt(p.get('floor'))],
              ['with ground truth', p['joined']], ['without ground truth', p['without_feedback']],
              ['ground truth matching no prediction', p['unmatched_feedback']],

@@ -22,8 +22,8 @@ from .project import load_project
 
 # %% auto #0
 __all__ = ['METRICS', 'feedback_rows', 'score', 'predictions_time', 'chunked_drift', 'multivariate_drift', 'chunked_performance',
-           'check', 'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor',
-           'feedback_from_file', 'report']
+           'reference_band', 'estimated_performance', 'check', 'timeline', 'compare_variants', 'frozen_reference',
+           'reference_frame', 'model_to_watch', 'monitor', 'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -191,26 +191,74 @@ def chunked_performance(events: pd.DataFrame, # the window's events, in time ord
         chunks.append(c)
     out = {'metric': metric, 'chunks': chunks, 'band': None}
     labelled = [c['joined'] for c in chunks if c['joined']]
-    if rows is None or 'label' not in rows or not labelled:
-        out['band_from'] = 'no reference rows with labels' if rows is None or 'label' not in rows else 'no ground truth in the window yet'
-        return out
-    rp = rows[[c for c in rows.columns if c.startswith('proba.')]].to_numpy(dtype='float64') if any(c.startswith('proba.') for c in rows) else None
-    yr = rows['label'].to_numpy()
-    size = int(np.median(labelled))
-    if len(rows) // size >= 10: sets, how = [np.arange(i * size, (i + 1) * size) for i in range(len(rows) // size)], f'{len(rows) // size} contiguous reference chunks of {size} rows'
-    else:
-        m, rng = min(size, len(rows) // 2), np.random.default_rng(0)
-        sets, how = [np.sort(rng.choice(len(rows), m, replace=False)) for _ in range(50)] if m >= 2 else [], f'50 random samples of {m} reference rows'
-    vals = [_metric_on(metric, yr[i], rows.iloc[i], classes, rp[i] if rp is not None else None) for i in sets]
-    v = np.array([x for x in vals if x is not None], dtype='float64')
-    if len(v) < 5:
-        out['band_from'] = f'too few reference chunks with a {metric} ({len(v)})'
-        return out
-    lo, hi = float(v.mean() - cfg.sigmas * v.std()), float(v.mean() + cfg.sigmas * v.std())
-    out.update(band=[lo, hi], band_from=how, reference_mean=float(v.mean()))
-    for c in chunks: c['outside'] = c['realised'] is not None and not lo <= c['realised'] <= hi
-    out['outside_from'] = _runs([c.get('outside', False) for c in chunks], cfg.confirm)
+    if not labelled: out['band_from'] = 'no ground truth in the window yet'
+    else: out['band'], out['band_from'] = reference_band(rows, metric, classes, int(np.median(labelled)), cfg)
+    if out['band'] is not None:
+        lo, hi = out['band']
+        for c in chunks: c['outside'] = c['realised'] is not None and not lo <= c['realised'] <= hi
+        out['outside_from'] = _runs([c.get('outside', False) for c in chunks], cfg.confirm)
     return out
+
+def _ref_proba(rows: pd.DataFrame) -> np.ndarray | None:
+    cols = sorted((c for c in rows.columns if c.startswith('proba.')), key=lambda c: int(c.split('.')[1]))
+    return rows[cols].to_numpy(dtype='float64') if cols else None
+
+def reference_band(rows: pd.DataFrame | None, # the reference rows
+                   metric: str, classes: list | None, # the metric; a classifier's classes
+                   size: int, # rows per chunk the band is for
+                   cfg: MonitorConfig, # sigmas
+                  ) -> tuple[list | None, str]:
+    "The band of `metric` on reference chunks of `size` rows (mean ± `sigmas` standard deviations, within the metric's range), and from what it was learned."
+    from mlnb.estimate import metric_band
+    if rows is None or 'label' not in rows: return None, 'no reference rows with labels'
+    size = max(int(size), 2)
+    n, widen = len(rows), 1.0
+    if n // size >= 10: sets, how = [np.arange(i * size, (i + 1) * size) for i in range(n // size)], f'{n // size} contiguous reference chunks of {size} rows'
+    else:
+        m, rng = min(size, n // 2), np.random.default_rng(0)
+        if m < 2: return None, f'too few reference rows ({n})'
+        # samples of m of the n rows vary less than chunks of new rows would: the finite population correction, undone
+        sets, how, widen = [np.sort(rng.choice(n, m, replace=False)) for _ in range(50)], f'50 random samples of {m} reference rows', math.sqrt((n - 1) / (n - m))
+    rp, yr = _ref_proba(rows), rows['label'].to_numpy()
+    vals = [v for v in (_metric_on(metric, yr[i], rows.iloc[i], classes, rp[i] if rp is not None else None) for i in sets) if v is not None]
+    if len(vals) < 5: return None, f'too few reference chunks with a {metric} ({len(vals)})'
+    lo, hi = metric_band(vals, cfg.sigmas * widen, metric)
+    return [lo, hi], how
+
+def estimated_performance(events: pd.DataFrame, # the window's events, in time order
+                          rows: pd.DataFrame | None, # the reference rows, with labels
+                          slices: list[tuple[int, int]], # the chunks
+                          metric: str, kind: str, classes: list | None, # the metric; what the model answers
+                          cfg: MonitorConfig, # sigmas, confirm
+                         ) -> dict | None:
+    "The metric estimated per chunk without ground truth (CBPE for a classifier, DLE for a regressor), fitted on the reference rows, with its band."
+    from mlnb.estimate import CBPE, DLE
+    if rows is None or 'label' not in rows or not len(rows): return None
+    est = {'metric': metric}
+    try:
+        if kind == 'regressor':
+            feats = [c for c in rows.columns if c.startswith('row.') and c in events]
+            model = DLE.fit(rows[feats], rows['prediction.value'], rows['label'])
+            est['method'] = 'DLE (direct loss estimation: models of the absolute and squared error learned on the reference)'
+            values = [model.estimate(events[feats].iloc[a:b], events['prediction.value'].iloc[a:b], metric) for a, b in slices]
+        else:
+            rp, proba = _ref_proba(rows), probabilities(events)
+            if len(classes or []) == 2: # a binary classifier's probability of its positive class is enough
+                if rp is None and 'prediction.probability' in rows: rp = rows['prediction.probability'].to_numpy(dtype='float64')
+                if proba is None and 'prediction.probability' in events: proba = events['prediction.probability'].to_numpy(dtype='float64')
+            if rp is None or proba is None: return {**est, 'chunks': [], 'why_none': 'the answers have no probabilities'}
+            model = CBPE.fit(rows['label'].to_numpy(), rp, classes)
+            est['method'] = 'CBPE (the expected confusion matrix from probabilities calibrated on the reference)'
+            labels = events['prediction.label'].to_numpy()
+            values = [model.estimate(proba[a:b], metric, labels[a:b]) for a, b in slices]
+    except (UsageError, ValueError) as e: return {**est, 'chunks': [], 'why_none': str(e)}
+    est['chunks'] = [{'estimated': v, **({'why_none': why} if v is None else {})} for v, why in values]
+    est['band'], est['band_from'] = reference_band(rows, metric, classes, int(np.median([b - a for a, b in slices])), cfg)
+    if est['band'] is not None:
+        lo, hi = est['band']
+        for c in est['chunks']: c['outside'] = c['estimated'] is not None and not lo <= c['estimated'] <= hi
+        est['outside_from'] = _runs([c.get('outside', False) for c in est['chunks']], cfg.confirm)
+    return est
 
 # %% ../nbs/30_monitor.ipynb #6e471b95
 def _shares(s: pd.Series) -> dict[str, float]:
@@ -304,9 +352,20 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         if hit.any():
             bias['observed'] = float(np.mean(y.astype(float))) if kind == 'regressor' else _shares(pd.Series(y))
             bias['predicted_on_labelled'] = float(joined['prediction.value'].mean()) if kind == 'regressor' else _shares(joined['prediction.label'])
+            from mlnb.estimate import judge_bias
+            bias['judged'] = judge_bias(bias['predicted_on_labelled'], bias['observed'], int(hit.sum()), cfg.bias_bound, cfg.bias_min_rows,
+                                        std=float(np.std(y.astype(float))) if kind == 'regressor' else None)
+            if bias['judged'].get('alert'): alerts.append({'kind': 'bias', 'message': bias['judged']['message']})
             if metric:
                 proba = probabilities(events)
                 perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
+    if metric and cfg.estimate and rows is not None:
+        perf['estimated'] = est = estimated_performance(events, rows, slices, metric, kind, classes, cfg)
+        if est and est.get('outside_from') is not None:
+            lo, hi = est['band']
+            alerts.append({'kind': 'performance', 'estimated': True, 'from_chunk': est['outside_from'],
+                           'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
+                           f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
     if metric and feedback is not None and len(feedback):
         y = feedback.drop_duplicates('request_id', keep='last').set_index('request_id')['label'].reindex(events['request_id']).reset_index(drop=True)
         perf['chunks'] = chunked_performance(events, y, rows, slices, metric, classes, cfg)
