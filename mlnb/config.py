@@ -200,7 +200,7 @@ class MonitorConfig:
     report: str = 'nbs/05_monitor.ipynb' # the notebook `mlnb monitor --report` executes
     cache: bool = True # keep a columnar copy of the parsed log in .mlnb/cache/logs, so that each line is parsed once
     damaged_share: float = 0.01 # largest share of a log's lines that cannot be read (skipped and counted) before it is an alert
-    chunk: int | str | None = None # the window is judged in chunks: rows per chunk (5000), or a duration of the predictions' time ('1d'); default: 10 chunks
+    chunk: int | str | None = None # the window is judged in chunks: rows per chunk (5000), or a duration of the predictions' time ('1d'); default: 10 chunks of 100 rows at least
     time: str | None = None # the request column holding a prediction's own time (default: the contract's only datetime column, else the log's time)
     thresholds: str = 'learned' # 'learned': each column's threshold from the variation of the reference's own chunks; 'fixed': drift_threshold and p_value
     confirm: int = 2 # consecutive chunks above a column's threshold before it counts as drifted (a single chunk above is shown, not alerted)

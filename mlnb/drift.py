@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['N_QUANTILES', 'MAX_EXACT', 'MAX_CATEGORIES', 'SMALL_REFERENCE', 'DEFAULT_CHUNKS', 'REFERENCE_ROWS',
+__all__ = ['N_QUANTILES', 'MAX_EXACT', 'MAX_CATEGORIES', 'SMALL_REFERENCE', 'DEFAULT_CHUNKS', 'MIN_CHUNK_ROWS', 'REFERENCE_ROWS',
            'MAX_REFERENCE_ROWS', 'column_kind', 'column_reference', 'kolmogorov_sf', 'chi2_sf', 'rel_entr', 'psi',
            'histogram', 'numeric_drift', 'text_counts', 'categorical_drift', 'answer_columns', 'reference', 'drift',
            'from_profile', 'chunk_slices', 'JensenShannon', 'learn_threshold', 'learned_threshold', 'Reconstruction',
@@ -305,10 +305,11 @@ def from_profile(profile: Mapping, # what `mlnb.contract.profile` returned
     return {'rows': int(profile.get('rows', 0)), 'columns': cols, 'kind': None}
 
 # %% ../nbs/01_drift.ipynb #c0218353
-DEFAULT_CHUNKS = 10 # chunks of a window when [tool.mlnb.monitor] chunk is not set (as NannyML's default chunker)
+DEFAULT_CHUNKS = 10 # chunks of a window when [tool.mlnb.monitor] chunk is not set (as NannyML's default chunker) ...
+MIN_CHUNK_ROWS = 100 # ... but no fewer rows in each than this: a distance on a handful of rows says little
 
 def chunk_slices(n: int, # rows, in time order
-                 chunk: int | pd.Timedelta | None = None, # rows per chunk, a duration, or None for `DEFAULT_CHUNKS` equal chunks
+                 chunk: int | pd.Timedelta | None = None, # rows per chunk, a duration, or None for `DEFAULT_CHUNKS` equal chunks of `MIN_CHUNK_ROWS` at least
                  times: pd.Series | None = None, # the rows' times (sorted), for a duration
                 ) -> list[tuple[int, int]]:
     "Contiguous chunks of `n` rows as (start, stop) row slices. A duration cuts at its multiples (whole days for '1d'); by rows, a last chunk of fewer than half the others' rows joins the one before."
@@ -318,7 +319,7 @@ def chunk_slices(n: int, # rows, in time order
         slot = pd.to_datetime(pd.Series(times), utc=True).dt.floor(pd.Timedelta(chunk)).to_numpy()
         cuts = (np.flatnonzero(slot[1:] != slot[:-1]) + 1).tolist()
         return list(zip([0, *cuts], [*cuts, n]))
-    size = max(1, math.ceil(n / DEFAULT_CHUNKS)) if chunk is None else int(chunk)
+    size = max(MIN_CHUNK_ROWS, math.ceil(n / DEFAULT_CHUNKS)) if chunk is None else int(chunk)
     out = [(s, min(s + size, n)) for s in range(0, n, size)]
     if len(out) > 1 and out[-1][1] - out[-1][0] < size / 2: out[-2:] = [(out[-2][0], n)]
     return out

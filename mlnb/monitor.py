@@ -92,8 +92,8 @@ def score(metric: str, # the gate's metric
 
 # %% ../nbs/30_monitor.ipynb #b8551607
 def _runs(flags: list, confirm: int) -> int | None:
-    "The first chunk of the first run of `confirm` consecutive true flags, or None."
-    run = 0
+    "The first chunk of the first run of `confirm` consecutive true flags (all of them, when there are fewer), or None."
+    run, confirm = 0, max(min(confirm, len(flags)), 1)
     for i, f in enumerate(flags):
         run = run + 1 if f else 0
         if run >= confirm: return i - confirm + 1
