@@ -45,7 +45,7 @@ def main():
     ev['request_id'] = [f'r{i}' for i in range(a.rows)]
     ev['ts'] = pd.Timestamp('2026-01-01', tz='UTC') + pd.to_timedelta(np.arange(a.rows), unit='s')
     ev['model'], ev['variant'] = 'm', 'champion'
-    ways = {'fixed thresholds, one block (before)': (MonitorConfig(thresholds='fixed', multivariate=False, estimate=False), None),
+    ways = {'fixed thresholds (per chunk and the window)': (MonitorConfig(thresholds='fixed', multivariate=False, estimate=False), None),
             'learned thresholds per chunk': (MonitorConfig(multivariate=False, estimate=False), rows),
             'learned + multivariate': (MonitorConfig(estimate=False), rows),
             'learned + multivariate + CBPE estimate': (MonitorConfig(), rows)}

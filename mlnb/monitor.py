@@ -230,11 +230,17 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
                           slices: list[tuple[int, int]], # the chunks
                           metric: str, kind: str, classes: list | None, # the metric; what the model answers
                           cfg: MonitorConfig, # sigmas, confirm
+                          cache: Path | None = None, # a file keeping a classifier's calibration and band for the next run (they depend only on the reference)
                          ) -> dict | None:
     "The metric estimated per chunk without ground truth (CBPE for a classifier, DLE for a regressor), fitted on the reference rows, with its band."
     from mlnb.estimate import CBPE, DLE
     if rows is None or 'label' not in rows or not len(rows): return None
-    est = {'metric': metric}
+    est, size = {'metric': metric}, int(np.median([b - a for a, b in slices]))
+    kept = None
+    if cache is not None and kind != 'regressor':
+        try: kept = json.loads(cache.read_text())
+        except (OSError, ValueError): kept = None
+        if not (isinstance(kept, dict) and kept.get('for') == [metric, size, cfg.sigmas, classes]): kept = None
     try:
         if kind == 'regressor':
             feats = [c for c in rows.columns if c.startswith('row.') and c in events]
@@ -247,13 +253,20 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
                 if rp is None and 'prediction.probability' in rows: rp = rows['prediction.probability'].to_numpy(dtype='float64')
                 if proba is None and 'prediction.probability' in events: proba = events['prediction.probability'].to_numpy(dtype='float64')
             if rp is None or proba is None: return {**est, 'chunks': [], 'why_none': 'the answers have no probabilities'}
-            model = CBPE.fit(rows['label'].to_numpy(), rp, classes)
+            model = CBPE.from_dict(kept['cbpe']) if kept else CBPE.fit(rows['label'].to_numpy(), rp, classes)
             est['method'] = 'CBPE (the expected confusion matrix from probabilities calibrated on the reference)'
             labels = events['prediction.label'].to_numpy()
             values = [model.estimate(proba[a:b], metric, labels[a:b]) for a, b in slices]
     except (UsageError, ValueError) as e: return {**est, 'chunks': [], 'why_none': str(e)}
     est['chunks'] = [{'estimated': v, **({'why_none': why} if v is None else {})} for v, why in values]
-    est['band'], est['band_from'] = reference_band(rows, metric, classes, int(np.median([b - a for a, b in slices])), cfg)
+    est['band'], est['band_from'] = (kept['band'], kept['band_from']) if kept else reference_band(rows, metric, classes, size, cfg)
+    if cache is not None and kind != 'regressor' and not kept:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            part = cache.with_name(f'.{cache.name}.{os.getpid()}')
+            part.write_text(json.dumps({'for': [metric, size, cfg.sigmas, classes], 'cbpe': model.to_dict(), 'band': est['band'], 'band_from': est['band_from']}))
+            os.replace(part, cache)
+        except OSError: pass # a cache that cannot be written is only slower
     if est['band'] is not None:
         lo, hi = est['band']
         for c in est['chunks']: c['outside'] = c['estimated'] is not None and not lo <= c['estimated'] <= hi
@@ -282,6 +295,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
           classes: list | None = None, # a classifier's classes
           rows: pd.DataFrame | None = None, # the reference rows (`mlnb.drift.reference_rows`): learned thresholds, multivariate drift, bands
           known: pd.Series | None = None, # the request ids of every variant's predictions in the window (for ground truth matching none)
+          cache: Path | None = None, # where the estimate's calibration is kept for the next run (default: not kept)
          ) -> dict:
     "Drift, bias, performance and action limits of `events` against `ref`, per chunk and over the window; `alerts` says what to act on."
     from mlnb.drift import chunk_slices
@@ -360,7 +374,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                 proba = probabilities(events)
                 perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
     if metric and cfg.estimate and rows is not None:
-        perf['estimated'] = est = estimated_performance(events, rows, slices, metric, kind, classes, cfg)
+        perf['estimated'] = est = estimated_performance(events, rows, slices, metric, kind, classes, cfg, cache)
         if est and est.get('outside_from') is not None:
             lo, hi = est['band']
             alerts.append({'kind': 'performance', 'estimated': True, 'from_chunk': est['outside_from'],
@@ -589,7 +603,8 @@ def monitor(project=None, # the project (default: the current one)
     gate = GateConfig.from_settings(project.settings)
     metric, evaluation = _evaluation(project.root, tag)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes,
-                rows=reference_frame(tag), known=everything['request_id'])
+                rows=reference_frame(tag), known=everything['request_id'],
+                cache=project.root / '.mlnb' / 'cache' / 'estimates' / f"{tag.replace(':', '-')}-{metric or gate.metric}.json" if cfg.cache else None)
     variants = compare_variants(everything, tag, kind, classes, feedback, gate)
     if variants is not None:
         from mlnb.champions import record_evidence
