@@ -159,14 +159,16 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
 
 def _last_of(df: pd.DataFrame, of: str, last: int) -> np.ndarray:
     "The rows of the window of the last `last` predictions model `of` answered as the champion: those, the other variants' answers to the same requests (a shadow's), and the other rows logged from the first of them on (a canary's, an A/B test's, the fallback's)."
-    at, rid = np.arange(len(df)), df['request_id']
+    at, rid = np.arange(len(df)), df['request_id'].to_numpy()
     mine = ((df['model'] == of) & (df['variant'] != 'challenger')).to_numpy()
     start = np.flatnonzero(mine)[-last] if mine.sum() >= last else 0
     window = mine & (at >= start)
     if mine.all(): return window
-    shadow, paired = np.zeros(len(df), dtype=bool), np.zeros(len(df), dtype=bool)
-    shadow[~mine] = rid[~mine].isin(rid[mine]).to_numpy() # another variant answered a request the model answered
-    paired[shadow] = rid[shadow].isin(rid[window]).to_numpy() # ... one of the window's
+    codes = pd.factorize(rid)[0] # each request id hashed once (every usable line has one)
+    answered, shown = np.zeros(codes.max() + 1, dtype=bool), np.zeros(codes.max() + 1, dtype=bool)
+    answered[codes[mine]], shown[codes[window]] = True, True
+    shadow = ~mine & answered[codes] # another variant answered a request the model answered
+    paired = shadow & shown[codes] # ... one of the window's
     alone = ~mine & ~shadow & (at >= start)
     challenger = (df['variant'] == 'challenger').to_numpy() & ~mine
     if challenger.any() and shadow[challenger].mean() > 0.5: alone &= ~challenger # a shadow's log: a challenger's line without the champion's shadows a request answered before what was read

@@ -92,8 +92,8 @@ def test_canary_routes_a_sticky_share_by_key(rollout, tmp_path):
         assert all(first[r['customer_id']] == a['model'] for r, a in zip(again, second))
         # ground truth of the first 5000: each label belongs to the variant that answered its request
         assert all(httpx.post(srv.url + '/feedback', json={'feedback': truth[i:i + 1000]}).status_code == 200 for i in range(0, 5000, 1000))
-        deadline = time.time() + 60
-        while time.time() < deadline and len(logged(srv)) < 6000: time.sleep(0.2)
+        deadline, fed = time.time() + 60, srv.log.with_name('predictions.feedback.jsonl')
+        while time.time() < deadline and (len(logged(srv)) < 6000 or not fed.exists() or len(fed.read_text().splitlines()) < 5000): time.sleep(0.2)
         lines = logged(srv)
         res = mlnb('monitor', '--json', '--model', champion, '--log', str(srv.log), '--last', '2000', cwd=root, env=env, check=False)
         assert res.returncode in (0, 1) and res.stdout.startswith('{'), (res.returncode, res.stdout[:500], res.stderr[-2000:])
