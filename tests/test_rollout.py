@@ -199,8 +199,8 @@ def test_monitor_compares_the_variants_and_promote_keeps_the_evidence(rollout, t
     assert t['difference'] == t['challenger_value'] - t['champion_value'] < 0
     assert v['verdict'] == t['verdict'] == 'champion better' and t['p_value'] < 0.05
     assert v['promote'] is False and v['reason'].startswith('not promoted: champion better (DeLong')
-    text = mlnb('monitor', '--model', champion, '--log', str(srv.log), '--last', '500', cwd=root, env=env, check=False).stdout
-    assert 'not promoted: champion better' in text and '95% CI' in text, text[-2000:]
+    text = ' '.join(mlnb('monitor', '--model', champion, '--log', str(srv.log), '--last', '500', cwd=root, env=env, check=False).stdout.split())
+    assert 'not promoted: champion better (DeLong' in text and '95% CI [' in text and 'shadow: 500 rows predicted by both' in text, text[-2000:]
     out = mlnb('promote', challenger, '--reason', 'trying it live', cwd=root, env=env).stdout
     assert 'Live evidence kept with it: not promoted: champion better' in out
     hist = json.loads(mlnb('history', 'churn', '--json', cwd=root, env=env).stdout)
