@@ -454,10 +454,10 @@ def _monitor_table(r: dict):
     parts = [head, *[f'[yellow]{escape(m)}[/]' for m in skipped], drift, _table('Ground truth, bias and action limits', ['', 'value'], facts)]
     v = r.get('variants')
     if v:
-        rows = [[n, x['model'], x['rows'], fmt(x.get('share') or x.get('mean')), fmt(x.get(p['metric']))] for n, x in v['variants'].items()]
-        parts.append(_table(f"Champion and challenger ({v.get('shadowed_rows', 0)} rows predicted by both, agreement "
-                            f"{fmt(v.get('agreement'))})", ['variant', 'model', 'rows', 'answers', str(p['metric'])], rows))
-        parts.append(('[green]' if v.get('promote') else '') + f"By the gate's rule: {v['reason']}" + ('[/]' if v.get('promote') else ''))
+        rows = [[n, x['model'], x['rows'], x.get('joined', 0), fmt(x.get('share') or x.get('mean')), fmt(x.get(p['metric']))] for n, x in v['variants'].items()]
+        parts.append(_table(f"Champion and challenger ({v.get('mode') or 'live'}: {v.get('shadowed_rows', 0)} rows predicted by both, agreement "
+                            f"{fmt(v.get('agreement'))})", ['variant', 'model', 'rows', 'with ground truth', 'answers', str(p['metric'])], rows))
+        parts.append(('[green]' if v.get('promote') else '[yellow]' if v.get('promote') is None else '[default]') + escape(v['reason']) + '[/]')
     alerts = '\n'.join(f"[red]alert[/] {x['kind']}: {escape(x['message'])}" for x in r['alerts']) or '[green]No alert: everything is within bounds.[/]'
     sent = r.get('alert_command')
     if sent: alerts += '\n' + (f"alert command: {sent['message']}" if sent['ok'] else f"[red]{sent['message']}[/]")
@@ -468,7 +468,7 @@ def _monitor_table(r: dict):
 @click.option('--bento', help='Watch the model of this Bento.')
 @click.option('--log', '--source', 'log', help='Prediction log file or kafka://HOST:PORT/TOPIC (default: [tool.mlnb.serve] prediction_log).')
 @click.option('--since', help='Window: the last 30m, 24h, 7d... (default: [tool.mlnb.monitor] since).')
-@click.option('--last', type=int, help='Window: the last N predictions.')
+@click.option('--last', type=int, help='Window: the last N predictions of the model (with the answers of a challenger beside them).')
 @click.option('--json', 'as_json', is_flag=True, help='Print the whole result as JSON.')
 @click.option('--report', type=click.Path(path_type=Path), help='Also write an HTML report (the project\'s monitoring notebook, executed).')
 def monitor(model, bento, log, since, last, as_json, report):

@@ -126,26 +126,53 @@ def _damage(found: list[tuple[str, dict]], rows: int, unit: str = 'line') -> dic
               f"(first at {unit} {d['first']}: {d['why']}): skipped"} for f, d in found]
     return {'lines': n, 'read': rows + n, 'share': n / (rows + n) if rows + n else 0.0, 'files': files}
 
-def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None) -> tuple[list, dict]:
+def _counted(t, of: str | None) -> int:
+    "The rows of table `t` a window of the last N counts: all of them, or those model `of` answered as the champion (not as a challenger)."
+    import pyarrow.compute as pc
+    if of is None: return len(t)
+    return int(pc.sum(pc.and_(pc.equal(t['model'], of), pc.not_equal(t['variant'], 'challenger'))).as_py() or 0)
+
+def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None, of: str | None = None) -> tuple[list, dict]:
     "The usable rows of a log (files or a kafka:// topic) that can hold the window, and where they came from: files or partitions, and the lines skipped."
     import pyarrow as pa
     if str(path).startswith('kafka://'):
-        data, info = read_kafka(str(path), since, last, kafka)
-        t, bad = read_lines(pa.py_buffer(data), reader)
+        want = last
+        while True: # the last N of one model's answers: read twice as many messages until they hold N, or the partitions hold no more
+            data, info = read_kafka(str(path), since, want, kafka)
+            t, bad = read_lines(pa.py_buffer(data), reader)
+            if of is None or last is None or _counted(t, of) >= last or all(hi - lo < want for lo, hi in info['partitions'].values()): break
+            want *= 2
         return [t], {**info, 'damaged': _damage([(str(path), {'lines': bad[0], 'first': bad[1] + 1, 'why': bad[2]})] if bad else [], len(t), 'message')}
     base = Path(path).resolve()
     files = log_files(path, since)
     if last is not None: files = files[::-1]
-    tables, found, n = [], [], 0
+    tables, found, n, counted = [], [], 0, 0
     for f in files:
         if not f.stat().st_size: continue
         t, skipped = _file_table(f, reader, cache, base)
         tables.append(t)
-        n += len(t)
+        n, counted = n + len(t), counted + _counted(t, of)
         if skipped: found.append((str(f), skipped))
-        if last is not None and n >= last: break
+        if last is not None and counted >= last: break
     if cache is not None: _forget(cache, base, log_files(path))
     return (tables[::-1] if last is not None else tables), {'source': str(path), 'files': [str(f) for f in files], 'damaged': _damage(found, n)}
+
+def _last_of(df: pd.DataFrame, of: str, last: int) -> np.ndarray:
+    "The rows of the window of the last `last` predictions model `of` answered as the champion: those, the other variants' answers to the same requests (a shadow's), and the other rows logged from the first of them on (a canary's, an A/B test's, the fallback's)."
+    at, rid = np.arange(len(df)), df['request_id'].to_numpy()
+    mine = ((df['model'] == of) & (df['variant'] != 'challenger')).to_numpy()
+    start = np.flatnonzero(mine)[-last] if mine.sum() >= last else 0
+    window = mine & (at >= start)
+    if mine.all(): return window
+    codes = pd.factorize(rid)[0] # each request id hashed once (every usable line has one)
+    answered, shown = np.zeros(codes.max() + 1, dtype=bool), np.zeros(codes.max() + 1, dtype=bool)
+    answered[codes[mine]], shown[codes[window]] = True, True
+    shadow = ~mine & answered[codes] # another variant answered a request the model answered
+    paired = shadow & shown[codes] # ... one of the window's
+    alone = ~mine & ~shadow & (at >= start)
+    challenger = (df['variant'] == 'challenger').to_numpy() & ~mine
+    if challenger.any() and shadow[challenger].mean() > 0.5: alone &= ~challenger # a shadow's log: a challenger's line without the champion's shadows a request answered before what was read
+    return window | paired | alone
 
 def read_events(path: str | Path, # the prediction log (its rotated files are read too), or a kafka://HOST:PORT/TOPIC
                 columns: Mapping[str, str], # request field -> type ('float', 'int', 'bool', 'str', 'datetime')
@@ -157,12 +184,13 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
                 with_probabilities: bool = True, # also read a classifier's per-class probabilities (only ground truth needs them)
                 cache: str | Path | None = None, # a directory for columnar copies of the parsed files: each line is parsed once
                 classes: int | None = None, # a classifier's number of classes: probabilities of another length make a line unusable (default: as most lines)
+                last_of: str | None = None, # with `last`: the last `last` predictions this model answered as the champion, and the other variants' rows beside them
                ) -> pd.DataFrame:
     "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns; lines that cannot be used are skipped, and counted in `attrs['source']['damaged']`."
     import pyarrow as pa
     reader = make_reader(log_schema(columns, label, regressor, with_probabilities),
                      ('request_id', 'ts', 'model', 'variant', 'row', 'prediction', 'prediction.value' if regressor else 'prediction.label'), classes)
-    tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None)
+    tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None, last_of)
     table = pa.concat_tables(tables) if tables else check_rows(reader.schema.empty_table(), reader)[0]
     if str(path).startswith('kafka://') and len(table): table = table.sort_by('ts') # partitions interleave
     flat = table.flatten()
@@ -171,7 +199,7 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
     if probs is not None: df.attrs['probabilities'] = _Shared(probs)
     keep = np.ones(len(df), dtype=bool)
     if since is not None: keep &= (df['ts'] >= pd.Timestamp(since)).to_numpy()
-    if last is not None: keep &= np.arange(len(df)) >= len(df) - last
+    if last is not None: keep &= np.arange(len(df)) >= len(df) - last if last_of is None else _last_of(df, last_of, last)
     out = select(df, keep)
     out.attrs['source'] = info
     return out

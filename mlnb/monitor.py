@@ -433,32 +433,56 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     return out
 
 # %% ../nbs/30_monitor.ipynb #4f825d97
+def _tested(parts: Mapping, fb: pd.Series, paired: bool, classes: list | None, gate, cfg: MonitorConfig) -> dict:
+    "`mlnb.compare.compare` of the gate's metric on the variants' rows with ground truth: the requests both answered (a shadow), or each variant's own (a canary, an A/B test)."
+    from mlnb.compare import answers_needed, compare
+    need = answers_needed(gate.metric)
+    def answers(part):
+        if need != 'probabilities': return part['prediction.value' if need == 'values' else 'prediction.label'].to_numpy()
+        if len(classes or []) == 2 and 'prediction.probability' in part: return part['prediction.probability'].to_numpy(dtype='float64')
+        p = probabilities(part)
+        return p if p is not None else np.full(len(part), np.nan)
+    a, b = (select(p, (p['request_id'].isin(fb.index) & ~p['request_id'].duplicated(keep='last')).to_numpy()) for p in (parts['champion'], parts['challenger']))
+    if paired: # the same requests, in the champion's order
+        a = select(a, a['request_id'].isin(b['request_id']).to_numpy())
+        at = pd.Index(b['request_id']).get_indexer(a['request_id'])
+        return compare(gate.metric, fb.reindex(a['request_id']).to_numpy(), answers(a), answers(b)[at], None, classes, gate.direction,
+                       cfg.significance, cfg.power, cfg.min_difference)
+    return compare(gate.metric, fb.reindex(a['request_id']).to_numpy(), answers(a), answers(b), fb.reindex(b['request_id']).to_numpy(), classes,
+                   gate.direction, cfg.significance, cfg.power, cfg.min_difference)
+
+def _stated(t: Mapping) -> str:
+    "A test's numbers in a line."
+    return (f"{t['test']}: difference {t['difference']:+.4f}, {t['confidence']:.0%} CI [{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}], "
+            f"p = {t['p_value']:.2g}, {t['rows']} rows with ground truth")
+
 def compare_variants(events: pd.DataFrame, # the window's events of every variant
                      champion: str, # the champion's tag
                      kind: str, classes: list | None = None, # what the models answer
                      feedback: pd.DataFrame | None = None, # ground truth
                      gate=None, # a `mlnb.config.GateConfig`
+                     cfg: MonitorConfig = MonitorConfig(), # significance, power and min_difference of the test
                     ) -> dict | None:
-    "Champion against challenger on the same window: rows, answers, agreement on shadowed rows, realised metric, the gate's verdict; None without a challenger."
+    "Champion against challenger on the same window: rows, answers, agreement on shadowed rows, realised metric, a significance test of its difference, and the verdict; None without a challenger."
     ch = events[(events['variant'] == 'challenger').to_numpy()]
     if not len(ch): return None
     challenger = str(ch['model'].mode().iloc[0])
     key = 'prediction.value' if kind == 'regressor' else 'prediction.label'
-    out = {'champion': champion, 'challenger': challenger, 'variants': {}}
+    out = {'champion': champion, 'challenger': challenger, 'mode': None, 'variants': {}}
     fb = feedback.set_index('request_id')['label'] if feedback is not None and len(feedback) else None
-    values = {}
+    parts = {}
     for name, tag in (('champion', champion), ('challenger', challenger)):
         mask = ((events['model'] == tag) & (events['variant'] == name)).to_numpy()
-        part = select(events, mask)
+        part = parts[name] = select(events, mask)
         v = {'model': tag, 'rows': int(len(part))}
         v.update({'mean': float(part[key].mean())} if kind == 'regressor' else {'share': _shares(part[key])})
-        if fb is not None and gate is not None and len(part):
-            hit = part['request_id'].isin(fb.index).to_numpy()
-            proba = probabilities(part)
+        if fb is not None and len(part):
+            hit = part['request_id'].isin(fb.index).to_numpy() # ground truth belongs to the variant that answered its request
             v['joined'] = int(hit.sum())
-            v[gate.metric], why = score(gate.metric, fb.reindex(part['request_id'][hit]).to_numpy(), part[hit], classes,
-                                        proba[hit] if proba is not None else None) if hit.any() else (None, 'no ground truth')
-            values[name] = v[gate.metric]
+            if gate is not None:
+                proba = probabilities(part)
+                v[gate.metric], why = score(gate.metric, fb.reindex(part['request_id'][hit]).to_numpy(), part[hit], classes,
+                                            proba[hit] if proba is not None else None) if hit.any() else (None, 'no ground truth')
         out['variants'][name] = v
     both = events[events['variant'].isin(['champion', 'challenger']).to_numpy()]
     pairs = both.pivot_table(index='request_id', columns='variant', values=key, aggfunc='first').dropna()
@@ -466,11 +490,20 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
         out['shadowed_rows'] = int(len(pairs))
         out['agreement'] = (float((pairs['champion'] - pairs['challenger']).abs().mean()) if kind == 'regressor'
                             else float((pairs['champion'].astype(str) == pairs['challenger'].astype(str)).mean()))
-    if gate is not None and values.get('challenger') is not None and values.get('champion') is not None:
-        out['promote'], out['reason'] = gate.decide({gate.metric: values['challenger']}, {gate.metric: values['champion']})
-        out.update(metric=gate.metric, champion_value=values['champion'], challenger_value=values['challenger'])
-    else:
-        out['promote'], out['reason'] = None, 'no verdict: the ground truth does not cover both variants yet'
+    out['mode'] = 'shadow' if out.get('shadowed_rows', 0) * 2 > len(parts['challenger']) else 'canary/ab'
+    t = out['statistics'] = _tested(parts, fb, out['mode'] == 'shadow', classes, gate, cfg) if fb is not None and gate is not None and gate.metric in METRICS else None
+    out['verdict'] = t['verdict'] if t else 'not enough evidence yet'
+    if t and t['champion_value'] is not None:
+        out.update(metric=gate.metric, champion_value=t['champion_value'], challenger_value=t['challenger_value'])
+    if t is None: out['promote'], out['reason'] = None, 'not enough evidence yet: no ground truth for either variant' + ('' if gate is None or gate.metric in METRICS else
+                                                         f", and mlnb cannot compute '{gate.metric}' from the log")
+    elif t['verdict'] == 'challenger better':
+        out['promote'], rule = gate.decide({gate.metric: t['challenger_value']}, {gate.metric: t['champion_value']})
+        out['reason'] = f"challenger better ({_stated(t)}); by the gate's rule: {rule}"
+    elif t['verdict'] != 'not enough evidence yet': out['promote'], out['reason'] = False, f"not promoted: {t['verdict']} ({_stated(t)})"
+    elif t.get('why'): out['promote'], out['reason'] = None, f"not enough evidence yet: {t['why']}"
+    else: out['promote'], out['reason'] = None, (f"not enough evidence yet: about {t['rows_more']} more rows with ground truth are needed to detect a difference "
+                                                 f"of {t['min_difference']} in {gate.metric} with power {t['power']} ({_stated(t)})")
     out['rows'] = int(len(both))
     return out
 
@@ -585,7 +618,8 @@ def monitor(project=None, # the project (default: the current one)
     label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
     feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
     events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None,
-                         cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None)
+                         cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None,
+                         last_of=tag) # --last N: N predictions of the model, with the challenger's beside them
     damaged = {'bound': cfg.damaged_share, 'predictions': events.attrs['source']['damaged'],
                'feedback': feedback.attrs['source']['damaged'] if feedback is not None else None}
     damage_alerts = [{'kind': 'damaged_log', 'log': str(p), 'message': m} for d, p in ((damaged['predictions'], path), (damaged['feedback'], fb_path))
@@ -605,7 +639,7 @@ def monitor(project=None, # the project (default: the current one)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes,
                 rows=reference_frame(tag), known=everything['request_id'],
                 cache=project.root / '.mlnb' / 'cache' / 'estimates' / f"{tag.replace(':', '-')}-{metric or gate.metric}.json" if cfg.cache else None)
-    variants = compare_variants(everything, tag, kind, classes, feedback, gate)
+    variants = compare_variants(everything, tag, kind, classes, feedback, gate, cfg)
     if variants is not None:
         from mlnb.champions import record_evidence
         variants['window'] = window

@@ -80,15 +80,36 @@ def test_canary_routes_a_sticky_share_by_key(rollout, tmp_path):
     with serve(root, env, tmp_path, '--challenger', challenger, '--mode', 'canary', '--share', '0.2', '--key', 'customer_id') as srv:
         meta = httpx.get(srv.url + '/metadata').json()
         assert meta['rollout'] == {'mode': 'canary', 'share': 0.2, 'key': 'customer_id'}
-        first = {}
+        first, truth = {}, []
         for i in range(0, 5000, 500):
-            for row, a in zip(rows[i:i + 500], httpx.post(srv.url + '/predict', json={'rows': rows[i:i + 500]}, timeout=120).json()):
+            for row, a, y in zip(rows[i:i + 500], httpx.post(srv.url + '/predict', json={'rows': rows[i:i + 500]}, timeout=120).json(), frame['churned'][i:i + 500]):
                 first[row['customer_id']] = a['model']
+                truth.append({'request_id': a['request_id'], 'label': int(y)})
         share = sum(m == challenger for m in first.values()) / len(first)
         assert 0.17 <= share <= 0.23, share
         again = rows[::-1][:1000]  # the same keys, another order, other requests
         second = httpx.post(srv.url + '/predict', json={'rows': again}, timeout=120).json()
         assert all(first[r['customer_id']] == a['model'] for r, a in zip(again, second))
+        # ground truth of the first 5000: each label belongs to the variant that answered its request
+        assert all(httpx.post(srv.url + '/feedback', json={'feedback': truth[i:i + 1000]}).status_code == 200 for i in range(0, 5000, 1000))
+        deadline, fed = time.time() + 60, srv.log.with_name('predictions.feedback.jsonl')
+        while time.time() < deadline and (len(logged(srv)) < 6000 or not fed.exists() or len(fed.read_text().splitlines()) < 5000): time.sleep(0.2)
+        lines = logged(srv)
+        res = mlnb('monitor', '--json', '--model', champion, '--log', str(srv.log), '--last', '2000', cwd=root, env=env, check=False)
+        assert res.returncode in (0, 1) and res.stdout.startswith('{'), (res.returncode, res.stdout[:500], res.stderr[-2000:])
+        v = json.loads(res.stdout)['variants']
+        # the window: the champion's last 2000 answers, and the challenger's answers logged from the first of them on
+        start = [i for i, l in enumerate(lines) if l['variant'] == 'champion'][-2000]
+        labelled = {t['request_id'] for t in truth}
+        want = {n: [l for l in lines[start:] if l['variant'] == n] for n in ('champion', 'challenger')}
+        assert v['mode'] == 'canary/ab' and 'shadowed_rows' not in v
+        for n in ('champion', 'challenger'):
+            assert v['variants'][n]['rows'] == len(want[n]) and v['variants'][n]['joined'] == sum(l['request_id'] in labelled for l in want[n]), n
+        assert len(want['champion']) == 2000 and 300 < len(want['challenger']) < 700
+        t = v['statistics']
+        assert (t['paired'], t['test']) == (False, "DeLong's test, independent ROC curves")
+        assert (t['champion_rows'], t['challenger_rows']) == (v['variants']['champion']['joined'], v['variants']['challenger']['joined'])
+        assert v['verdict'] in ('champion better', 'not enough evidence yet', 'no difference shown') and v['promote'] is not True
         # verify replays both models' golden rows, each pinned to its model
         assert 'golden examples of' in mlnb('verify', srv.bento, cwd=root, env=env).stdout
 
@@ -162,15 +183,28 @@ def test_monitor_compares_the_variants_and_promote_keeps_the_evidence(rollout, t
         assert httpx.post(srv.url + '/feedback', json={'feedback': truth}).status_code == 200
         deadline = time.time() + 60
         while time.time() < deadline and sum(l['variant'] == 'challenger' for l in logged(srv)) < 800: time.sleep(0.2)
-    res = mlnb('monitor', '--json', '--model', champion, '--log', str(srv.log), '--last', '1600', cwd=root, env=env, check=False)
+    # --last 500: the champion's last 500 predictions (1000 lines of the log), and the challenger's answers to those same requests
+    res = mlnb('monitor', '--json', '--model', champion, '--log', str(srv.log), '--last', '500', cwd=root, env=env, check=False)
     assert res.returncode in (0, 1) and res.stdout.startswith('{'), (res.returncode, res.stdout[:500], res.stderr[-2000:])
-    v = json.loads(res.stdout)['variants']
-    assert v['challenger'] == challenger and v['shadowed_rows'] == 800 and 0 < v['agreement'] <= 1
+    out = json.loads(res.stdout)
+    v, last = out['variants'], [a['request_id'] for a in answers[-500:]]
+    assert out['window']['rows'] == 500 and v['variants']['champion']['rows'] == 500 and v['variants']['challenger']['rows'] == 500
+    assert v['challenger'] == challenger and v['mode'] == 'shadow' and v['shadowed_rows'] == 500 and 0 < v['agreement'] <= 1
+    shadowed = {l['request_id'] for l in logged(srv) if l['variant'] == 'challenger'}
+    assert set(last) <= shadowed and v['variants']['challenger']['joined'] == v['variants']['champion']['joined'] == 500
     assert v['variants']['champion']['roc_auc'] > v['variants']['challenger']['roc_auc']
-    assert v['promote'] is False and 'not promoted' in v['reason']
+    t = v['statistics']  # DeLong's paired test on the 500 requests both answered
+    assert (t['test'], t['paired'], t['rows'], t['metric']) == ("DeLong's test, paired ROC curves", True, 500, 'roc_auc')
+    assert t['ci'][0] <= t['difference'] <= t['ci'][1] and 0 <= t['p_value'] <= 1 and t['rows_needed'] >= 30
+    assert t['difference'] == t['challenger_value'] - t['champion_value'] < 0
+    assert v['verdict'] == t['verdict'] == 'champion better' and t['p_value'] < 0.05
+    assert v['promote'] is False and v['reason'].startswith('not promoted: champion better (DeLong')
+    text = ' '.join(mlnb('monitor', '--model', champion, '--log', str(srv.log), '--last', '500', cwd=root, env=env, check=False).stdout.split())
+    assert 'not promoted: champion better (DeLong' in text and '95% CI [' in text and 'shadow: 500 rows predicted by both' in text, text[-2000:]
     out = mlnb('promote', challenger, '--reason', 'trying it live', cwd=root, env=env).stdout
-    assert 'Live evidence kept with it' in out
+    assert 'Live evidence kept with it: not promoted: champion better' in out
     hist = json.loads(mlnb('history', 'churn', '--json', cwd=root, env=env).stdout)
     assert hist[-1]['tag'] == challenger and hist[-1]['evidence']['challenger'] == challenger
-    assert hist[-1]['evidence']['detail']['shadowed_rows'] == 800
+    kept = hist[-1]['evidence']
+    assert kept['mode'] == 'shadow' and kept['detail']['shadowed_rows'] == 500 and kept['detail']['statistics'] == t
     mlnb('rollback', 'churn', cwd=root, env=env)
