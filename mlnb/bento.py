@@ -231,9 +231,10 @@ def build(project: Project | None = None, # the project (default: the current on
             'upstream': lin.get('upstream'), 'packages': lin.get('packages'), **facts, 'answer': describe_answers(facts),
             'fields': [{k: f[k] for k in ('name', 'type', 'nullable', 'categories') if k in f} for f in fields],
             'limits': limits, 'built_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-    MonitorConfig.from_settings(project.settings); AlertsConfig.from_settings(project.settings) # checked as `mlnb monitor` checks them
+    mon = MonitorConfig.from_settings(project.settings); AlertsConfig.from_settings(project.settings) # checked as `mlnb monitor` checks them
     monitor = {k: v for k, v in project.settings.get('monitor', {}).items()
                if k in ('action_limits', 'window', 'min_rows', 'fallback_on_action_limit')}
+    monitor.update(fallback_leave=mon.fallback_leave, fallback_dwell=mon.fallback_dwell) # the action-limit fallback's hysteresis: unset is the default
     meta['action_limits'] = monitor.get('action_limits', {})
     config = {'name': cfg.model, 'model': tag, 'transform': cfg.transform, **facts, 'fields': fields, 'label': cfg.label, **limits,
               'prediction_log': cfg.prediction_log, 'log_max_bytes': cfg.log_max_mb * 2**20, 'description': describe_answers(facts),

@@ -147,29 +147,76 @@ def test_fallback_flag_and_a_row_the_model_cannot_use(rollout, tmp_path):
     assert 'fallback' in mlnb('flag', '--file', str(srv.flags), cwd=root, env=env).stdout
 
 
+def gauge(srv, name, label=''):
+    "The value of gauge `name` (its line holding `label`, e.g. 'limit=\"1\"') on the service's /metrics."
+    got = [float(l.rsplit(' ', 1)[1]) for l in httpx.get(srv.url + '/metrics').text.splitlines()
+           if l.startswith((name + '{', name + ' ')) and label in l]
+    assert len(got) == 1, (name, label, got)
+    return got[0]
+
+
 def test_an_action_limit_switches_to_the_fallback_and_alerts(rollout, tmp_path):
     root0, env, champion, challenger, simulate, prepare = rollout
     root = tmp_path / 'churn'
     shutil.copytree(root0, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
     text = (root / 'pyproject.toml').read_text()
-    text = text.replace('action_limits = { "1" = [0.02, 0.6] }',
-                        'action_limits = { "1" = [0.0, 0.3] }\nfallback_on_action_limit = true\nwindow = 200\nmin_rows = 100')
-    text = text.replace('[tool.mlnb.alerts]\ncommand = ""', f'[tool.mlnb.alerts]\ncommand = "cat > {tmp_path}/alert.json"')
+    text = text.replace('action_limits = { "1" = [0.02, 0.6] }',  # fallback_leave unset: its default, 0.02
+                        'action_limits = { "1" = [0.0, 0.3] }\nfallback_on_action_limit = true\nwindow = 200\nmin_rows = 100\nfallback_dwell = 1')
+    alerts = tmp_path / 'alerts.jsonl'
+    text = text.replace('[tool.mlnb.alerts]\ncommand = ""', f'[tool.mlnb.alerts]\ncommand = "cat >> {alerts}; echo >> {alerts}"')
     (root / 'pyproject.toml').write_text(text)
     mlnb('promote', champion, cwd=root, env=env)
-    rows = request_rows(simulate(600, seed=24, drift=1.0), 'churned')  # about 45% churn: over the limit of 30%
+    frame = simulate(600, seed=24, drift=1.0)
+    rows = request_rows(frame, 'churned')  # about 45% churn: over the limit of 30%
+    # which rows the champion answers 1 and which 0, to put the share where the test wants it
+    import bentoml
+    os.environ['BENTOML_HOME'], old = env['BENTOML_HOME'], os.environ.get('BENTOML_HOME')
+    try: model = bentoml.sklearn.load_model(champion)
+    finally: os.environ['BENTOML_HOME'] = old
+    label = model.predict_proba(prepare(frame.drop(columns='churned'))).argmax(axis=1)
+    ones, zeros = [r for r, y in zip(rows, label) if y == 1], [r for r, y in zip(rows, label) if y == 0]
+    assert len(ones) >= 62 and len(zeros) >= 160, (len(ones), len(zeros))
+    window = lambda k: ones[:k] + zeros[:200 - k]  # a whole window whose share of 1 is k / 200
+    sent = lambda: [json.loads(l) for l in alerts.read_text().splitlines() if l.strip()] if alerts.exists() else []
+    def wait_alerts(n):
+        deadline = time.time() + 30
+        while time.time() < deadline and len(sent()) < n: time.sleep(0.2)
+        return sent()
+    post = lambda part: {a['model'] for a in httpx.post(srv.url + '/predict', json={'rows': part}, timeout=60).json()}
     with serve(root, env, tmp_path, '--model', champion) as srv:
         models = []
         for i in range(0, 600, 50):
             models += [a['model'] for a in httpx.post(srv.url + '/predict', json={'rows': rows[i:i + 50]}, timeout=60).json()]
         assert set(models[:100]) == {champion}  # nothing is judged before min_rows answers
         assert set(models[-100:]) == {'fallback'}
-        meta = httpx.get(srv.url + '/metadata').json()
-        assert meta['fallback']['action_limit_broken'] is True
-        deadline = time.time() + 30
-        while time.time() < deadline and not (tmp_path / 'alert.json').exists(): time.sleep(0.2)
-    alert = json.loads((tmp_path / 'alert.json').read_text())
-    assert alert['kind'] == 'action_limit' and '1' in alert['limits'] and 'fallback' in alert['alerts'][0]['message']
+        fb = httpx.get(srv.url + '/metadata').json()['fallback']
+        assert fb['action_limit_broken'] is True and fb['action_limit_since'] and fb['action_limit_episodes'] == 1
+        assert fb['action_limit_leave'] == {'margin': 0.02, 'dwell_s': 1}  # fallback_dwell passed to the service; fallback_leave's default
+        assert gauge(srv, 'mlnb_action_limit_breached', 'limit="1"') == 1 and gauge(srv, 'mlnb_action_limit_fallback_since_seconds') > 0
+        # the share crosses the limit back and forth, a request after another: 0.29 holds the limit but not its margin
+        # (0.3 - 0.02), 0.31 breaks it; without hysteresis each crossing switched the fallback and ran the alert command
+        assert [post(window(k)) for k in (58, 62, 58, 62, 58, 62)] == [{'fallback'}] * 6
+        assert [a['state'] for a in wait_alerts(1)] == ['entered']
+        # 0.2 holds with the margin: the fallback leaves, once the dwell has passed since it entered
+        deadline, answered = time.time() + 30, None
+        while time.time() < deadline and answered != {champion}:
+            answered = post(window(40))
+            if answered != {champion}: time.sleep(0.2)
+        assert answered == {champion}
+        fb = httpx.get(srv.url + '/metadata').json()['fallback']
+        assert (fb['action_limit_broken'], fb['action_limit_since'], fb['action_limit_holding']) == (False, None, {})
+        assert gauge(srv, 'mlnb_action_limit_breached', 'limit="1"') == 0 and gauge(srv, 'mlnb_action_limit_fallback_since_seconds') == 0
+        got = wait_alerts(2)
+        assert [a['state'] for a in got] == ['entered', 'left'], got
+        entered, left = got
+        # a new episode: one more alert
+        assert [post(window(62)), post(window(62))] == [{champion}, {'fallback'}]
+        assert httpx.get(srv.url + '/metadata').json()['fallback']['action_limit_episodes'] == 2
+        assert [a['state'] for a in wait_alerts(3)] == ['entered', 'left', 'entered']
+    assert len(sent()) == 3  # nothing more, up to the service's end
+    assert entered['kind'] == left['kind'] == 'action_limit' and '1' in entered['limits'] and 'fallback' in entered['alerts'][0]['message']
+    assert left['limits'] == {'1': 0.2} and left['since'] == entered['since'] and 'model again' in left['alerts'][0]['message']
+    assert left['seconds'] >= 0.95  # it stayed the dwell (1 s) at least
 
 
 def test_monitor_compares_the_variants_and_promote_keeps_the_evidence(rollout, tmp_path):

@@ -67,10 +67,13 @@ def make_service(config_path: str | Path, # the Bento's mlnb_service.json
                 self.runtime.gauges = (
                     bentoml.metrics.Gauge(name='mlnb_prediction_share', documentation='Share of each predicted label over the last answers', labelnames=['label']),
                     bentoml.metrics.Gauge(name='mlnb_prediction_mean', documentation='Mean predicted value over the last answers'),
-                    bentoml.metrics.Gauge(name='mlnb_action_limit_breached', documentation='1 while an action limit is broken', labelnames=['limit']),
+                    bentoml.metrics.Gauge(name='mlnb_action_limit_breached', documentation='1 while an action limit is broken (with the action-limit '
+                                          'fallback: until it holds with its margin again)', labelnames=['limit']),
                     bentoml.metrics.Gauge(name='mlnb_events_undelivered', documentation='Prediction events that could not be delivered to Kafka'),
                     bentoml.metrics.Gauge(name='mlnb_log_rows_lost', documentation='Answered rows that are not in the prediction log '
-                                          '(it could not be written, or a model process died before writing them)'))
+                                          '(it could not be written, or a model process died before writing them)'),
+                    bentoml.metrics.Gauge(name='mlnb_action_limit_fallback_since_seconds', documentation='Unix time the action-limit fallback '
+                                          'began answering; 0 while the model answers'))
                 self.runtime.export()
             except Exception as e: log.warning('no mlnb metrics: %s', describe_error(e))
             if not drain.install(): log.warning('this worker cannot stop gracefully (it was not started by a server in its main thread)')

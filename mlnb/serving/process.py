@@ -73,7 +73,7 @@ class ModelProcess:
         self.spec = json.dumps({'config': str(config_path), 'models': {k: str(v) for k, v in models.items()}})
         self.lock, self.proc, self.state, self.starts, self.closing = threading.Lock(), None, {}, 0, False
         self.batch_rows = None # a histogram of rows per call, when the server has metrics
-        self.gauges = None # (share, mean, breached, undelivered, lost) Prometheus gauges, when the server has metrics
+        self.gauges = None # (share, mean, breached, undelivered, lost, fallback since) Prometheus gauges, when the server has metrics
         where = log_path(config)
         # the prediction log as this side reads it after a model process died (a Kafka topic cannot be read back)
         self.events = JsonLinesLog(where, config.get('log_max_bytes', 256 * 1024 * 1024)) if where and not str(where).startswith('kafka://') else None
@@ -196,13 +196,14 @@ class ModelProcess:
     def _after(self, payloads, results): self.export()
 
     def export(self):
-        "Set the Prometheus gauges: the action limits' rates and breaches, the events Kafka could not take, the rows lost to the log."
+        "Set the Prometheus gauges: the action limits' rates, breaches and fallback, the events Kafka could not take, the rows lost to the log."
         if self.gauges is None: return
-        share, mean, breached, undelivered, lost = self.gauges
+        share, mean, breached, undelivered, lost, since = self.gauges
         cur, broken = self.state.get('rates') or {}, self.state.get('broken') or {}
         for k, v in cur.get('share', {}).items(): share.labels(label=k).set(v)
         if cur.get('mean') is not None: mean.set(cur['mean'])
         for name in (self.config.get('monitor') or {}).get('action_limits') or {}: breached.labels(limit=str(name)).set(1 if str(name) in broken else 0)
+        since.set(self.state.get('fallback_since') or 0)
         events = self._live().get('events') or {}
         if events.get('delivered') is not None: undelivered.set(events.get('undelivered') or 0)
         if events: lost.set(events.get('lost') or 0)

@@ -8,18 +8,22 @@ Docs: https://mlnb.github.io/mlnb/api/serving/runtime.html.md"""
 __all__ = ['Runtime']
 
 # %% ../../nbs/serving/05_runtime.ipynb #49e02ba2
-import datetime as _dt, os, threading, uuid
+import datetime as _dt, os, uuid
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .requests import dumps, each_json, to_frame
 from .predict import Fallback, Predictor
 from .batching import Batcher
-from .rollout import Flag, Rates, Shadow, route, run_alert
+from .rollout import Flag, LimitSwitch, Rates, Shadow, limit_value, route, run_alert
 from .logs import JsonLinesLog, log, log_path, open_feedback_log, open_log, store_feedback
 
 if TYPE_CHECKING: import numpy as np, pandas as pd
 
 # %% ../../nbs/serving/05_runtime.ipynb #fa079b07
+def _iso(t: float | None) -> str | None:
+    "Unix time `t` as ISO 8601 in UTC."
+    return None if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat()
+
 def _rejected(bad: dict[int, str], n: int) -> bytes:
     "The body of a 422: which rows of the request could not be answered, and why."
     listed = [{'row': i, 'error': e} for i, e in sorted(bad.items())]
@@ -53,7 +57,9 @@ class Runtime:
         self.feedback_log = open_feedback_log(config, self.log.path if self.log is not None else None)
         mon = config.get('monitor') or {}
         self.rates = Rates(self.kind, mon.get('action_limits'), mon.get('window', 1000), mon.get('min_rows', 100))
-        self.limit_fallback, self.tripped, self.alerts = bool(mon.get('fallback_on_action_limit')), False, config.get('alerts') or {}
+        self.switch = LimitSwitch(self.rates, mon.get('fallback_leave', 0.02), mon.get('fallback_dwell', 30.0))
+        self.limit_fallback, self.alerts = bool(mon.get('fallback_on_action_limit')), config.get('alerts') or {}
+        self.alerting = Shadow(self._alert, every=0) # the alert command's runs, one after the other, in order, off the response path
         self.shadow = Shadow(self._shadow) if (config.get('rollout') or {}).get('mode') == 'shadow' else None
         self.batcher = Batcher(self._work, chunk, after=self._after)
 
@@ -94,15 +100,34 @@ class Runtime:
         return out, errors, models
 
     def _limits_broken(self) -> bool:
-        "Whether an action limit is broken now; the first time in an episode, run the alert command in the background."
-        broken = self.rates.breaches()
-        if broken and not self.tripped and self.alerts.get('command'):
-            doc = {'kind': 'action_limit', 'model': self.tags.get('champion'), 'limits': broken, 'at': _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                   'alerts': [{'kind': 'action_limit', 'message': 'the service answers with its fallback: action limits broken: '
-                               + ', '.join(f'{k} = {v:.3f}' for k, v in broken.items())}]}
-            threading.Thread(target=run_alert, args=(self.alerts['command'], doc, None, float(self.alerts.get('timeout', 30))), daemon=True).start()
-        self.tripped = bool(broken)
-        return self.tripped
+        "Whether the action limits keep the fallback on now (`LimitSwitch`); on entering and on leaving, the alert command runs in the background."
+        since = self.switch.since
+        change = self.switch.update()
+        if change and self.alerts.get('command'): self.alerting.submit(self._limit_alert(change, since))
+        return self.switch.on
+
+    def _limit_alert(self, change: str, # 'entered' or 'left'
+                     since: float | None, # when the episode that left began (Unix time)
+                    ) -> dict:
+        "The alert document of the action-limit fallback entering or leaving."
+        sw, now = self.switch, _dt.datetime.now(_dt.timezone.utc)
+        values = lambda d: ', '.join(f'{k} = {v:.3f}' for k, v in d.items())
+        doc = {'kind': 'action_limit', 'state': change, 'model': self.tags.get('champion'), 'at': now.isoformat()}
+        if change == 'entered':
+            return {**doc, 'limits': dict(sw.holding), 'since': _iso(sw.since),
+                    'alerts': [{'kind': 'action_limit', 'message': f'the service answers with its fallback: action limits broken: {values(sw.holding)}; '
+                                f'it answers with its model again once every limit holds with a margin of {sw.margin:g} and at least {sw.dwell:g} s have passed'}]}
+        cur = self.rates.current()
+        held, took = {str(k): limit_value(cur, k) for k in self.rates.limits}, now.timestamp() - since
+        return {**doc, 'limits': held, 'since': _iso(since), 'seconds': round(took, 3),
+                'alerts': [{'kind': 'action_limit', 'message': f'the service answers with its model again after {took:.0f} s on its fallback: '
+                            f'every action limit holds with a margin of {sw.margin:g} ({values(held)})'}]}
+
+    def _alert(self, docs: list):
+        "Run the alert command with each document, in order."
+        for doc in docs:
+            res = run_alert(self.alerts['command'], doc, None, float(self.alerts.get('timeout', 30)))
+            if not res['ok']: log.warning('the action-limit alert (%s) was not sent: %s', doc['state'], res['message'])
 
     def _work(self, payloads: list, # (rows, the variant that must answer or None, the request's id or None: one is made)
              ) -> list[tuple]:
@@ -166,21 +191,27 @@ class Runtime:
         return {'variants': dict(self.tags), 'rollout': self.config.get('rollout'), 'segments': self.config.get('segments'),
                 'fallback': {'configured': self.fallback is not None, 'function': self.config.get('fallback'),
                              'flag': bool(flag.get('on')), 'flag_reason': flag.get('reason'),
-                             'on_action_limit': self.limit_fallback, 'action_limit_broken': self.tripped},
+                             'on_action_limit': self.limit_fallback, 'action_limit_broken': self.switch.on,
+                             'action_limit_since': _iso(self.switch.since),
+                             'action_limit_holding': dict(self.switch.holding), 'action_limit_episodes': self.switch.episodes,
+                             'action_limit_leave': {'margin': self.switch.margin, 'dwell_s': self.switch.dwell}},
                 'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped},
                 'events': None if self.log is None else {'log': str(self.log.path), 'written': self.log.written, 'lost': self.log.lost,
                                                          'delivered': getattr(self.log, 'delivered', None),
                                                          'undelivered': getattr(self.log, 'undelivered', self.log.failures)}}
 
     def state(self) -> dict:
-        "What the server reads after each batch: `live`, and the action limits' rates and breaches (for its gauges)."
-        return {'live': self.live(), 'rates': self.rates.current(), 'broken': self.rates.breaches()}
+        "What the server reads after each batch: `live`, and the action limits' rates, breaches and fallback (for its gauges)."
+        judged = self.fallback is not None and self.limit_fallback # the switch's limits: broken, and not yet back within their margin
+        return {'live': self.live(), 'rates': self.rates.current(), 'broken': dict(self.switch.holding) if judged else self.rates.breaches(),
+                'fallback_since': self.switch.since}
 
     def feedback(self, items: list) -> tuple[int, bytes]:
         "(HTTP status, JSON body) for ground truth: append each (request id, label) to the feedback log."
         return store_feedback(self.feedback_log, items)
 
     def close(self):
-        "Make the shadow predictions still waiting, and hand what the logs hold to their file or topic."
+        "Make the shadow predictions still waiting, send the alerts still waiting (5 s at most), and hand what the logs hold to their file or topic."
         if self.shadow is not None and not self.shadow.drain(): log.warning('stopping with %d shadow predictions not made', self.shadow.pending)
+        if not self.alerting.drain(5.0): log.warning('stopping with %d action-limit alerts not sent', self.alerting.pending)
         for lg in {id(x): x for x in (self.log, self.feedback_log) if x is not None}.values(): lg.close()
