@@ -22,8 +22,8 @@ from .project import load_project
 
 # %% auto #0
 __all__ = ['METRICS', 'feedback_rows', 'score', 'predictions_time', 'chunked_drift', 'multivariate_drift', 'chunked_performance',
-           'reference_band', 'estimated_performance', 'check', 'timeline', 'compare_variants', 'frozen_reference',
-           'reference_frame', 'model_to_watch', 'monitor', 'feedback_from_file', 'report']
+           'reference_band', 'estimated_performance', 'Truth', 'check', 'timeline', 'compare_variants',
+           'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor', 'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -274,6 +274,33 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
     return est
 
 # %% ../nbs/30_monitor.ipynb #6e471b95
+class Truth:
+    "Ground truth by request id (the last label of a request id wins), looked up with arrow's hash tables: pandas' `isin` on a million text ids takes seconds."
+    def __init__(self, feedback: pd.DataFrame): # columns request_id and label
+        import pyarrow as pa
+        last = feedback.drop_duplicates('request_id', keep='last')
+        self.ids, self.labels = pa.array(last['request_id'].astype(str), type=pa.string()), last['label'].to_numpy()
+
+    def _at(self, ids) -> np.ndarray:
+        import pyarrow as pa, pyarrow.compute as pc
+        return pc.index_in(pa.array(pd.Series(ids).astype(str), type=pa.string()), value_set=self.ids).fill_null(-1).to_numpy(zero_copy_only=False)
+
+    def has(self, ids) -> np.ndarray:
+        "Whether each of `ids` has ground truth."
+        return self._at(ids) >= 0
+
+    def of(self, ids) -> np.ndarray:
+        "The label of each of `ids` (None where there is none)."
+        at = self._at(ids)
+        out = self.labels[np.maximum(at, 0)] if len(self.labels) else np.full(len(at), None, dtype=object)
+        if (at < 0).any(): out = out.astype(object); out[at < 0] = None
+        return out
+
+def _in(values: pd.Series, others: pd.Series) -> np.ndarray:
+    "`values.isin(others)` for text ids, by arrow's hash tables."
+    import pyarrow as pa, pyarrow.compute as pc
+    return pc.is_in(pa.array(values.astype(str), type=pa.string()), value_set=pa.array(pd.Series(others).astype(str), type=pa.string())).to_numpy(zero_copy_only=False)
+
 def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
     return {str(k): float(v) / n for k, v in text_counts(s).items()} if n else {}
@@ -356,13 +383,13 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     if train: bias['training'] = train.get('mean') if kind == 'regressor' else {k: c / max(sum(train['counts'].values()), 1) for k, c in train.get('counts', {}).items()}
     perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
     if feedback is not None and len(feedback):
-        fb = feedback.set_index('request_id')['label']
-        hit = events['request_id'].isin(fb.index).to_numpy()
+        fb = Truth(feedback)
+        hit = fb.has(events['request_id'])
         joined = events[hit]
-        y = fb.reindex(joined['request_id']).to_numpy()
+        y = fb.of(joined['request_id'])
         in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
         perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
-                    unmatched_feedback=int((~feedback.loc[in_window, 'request_id'].isin(known if known is not None else events['request_id'])).sum()))
+                    unmatched_feedback=int((~_in(feedback.loc[in_window, 'request_id'], known if known is not None else events['request_id'])).sum()))
         if hit.any():
             bias['observed'] = float(np.mean(y.astype(float))) if kind == 'regressor' else _shares(pd.Series(y))
             bias['predicted_on_labelled'] = float(joined['prediction.value'].mean()) if kind == 'regressor' else _shares(joined['prediction.label'])
@@ -381,7 +408,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                            'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
                            f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
     if metric and feedback is not None and len(feedback):
-        y = feedback.drop_duplicates('request_id', keep='last').set_index('request_id')['label'].reindex(events['request_id']).reset_index(drop=True)
+        y = pd.Series(Truth(feedback).of(events['request_id']))
         perf['chunks'] = chunked_performance(events, y, rows, slices, metric, classes, cfg)
         first = perf['chunks'].get('outside_from')
         if first is not None:
@@ -416,8 +443,8 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
         codes, labels = pd.factorize(events['prediction.label'].astype(str))
         counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
-    fb = feedback.set_index('request_id')['label'] if feedback is not None and len(feedback) else None
-    if fb is not None and metric: hit, proba = events['request_id'].isin(fb.index).to_numpy(), probabilities(events)
+    fb = Truth(feedback) if feedback is not None and len(feedback) else None
+    if fb is not None and metric: hit, proba = fb.has(events['request_id']), probabilities(events)
     out = []
     for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
         item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': n}
@@ -428,7 +455,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
             if len(idx):
                 part = events.iloc[idx]
                 item['joined'] = len(idx)
-                item[metric] = score(metric, fb.reindex(part['request_id']).to_numpy(), part, classes, proba[idx] if proba is not None else None)[0]
+                item[metric] = score(metric, fb.of(part['request_id']), part, classes, proba[idx] if proba is not None else None)[0]
         out.append(item)
     return out
 
@@ -442,13 +469,13 @@ def _tested(parts: Mapping, fb: pd.Series, paired: bool, classes: list | None, g
         if len(classes or []) == 2 and 'prediction.probability' in part: return part['prediction.probability'].to_numpy(dtype='float64')
         p = probabilities(part)
         return p if p is not None else np.full(len(part), np.nan)
-    a, b = (select(p, (p['request_id'].isin(fb.index) & ~p['request_id'].duplicated(keep='last')).to_numpy()) for p in (parts['champion'], parts['challenger']))
+    a, b = (select(p, fb.has(p['request_id']) & ~p['request_id'].duplicated(keep='last').to_numpy()) for p in (parts['champion'], parts['challenger']))
     if paired: # the same requests, in the champion's order
-        a = select(a, a['request_id'].isin(b['request_id']).to_numpy())
+        a = select(a, _in(a['request_id'], b['request_id']))
         at = pd.Index(b['request_id']).get_indexer(a['request_id'])
-        return compare(gate.metric, fb.reindex(a['request_id']).to_numpy(), answers(a), answers(b)[at], None, classes, gate.direction,
+        return compare(gate.metric, fb.of(a['request_id']), answers(a), answers(b)[at], None, classes, gate.direction,
                        cfg.significance, cfg.power, cfg.min_difference)
-    return compare(gate.metric, fb.reindex(a['request_id']).to_numpy(), answers(a), answers(b), fb.reindex(b['request_id']).to_numpy(), classes,
+    return compare(gate.metric, fb.of(a['request_id']), answers(a), answers(b), fb.of(b['request_id']), classes,
                    gate.direction, cfg.significance, cfg.power, cfg.min_difference)
 
 def _stated(t: Mapping) -> str:
@@ -469,7 +496,7 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
     challenger = str(ch['model'].mode().iloc[0])
     key = 'prediction.value' if kind == 'regressor' else 'prediction.label'
     out = {'champion': champion, 'challenger': challenger, 'mode': None, 'variants': {}}
-    fb = feedback.set_index('request_id')['label'] if feedback is not None and len(feedback) else None
+    fb = Truth(feedback) if feedback is not None and len(feedback) else None
     parts = {}
     for name, tag in (('champion', champion), ('challenger', challenger)):
         mask = ((events['model'] == tag) & (events['variant'] == name)).to_numpy()
@@ -477,11 +504,11 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
         v = {'model': tag, 'rows': int(len(part))}
         v.update({'mean': float(part[key].mean())} if kind == 'regressor' else {'share': _shares(part[key])})
         if fb is not None and len(part):
-            hit = part['request_id'].isin(fb.index).to_numpy() # ground truth belongs to the variant that answered its request
+            hit = fb.has(part['request_id']) # ground truth belongs to the variant that answered its request
             v['joined'] = int(hit.sum())
             if gate is not None:
                 proba = probabilities(part)
-                v[gate.metric], why = score(gate.metric, fb.reindex(part['request_id'][hit]).to_numpy(), part[hit], classes,
+                v[gate.metric], why = score(gate.metric, fb.of(part['request_id'][hit]), part[hit], classes,
                                             proba[hit] if proba is not None else None) if hit.any() else (None, 'no ground truth')
         out['variants'][name] = v
     both = events[events['variant'].isin(['champion', 'challenger']).to_numpy()]
