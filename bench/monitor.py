@@ -1,21 +1,33 @@
-"""Monitoring cost: `mlnb monitor` on a million logged predictions against Evidently's data drift report, in one invocation.
+"""Monitoring cost: `mlnb monitor` on a million logged predictions (or ten million) against Evidently's data drift report
+and NannyML's univariate drift plus realised performance, in one invocation.
 
 Setup (not timed): a scaffolded churn project is trained (`mlnb run --engine fast`); its champion carries the reference
 `log_model` froze from the 1,250 held-out customers. ROWS customers are simulated with some drift, predicted by the
-champion, and written to a prediction log in the service's format (one JSON line per prediction).
+champion, and written to a prediction log as the service writes it: `JsonLinesLog` (rotated past 256 MiB), in batches
+of 100 lines with their own time, with the service's columnar copy beside it; their ground truth goes to the feedback
+log beside it the same way. Past 10^6 rows, the 10^6 simulated rows are logged again under new request ids.
 
 Measured, each in a fresh process, median of REPEAT runs:
-- mlnb, first run: `mlnb monitor --log LOG --last ROWS --json`, end to end, with no cache: start, read and parse the
-  JSON lines (and keep their columnar copy in .mlnb/cache/logs), drift of the 11 request columns and of the answers,
-  action limits, timeline; wall time and peak memory (max RSS).
-- mlnb, next run: the same command again, as a scheduled monitor runs it: the lines parsed before are read from the
-  columnar copy (here: all of them; on a live log, all but those written since).
+- mlnb, first run: `mlnb monitor --log LOG --last ROWS --json`, end to end, with no cache: start, read the lines from the
+  service's columnar copy (verified against the JSON lines' bytes) and keep them in .mlnb/cache/logs, drift of the 11
+  request columns and of the answers, realised performance against the ground truth, action limits, timeline; wall
+  time and peak memory (max RSS).
+- mlnb, first run on the JSON lines alone: the same, the columnar copy moved away (a log written before the copy existed,
+  or by another writer): every line parsed.
+- mlnb, next run: the same command again, as a scheduled monitor runs it: the lines read before come from the cache.
 - Evidently: `Report([DataDriftPreset()]).run(current, reference)` on the same 11 columns and the answers, with the
   held-out rows as the reference and the ROWS rows as current data, both already loaded as DataFrames (reading them is
-  not timed); Evidently is installed in a virtual environment of its own (created on the first run), never a
-  dependency of mlnb.
+  not timed).
+- NannyML: `UnivariateDriftCalculator` (Kolmogorov-Smirnov and chi-squared, the same columns) and a realised
+  `PerformanceCalculator` (ROC AUC), each `.fit(reference)` then `.calculate(current)` in 10 chunks (mlnb's default),
+  DataFrames already loaded.
+Evidently and NannyML are each installed in a virtual environment of their own (made on the first run), never
+dependencies of mlnb; with 10^7 rows they are not run (each would need tens of GB of memory and minutes).
 
-Usage: python bench/monitor.py [--rows 1000000] [--repeat 3] [--evidently-venv DIR]
+The serving side's cost of the copy is measured too: `JsonLinesLog.write` per batch, with and without the columnar
+copy, CPU time of the process (the copy's parsing thread included) per line.
+
+Usage: python bench/monitor.py [--rows 1000000] [--repeat 3] [--no-ground-truth] [--evidently-venv DIR] [--nannyml-venv DIR]
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -26,12 +38,31 @@ import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 ref, cur = pd.read_parquet(sys.argv[1]), pd.read_parquet(sys.argv[2])
+ref, cur = ref.drop(columns=['churned']), cur.drop(columns=['churned'])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 result = Report([DataDriftPreset()]).run(cur, ref)
 secs = time.perf_counter() - t0
 drifted = [m for m in result.dict()['metrics'] if 'ValueDrift' in m.get('metric_id', '') or 'ValueDrift' in m.get('metric_name', '')]
 print(json.dumps({'seconds': secs, 'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'columns': len(drifted)}))
+'''
+
+NANNYML = '''
+import json, os, resource, sys, time
+os.environ['NML_DISABLE_USAGE_LOGGING'] = '1'
+import pandas as pd
+import nannyml as nml
+ref, cur = pd.read_parquet(sys.argv[1]), pd.read_parquet(sys.argv[2])
+columns = [c for c in cur.columns if c != 'churned']
+t0 = time.perf_counter()
+drift = nml.UnivariateDriftCalculator(column_names=columns, chunk_number=10, continuous_methods=['kolmogorov_smirnov'],
+                                      categorical_methods=['chi2']).fit(ref).calculate(cur)
+t1 = time.perf_counter()
+perf = nml.PerformanceCalculator(y_pred_proba='probability', y_pred='label', y_true='churned', problem_type='classification_binary',
+                                 metrics=['roc_auc'], chunk_number=10).fit(ref).calculate(cur)
+t2 = time.perf_counter()
+print(json.dumps({'seconds': t2 - t0, 'drift': t1 - t0, 'performance': t2 - t1, 'chunks': len(drift.filter(period='analysis').to_df()),
+                  'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
 MEASURED = '''
@@ -42,7 +73,8 @@ secs = time.perf_counter() - t0
 if res.returncode not in (0, 1): sys.exit(res.stderr)
 out = json.loads(res.stdout)
 print(json.dumps({'seconds': secs, 'max_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                  'drifted': [k for k, d in out['columns'].items() if d['drifted']], 'rows': out['window']['rows']}))
+                  'drifted': [k for k, d in out['columns'].items() if d['drifted']], 'rows': out['window']['rows'],
+                  'timings': out.get('timings'), 'performance': out.get('performance')}))
 '''
 
 
@@ -52,36 +84,73 @@ def sh(cmd, cwd, env):
     return r.stdout
 
 
-def evidently_python(venv: Path) -> str:
-    "The Python of a virtual environment with Evidently (made on first use)."
+def venv_python(venv: Path, what: str, packages: list) -> str:
+    "The Python of a virtual environment with `packages` (made on first use)."
     py = venv / 'bin' / 'python'
     if not py.exists():
-        print(f'installing Evidently into {venv} (once)...', file=sys.stderr)
+        print(f'installing {what} into {venv} (once)...', file=sys.stderr)
         sh([sys.executable, '-m', 'venv', str(venv)], '.', os.environ)
-        # Evidently 0.7 imports a pandas helper that pandas 3 removed
-        sh([str(py), '-m', 'pip', 'install', '-q', 'evidently', 'pandas<3', 'pyarrow'], '.', os.environ)
+        sh([str(py), '-m', 'pip', 'install', '-q', *packages], '.', os.environ)
     return str(py)
 
 
-def write_log(path: Path, project: Path, tag: str, rows: int, chunk: int = 100_000):
-    "`rows` simulated customers with drift, predicted by model `tag`, as the service logs them; returns the current frame."
+BATCH = 100  # lines per write, as a service's batch
+
+
+def write_log(path: Path, project: Path, tag: str, rows: int, chunk: int = 100_000, distinct: int = 1_000_000, truth: bool = True):
+    "`rows` simulated customers with drift, predicted by model `tag`, logged as the service logs them (with the columnar copy), and their ground truth; returns the current frame (None past `distinct` rows)."
     sys.path.insert(0, str(project))
+    import datetime as dt
     import bentoml, pandas as pd
     from churn.data import simulate
     from churn.features import prepare
-    from mlnb.serving import answers
+    from mlnb.serving import JsonLinesLog, answers, feedback_lines, feedback_path
     model = bentoml.sklearn.load_model(tag)
-    frames = []
-    with open(path, 'w') as f:
-        for start in range(0, rows, chunk):
-            df = simulate(min(chunk, rows - start), seed=1000 + start, drift=0.3).drop(columns='churned')
+    log, fb = JsonLinesLog(path, columnar=True), JsonLinesLog(feedback_path(path), columnar=True)
+    frames, made, t = [], [], dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=rows // BATCH)
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        if start < distinct:
+            df = simulate(n, seed=1000 + start, drift=0.3)
+            labels = df.pop('churned').tolist()
             ans, _ = answers(model, prepare(df), 'classifier', [0, 1])
             lines = df.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
-            ts = pd.Timestamp.now(tz='UTC').isoformat()
-            f.write(''.join(f'{{"request_id":"b{start + i}","ts":"{ts}","model":"{tag}","variant":"champion","row":{r},'
-                            f'"prediction":{json.dumps(a)}}}\n' for i, (r, a) in enumerate(zip(lines, ans))))
-            frames.append(df.assign(label=[a['label'] for a in ans], probability=[a['probability'] for a in ans]))
-    return pd.concat(frames, ignore_index=True)
+            preds = [json.dumps(a) for a in ans]
+            made.append((lines, preds, labels))
+            if rows <= distinct: frames.append(df.assign(label=[a['label'] for a in ans], probability=[a['probability'] for a in ans], churned=labels))
+        else: lines, preds, labels = made[(start // chunk) % len(made)]
+        for b in range(0, n, BATCH):
+            t += dt.timedelta(seconds=1)
+            ts = json.dumps(t.isoformat())
+            log.write(''.join(f'{{"request_id":"b{start + i}-0","ts":{ts},"model":"{tag}","variant":"champion","row":{lines[i]},'
+                              f'"prediction":{preds[i]}}}\n' for i in range(b, min(b + BATCH, n))))
+            if truth: fb.write(feedback_lines((f'b{start + i}-0', labels[i]) for i in range(b, min(b + BATCH, n))))
+        log.copy.flush(); fb.copy.flush()  # this writer outpaces a service: let the copy keep up
+    log.close(); fb.close()
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def write_cost(tmp: Path) -> dict:
+    "CPU time per line of `JsonLinesLog.write`, with and without the columnar copy (its parsing thread included), for batches of 1 and of 100 service lines."
+    from mlnb.serving import JsonLinesLog
+    line = ('{"request_id":"0123456789abcdef0123-0","ts":"2026-12-05T10:00:00.123456+00:00","model":"churn:abcdefghijklmnop","variant":"champion",'
+            '"row":{"customer_id":"C000123","snapshot_date":"2026-01-01T00:00:00.000","age":41.0,"tenure_months":17,"monthly_charges":70.35,'
+            '"plan":"pro","support_calls":2,"region":"north","paperless":true,"payment":"card","contract":"monthly"},'
+            '"prediction":{"label":0,"probability":0.2137,"probabilities":[0.7863,0.2137]}}\n')
+    out = {}
+    for batch, writes in ((1, 20_000), (100, 2_000)):
+        for columnar in (False, True):
+            p = tmp / f'cost-{batch}-{columnar}.jsonl'
+            jl = JsonLinesLog(p, max_bytes=2**40, columnar=columnar)
+            if columnar: jl.copy.backlog = 2**40  # every line copied, however fast this loop writes
+            text = line * batch
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(writes): jl.write(text)
+            w1 = time.perf_counter()
+            jl.close()  # the copy's last segment
+            out[(batch, columnar)] = {'cpu_us_per_line': (time.process_time() - c0) / (batch * writes) * 1e6,
+                                      'wall_us_per_write': (w1 - w0) / writes * 1e6}
+    return out
 
 
 def main():
@@ -89,51 +158,105 @@ def main():
     ap.add_argument('--rows', type=int, default=1_000_000)
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--evidently-venv', type=Path, default=Path(tempfile.gettempdir()) / 'mlnb-bench-evidently')
+    ap.add_argument('--no-ground-truth', action='store_true', help='log no ground truth, and time drift only')
+    ap.add_argument('--nannyml-venv', type=Path, default=Path(tempfile.gettempdir()) / 'mlnb-bench-nannyml')
     args = ap.parse_args()
-    ev_python = evidently_python(args.evidently_venv)
+    baselines = args.rows <= 2_000_000 and not args.no_ground_truth
+    if baselines:
+        # Evidently 0.7 and NannyML 0.13 import pandas helpers that pandas 3 removed
+        ev_python = venv_python(args.evidently_venv, 'Evidently', ['evidently', 'pandas<3', 'pyarrow'])
+        nml_python = venv_python(args.nannyml_venv, 'NannyML', ['nannyml', 'statsmodels', 'pandas<3', 'pyarrow'])  # (its plots import statsmodels, which it does not declare)
     tmp = Path(tempfile.mkdtemp(prefix='mlnb-monitor-bench-'))
-    env = {**os.environ, 'BENTOML_HOME': str(tmp / 'bentoml')}
+    env = {**os.environ, 'BENTOML_HOME': str(tmp / 'bentoml'), 'NML_DISABLE_USAGE_LOGGING': '1'}
     os.environ['BENTOML_HOME'] = env['BENTOML_HOME']
+    load = f'{os.getloadavg()[0]:.2f}'
+    cost = write_cost(tmp)
     mlnb = str(Path(sys.executable).parent / 'mlnb')
     sh([mlnb, 'new', str(tmp / 'churn')], tmp, env)
     proj = tmp / 'churn'
     sh([mlnb, 'run', '-q', '--engine', 'fast'], proj, env)
     tag = next(m['tag'] for m in json.loads(sh([mlnb, 'models', '--json'], proj, env)) if m['champion'])
-    log = tmp / 'predictions.jsonl'
+    logs = tmp / 'logs'
+    log = logs / 'predictions.jsonl'
     t0 = time.perf_counter()
-    current = write_log(log, proj, tag, args.rows)
-    print(f'setup: {args.rows} predictions written in {time.perf_counter() - t0:.0f} s ({log.stat().st_size / 2**20:.0f} MiB)', file=sys.stderr)
+    current = write_log(log, proj, tag, args.rows, truth=not args.no_ground_truth)
+    from mlnb.events import log_files
+    from mlnb.serving import columns_dir, feedback_path
+    size = sum(f.stat().st_size for f in log_files(log))
+    copy = sum(f.stat().st_size for f in columns_dir(log).glob('*.arrow'))
+    print(f'setup: {args.rows} predictions written in {time.perf_counter() - t0:.0f} s ({size / 2**20:.0f} MiB of JSON lines in '
+          f'{len(log_files(log))} files; columnar copy {copy / 2**20:.0f} MiB)', file=sys.stderr)
     os.environ['MLNB_PROJECT_ROOT'] = str(proj)
-    import mlnb as api
-    from churn.features import prepare
-    from mlnb.serving import answers
-    import bentoml
-    held = api.upstream('data')['test'].drop(columns='churned')
-    ref_ans, _ = answers(bentoml.sklearn.load_model(tag), prepare(held), 'classifier', [0, 1])
-    held = held.assign(label=[a['label'] for a in ref_ans], probability=[a['probability'] for a in ref_ans])
-    drop = ['customer_id', 'snapshot_date']  # keys and timestamps are not drift-tested by either tool
-    held.drop(columns=drop).to_parquet(tmp / 'ref.parquet')
-    current.drop(columns=drop).to_parquet(tmp / 'cur.parquet')
-    del current
+    if baselines:
+        import mlnb as api
+        from churn.features import prepare
+        from mlnb.serving import answers
+        import bentoml
+        held = api.upstream('data')['test']
+        truth = held.pop('churned').tolist()
+        ref_ans, _ = answers(bentoml.sklearn.load_model(tag), prepare(held), 'classifier', [0, 1])
+        held = held.assign(label=[a['label'] for a in ref_ans], probability=[a['probability'] for a in ref_ans], churned=truth)
+        drop = ['customer_id', 'snapshot_date']  # keys and timestamps are not drift-tested by any of the tools
+        held.drop(columns=drop).to_parquet(tmp / 'ref.parquet')
+        current.drop(columns=drop).to_parquet(tmp / 'cur.parquet')
+        del current
 
-    first, nxt, ev = 'mlnb monitor, first run', 'mlnb monitor, next run', 'Evidently DataDriftPreset'
-    runs = {first: [], nxt: [], ev: []}
+    first, plain, nxt = 'drift only, first run', 'drift only, first, JSON only', 'drift only, next run'
+    gfirst, gnxt = 'ground truth too, first run', 'ground truth too, next run'
+    ev, nml = 'Evidently DataDriftPreset', 'NannyML drift + performance'
+    truthful = not args.no_ground_truth
+    runs = {first: [], plain: [], nxt: [], **({gfirst: []} if truthful else {}), **({gnxt: [], ev: [], nml: []} if baselines else {})}
     cmd = [sys.executable, '-c', MEASURED, mlnb, 'monitor', '--model', tag, '--log', str(log), '--last', str(args.rows), '--json']
-    for _ in range(args.repeat):  # alternate, so the machine's noise is shared
+    fb = feedback_path(log)
+    copies = [columns_dir(log), *([columns_dir(fb)] if truthful else [])]
+    away = tmp / 'away'
+    away.mkdir()
+
+    def measured(hide=()):
+        "A run of the command, `hide` moved away meanwhile, with no cache."
         shutil.rmtree(proj / '.mlnb' / 'cache', ignore_errors=True)
-        runs[first].append(json.loads(sh(cmd, proj, env)))
-        runs[nxt].append(json.loads(sh(cmd, proj, env)))
-        runs[ev].append(json.loads(sh([ev_python, '-c', EVIDENTLY, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
+        for p in hide: p.rename(away / p.name)
+        try: return json.loads(sh(cmd, proj, env))
+        finally:
+            for p in hide: (away / p.name).rename(p)
+
+    for _ in range(args.repeat):  # alternate, so the machine's noise is shared
+        truth = [*log_files(fb), columns_dir(fb)] if truthful else []
+        runs[first].append(measured(truth))
+        for p in truth: p.rename(away / p.name)  # the next run, drift only
+        try: runs[nxt].append(json.loads(sh(cmd, proj, env)))
+        finally:
+            for p in truth: (away / p.name).rename(p)
+        runs[plain].append(measured([*truth[:-1], *copies]))
+        if truthful: runs[gfirst].append(measured())
+        if baselines:
+            runs[gnxt].append(json.loads(sh(cmd, proj, env)))
+            runs[ev].append(json.loads(sh([ev_python, '-c', EVIDENTLY, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
+            runs[nml].append(json.loads(sh([nml_python, '-c', NANNYML, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
     med = {k: statistics.median(r['seconds'] for r in v) for k, v in runs.items()}
     mem = {k: max(r['max_rss_mb'] for r in v) for k, v in runs.items()}
-    assert runs[first][0]['drifted'] == runs[nxt][0]['drifted'] and runs[first][0]['rows'] == runs[nxt][0]['rows']
+    for a, b in ((first, plain), (first, nxt), *([(first, gfirst)] if truthful else []), *([(gfirst, gnxt)] if baselines else [])):
+        assert runs[a][0]['drifted'] == runs[b][0]['drifted'] and runs[a][0]['rows'] == runs[b][0]['rows'], b
+    if baselines: assert runs[gfirst][0]['performance'] == runs[gnxt][0]['performance']
     cached = sum(f.stat().st_size for f in (proj / '.mlnb' / 'cache').rglob('*.arrow'))
-    print(f"{os.cpu_count()} cores; reference: {len(held)} held-out rows; current: {args.rows} predictions; median of {args.repeat}\n")
-    print(f"{'':28} {'seconds':>8} {'peak MiB':>9} {'Evidently / this':>17}")
-    for k in runs: print(f"{k:28} {med[k]:8.2f} {mem[k]:9.0f} {med[ev] / med[k]:16.1f}x")
-    print(f"\nmlnb read and judged {runs[first][0]['rows']} rows end to end (JSON lines, {log.stat().st_size / 2**20:.0f} MiB, included; "
-          f"the columnar copy of the next runs: {cached / 2**20:.0f} MiB); drifted: {', '.join(runs[first][0]['drifted'])}. "
-          "Evidently was given the DataFrames in memory.")
+    print(f"{os.cpu_count()} cores; load average before: {load}; after: {os.getloadavg()[0]:.2f}; reference: 1250 held-out rows; current: {args.rows} predictions; median of {args.repeat}\n")
+    print(f"{'':30} {'seconds':>8} {'peak MiB':>9}" + (f" {'Evidently / this':>17} {'NannyML / this':>15}" if baselines else ''))
+    for k in runs:
+        print(f"{k:30} {med[k]:8.2f} {mem[k]:9.0f}" + (f" {med[ev] / med[k]:16.1f}x {med[nml] / med[k]:14.1f}x" if baselines else ''))
+    print("(drift only: the feedback log moved away, so no realised performance: the work Evidently's preset does; "
+          "ground truth too: the work NannyML's two calculators do)")
+    if baselines:
+        print(f"\nNannyML: drift {statistics.median(r['drift'] for r in runs[nml]):.2f} s, realised performance "
+              f"{statistics.median(r['performance'] for r in runs[nml]):.2f} s ({runs[nml][0]['chunks']} chunks of the current rows)")
+    t = runs[gfirst if truthful else first][0].get('timings')
+    print('\n[chunked and multivariate tests] ' + (json.dumps(t) if t else
+          'not measured separately: `mlnb monitor --json` reports no timings by phase on this version (they are inside the runs above)'))
+    print(f"\nmlnb read and judged {runs[first][0]['rows']} rows end to end (JSON lines {size / 2**20:.0f} MiB, columnar copy "
+          f"{copy / 2**20:.0f} MiB; the cache of the next runs: {cached / 2**20:.0f} MiB); drifted: {', '.join(runs[first][0]['drifted'])}.")
+    if baselines: print("Evidently and NannyML were given the DataFrames in memory.")
+    print('\nthe service writing its log (JsonLinesLog.write), CPU per line and wall time per write:')
+    for (batch, columnar), c in cost.items():
+        print(f"  batches of {batch:3} lines, {'with' if columnar else 'without'} the columnar copy: {c['cpu_us_per_line']:6.1f} us CPU per line, {c['wall_us_per_write']:7.1f} us per write")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
