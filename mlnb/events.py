@@ -15,7 +15,7 @@ import pandas as pd
 
 from .errors import MlnbError, UsageError
 from .lines import Reader, check_rows, log_schema, make_reader, newlines, read_lines
-from .serving import parse_kafka
+from .serving import columns_dir, parse_kafka
 
 # %% auto #0
 __all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'too_damaged']
@@ -99,7 +99,7 @@ def _file_table(f: Path, reader: Reader, cache: Path | None = None, base: Path |
         tables, meta = _cached(cache, key, view, st) if cache is not None else ([], {})
         done, skipped = meta.get('end', 0), meta.get('skipped')
         if end > done:
-            t, bad = read_lines(data.slice(done, end - done), reader)
+            t, bad = _read_span(data, view, done, end, reader, base, st) # from the service's columnar copy where it holds the lines
             tables.append(t)
             if bad: # lines are numbered from the file's start
                 first = (newlines(np.frombuffer(data.slice(0, done), np.uint8)).size if done else 0) + bad[1] + 1
@@ -229,6 +229,108 @@ def probabilities(df: pd.DataFrame) -> np.ndarray | None:
     out, ok = np.full((len(p), k), np.nan), lens == k
     out[ok] = pc.list_flatten(p.filter(pa.array(ok))).to_numpy(zero_copy_only=False).reshape(-1, k)
     return out
+
+# %% ../nbs/18_events.ipynb #f1c71f3b
+def _conform(a, t):
+    "The arrow array `a` (types pyarrow guessed) as the type `t`: the values pyarrow's reader gives for the same JSON read as `t`; None where they could differ."
+    import pyarrow as pa
+    if a.type.equals(t): return a
+    if pa.types.is_null(a.type): return pa.nulls(len(a), t)
+    if pa.types.is_integer(a.type) and pa.types.is_floating(t): return a.cast(t) # JSON integers read as floats
+    mask = a.is_null() if a.null_count else None
+    if pa.types.is_list(a.type) and pa.types.is_list(t):
+        v = _conform(a.values, t.value_type)
+        return None if v is None else pa.ListArray.from_arrays(a.offsets, v, type=t, mask=mask)
+    if pa.types.is_struct(a.type) and pa.types.is_struct(t):
+        kids = a.flatten()
+        out = [_conform(kids[i], f.type) if (i := a.type.get_field_index(f.name)) >= 0 else pa.nulls(len(a), f.type) for f in t]
+        return None if any(k is None for k in out) else pa.StructArray.from_arrays(out, fields=list(t), mask=mask)
+    return None
+
+def _conform_table(t, schema):
+    "The table `t` of a columnar copy in the reader's `schema` (fields it lacks are null, fields it has more are left out); None if pyarrow's reader could read its lines otherwise."
+    import pyarrow as pa
+    cols = []
+    for f in schema:
+        if f.name not in t.column_names: cols.append(pa.nulls(t.num_rows, f.type)); continue
+        chunks = [_conform(c, f.type) for c in t.column(f.name).chunks]
+        if any(c is None for c in chunks): return None
+        cols.append(pa.chunked_array(chunks, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int) -> list:
+    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`) within bytes `lo` to `hi` whose bytes are still the ones copied (same CRC-32, on line boundaries): (start, end, lines, segment table, first row), sorted, not overlapping."
+    import pyarrow as pa, zlib
+    from concurrent.futures import ThreadPoolExecutor
+    def named(p): # DEV-INO.FIRST-LAST.PID.CRC.arrow, holding lines between bytes FIRST and LAST
+        try:
+            _, span, _, crc, ext = p.name.split('.')
+            first, last = map(int, span.split('-'))
+            return ext == 'arrow' and first < hi and last > lo and (p, int(crc, 16))
+        except ValueError: return False
+    try: names = [n for p in columns_dir(base).iterdir() if p.name.startswith(f'{st.st_dev}-{st.st_ino}.') and (n := named(p))]
+    except OSError: return []
+    def whole(n): # the segment's bytes have the CRC-32 its name says
+        try:
+            with pa.memory_map(str(n[0])) as m: return zlib.crc32(memoryview(m.read_buffer())) == n[1]
+        except OSError: return False
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex: names = [n for n, ok in zip(names, ex.map(whole, names)) if ok] # zlib lets go of Python's lock
+    found = []
+    for p, _ in names:
+        try:
+            t = pa.ipc.open_file(pa.memory_map(str(p))).read_all()
+            meta = json.loads(t.schema.metadata[b'mlnb.columns'])
+            if meta['version'] != 1 or (meta['dev'], meta['ino']) != (st.st_dev, st.st_ino) or sum(r[2] for r in meta['runs']) != t.num_rows: continue
+            row, mine = 0, []
+            for s, e, n, crc in meta['runs']:
+                if lo <= s < e <= hi and (s == 0 or view[s - 1] == 10) and view[e - 1] == 10: mine.append((s, e, n, crc, t, row))
+                row += n
+            found += mine
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, pa.ArrowException): continue # not a segment this reader knows: parsed instead
+    if not found: return []
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex:
+        same = list(ex.map(lambda r: zlib.crc32(view[r[0]:r[1]]) == r[3], found))
+    runs, at = [], lo
+    for r in sorted((r for r, ok in zip(found, same) if ok), key=lambda r: r[0]):
+        if r[0] >= at: runs.append(r[:3] + r[4:]); at = r[1]
+    return runs
+
+def _read_span(data, view: memoryview, lo: int, hi: int, reader: Reader, base: Path | None, st: os.stat_result) -> tuple:
+    "The rows of the whole lines in bytes `lo` to `hi` of a log file and the lines that cannot be used, as `read_lines` returns them: taken from the service's columnar copy where it verifiably holds them, parsed elsewhere."
+    import pyarrow as pa
+    probs = 'prediction' in reader.schema.names and any(f.name == 'probabilities' for f in reader.schema.field('prediction').type)
+    runs = _copied(base, st, view, lo, hi) if base is not None and (reader.classes or not probs) else [] # "as most lines" is decided on what one parse sees
+    if not runs: return read_lines(data.slice(lo, hi - lo), reader)
+    segments, first_row = {}, {} # each segment once: the rows used, in the reader's schema (None: the reader would read them otherwise)
+    for i, (s, e, n, t, row) in enumerate(runs): segments.setdefault(id(t), (t, []))[1].append(i)
+    for k, (t, used) in segments.items():
+        rows, ns = [runs[i][4] for i in used], [runs[i][2] for i in used]
+        segments[k] = _conform_table(t if sum(ns) == t.num_rows else t.take(np.concatenate([np.arange(r, r + n) for r, n in zip(rows, ns)])), reader.schema)
+        first_row.update(zip(used, np.cumsum([0] + ns[:-1]).tolist()))
+    runs = [(s, e, n, segments[id(t)].slice(first_row[i], n)) for i, (s, e, n, t, _) in enumerate(runs) if segments[id(t)] is not None]
+    tables, bads, at, lines = [], [], lo, 0
+    if runs: # the copy's rows in the file's order, checked at once
+        copy = pa.concat_tables([t for *_, t in runs])
+        if len(runs) > 256: copy = copy.combine_chunks()
+        copy, bad, why = check_rows(copy, reader)
+        ends = np.cumsum([n for _, _, n, _ in runs])
+        kept = ends - np.searchsorted(bad, ends) # rows kept up to the end of each run
+        runs = [(s, e, n, copy.slice(int(k0), int(k1 - k0)), bad[(bad >= x0) & (bad < x1)] - x0, bool(len(bad)) and x0 <= bad[0] < x1)
+                for (s, e, n, _), x0, x1, k0, k1 in zip(runs, np.r_[0, ends[:-1]], ends, np.r_[0, kept[:-1]], kept)]
+    for s, e, n, t, cut, first in runs + [(hi, hi, 0, None, (), False)]:
+        if s > at: # lines the copy does not hold
+            gap, gbad = read_lines(data.slice(at, s - at), reader)
+            tables.append(gap)
+            if gbad: bads.append((gbad[0], lines + gbad[1], gbad[2]))
+            lines += int(np.count_nonzero(np.frombuffer(data.slice(at, s - at), np.uint8) == 10))
+        if t is not None:
+            tables.append(t)
+            if len(cut): bads.append((len(cut), lines + int(cut[0]), why if first else None))
+            lines += n
+        at = max(at, e)
+    first = min(bads, key=lambda b: b[1]) if bads else None
+    return pa.concat_tables(tables), ((sum(b[0] for b in bads), first[1], first[2]) if bads else None)
+
 
 # %% ../nbs/18_events.ipynb #f8e3f8da
 def _kafka_error(url: str, e: Exception) -> MlnbError:
