@@ -369,25 +369,30 @@ def learn_threshold(score, # score(rows) -> the score of the reference rows `row
                     min_chunks: int = 10, # fewest contiguous chunks worth learning from
                     draws: int = 50, # random samples
                     seed: int = 0, # of the samples
+                    distance: bool = False, # the score is a distance between two samples' distributions: scale it to the chunk's size
                    ) -> tuple[float | None, str]:
     "A threshold learned from the scores of reference chunks, and a sentence saying from what."
     size, m = max(int(size), 1), min(max(int(size), 1), n // 2)
     if m < 2: return None, f'nothing to learn from: {n} reference rows'
+    # a distance between samples of a and b rows of one population is about sqrt(c (1/a + 1/b)): a threshold learned on
+    # samples of s rows against the other n - s is carried over to a chunk of `size` rows against all n of the reference
+    fit = (lambda s: math.sqrt((1 / size + 1 / n) / (1 / s + 1 / max(n - s, 1)))) if distance else (lambda s: 1.0)
     rng = np.random.default_rng(seed)
-    sampled = learned_threshold([score(np.sort(rng.choice(n, m, replace=False))) for _ in range(draws)], sigmas)
-    how = f'{draws} random samples of {m} reference rows' + (' (fewer rows than a chunk: a cautious threshold)' if m < size else '')
+    sampled = learned_threshold([score(np.sort(rng.choice(n, m, replace=False))) for _ in range(draws)], sigmas, fit(m))
+    how = f'{draws} random samples of {m} reference rows' + ((', scaled to chunks of ' + f'{size} rows' if distance else ' (fewer rows than a chunk: a cautious threshold)') if m < size else '')
     if n // size < min_chunks: return sampled, how
-    chunked = learned_threshold([score(np.arange(i * size, (i + 1) * size)) for i in range(n // size)], sigmas)
+    chunked = learned_threshold([score(np.arange(i * size, (i + 1) * size)) for i in range(n // size)], sigmas, fit(size))
     if sampled is None or (chunked is not None and chunked > sampled): return chunked, f'{n // size} contiguous reference chunks of {size} rows'
     return sampled, how
 
 def learned_threshold(scores, # a column's scores on the reference chunks
                       sigmas: float = 3.0, # standard deviations above their mean
+                      scale: float = 1.0, # carried to chunks of another size: the mean times `scale`, the spread times its root
                      ) -> float | None:
     "Mean plus `sigmas` standard deviations of `scores` (None when there are none)."
     s = np.asarray(scores, dtype='float64')
     s = s[np.isfinite(s)]
-    return float(s.mean() + sigmas * s.std()) if len(s) else None
+    return float(s.mean() * scale + sigmas * s.std() * math.sqrt(scale)) if len(s) else None
 
 # %% ../nbs/01_drift.ipynb #c43ac634
 class Reconstruction:
