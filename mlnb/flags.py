@@ -8,6 +8,7 @@ Docs: https://mlnb.github.io/mlnb/api/flags.html.md"""
 from __future__ import annotations
 import getpass, json, os, secrets, sys, tempfile, time
 from pathlib import Path
+from typing import Callable
 
 from .config import ServeConfig
 from .errors import StoreError, UsageError
@@ -96,19 +97,24 @@ def shared_store(root: str | Path) -> bool:
     "Whether the project's store is a team's (PostgreSQL), whose flags are the truth the files follow."
     return not store_url(root).startswith('sqlite:')
 
-def sync_flags(root: str | Path, path: str | Path) -> bool:
+def sync_flags(root: str | Path, # the project root
+               path: str | Path, # the flags file
+               prepare: Callable[[dict], None] | None = None, # called with the store's flags before they are written (e.g. to fetch the rollout's challenger)
+              ) -> bool:
     "Make the flags file at `path` hold the store's flags; returns whether it changed."
     flags = stored_flags(root)
     if not flags: return False # nothing kept in the store yet: the file stays as it is
     try: now = read_flags(path)
     except UsageError: now = None
     if now == flags: return False
+    if prepare is not None: prepare(flags)
     write_flags(path, flags, replace=True)
     return True
 
 def follow_flags(root: str | Path, # the project root
                  path: str | Path, # the flags file a server reads
                  every: float = 2.0, # seconds between two looks at the store
+                 prepare: Callable[[dict], None] | None = None, # called with the store's flags before the file changes (see `sync_flags`)
                 ):
     "With a team's store: a function to call often that brings the file at `path` in step with the store (at most every `every` seconds). None with the project's own SQLite file, whose flags are the file's."
     if not shared_store(root): return None
@@ -117,7 +123,7 @@ def follow_flags(root: str | Path, # the project root
         if time.monotonic() < state['next']: return
         state['next'] = time.monotonic() + every
         try:
-            if sync_flags(root, path): print(f'mlnb serve: flags from the store written to {path}', file=sys.stderr)
+            if sync_flags(root, path, prepare): print(f'mlnb serve: flags from the store written to {path}', file=sys.stderr)
             state['warned'] = False
         except (StoreError, UsageError) as e:
             if not state['warned']: print(f'mlnb serve: the service keeps its flags as they are: {e}', file=sys.stderr)
