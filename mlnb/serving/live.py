@@ -27,7 +27,13 @@ class Refused(Exception):
 
 def stored_model(tag: str, # 'name:version'
                 ) -> tuple[Path, dict]:
-    "(folder, metadata) of model `tag` in BentoML's model store (BENTOML_HOME)."
+    "(folder, metadata) of model `tag` in BentoML's model store: read from its folder under BENTOML_HOME when it is there, else through BentoML."
+    import os
+    name, _, version = tag.partition(':')
+    folder = Path(os.environ.get('BENTOML_HOME') or Path.home() / 'bentoml') / 'models' / name.lower() / version
+    if (folder / 'model.yaml').is_file(): # BentoML's own record of the model: no need to start its model store in the model process
+        import yaml # PyYAML, which BentoML depends on
+        return folder, dict(yaml.safe_load((folder / 'model.yaml').read_text(encoding='utf-8')).get('metadata') or {})
     import bentoml
     m = bentoml.models.get(tag)
     return Path(m.path), dict(m.info.metadata)
