@@ -2,7 +2,7 @@
 before it, and the time from the state change to the new share being served.
 
 Setup: a scaffolded churn project (`[tool.mlnb.serve] rollout_key = "customer_id"`) is trained and built (the
-champion's Bento), then trained again with other parameters (the challenger), in a temporary directory with its own
+champion's Bento), then trained again (the challenger, a model as large as the champion), in a temporary directory with its own
 BENTOML_HOME. Each round serves the Bento afresh (`bentoml serve` on 127.0.0.1, the flags file of the project) and puts
 it under CONCURRENCY keep-alive clients sending single-row requests, each row with a new customer_id, for the whole
 round. After WARMUP seconds, every STEADY seconds the rollout state changes (`mlnb.flags.set_rollout` /
@@ -16,9 +16,10 @@ For each change: requests that failed (not 200, or a broken connection) in the r
 WINDOW seconds after the change, over p99 of those sent in the WINDOW seconds before it (the old steady state: same
 server, same clients, same round) and over p99 of those sent in the last WINDOW seconds of the stage (the new steady
 state: a split between two models costs two model calls per batch, so it is slower than the champion alone whatever the
-change costs); and the time from the state change to the new share being served: from the change to the
-first request after which every request was answered by the variant the new stage routes its key to (a row goes to
-the challenger exactly when `bucket(customer_id) < share`, so each answer can be checked). Medians over rounds.
+change costs); and the time from the state change (the call that writes it) to the new share being served, from the
+rows whose key the old and the new stage route differently (a row goes to the challenger exactly when
+`bucket(customer_id) < share`, so each answer can be checked): when the first of them answered as the new stage routes
+arrived, and when the last one answered as the old stage routes arrived (the switch is complete). Medians over rounds.
 
 Usage: python bench/live_rollout.py [--rounds 3] [--concurrency 32] [--warmup 5] [--steady 10] [--window 5]
 """
@@ -45,7 +46,7 @@ def setup(tmp, env):
     sh([mlnb, 'run', '--engine', 'fast', '-q'], proj, env)
     bento = sh([mlnb, 'build'], proj, env).split()[1].rstrip('.')
     champion = models(mlnb, proj, env).pop()
-    sh([mlnb, 'run', '--engine', 'fast', '-q', '--force', '-p', 'n_estimators=20', '-p', 'max_depth=3'], proj, env)
+    sh([mlnb, 'run', '--engine', 'fast', '-q', '--force'], proj, env) # a challenger as large as the champion (its load takes about a second)
     challenger = (models(mlnb, proj, env) - {champion}).pop()
     return proj, bento, champion, challenger
 
@@ -107,14 +108,17 @@ def one_round(proj, bento, champion, challenger, env, args):
         before = [b - a for a, b, _, _ in seen if t - args.window <= a < t]
         during = [b - a for a, b, _, _ in seen if t <= a < t + args.window]
         settled = [b - a for a, b, _, _ in seen if t + args.steady - args.window <= a < t + args.steady]
-        after = sorted((a, k, m) for a, _, k, m in seen if t <= a < t + args.steady)
-        ok = [(m == challenger) == (float(bucket([k])[0]) < share) for _, k, m in after]
-        bad = [j for j, good in enumerate(ok) if not good]
-        served = (after[bad[-1] + 1][0] if bad[-1] + 1 < len(after) else float('nan')) - t if bad else 0.0
+        old = [0.0, 0.25, 0.5][i]
+        # the answers whose key the two stages route differently: answered by the old stage, or by the new one
+        moved = [(got, m == challenger) for a, got, k, m in seen if t - args.window <= a < t + args.steady
+                 and (float(bucket([k])[0]) < share) != (float(bucket([k])[0]) < old)]
+        new = lambda c: c == (share > old) # answered as the new stage routes
+        last_old = max((got for got, c in moved if not new(c)), default=t) - t
+        first_new = min((got for got, c in moved if new(c) and got >= t), default=float('nan')) - t
         out.append({'change': ['champion -> 0.25 (load)', '0.25 -> 0.5', '0.5 -> off'][i], 'write_s': took,
                     'steady_p99_ms': p99(before) * 1e3, 'change_p99_ms': p99(during) * 1e3, 'settled_p99_ms': p99(settled) * 1e3,
                     'p99_ratio': p99(during) / p99(before), 'p99_ratio_settled': p99(during) / p99(settled),
-                    'served_after_s': served, 'requests_in_window': len(during)})
+                    'first_new_s': first_new, 'last_old_s': last_old, 'requests_in_window': len(during)})
     return {'failed': len(errors), 'requests': len(seen), 'changes': out}
 
 
@@ -141,7 +145,7 @@ def main():
             for c in res['changes']:
                 print(f"  {c['change']:<26} p99 {c['steady_p99_ms']:.1f} ms before, {c['change_p99_ms']:.1f} ms in the {args.window:g} s after "
                       f"({c['p99_ratio']:.2f}x), {c['settled_p99_ms']:.1f} ms once settled ({c['p99_ratio_settled']:.2f}x); "
-                      f"new share served {c['served_after_s']:.2f} s after the change "
+                      f"first answer by the new stage {c['first_new_s']:.2f} s, last by the old {c['last_old_s']:.2f} s after the change "
                       f"(writing the state took {c['write_s'] * 1e3:.0f} ms)", flush=True)
         print('\nmedians over rounds:')
         failed = sum(r['failed'] for r in rounds)
@@ -149,7 +153,7 @@ def main():
             m = lambda k: statistics.median(r['changes'][i][k] for r in rounds)
             print(f"  {name:<26} p99 {m('steady_p99_ms'):.1f} before -> {m('change_p99_ms'):.1f} during -> {m('settled_p99_ms'):.1f} ms settled; "
                   f"during over before {m('p99_ratio'):.2f}x, over settled {m('p99_ratio_settled'):.2f}x (target <= {TARGETS['p99_ratio']}x); "
-                  f"new share served after {m('served_after_s'):.2f} s")
+                  f"new stage answering after {m('first_new_s'):.2f} s, old stage's last answer {m('last_old_s'):.2f} s after the change")
         print(f"  failed requests: {failed} of {sum(r['requests'] + r['failed'] for r in rounds)} (target {TARGETS['failed']})")
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
