@@ -152,8 +152,9 @@ def test_flags_files_of_any_shape_never_take_the_service_down(guarded, tmp_path)
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
                            lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4), max_leaves=12)
-flag_like = st.dictionaries(st.sampled_from(['fallback', 'other', '', 'a b']), st.dictionaries(
-    st.sampled_from(['on', 'reason', 'at', 'by', 'of']), json_values, max_size=5) | json_values, max_size=3)
+flag_like = st.dictionaries(st.sampled_from(['fallback', 'other', '', 'a b', 'rollout']), st.dictionaries(
+    st.sampled_from(['on', 'reason', 'at', 'by', 'of', 'challenger', 'stage', 'id']), json_values | st.sampled_from(['shadow', 'churn:v2', 0.25, 1, 0]),
+    max_size=7) | json_values, max_size=3)
 
 
 @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=True)

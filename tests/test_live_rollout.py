@@ -106,6 +106,8 @@ def test_a_running_service_follows_the_rollout_state_live(live, tmp_path):
             m = wait_for(lambda: (lambda d: d if d['live_rollout']['status'] == 'serving' else None)(meta()), 'the service serves stage 0.25')
             assert (m['live_rollout']['challenger'], m['live_rollout']['stage'], m['live_rollout']['key']) == (challenger, 0.25, 'customer_id')
             assert m['live_rollout']['state'] == state and m['variants'] == {'champion': champion}  # the Bento's own models are unchanged
+            shown = mlnb('flag', cwd=root, env=env).stdout.replace('\n', '').replace('│', '').replace(' ', '')
+            assert f"on:{challenger}answering0.25ofrows(rollout{state['id']})" in shown, shown
             served = wait_for(lambda: next((s for s, _, mdl in list(traffic.seen) if s >= changed and mdl == challenger), None),
                               'an answer by the challenger')
             assert served - changed < 10, served - changed
@@ -160,3 +162,9 @@ def test_a_running_service_follows_the_rollout_state_live(live, tmp_path):
     # the prediction log says which variant answered each row, as a canary built into a Bento does
     lines = [json.loads(l) for l in log.read_text().splitlines()]
     assert {(l['variant'], l['model']) for l in lines} == {('champion', champion), ('challenger', challenger)}
+    # so `mlnb monitor` compares the variants, as for a canary built in
+    res = mlnb('monitor', '--json', '--model', champion, '--log', log, '--last', len(lines), cwd=root, env=env, check=False)
+    assert res.returncode in (0, 1) and res.stdout.startswith('{'), (res.returncode, res.stdout[:500], res.stderr[-2000:])
+    v = json.loads(res.stdout)['variants']
+    assert (v['challenger'], v['mode']) == (challenger, 'canary/ab')
+    assert v['variants']['challenger']['rows'] == sum(l['variant'] == 'challenger' for l in lines) > 500
