@@ -34,8 +34,9 @@ def test_build_makes_a_current_bento_with_the_runtime_inside(served):
     third_party = imported - set(sys.stdlib_module_names)
     # never mlnb: an image needs no mlnb; the Kafka client only when a log is a kafka:// topic (imported there, not at start);
     # pydantic_core is pydantic's own core (pinned by the pinned pydantic); pyarrow writes the log's columnar copy (a pinned
-    # requirement of every Bento, `mlnb.bento._RUNTIME`)
-    assert third_party == {'bentoml', 'joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'pydantic_core', 'starlette', 'confluent_kafka'}, third_party
+    # requirement of every Bento, `mlnb.bento._RUNTIME`); yaml is PyYAML, a requirement of bentoml (a live rollout reads a challenger's
+    # model.yaml in BentoML's model store)
+    assert third_party == {'bentoml', 'joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'pydantic_core', 'starlette', 'confluent_kafka', 'yaml'}, third_party
     loaded = subprocess.run([sys.executable, '-c', 'import sys, mlnb_serving; print(sorted(m for m in sys.modules if m == "mlnb" or m.startswith(("mlnb.", "confluent_kafka"))))'],
                             cwd=path / 'src', capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == '[]', loaded
