@@ -1,6 +1,8 @@
 """A live rollout: a running `bentoml serve` follows the rollout state of its flags file (challenger, stage, off) with no rebuild,
-no restart and no failed request; sticky routing by key; a challenger trained with other feature code is refused."""
+no restart and no failed request; sticky routing by key; a challenger trained with other feature code is refused; with a team's
+store, a rollout set on one machine reaches `mlnb serve` on another, which fetches the challenger from S3."""
 import itertools, json, math, shutil, threading, time
+from pathlib import Path
 
 import httpx
 import nbformat
@@ -168,3 +170,62 @@ def test_a_running_service_follows_the_rollout_state_live(live, tmp_path):
     v = json.loads(res.stdout)['variants']
     assert (v['challenger'], v['mode']) == (challenger, 'canary/ab')
     assert v['variants']['challenger']['rows'] == sum(l['variant'] == 'challenger' for l in lines) > 500
+
+
+def test_a_rollout_set_on_one_machine_reaches_the_teams_server_on_another(scaffold_template, postgres, s3_server, tmp_path):
+    "With a team's store: `mlnb flag rollout` on machine A; `mlnb serve` on machine B fetches the challenger from S3 and its service follows."
+    import os, signal, subprocess
+    from conftest import MLNB, git_snapshot
+    from mlnb.server import free_port
+    from test_two_machines import both_stores, clone, machine
+    root = tmp_path / 'a' / 'churn'
+    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    both_stores(root, postgres, s3_server, 'live')
+    git_snapshot(root)
+    a = machine(root, tmp_path / 'a' / 'bentoml', postgres, s3_server)
+    mlnb('store', 'upgrade', cwd=root, env=a['env'])
+    mlnb('run', '--engine', 'fast', '--profile', 'ci', cwd=root, env=a['env'])
+    bento = mlnb('build', cwd=root, env=a['env']).stdout.split()[1].rstrip('.')
+    champion = tags(root, a['env']).pop()
+    mlnb('run', '--engine', 'fast', '--profile', 'ci', '--force', '-p', 'n_estimators=20', cwd=root, env=a['env'])
+    challenger = (tags(root, a['env']) - {champion}).pop()
+    b = clone({'a': a}, 'b', postgres, s3_server, tmp_path)
+    home_b = Path(b['env']['BENTOML_HOME'])
+    port, err = free_port(), tmp_path / 'serve_b.err'
+    with open(err, 'wb') as f:  # B serves the team's latest build, fetched from S3
+        proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=b['root'], env={**os.environ, **b['env']},
+                                stdout=subprocess.DEVNULL, stderr=f)
+    url = f'http://127.0.0.1:{port}'
+    try:
+        def ready():
+            try: return httpx.get(url + '/readyz', timeout=1).status_code == 200
+            except httpx.HTTPError: return proc.poll() is not None
+        wait_for(ready, 'mlnb serve on machine B', timeout=180)
+        assert proc.poll() is None, err.read_text()[-3000:]
+        name, version = challenger.split(':')
+        assert not (home_b / 'models' / name / version).exists()  # B has the Bento's champion only
+        mlnb('flag', 'rollout', 'on', '--challenger', challenger, '--stage', '1', '--reason', 'from A', cwd=root, env=a['env'])
+        m = wait_for(lambda: (lambda d: d if d['live_rollout']['status'] == 'serving' else None)(httpx.get(url + '/metadata').json()),
+                     "B's service serving the challenger set on A", timeout=60)
+        assert (m['live_rollout']['challenger'], m['live_rollout']['stage'], m['live_rollout']['state']['reason']) == (challenger, 1, 'from A')
+        assert (home_b / 'models' / name / version / 'model.yaml').is_file()  # fetched from the team's store before the file named it
+        rows = request_rows_b(root)
+        assert {a_['model'] for a_ in httpx.post(url + '/predict', json={'rows': rows}, timeout=60).json()} == {challenger}
+        mlnb('flag', 'rollout', 'off', '--reason', 'rollback from A', cwd=root, env=a['env'])
+        wait_for(lambda: httpx.get(url + '/metadata').json()['live_rollout']['status'] == 'off', "B's service back to the champion alone")
+        assert {a_['model'] for a_ in httpx.post(url + '/predict', json={'rows': rows}, timeout=60).json()} == {champion}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try: proc.wait(60)
+        except subprocess.TimeoutExpired: proc.kill()
+    assert 'flags from the store written' in err.read_text(), err.read_text()[-3000:]
+
+
+def request_rows_b(root):
+    "Twenty request rows of the churn project at `root`."
+    import sys
+    sys.path.insert(0, str(root))
+    try:
+        from churn.data import simulate
+        return request_rows(simulate(20, seed=7), 'churned')
+    finally: sys.path.remove(str(root))
