@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from .requests import describe_error
 from .predict import Predictor, model_kind, plain_value
-from .rollout import Flag, bucket, log
+from .rollout import bucket, log, parse_flags, read_flags_file
 
 if TYPE_CHECKING: import numpy as np, pandas as pd
 
@@ -109,7 +109,7 @@ class LiveRollout:
                 ):
         self.config, self.transform, self.every, self.retry, self.store = config, transform, every, retry, store
         self.key = config.get('rollout_key') or (config.get('rollout') or {}).get('key')
-        self.flag, self.known = Flag(path, every=0), dict(known or {})
+        self.path, self.known = path, dict(known or {})
         self.loaded = dict(self.known)
         self.plan: tuple[bool, Stage | None] = (False, None) # (whether the flags govern, the stage): (False, None) is the Bento's own routing
         self._alone = (False, None) if config.get('segments') else (True, None) # the champion alone (a Bento of segments: its own routing)
@@ -134,7 +134,10 @@ class LiveRollout:
 
     def poll(self):
         "Read the flags; apply their rollout entry when it changed (or try again a challenger that could not be loaded)."
-        entry = self.flag.current().get('rollout')
+        try:
+            data = read_flags_file(self.path) if self.path else None
+            entry = (parse_flags(data) if data is not None else {}).get('rollout')
+        except (OSError, ValueError): return # a file that is not valid keeps the last good state (the service's `Flag` says what is wrong)
         again = self.status == 'failed' and time.monotonic() - self._tried >= self.retry
         if entry != self.entry or again: self.apply(entry)
 
