@@ -343,7 +343,18 @@ class Truth:
 
     def of(self, ids) -> np.ndarray:
         "The label of each of `ids` (None where there is none)."
+        return self._labels(self._at(ids))
+
+    def match(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        "Whether each of `ids` has ground truth, and its label (None where there is none), with one lookup (each builds a hash table of every label's id)."
         at = self._at(ids)
+        return at >= 0, self._labels(at)
+
+    def labels_of(self, labelled: np.ndarray) -> np.ndarray:
+        "Labels taken from `match`'s (where each has one), in the labels' own type."
+        return labelled.astype(self.labels.dtype, copy=False) if len(self.labels) else labelled
+
+    def _labels(self, at: np.ndarray) -> np.ndarray:
         out = self.labels[np.maximum(at, 0)] if len(self.labels) else np.full(len(at), None, dtype=object)
         if (at < 0).any(): out = out.astype(object); out[at < 0] = None
         return out
@@ -436,9 +447,9 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
     if feedback is not None and len(feedback):
         fb = Truth(feedback)
-        hit = fb.has(events['request_id'])
-        joined = events[hit]
-        y = fb.of(joined['request_id'])
+        hit, labelled = fb.match(events['request_id']) # looked up once, for the window, its chunks and its timeline
+        joined = _answer_columns(events)[hit]
+        y = fb.labels_of(labelled[hit])
         in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
         perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
                     unmatched_feedback=int((~_in(feedback.loc[in_window, 'request_id'], known if known is not None else events['request_id'])).sum()))
@@ -460,7 +471,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                            'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
                            f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
     if metric and feedback is not None and len(feedback):
-        y = pd.Series(Truth(feedback).of(events['request_id']))
+        y = pd.Series(labelled)
         perf['chunks'] = chunked_performance(events, y, rows, slices, metric, classes, cfg)
         first = perf['chunks'].get('outside_from')
         if first is not None:
@@ -480,11 +491,14 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     out['action_limits'] = {'limits': {str(k): list(v) for k, v in cfg.action_limits.items()}, 'current': current, 'breached': broken}
     if broken: alerts.append({'kind': 'action_limit', 'limits': broken, 'message': 'action limits broken: ' + ', '.join(
         f"{'mean' if k == 'mean' else 'share of ' + k} {v:.3f} outside {list(cfg.action_limits[k])}" for k, v in broken.items())})
-    out['timeline'] = timeline(events.assign(ts=when), kind, cfg.buckets, feedback, metric, classes)
+    out['timeline'] = timeline(events.assign(ts=when), kind, cfg.buckets, feedback, metric, classes,
+                               (fb, hit, labelled) if feedback is not None and len(feedback) else None)
     out['alerts'] = alerts
     return out
 
-def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metric=None, classes=None) -> list[dict]:
+def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metric=None, classes=None,
+             matched: tuple | None = None, # (`Truth`, and its `match` of the events' request ids), when the caller has them
+            ) -> list[dict]:
     "Equal slices of the window: rows, label shares or mean value, and the realised metric where ground truth allows."
     if not len(events): return []
     t0, t1 = events['ts'].min(), events['ts'].max()
@@ -495,8 +509,12 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
         codes, labels = pd.factorize(events['prediction.label'].astype(str))
         counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
-    fb = Truth(feedback) if feedback is not None and len(feedback) else None
-    if fb is not None and metric: hit, proba = fb.has(events['request_id']), probabilities(events)
+    if matched: fb, hit, labelled = matched
+    elif feedback is not None and len(feedback):
+        fb = Truth(feedback)
+        hit, labelled = fb.match(events['request_id'])
+    else: fb = hit = labelled = None
+    if fb is not None and metric: proba, ans = probabilities(events), _answer_columns(events)
     out = []
     for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
         item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': n}
@@ -505,9 +523,8 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
         if fb is not None and metric:
             idx = np.flatnonzero((slot == b) & hit)
             if len(idx):
-                part = events.iloc[idx]
                 item['joined'] = len(idx)
-                item[metric] = score(metric, fb.of(part['request_id']), part, classes, proba[idx] if proba is not None else None)[0]
+                item[metric] = score(metric, fb.labels_of(labelled[idx]), ans.iloc[idx], classes, proba[idx] if proba is not None else None)[0]
         out.append(item)
     return out
 
