@@ -9,17 +9,13 @@ The environment is made once per machine in $MLNB_AIRFLOW_VENV (default /tmp/mln
 takes about a minute or two (pip downloads some 150 packages). `Unavailable` is raised only when it does not exist and the
 package index cannot be reached to make it.
 """
-import os, shutil, subprocess, sys
+import os, subprocess
 from pathlib import Path
+
+from side_venv import Unavailable, ensure
 
 VENV = Path(os.environ.get('MLNB_AIRFLOW_VENV', '/tmp/mlnb-airflow-venv'))
 AIRFLOW = '3.3.2'
-OFFLINE = ('NewConnectionError', 'ConnectTimeout', 'ConnectionError', 'Max retries exceeded', 'Temporary failure in name resolution',
-           'Name or service not known', 'Network is unreachable', 'ProxyError', 'ReadTimeout', 'timed out')
-
-
-class Unavailable(Exception):
-    "Raised when Airflow's environment is missing and the package index cannot be reached to make it."
 
 
 def _python() -> Path: return VENV / 'bin' / 'python'
@@ -33,29 +29,9 @@ def _works() -> bool:
     return r.returncode == 0
 
 
-def _reachable():
-    "Raise `Unavailable` when pip cannot reach the package index (and only then)."
-    r = subprocess.run([sys.executable, '-m', 'pip', 'index', 'versions', 'apache-airflow', '--timeout', '20', '--retries', '1'],
-                       capture_output=True, text=True, timeout=300)
-    said = [line.strip() for line in (r.stdout + r.stderr).splitlines() if any(word in line for word in OFFLINE)]
-    if r.returncode and said:
-        raise Unavailable(f"Airflow's environment {VENV} does not exist and the package index cannot be reached to make it: {said[0][:300]}")
-
-
 def venv() -> Path:
     "The folder of Airflow's environment, made first when it is missing or broken (several test processes wait for one to make it)."
-    import fcntl
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(VENV.parent / f'.{VENV.name}.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _works(): return VENV
-        _reachable()
-        if VENV.exists() and (VENV / 'pyvenv.cfg').exists(): shutil.rmtree(VENV)
-        subprocess.run([sys.executable, '-m', 'venv', VENV], check=True, capture_output=True, timeout=300)
-        r = subprocess.run([_python(), '-m', 'pip', 'install', '-q', f'apache-airflow=={AIRFLOW}'], capture_output=True, text=True, timeout=1800)
-        if r.returncode: raise RuntimeError(f"pip could not install apache-airflow=={AIRFLOW} into {VENV}:\n{r.stderr[-3000:]}")
-        if not _works(): raise RuntimeError(f"Airflow {AIRFLOW} was installed into {VENV} but cannot be imported there.")
-        return VENV
+    return ensure(VENV, _works, [[f'apache-airflow=={AIRFLOW}']], 'apache-airflow')
 
 
 class AirflowHome:
