@@ -17,8 +17,8 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'build', 'serve', 'verify', 'pull', 'reproduce', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store',
-           'store_status', 'store_upgrade', 'store_push']
+           'export', 'export_airflow', 'build', 'serve', 'verify', 'pull', 'reproduce', 'monitor', 'feedback', 'flag',
+           'report', 'lab', 'store', 'store_status', 'store_upgrade', 'store_push']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -128,7 +128,7 @@ def _fan_text(r: dict) -> str:
 @click.option('-q', '--quiet', is_flag=True, help='No progress output.')
 @click.option('--explain', is_flag=True, help='Then say for each step whether it was cached and, if it ran, what changed.')
 def run(steps: tuple[str, ...], profile, params, force, jobs, engine, executor, address, quiet, explain):
-    "Run the pipeline, or the named STEPS and what they need."
+    "Run the pipeline, or the named STEPS and what they need; a STEP may be one item of a fanned-out step: 'train[segment=north]'."
     from mlnb.runner import run_pipeline
     res = run_pipeline(targets=steps, profile=profile, overrides=params, force=force, jobs=jobs, engine=engine,
                        progress='quiet' if quiet else 'auto', executor=executor, address=address)
@@ -342,6 +342,29 @@ def lineage(tag: str, as_json: bool):
         t.add(f"{l['golden_examples']} golden examples")
         return t
     emit(lin, as_json, render)
+
+# %% ../nbs/37_cli.ipynb #606e9ea6
+@main.group()
+def export():
+    "Write the project's pipeline for an orchestrator."
+
+@export.command('airflow')
+@click.argument('steps', nargs=-1)
+@click.option('--out', type=click.Path(path_type=Path), help="Folder to write mlnb_<name>.py into (default: Airflow's DAG folder from "
+              "AIRFLOW__CORE__DAGS_FOLDER or $AIRFLOW_HOME/dags, else the working directory).")
+@click.option('--profile', help='Profile every task runs with (from [tool.mlnb.profiles]).')
+@click.option('-p', '--param', 'params', multiple=True, metavar='KEY=VALUE', help='A parameter every task runs with, as in `mlnb run`. Repeatable.')
+@click.option('--engine', default=None, help="The papermill engine every task runs with: 'kernel', 'fast', or an engine name.")
+@click.option('--mlnb', 'command', metavar='PATH', help="The mlnb the tasks run (default: this environment's, an absolute path).")
+@click.option('--schedule', help='The pipeline DAG\'s schedule: cron or an Airflow preset such as @daily (default: only when triggered).')
+@click.option('--loop-schedule', default='@hourly', show_default=True, help='The schedule of the DAG that runs `mlnb loop`.')
+def export_airflow(steps: tuple[str, ...], out, profile, params, engine, command, schedule, loop_schedule):
+    "Write an Airflow 3 DAG file: a task per step (and fan-out item) of the pipeline, or of STEPS and what they need, and `mlnb loop` on a schedule."
+    from mlnb.airflow import export_airflow as write
+    path = write(targets=steps, out=out, profile=profile, overrides=params, engine=engine, mlnb=command, schedule=schedule,
+                 loop_schedule=loop_schedule)
+    click.echo(f"Wrote {path}: DAGs mlnb_{path.stem[5:]}_pipeline and mlnb_{path.stem[5:]}_loop.")
+
 
 # %% ../nbs/37_cli.ipynb #2ab63972
 @main.command()
