@@ -346,6 +346,8 @@ class LoopConfig:
             if v == 'shadow': raise UsageError("[tool.mlnb.loop] stages: \"shadow\" can only be the first stage (the challenger answers no one yet).")
             if not (_number(v) and 0 < v <= 1):
                 raise UsageError(f"[tool.mlnb.loop] stages: {v!r} is not a stage; give \"shadow\" or a share of rows above 0 and at most 1 (0.05 is 5%).")
+        if s[0] != 'shadow' and shares[0] == 1:
+            raise UsageError("[tool.mlnb.loop] stages need a stage where the champion still answers (\"shadow\" or a share below 1) before a share of 1.0, the promotion itself.")
         if any(b <= a for a, b in zip(shares, shares[1:])):
             raise UsageError(f"[tool.mlnb.loop] stages must grow: {list(s)} has a share not above the one before it.")
         if not (isinstance(self.min_rows, int) and not isinstance(self.min_rows, bool) and self.min_rows >= 30):

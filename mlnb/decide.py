@@ -12,7 +12,8 @@ from typing import Any, Mapping
 from .config import LoopConfig, parse_since
 
 # %% auto #0
-__all__ = ['ACTIONS', 'stage_name', 'next_stage', 'triggers_fired', 'label_guard', 'broken_guardrails', 'decide_stage']
+__all__ = ['ACTIONS', 'stage_name', 'next_stage', 'deciding_stage', 'triggers_fired', 'label_guard', 'broken_guardrails',
+           'decide_stage']
 
 # %% ../nbs/30b_decide.ipynb #9feaa11f
 ACTIONS = ('wait', 'advance', 'promote', 'rollback', 'retrain', 'stop', 'nothing')
@@ -25,6 +26,10 @@ def next_stage(stages, stage) -> Any | None:
     "The stage after `stage` in `stages`, or None after the last."
     i = list(stages).index(stage)
     return stages[i + 1] if i + 1 < len(stages) else None
+
+def deciding_stage(stages) -> Any:
+    "The stage whose evidence decides promotion: the last one with a control group (the shadow, or a share below 1); a last stage of 1.0 is the promotion itself."
+    return [s for s in stages if s == 'shadow' or s < 1][-1]
 
 # %% ../nbs/30b_decide.ipynb #d37635a6
 _DRIFT = ('drift', 'multivariate_drift', 'prediction_drift')
