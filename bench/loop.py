@@ -87,15 +87,9 @@ def run(cfg, p0, p1, n, look, seed):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--rollouts', type=int, default=500)
-    ap.add_argument('--alpha', type=float, default=0.05)
-    ap.add_argument('--min-effect', type=float, default=0.02)
-    ap.add_argument('--power', type=float, default=0.8)
-    ap.add_argument('--p0', type=float, default=0.8)
-    ap.add_argument('--look', type=int, default=500, help="labelled rows of the challenger that arrive between two passes")
-    ap.add_argument('--min-rows', type=int, default=1000)
-    ap.add_argument('--stages', default='shadow,0.05,0.25,0.5,1.0')
-    ap.add_argument('--seed', type=int, default=0)
+    for name, default in (('rollouts', 500), ('alpha', 0.05), ('min-effect', 0.02), ('power', 0.8), ('p0', 0.8), ('min-rows', 1000), ('seed', 0),
+                          ('look', 500), ('stages', 'shadow,0.05,0.25,0.5,1.0')): # look: labelled rows of the challenger between two passes
+        ap.add_argument(f'--{name}', type=type(default), default=default)
     a = ap.parse_args()
     stages = [s if s == 'shadow' else float(s) for s in a.stages.split(',')]
     cfg = LoopConfig(stages=stages, min_rows=a.min_rows, min_time='1s', decide={'alpha': a.alpha, 'min_effect': a.min_effect, 'power': a.power})

@@ -14,34 +14,40 @@ LOOP = '''
 [tool.mlnb.loop]
 triggers = { drift = false, performance = false, new_labels = 200 }
 retrain = { params = { source = "production", production_since = "1d" } }
+stages = ["shadow", 0.5, 1.0]
 min_rows = 200
+min_time = "1s"
+guardrails = { agreement = 0.5 }
+decide = { min_effect = 0.1 }
 '''
+
+
+def champion(root):
+    "The champion's tag of the churn model."
+    return next(m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root).stdout) if m['champion'])
 
 
 @pytest.fixture(scope='module')
 def trained(scaffold_template, tmp_path_factory):
     "The churn project with an alert command and a loop table, its champion trained on the CSV (profile ci); copy it before changing it."
-    root = tmp_path_factory.mktemp('loop') / 'churn'
-    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    toml = (root / 'pyproject.toml').read_text()
-    assert '[tool.mlnb.alerts]\ncommand = ""' in toml
-    toml = toml.replace('[tool.mlnb.alerts]\ncommand = ""', f'[tool.mlnb.alerts]\ncommand = "cat >> {ALERTS}; echo >> {ALERTS}"')
-    (root / 'pyproject.toml').write_text(toml + LOOP)
-    mlnb('run', '--engine', 'fast', '--profile', 'ci', cwd=root)
+    root = shutil.copytree(scaffold_template, tmp_path_factory.mktemp('loop') / 'churn', ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    toml = (root / 'pyproject.toml').read_text().replace('[tool.mlnb.alerts]\ncommand = ""', f'[tool.mlnb.alerts]\ncommand = "cat >> {ALERTS}; echo >> {ALERTS}"')
+    assert ALERTS in toml
+    (root / 'pyproject.toml').write_text(toml.replace('floor = 0.7', 'floor = 0.5') + LOOP)
+    mlnb('run', '--engine', 'fast', '--profile', 'ci', '-p', 'n_estimators=1', '-p', 'max_depth=1', cwd=root)  # a weak champion: a stump
     return root
 
 
 @pytest.fixture
 def project(trained, tmp_path):
     "A copy of the trained project (its ledger and champion with it), and the champion's tag."
-    root = tmp_path / 'churn'
-    shutil.copytree(trained, root, ignore=shutil.ignore_patterns('__pycache__'))
-    tag = next(m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root).stdout) if m['champion'])
-    return root, tag
+    root = shutil.copytree(trained, tmp_path / 'churn', ignore=shutil.ignore_patterns('__pycache__'))
+    return root, champion(root)
 
 
-def write_log(root, tag, n=600, as_of=None, flip=False):
-    "Predictions of `n` simulated customers by the champion `tag`, logged as the service logs them, and their ground truth (flipped if asked)."
+def write_log(root, tags, n=600, as_of=None, flip=False, mode='champion', seed=7):
+    """Predictions of `n` simulated customers, logged as the service logs them, with their ground truth (flipped if asked). `tags`: variant ->
+    model tag; `mode`: 'champion' (it answers alone), 'shadow' (both answer every row) or 'split' (every other row is the challenger's)."""
     from mlnb.registry import load_model
     from mlnb.serving.predict import answers
     from mlnb.serving.logs import feedback_lines
@@ -50,19 +56,23 @@ def write_log(root, tag, n=600, as_of=None, flip=False):
         for m in [m for m in sys.modules if m == 'churn' or m.startswith('churn.')]: del sys.modules[m]
         from churn.data import simulate
         from churn.features import prepare
-        frame = simulate(n, seed=7, as_of=as_of)
+        frame = simulate(n, seed=seed, as_of=as_of)
         rows = frame.drop(columns='churned')
-        model = load_model(tag)
-        got, _ = answers(model, prepare(rows), 'classifier', [int(c) for c in model.classes_])
+        got = {}
+        for variant, tag in tags.items():
+            model = load_model(tag)
+            got[variant] = answers(model, prepare(rows), 'classifier', [int(c) for c in model.classes_])[0]
     finally: sys.path.remove(str(root))
     ts = json.dumps(pd.Timestamp.now(tz='UTC').isoformat())
     ids = [uuid.uuid4().hex for _ in range(n)]
     js = rows.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
+    line = lambda rid, v, row, i: f'{{"request_id":"{rid}","ts":{ts},"model":{json.dumps(tags[v])},"variant":"{v}","row":{row},"prediction":{json.dumps(got[v][i])}}}\n'
     log = root / '.mlnb' / 'predictions' / 'churn.jsonl'
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'a') as f:
-        for rid, row, a in zip(ids, js, got):
-            f.write(f'{{"request_id":"{rid}","ts":{ts},"model":{json.dumps(tag)},"variant":"champion","row":{row},"prediction":{json.dumps(a)}}}\n')
+        for i, (rid, row) in enumerate(zip(ids, js)):
+            variants = ['champion', 'challenger'] if mode == 'shadow' else ['challenger' if mode == 'split' and i % 2 else 'champion']
+            f.write(''.join(line(rid, v, row, i) for v in variants))
     labels = (1 - frame['churned']) if flip else frame['churned']
     with open(log.with_name('churn.feedback.jsonl'), 'a') as f: f.write(feedback_lines(zip(ids, labels.astype(int).tolist())))
     return frame
@@ -80,7 +90,7 @@ def flags(root):
 
 def test_two_passes_at_once_and_stale_production_data(project):
     root, tag = project
-    write_log(root, tag, as_of='2020-01-31')  # answered today, about customers whose snapshot is years old: the contract's freshness fails
+    write_log(root, {'champion': tag}, as_of='2020-01-31')  # answered today, about customers whose snapshot is years old: the contract's freshness fails
     dry = mlnb('loop', '--dry-run', cwd=root).stdout
     assert 'would retrain' in dry and 'new_labels' in dry and 'source=production' in dry, dry
     # two passes started together: one takes the lease and acts, the other names the holder and exits 0
@@ -100,7 +110,7 @@ def test_two_passes_at_once_and_stale_production_data(project):
     assert sent[0]['steps'] == ['data'] and 'snapshot_date' in sent[0]['alerts'][0]['message']
     assert sent[1]['action'] == 'stop' and sent[1]['run_id'] == runs[0]['id']
     assert 'rollout' not in flags(root)
-    assert next(m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root).stdout) if m['champion']) == tag
+    assert champion(root) == tag
     # the decision is in the history and the status
     hist = mlnb('history', 'churn', cwd=root).stdout
     assert 'Decisions of `mlnb loop`' in hist and 'stop' in hist, hist
@@ -110,7 +120,7 @@ def test_two_passes_at_once_and_stale_production_data(project):
 
 def test_poisoned_ground_truth_stops_at_the_label_guard(project):
     root, tag = project
-    write_log(root, tag, flip=True)  # fresh customers, but their labels flipped: most churn, as training never saw
+    write_log(root, {'champion': tag}, flip=True)  # fresh customers, but their labels flipped: most churn, as training never saw
     res = mlnb('loop', cwd=root)
     assert 'stop: the label guard stopped the retraining run: label shift: class' in res.stdout, res.stdout
     runs = json.loads(mlnb('runs', '--json', cwd=root).stdout)
@@ -119,3 +129,43 @@ def test_poisoned_ground_truth_stops_at_the_label_guard(project):
     assert sent['kind'] == 'loop' and sent['action'] == 'stop' and sent['evidence']['label_guard'][0]['check'] == 'label_shift'
     assert sent['evidence']['label_guard'][0]['value'] > 0.2
     assert 'rollout' not in flags(root)
+
+
+def test_a_better_challenger_goes_through_the_stages_and_is_promoted(project):
+    root, tag = project
+    write_log(root, {'champion': tag}, n=3000, seed=8)
+    # pass 1: new labels trigger a retraining run on production; its candidate passes the gate, is held, and starts in the shadow
+    first = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+    assert first['action'] == 'start' and first['stage'] == 'shadow', first
+    new = first['challenger']
+    ro = flags(root)['rollout']
+    assert (ro['on'], ro['challenger'], ro['stage'], ro['id']) == (True, new, 'shadow', first['rollout'])
+    run = mlnb('show', first['run_id'], '--json', cwd=root).stdout
+    assert json.loads(run)['gates'][0]['status'] == 'held' and champion(root) == tag
+    assert json.loads(mlnb('runs', '--json', cwd=root).stdout)[0]['reason'].startswith('mlnb loop: new_labels')
+    # pass 2: the shadow's rows, both models on each: enough labelled rows, no guardrail broken, no harm: advance to 50%
+    time.sleep(1.5)
+    write_log(root, {'champion': tag, 'challenger': new}, n=300, mode='shadow', seed=9)
+    second = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+    assert second['action'] == 'advance' and flags(root)['rollout']['stage'] == 0.5, second
+    assert second['evidence']['test'] == "DeLong's test, paired ROC curves" and second['evidence']['readings']['agreement'] is not None
+    status = mlnb('loop', 'status', cwd=root).stdout
+    assert f'Rolling out {new}' in status and 'stage 50%' in status, status
+    # pass 3 on: the deciding stage (the last with a control group) fixes its horizon at its first look with min_rows, waits for it,
+    # and tests once: better, so promoted
+    time.sleep(1.5)
+    for seed in (10, 11, 12):
+        write_log(root, {'champion': tag, 'challenger': new}, n=2000, mode='split', seed=seed)
+        third = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+        if third['action'] != 'wait': break
+        assert 'more labelled rows (horizon' in third['reason'], third
+    assert third['action'] == 'promote' and 'promoted: the challenger is better at alpha 0.05' in third['reason'], third
+    test = third['evidence']['statistics']
+    assert test['rows'] >= third['evidence']['horizon'] and test['test'] == "DeLong's test, independent ROC curves" and test['p_value'] < 0.05
+    assert champion(root) == new and flags(root)['rollout']['on'] is False
+    history = json.loads(mlnb('history', 'churn', '--json', cwd=root).stdout)
+    assert (history[-1]['kind'], history[-1]['previous'], history[-1]['tag']) == ('loop', tag, new)
+    assert json.loads(mlnb('show', first['run_id'], '--json', cwd=root).stdout)['gates'][0]['status'] == 'applied'
+    table = mlnb('history', 'churn', cwd=root).stdout
+    assert all(a in table for a in ('start', 'advance', 'promote')), table
+    assert [a['action'] for a in alerts_sent(root)] == ['start', 'advance', 'promote']
