@@ -62,6 +62,7 @@ class ServeConfig:
     fallback: str | None = None # 'package.module:function' answering without the model (the feature flag's other side)
     segment_by: str | None = None # a request field: one Bento holds every segment's champion and routes each row by this field
     default_segment: str | None = None # the segment that answers a value with no champion (default: such a row is a 400)
+    rollout_key: str | None = None # a request field whose value routes a row in a live rollout (the flags' `rollout`): the same value, the same model; default: the Bento's --key, else the row's request id
     flags: str = '.mlnb/flags.json' # where `mlnb flag` keeps the flags `mlnb serve` reads (a deployment sets MLNB_FLAGS)
     token_env: str = 'MLNB_TOKEN' # the name of the environment variable holding the bearer token (never the token itself)
     protect: tuple[str, ...] = ('/feedback',) # routes that need the token beyond loopback: '/feedback' always, '/predict' if listed
@@ -98,6 +99,8 @@ class ServeConfig:
             raise UsageError(f"[tool.mlnb.serve] protect must list the routes that need the token, \"/feedback\" (always) and optionally "
                              f"\"/predict\", not {self.protect!r}. To serve without a token beyond loopback, use `mlnb serve --insecure`.")
         object.__setattr__(self, 'protect', tuple(dict.fromkeys(self.protect)))
+        if self.rollout_key is not None and not isinstance(self.rollout_key, str):
+            raise UsageError(f"[tool.mlnb.serve] rollout_key must name a request field (e.g. \"customer_id\"), not {self.rollout_key!r}.")
         g = self.shutdown_grace_s
         if not (isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g > 0):
             raise UsageError(f"[tool.mlnb.serve] shutdown_grace_s must be a positive number of seconds (the default is 30), not {g!r}.")

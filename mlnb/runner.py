@@ -135,7 +135,7 @@ class RunState:
         windows = {n: o['production_window'] for n, o in self.outputs.items() if isinstance(o, dict) and isinstance(o.get('production_window'), dict)}
         read = {n: {k: v for k, v in files.items() if k == ALWAYS} if n in windows else files for n, files in self.inputs.items()}
         ctx = step_context(self.plan, s, self.run_id, self.fps, read, self.contracts)
-        return {**ctx, 'windows': {n: w for n, w in windows.items() if n in ctx['upstream']}, **self.about}
+        return {**ctx, 'package': self.package, 'windows': {n: w for n, w in windows.items() if n in ctx['upstream']}, **self.about}
 
     def _upstream_runs(self, s: PlannedStep) -> dict:
         "Needed step -> the run whose outputs `s` is given (this one, or the one a cached step came from)."
