@@ -169,3 +169,31 @@ def test_a_better_challenger_goes_through_the_stages_and_is_promoted(project):
     table = mlnb('history', 'churn', cwd=root).stdout
     assert all(a in table for a in ('start', 'advance', 'promote')), table
     assert [a['action'] for a in alerts_sent(root)] == ['start', 'advance', 'promote']
+
+
+def test_the_lease_and_the_decisions_on_a_team_store(postgres, tmp_path, monkeypatch):
+    "The same SQL on a team's PostgreSQL: a held lease makes `mlnb loop` name its holder and exit 0; decisions and the rollout state are shared."
+    root = tmp_path / 'demo'
+    root.mkdir()
+    url = postgres.new_database()
+    (root / 'pyproject.toml').write_text(f'[project]\nname = "demo"\n[tool.nbdev]\nlib_path = "demo"\n[tool.mlnb]\nstore = "{url}"\n'
+                                         '[tool.mlnb.serve]\nmodel = "demo"\ntransform = "demo.f:g"\n')
+    for k, v in postgres.env.items(): monkeypatch.setenv(k, v)
+    mlnb('store', 'upgrade', cwd=root)
+    from mlnb.flags import set_rollout
+    from mlnb.loop import decisions, loop_status, record_decision, release_lease, take_lease
+    from mlnb.project import load_project
+    me, _ = take_lease(root)
+    other, row = take_lease(root)
+    assert me and other is None and row['holder'] == me and row['pid'] == os.getpid()
+    res = mlnb('loop', cwd=root)  # this test's process holds the lease
+    assert 'leased: another pass of `mlnb loop` holds the lease' in res.stdout and me in res.stdout, res.stdout
+    release_lease(root, me)
+    assert 'nothing: model \'demo\' has no champion yet' in mlnb('loop', cwd=root).stdout
+    p = load_project(root)
+    ro = set_rollout(p, 'demo:v2', 0.05, 'by hand')
+    record_decision(p, {'model': 'demo', 'rollout': ro['id'], 'action': 'wait', 'stage': 0.05, 'challenger': 'demo:v2', 'reason': 'waiting',
+                        'evidence': {'rows_needed': 120}})
+    assert [d['action'] for d in decisions(root, 'demo')] == ['nothing', 'wait'] and decisions(root, rollout=ro['id'])[0]['evidence'] == {'rows_needed': 120}
+    s = loop_status(p)
+    assert (s['rolling_out'], s['stage'], s['rows_needed'], s['lease']) == (True, '5%', 120, None)
