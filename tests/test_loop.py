@@ -1,7 +1,9 @@
-"""`mlnb loop` on the scaffolded churn project: the lease, the data guard on stale production data, the label guard on poisoned ground truth.
+"""`mlnb loop` on the scaffolded churn project: the lease, the data guard on stale production data, the label guard on poisoned ground
+truth, a better challenger taken through the stages to promotion; and the lease, decisions and status on a team's PostgreSQL.
 
-The champion is trained once by a real `mlnb run` (papermill kernels); the prediction log the loop reads is written as the service writes it,
-with the champion's own answers (its model and the project's exported feature function, in this process), and the ground truth beside it."""
+The champion is trained once by a real `mlnb run` (papermill kernels), weak on purpose (a stump) so that a retrained model beats it clearly;
+the prediction log the loop reads is written as the service writes it, with the models' own answers (their model and the project's exported
+feature function, in this process), and the ground truth beside it. No service runs: the live rollout is tested in tests/test_live_rollout.py."""
 import json, os, shutil, subprocess, sys, time, uuid
 
 import pandas as pd
