@@ -120,10 +120,10 @@ class RunState:
     show: Any # Progress.update, or nothing
     prog: Any # the Progress, or None
     about: dict = field(default_factory=dict) # how the run was asked for (profile, overrides): every step is told
+    hold: bool = False # a candidate the gate passes is held for a staged rollout, not made the champion
     queue: list = field(default_factory=list) # units ready to run, in order
     fans: dict = field(default_factory=dict) # step name -> _Fan
     reasons: dict = field(default_factory=dict) # skipped item -> why
-    hold: bool = False # a candidate the gate passes is held for a staged rollout, not made the champion
 
     def _hit(self, name: str, fp: str):
         "The cached (run id, outputs) of unit `name` with fingerprint `fp`, if its artifacts are all still there."
@@ -361,8 +361,9 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     result = RunResult(run_id, 'running')
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     run = RunState(plan, run_id, run_dir, led, st, result, {}, fps, inputs, contracts, package, force,
-                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})}, hold=hold)
+                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})})
     # with both of a team's stores shared, a Dask worker needs no copy of the project: each unit brings its files from the artifact store
+    run.hold = hold # `mlnb loop`: a candidate the gate passes waits for its staged rollout
     away = spec['name'] == 'dask' and st.fs is not None and not store_url(project.root).startswith('sqlite:')
     ex = LazyExecutor(lambda: start_executor(spec, pm_engine, None if away else root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
     packed = None
