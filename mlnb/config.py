@@ -319,7 +319,7 @@ def _sub(name: str, value: Any, defaults: Mapping) -> dict:
 class LoopConfig:
     "When `mlnb loop` retrains and how it rolls the challenger out, from `[tool.mlnb.loop]`."
     triggers: Mapping[str, Any] = field(default_factory=lambda: dict(_TRIGGERS)) # drift, performance (true/false), new_labels (rows or false), max_age (a window or false)
-    retrain: Mapping[str, Any] = field(default_factory=lambda: {'params': {}, 'profile': None}) # params of the retraining run (KEY or STEP.KEY -> value), profile
+    retrain: Mapping[str, Any] = field(default_factory=lambda: {'params': {}, 'profile': None, 'cooldown': '6h'}) # params of the retraining run (KEY or STEP.KEY -> value), profile, cooldown after a run the gate did not pass
     stages: tuple = _STAGES # the challenger's share of rows at each stage; "shadow" (first only): it answers beside the champion
     min_rows: int = 2000 # labelled rows of the challenger a stage needs before a decision
     min_time: str = '1h' # the least time a stage lasts
@@ -336,7 +336,9 @@ class LoopConfig:
         if t['max_age'] is not False:
             try: parse_since(t['max_age'])
             except UsageError: raise UsageError(f"[tool.mlnb.loop] triggers.max_age must be a window such as \"30d\" (s, m, h, d or w), or false, not {t['max_age']!r}.") from None
-        r = _sub('retrain', self.retrain, {'params': {}, 'profile': None})
+        r = _sub('retrain', self.retrain, {'params': {}, 'profile': None, 'cooldown': '6h'})
+        try: parse_since(r['cooldown'])
+        except UsageError: raise UsageError(f"[tool.mlnb.loop] retrain.cooldown must be a duration such as \"6h\", not {r['cooldown']!r}.") from None
         if not isinstance(r['params'], Mapping) or not all(isinstance(k, str) and re.fullmatch(r'([A-Za-z_]\w*\.)?[A-Za-z_]\w*', k) for k in r['params']):
             raise UsageError(f"[tool.mlnb.loop] retrain.params must be a table of parameters, KEY or STEP.KEY = value (e.g. {{ source = \"production\" }}), not {r['params']!r}.")
         if r['profile'] is not None and not (isinstance(r['profile'], str) and r['profile']):
