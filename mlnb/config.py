@@ -319,7 +319,7 @@ def _sub(name: str, value: Any, defaults: Mapping) -> dict:
 class LoopConfig:
     "When `mlnb loop` retrains and how it rolls the challenger out, from `[tool.mlnb.loop]`."
     triggers: Mapping[str, Any] = field(default_factory=lambda: dict(_TRIGGERS)) # drift, performance (true/false), new_labels (rows or false), max_age (a window or false)
-    retrain: Mapping[str, Any] = field(default_factory=lambda: {'params': {}, 'profile': None, 'cooldown': '6h'}) # params of the retraining run (KEY or STEP.KEY -> value), profile, cooldown after a run the gate did not pass
+    retrain: Mapping[str, Any] = field(default_factory=lambda: {'params': {}, 'profile': None, 'cooldown': '6h'}) # params of the retraining run (KEY or STEP.KEY -> value), profile, cooldown after a run the gate did not pass or a rollback
     stages: tuple = _STAGES # the challenger's share of rows at each stage; "shadow" (first only): it answers beside the champion
     min_rows: int = 2000 # labelled rows of the challenger a stage needs before a decision
     min_time: str = '1h' # the least time a stage lasts

@@ -173,6 +173,27 @@ def test_a_better_challenger_goes_through_the_stages_and_is_promoted(project):
     assert [a['action'] for a in alerts_sent(root)] == ['start', 'advance', 'promote']
 
 
+def test_a_broken_guardrail_rolls_the_challenger_back_at_once(project):
+    root, tag = project
+    toml = (root / 'pyproject.toml').read_text()
+    (root / 'pyproject.toml').write_text(toml.replace('guardrails = { agreement = 0.5 }', 'guardrails = { agreement = 0.99 }'))
+    write_log(root, {'champion': tag}, n=3000, seed=8)
+    first = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+    assert first['action'] == 'start', first
+    time.sleep(1.5)
+    write_log(root, {'champion': tag, 'challenger': first['challenger']}, n=300, mode='shadow', seed=9)
+    second = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+    assert second['action'] == 'rollback' and 'rolled back at once: agreement' in second['reason'] and 'at least 0.99' in second['reason'], second
+    assert second['evidence']['test'] == 'guardrails' and second['evidence']['threshold'] == {'agreement': 0.99}
+    assert flags(root)['rollout']['on'] is False and champion(root) == tag
+    gate = json.loads(mlnb('show', first['run_id'], '--json', cwd=root).stdout)['gates'][0]
+    assert gate['status'] == 'declined' and gate['outcome'].startswith('rolled back by `mlnb loop` in stage shadow')
+    assert [a['action'] for a in alerts_sent(root)] == ['start', 'rollback']
+    # the next pass finds no rollout; the trigger still fires, but the next retraining run waits for retrain.cooldown
+    after = json.loads(mlnb('loop', '--dry-run', '--json', cwd=root).stdout)
+    assert after['action'] == 'nothing' and f"the rollout of {first['challenger']} was rolled back" in after['reason'], after
+
+
 def test_the_lease_and_the_decisions_on_a_team_store(postgres, tmp_path, monkeypatch):
     "The same SQL on a team's PostgreSQL: a held lease makes `mlnb loop` name its holder and exit 0; decisions and the rollout state are shared."
     root = tmp_path / 'demo'
