@@ -167,7 +167,7 @@ def build(project: Project | None = None, # the project (default: the current on
     import mlnb.serving
     from mlnb.champions import champion
     from mlnb.contract import request_fields
-    from mlnb.export import ensure_exported
+    from mlnb.export import ensure_exported, package_hash
     from mlnb.ledger import Ledger, new_uid
     from mlnb.registry import model_info
     project = project or load_project()
@@ -194,6 +194,9 @@ def build(project: Project | None = None, # the project (default: the current on
     facts = model_facts(bentoml.sklearn.load_model(tag))
     variants = {'champion': {'model': tag}}
     ro = rollout(mode, share, key, challenger, fields)
+    names = [f['name'] for f in fields]
+    if cfg.rollout_key is not None and cfg.rollout_key not in names:
+        raise UsageError(f"[tool.mlnb.serve] rollout_key {cfg.rollout_key!r} is not a request field.{did_you_mean(cfg.rollout_key, names)} Fields: {', '.join(names)}.")
     segments = None
     if cfg.segment_by:
         if ro: raise UsageError("A Bento of segments cannot also roll out a challenger: build one or the other.")
@@ -241,7 +244,9 @@ def build(project: Project | None = None, # the project (default: the current on
               'variants': variants, 'rollout': ro, 'segments': segments, 'fallback': cfg.fallback, 'monitor': monitor,
               'feedback_log': cfg.feedback_log, 'kafka': dict(cfg.kafka), 'shutdown_grace_s': cfg.shutdown_grace_s,
               'auth': {'token_env': cfg.token_env, 'protect': list(cfg.protect)}, # the variable's name: the token never enters a Bento
-              'alerts': dict(project.settings.get('alerts', {})), 'metadata': meta}
+              'alerts': dict(project.settings.get('alerts', {})), 'metadata': meta,
+              'rollout_key': cfg.rollout_key or (ro or {}).get('key'), # the field that routes a live rollout's rows
+              'code': {'package': package_hash(project)}} # the exported code this Bento holds: a live challenger must have been trained with it
     (out / 'mlnb_service.json').write_text(json.dumps(config, indent=2))
     try:
         bento = bentoml.bentos.build('service:Service', name=cfg.model, build_ctx=str(out),

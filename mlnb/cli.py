@@ -17,8 +17,8 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'export', 'export_airflow', 'build', 'serve', 'verify', 'pull', 'reproduce', 'monitor', 'feedback', 'flag',
-           'report', 'lab', 'store', 'store_status', 'store_upgrade', 'store_push']
+           'loop', 'loop_status', 'export', 'export_airflow', 'build', 'serve', 'verify', 'pull', 'reproduce',
+           'monitor', 'feedback', 'flag', 'report', 'lab', 'store', 'store_status', 'store_upgrade', 'store_push']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -271,14 +271,19 @@ def history(name: str, segment: str | None, as_json: bool):
     "List every change of model NAME's champion (of every segment, or --segment): when, how (gate, manual, rollback), from which tag to which, by whom, why."
     from mlnb.project import load_project
     from mlnb.champions import history as get_history
-    data = get_history(name, load_project().root, segment=segment)
+    root = load_project().root
+    data = get_history(name, root, segment=segment)
+    from mlnb.loop import QUIET, decisions
+    loop = [d for d in decisions(root, name, limit=1000) if d['action'] not in QUIET] if not segment and not as_json else []
     if not data and not as_json:
         click.echo(f"Model '{name}' has never had a champion" + (f" for segment '{segment}'." if segment else "."))
-        return
+        if not loop: return
     live = lambda e: '' if not e else f"{e.get('reason') or ''} ({e.get('rows')} rows, {e.get('mode') or 'live'})"
     emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'segment', 'kind', 'from', 'to', 'by', 'why', 'run', 'live evidence'],
          [[_ago(h['at']), h['segment'], h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or '',
            live(h.get('evidence'))] for h in d]))
+    if loop: emit(loop, False, lambda d: _table(f"Decisions of `mlnb loop` for {name}, oldest first", ['when', 'action', 'stage', 'challenger', 'champion', 'why', 'run'],
+                  [[_ago(x['at']), x['action'], x['stage'] or '', x['challenger'] or '', x['champion'] or '', x['reason'], x['run_id'] or ''] for x in d]))
 
 @main.command()
 @click.argument('tag')
@@ -342,6 +347,37 @@ def lineage(tag: str, as_json: bool):
         t.add(f"{l['golden_examples']} golden examples")
         return t
     emit(lin, as_json, render)
+
+# %% ../nbs/37_cli.ipynb #9a1830a1
+@main.group(invoke_without_command=True)
+@click.option('--dry-run', is_flag=True, help='Say what the pass would do and why; change nothing.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the decision as JSON.')
+@click.pass_context
+def loop(ctx, dry_run: bool, as_json: bool):
+    "One pass of the loop: triggers, guarded retraining, the staged rollout's next step; each decision recorded in the ledger and alerted."
+    if ctx.invoked_subcommand is not None: return
+    from mlnb.loop import loop_pass
+    out = loop_pass(dry_run=dry_run)
+    if as_json: click.echo(json.dumps(out, indent=2, default=str))
+    else: click.echo(f"mlnb loop{' (dry run: nothing changed)' if dry_run else ''}: {out['action']}: {out['reason']}")
+    sent = out.get('alert_command')
+    if sent and not sent.get('ok'): click.secho(f"Error: {sent['message']}", fg='red', err=True)
+    if out['action'] == 'retrain_failed': sys.exit(1)
+
+@loop.command('status')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of text.')
+def loop_status(as_json: bool):
+    "Say what is rolling out, at which stage, the evidence so far and the rows still needed; and whether a pass holds the lease."
+    from mlnb.loop import lease_message, loop_status as status_of
+    s = status_of()
+    if as_json: return click.echo(json.dumps(s, indent=2, default=str))
+    ro, latest = s['rollout'], s['latest']
+    if s['rolling_out']:
+        click.echo(f"Rolling out {ro['challenger']} beside the champion {s['champion']}: stage {s['stage']} since {ro['at']} (rollout {ro['id']}).")
+    else: click.echo(f"No rollout going on: {s['champion'] or 'no model'} is the champion of '{s['model']}'.")
+    if latest: click.echo(f"Latest decision ({_ago(latest['at'])}): {latest['action']}: {latest['reason']}")
+    if s['rows_needed']: click.echo(f"Rows still needed: {s['rows_needed']} labelled rows.")
+    if s['lease']: click.echo(f"A pass is going on: {lease_message(s['lease']).split(': this pass')[0]}.")
 
 # %% ../nbs/37_cli.ipynb #606e9ea6
 @main.group()
@@ -516,16 +552,19 @@ def feedback(file: Path, model: str | None):
 
 # %% ../nbs/37_cli.ipynb #72924286
 @main.command()
-@click.argument('name', required=False, type=click.Choice(['fallback']))
+@click.argument('name', required=False, type=click.Choice(['fallback', 'rollout']))
 @click.argument('state', required=False, type=click.Choice(['on', 'off']))
 @click.option('--reason', default='', help='Why (kept in the file and shown by GET /metadata).')
 @click.option('--file', 'path', type=click.Path(path_type=Path), help='The flags file (default: [tool.mlnb.serve] flags in the project).')
+@click.option('--challenger', help='rollout on: the model tag the challenger is (name:version).')
+@click.option('--stage', help="rollout on: 'shadow', or the share of rows the challenger answers (0 < share <= 1).")
+@click.option('--id', 'rollout_id', help="rollout on: the rollout's id (default: the current one's for the same challenger, else a new one).")
 @click.option('--json', 'as_json', is_flag=True, help='Print the flags as JSON.')
 @click.option('--sync', is_flag=True, help="With a team's store: write its flags into the file now (`mlnb serve` keeps its file in step by itself).")
-def flag(name, state, reason, path, as_json, sync):
-    "Show the flags, or switch flag NAME (fallback) on or off for the running service (and, with a team's store, for every server the team runs)."
+def flag(name, state, reason, path, challenger, stage, rollout_id, as_json, sync):
+    "Show the flags, or switch flag NAME (fallback, or the rollout) on or off for the running service (and, with a team's store, for every server the team runs)."
     from mlnb.errors import ProjectError, UsageError
-    from mlnb.flags import flags_path, new_flag, read_flags, shared_store, store_flag, stored_flags, sync_flags, write_flags
+    from mlnb.flags import flags_path, read_flags, shared_store, store_flag, stored_flags, sync_flags, write_flags
     from mlnb.project import load_project
     from mlnb.store import masked, store_url
     try: project = load_project()
@@ -541,14 +580,39 @@ def flag(name, state, reason, path, as_json, sync):
     if name is None: flags = stored_flags(project.root) if team else read_flags(path)
     else:
         if state is None: raise UsageError(f"Say on or off: `mlnb flag {name} on`.")
-        try: read_flags(path)
-        except UsageError as e: click.secho(f"{e}\nReplacing it with a valid file that holds only flag {name}.", fg='yellow', err=True)
-        value = new_flag(state == 'on', reason)
+        if (challenger or stage or rollout_id) and (name, state) != ('rollout', 'on'):
+            raise UsageError("--challenger, --stage and --id go with `mlnb flag rollout on` (the rollout to start or advance).")
+        try: current = read_flags(path)
+        except UsageError as e:
+            click.secho(f"{e}\nReplacing it with a valid file that holds only flag {name}.", fg='yellow', err=True)
+            current = {}
+        value = _flag_value(name, state, reason, challenger, stage, rollout_id, current)
         if project is not None: store_flag(project.root, name, value) # the store first: it is never older than a file
         flags = write_flags(path, {name: value})
     where = f'store {masked(store_url(project.root))}; file {path}' if team else str(path)
     emit(flags, as_json, lambda d: _table(f'Flags ({where})', ['flag', 'state', 'since', 'by', 'reason'],
-         [[k, 'on' if v.get('on') else 'off', v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))
+         [[k, _flag_state(k, v), v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))
+
+def _flag_state(name: str, v: dict) -> str:
+    "A flag's state in words: on or off; for the rollout, which challenger answers which stage."
+    if name != 'rollout' or not v.get('on'): return 'on' if v.get('on') else 'off'
+    stage = 'in shadow' if v['stage'] == 'shadow' else f"answering {v['stage']:g} of rows"
+    return f"on: {v['challenger']} {stage} (rollout {v['id']})"
+
+def _flag_value(name: str, state: str, reason: str, challenger: str | None, stage: str | None, rollout_id: str | None, flags: dict) -> dict:
+    "The new state of flag `name` that `mlnb flag` writes (`flags`: the file's flags, for the rollout's id)."
+    from mlnb.errors import UsageError
+    from mlnb.flags import new_flag, rollout_state
+    if name != 'rollout': return new_flag(state == 'on', reason)
+    before = flags.get('rollout') or {}
+    if state == 'off': return rollout_state(before.get('challenger'), before.get('stage'), reason, before.get('id'), on=False)
+    if not challenger or not stage:
+        raise UsageError("`mlnb flag rollout on` needs --challenger TAG (the model to roll out) and --stage (shadow, or the share of rows it answers, e.g. 0.25).")
+    if stage != 'shadow':
+        try: stage = float(stage)
+        except ValueError: raise UsageError(f"--stage must be shadow or a number above 0 and at most 1 (the share of rows the challenger answers), not {stage!r}.") from None
+    if rollout_id is None and before.get('on') and before.get('challenger') == challenger: rollout_id = before['id']
+    return rollout_state(challenger, stage, reason, rollout_id)
 
 # %% ../nbs/37_cli.ipynb #9359cb5a
 @main.command()

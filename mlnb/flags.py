@@ -6,17 +6,20 @@ Docs: https://mlnb.github.io/mlnb/api/flags.html.md"""
 
 # %% ../nbs/12_flags.ipynb #a0be3cb2
 from __future__ import annotations
-import getpass, json, os, sys, tempfile, time
+import getpass, json, os, secrets, sys, tempfile, time
 from pathlib import Path
+from typing import Callable
 
 from .config import ServeConfig
 from .errors import StoreError, UsageError
+from .project import Project, load_project
 from .serving import parse_flags, read_flags_file
 from .store import Store, store_url
 
 # %% auto #0
 __all__ = ['flags_path', 'read_flags', 'new_flag', 'set_flag', 'write_flags', 'store_flag', 'stored_flags', 'shared_store',
-           'sync_flags', 'follow_flags']
+           'sync_flags', 'follow_flags', 'new_rollout_id', 'rollout_state', 'read_rollout', 'set_rollout',
+           'clear_rollout']
 
 # %% ../nbs/12_flags.ipynb #e72df8bf
 def flags_path(project) -> Path:
@@ -94,19 +97,24 @@ def shared_store(root: str | Path) -> bool:
     "Whether the project's store is a team's (PostgreSQL), whose flags are the truth the files follow."
     return not store_url(root).startswith('sqlite:')
 
-def sync_flags(root: str | Path, path: str | Path) -> bool:
+def sync_flags(root: str | Path, # the project root
+               path: str | Path, # the flags file
+               prepare: Callable[[dict], None] | None = None, # called with the store's flags before they are written (e.g. to fetch the rollout's challenger)
+              ) -> bool:
     "Make the flags file at `path` hold the store's flags; returns whether it changed."
     flags = stored_flags(root)
     if not flags: return False # nothing kept in the store yet: the file stays as it is
     try: now = read_flags(path)
     except UsageError: now = None
     if now == flags: return False
+    if prepare is not None: prepare(flags)
     write_flags(path, flags, replace=True)
     return True
 
 def follow_flags(root: str | Path, # the project root
                  path: str | Path, # the flags file a server reads
                  every: float = 2.0, # seconds between two looks at the store
+                 prepare: Callable[[dict], None] | None = None, # called with the store's flags before the file changes (see `sync_flags`)
                 ):
     "With a team's store: a function to call often that brings the file at `path` in step with the store (at most every `every` seconds). None with the project's own SQLite file, whose flags are the file's."
     if not shared_store(root): return None
@@ -115,10 +123,66 @@ def follow_flags(root: str | Path, # the project root
         if time.monotonic() < state['next']: return
         state['next'] = time.monotonic() + every
         try:
-            if sync_flags(root, path): print(f'mlnb serve: flags from the store written to {path}', file=sys.stderr)
+            if sync_flags(root, path, prepare): print(f'mlnb serve: flags from the store written to {path}', file=sys.stderr)
             state['warned'] = False
         except (StoreError, UsageError) as e:
             if not state['warned']: print(f'mlnb serve: the service keeps its flags as they are: {e}', file=sys.stderr)
             state['warned'] = True
     follow()
     return follow
+
+# %% ../nbs/12_flags.ipynb #84fc3b3b
+def _project(project_or_root: Project | str | Path) -> Project:
+    "The project `project_or_root` is, or holds."
+    return project_or_root if isinstance(project_or_root, Project) else load_project(project_or_root)
+
+def new_rollout_id() -> str:
+    "A new rollout's id: when it began (UTC) and four random bytes, e.g. 'r-20261205T214000-9f2c1a0b'."
+    return time.strftime('r-%Y%m%dT%H%M%S-', time.gmtime()) + secrets.token_hex(4)
+
+def rollout_state(challenger: str, # the challenger's model tag, 'name:version'
+                  stage: str | float, # 'shadow', or the share of rows the challenger answers (0 < share <= 1)
+                  reason: str = '', # why
+                  rollout_id: str | None = None, # the rollout's id (default: a new one)
+                  on: bool = True, # False: the rollout has ended (the champion answers alone)
+                 ) -> dict:
+    "The `rollout` entry of the flags, checked as the service checks it (a `UsageError` saying what is wrong)."
+    value = {'on': on, **({'challenger': challenger} if challenger is not None else {}), **({'stage': stage} if stage is not None else {}),
+             'id': rollout_id or new_rollout_id(), **{k: v for k, v in new_flag(on, reason).items() if k != 'on'}}
+    try: parse_flags(json.dumps({'rollout': value}))
+    except ValueError as e: raise UsageError(f"The rollout state cannot be set: {e}.") from None
+    return value
+
+def _keep_rollout(project: Project, value: dict) -> dict:
+    "Keep the rollout state `value` in the project's store, then write it into the project's flags file."
+    store_flag(project.root, 'rollout', value) # the store first: it is never older than a file
+    write_flags(flags_path(project), {'rollout': value})
+    return value
+
+def read_rollout(project_or_root: Project | str | Path, # the project (or a folder inside it)
+                ) -> dict | None:
+    "The project's rollout state (from the team's store when it is shared, else from the flags file), or None when none was ever set."
+    project = _project(project_or_root)
+    flags = stored_flags(project.root) if shared_store(project.root) else read_flags(flags_path(project))
+    return flags.get('rollout')
+
+def set_rollout(project_or_root: Project | str | Path, # the project (or a folder inside it)
+                challenger: str, # the challenger's model tag, 'name:version'
+                stage: str | float, # 'shadow', or the share of rows the challenger answers (0 < share <= 1)
+                reason: str = '', # why (kept with it, shown by `mlnb flag` and GET /metadata)
+                rollout_id: str | None = None, # the rollout's id (default: the current one's when it rolls out the same challenger, else a new one)
+               ) -> dict:
+    "Roll `challenger` out at `stage` in every service of the project, live; returns the rollout state written."
+    project = _project(project_or_root)
+    if rollout_id is None:
+        before = read_rollout(project) or {}
+        if before.get('on') and before.get('challenger') == challenger: rollout_id = before['id'] # the next stage of the same rollout
+    return _keep_rollout(project, rollout_state(challenger, stage, reason, rollout_id))
+
+def clear_rollout(project_or_root: Project | str | Path, # the project (or a folder inside it)
+                  reason: str = '', # why (kept with it)
+                 ) -> dict:
+    "End the rollout: the champion answers alone in every service of the project; returns the rollout state written."
+    project = _project(project_or_root)
+    before = read_rollout(project) or {}
+    return _keep_rollout(project, rollout_state(before.get('challenger'), before.get('stage'), reason, before.get('id'), on=False))

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from .champions import champion, check_segment, check_tag, current_champion, latest_evidence, set_champion
 from .config import GateConfig
 from .errors import MlnbError, UsageError
+from .export import package_hash
 from .ledger import Ledger, gate_row, git_state, package_versions
 from .notebook import context, record
 from .objects import fetch, install, local_models, push, staged, team_models
@@ -133,7 +134,8 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
                'fingerprint': ctx.get('fingerprint'), 'params': ctx.get('params', {}), 'upstream': ctx.get('upstream', {}),
                'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []),
                'windows': ctx.get('windows', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
-               'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None, 'segment': segment or None}
+               'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None, 'segment': segment or None,
+               'package': ctx.get('package') or package_hash(load_project(root))} # the exported code it was trained with (a live rollout compares it)
     if hand is not None: lineage.update(notebook=hand['notebook'], upstream_runs=hand['upstream_runs'])
     contract_text = ''
     if contract is not None:

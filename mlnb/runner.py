@@ -120,6 +120,7 @@ class RunState:
     show: Any # Progress.update, or nothing
     prog: Any # the Progress, or None
     about: dict = field(default_factory=dict) # how the run was asked for (profile, overrides): every step is told
+    hold: bool = False # a candidate the gate passes is held for a staged rollout, not made the champion
     queue: list = field(default_factory=list) # units ready to run, in order
     fans: dict = field(default_factory=dict) # step name -> _Fan
     reasons: dict = field(default_factory=dict) # skipped item -> why
@@ -135,7 +136,7 @@ class RunState:
         windows = {n: o['production_window'] for n, o in self.outputs.items() if isinstance(o, dict) and isinstance(o.get('production_window'), dict)}
         read = {n: {k: v for k, v in files.items() if k == ALWAYS} if n in windows else files for n, files in self.inputs.items()}
         ctx = step_context(self.plan, s, self.run_id, self.fps, read, self.contracts)
-        return {**ctx, 'windows': {n: w for n, w in windows.items() if n in ctx['upstream']}, **self.about}
+        return {**ctx, 'package': self.package, 'windows': {n: w for n, w in windows.items() if n in ctx['upstream']}, **self.about}
 
     def _upstream_runs(self, s: PlannedStep) -> dict:
         "Needed step -> the run whose outputs `s` is given (this one, or the one a cached step came from)."
@@ -305,7 +306,7 @@ class RunState:
         result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values() if r.parent is None) else 'ok'
         ok = result.status == 'ok'
         return self.led.finish_run(self.run_id, result.status, None if result.error is None else str(result.error),
-                                   within=lambda db: settle_gates(db, self.run_id, ok))
+                                   within=lambda db: settle_gates(db, self.run_id, ok, hold=self.hold))
 
     def abort(self, e: BaseException) -> list[dict]:
         "End a run that stopped (an exception, Ctrl+C, SIGTERM): its running steps and the run failed, no gate decision applied."
@@ -328,6 +329,8 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                  executor: str | None = None, # 'local' (default) or 'dask'
                  address: str | None = None, # the Dask scheduler, 'tcp://HOST:PORT' (default: a LocalCluster for the run)
                  replay: Mapping[str, dict] | None = None, # step -> the production window it reads again from its snapshot (`mlnb reproduce`)
+                 reason: str | None = None, # why the run is made, kept in the ledger (`mlnb loop` names its trigger)
+                 hold: bool = False, # a candidate the gate passes is held ('held') for a staged rollout instead of becoming the champion
                 ) -> RunResult:
     "Run the pipeline of `project`, recording everything in the ledger; returns how each step (and each item) ended."
     # 1. the plan, and every setting it runs with, checked before anything starts
@@ -363,7 +366,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         run_dir = project.state / 'runs' / run_id
         run_dir.mkdir(parents=True)
         led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine,
-                      executor=spec['name'], force=force)
+                      executor=spec['name'], force=force, reason=reason)
     except BaseException:
         stop_kernels(); _restore_sigterm(old_term)
         raise
@@ -373,6 +376,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                    prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})},
                    only=dict(only))
     # with both of a team's stores shared, a Dask worker needs no copy of the project: each unit brings its files from the artifact store
+    run.hold = hold # `mlnb loop`: a candidate the gate passes waits for its staged rollout
     away = spec['name'] == 'dask' and st.fs is not None and not store_url(project.root).startswith('sqlite:')
     ex = LazyExecutor(lambda: start_executor(spec, pm_engine, None if away else root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
     packed = None

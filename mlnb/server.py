@@ -8,6 +8,7 @@ Docs: https://mlnb.github.io/mlnb/api/server.html.md"""
 from __future__ import annotations
 import os, shutil, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
+from typing import Callable
 
 from .bento import check_served, latest_build
 from .config import ServeConfig
@@ -16,7 +17,7 @@ from .flags import follow_flags
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['free_port', 'launch', 'stop_group', 'Server', 'serve', 'exposure']
+__all__ = ['free_port', 'launch', 'stop_group', 'Server', 'fetch_challenger', 'serve', 'exposure']
 
 # %% ../nbs/28_server.ipynb #60b14cbd
 def free_port(host: str = '127.0.0.1') -> int:
@@ -173,6 +174,19 @@ def _stop_adopted(grace: float):
     while _descendants(os.getpid()) and time.monotonic() < deadline + 5:
         _reap(); time.sleep(0.05)
 
+def fetch_challenger(root: str | Path, # the project
+                    ) -> Callable[[dict], None]:
+    "A `prepare` for `follow_flags`: bring the challenger the flags roll out from the team's artifact store into the local model store, where the service loads it."
+    def prepare(flags: dict):
+        ro = flags.get('rollout') or {}
+        if not (ro.get('on') and ro.get('challenger')): return
+        from mlnb.objects import ensure
+        try: found = ensure(ro['challenger'], 'model', root)
+        except Exception as e: found, why = False, f'({type(e).__name__}: {e})'
+        else: why = "(it is in neither this machine's model store nor the team's artifact store)"
+        if not found: print(f"mlnb serve: the rollout's challenger {ro['challenger']} cannot be fetched {why}; the service answers with its champion alone", file=sys.stderr)
+    return prepare
+
 def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3000, bento: str | None = None,
           insecure: bool = False, # beyond loopback, serve without the bearer token (see `exposure`)
          ) -> int:
@@ -189,7 +203,7 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
     absolute = lambda p: str(p) if '://' in str(p) or Path(p).is_absolute() else str(project.root / p)
     env = {**os.environ, 'MLNB_PREDICTION_LOG': absolute(cfg.prediction_log), 'MLNB_FLAGS': absolute(cfg.flags),
            'MLNB_SHUTDOWN_GRACE_S': str(cfg.shutdown_grace_s), **exposure(cfg, host, insecure)}
-    follow = follow_flags(project.root, env['MLNB_FLAGS']) # with a team's store, the flags file follows the store's flags
+    follow = follow_flags(project.root, env['MLNB_FLAGS'], prepare=fetch_challenger(project.root)) # with a team's store, the flags file follows the store's flags
     _adopt_orphans() # a worker left by a killed `bentoml serve` becomes this process's child: it is waited for, or stopped
     proc = launch(bento, host, port, env)
     asked = []

@@ -12,11 +12,12 @@ from .requests import *
 from .predict import *
 from .batching import *
 from .rollout import *
+from .live import *
 from .logs import *
 from .runtime import *
 from .process import *
 from .http import *
 from .app import *
-from . import requests, predict, batching, rollout, logs, runtime, process, http, app
+from . import requests, predict, batching, rollout, live, logs, runtime, process, http, app
 
-__all__ = list(dict.fromkeys(n for m in (requests, predict, batching, rollout, logs, runtime, process, http, app) for n in m.__all__)) # the public names of every module
+__all__ = list(dict.fromkeys(n for m in (requests, predict, batching, rollout, live, logs, runtime, process, http, app) for n in m.__all__)) # the public names of every module

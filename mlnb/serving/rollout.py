@@ -54,9 +54,34 @@ def _kind(v) -> str:
     if isinstance(v, bool) or v is None: return json.dumps(v)
     return {int: 'a number', float: 'a number', str: 'a string', list: 'a list', dict: 'an object'}.get(type(v), type(v).__name__)
 
+_ROLLOUT_KEYS = {'on': bool, 'challenger': str, 'stage': (str, int, float), 'id': str, 'reason': str, 'at': str, 'by': str}
+_TAG = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}')
+
+def _check_rollout(flag: dict):
+    "Raise a `ValueError` saying what is wrong with the `rollout` entry `flag` (see `parse_flags`)."
+    unknown = [k for k in flag if k not in _ROLLOUT_KEYS]
+    if unknown: raise ValueError(f"flag 'rollout' has {', '.join(repr(k[:70]) for k in unknown[:3])}; the rollout has only on, challenger, stage, id, reason, at and by")
+    if 'on' not in flag: raise ValueError('flag \'rollout\' has no "on" (true: the challenger answers its stage; false: the champion alone)')
+    for k, t in _ROLLOUT_KEYS.items():
+        if k not in flag or k == 'stage': continue
+        if type(flag[k]) is not t: raise ValueError(f"flag 'rollout': {k} is {_kind(flag[k])}, not {'true or false' if t is bool else 'a string'}")
+        if t is str and len(flag[k]) > 1000: raise ValueError(f"flag 'rollout': {k} is longer than 1000 characters")
+    if flag['on']:
+        missing = [k for k in ('challenger', 'stage', 'id') if k not in flag]
+        if missing: raise ValueError(f"flag 'rollout' is on without {' and '.join(missing)}: an active rollout names its challenger (a model tag), its stage and its id")
+    if 'challenger' in flag and not _TAG.fullmatch(flag['challenger']):
+        raise ValueError(f"flag 'rollout': challenger {flag['challenger'][:140]!r} is not a model tag like 'churn:5hxbqmrv2o3gk' (name:version, the version written out)")
+    if 'id' in flag and not flag['id'].strip(): raise ValueError("flag 'rollout': id is empty; give the rollout an id")
+    if 'stage' in flag:
+        s = flag['stage']
+        if isinstance(s, str):
+            if s != 'shadow': raise ValueError(f"flag 'rollout': stage is {s[:70]!r}; a stage is \"shadow\" or the share of rows the challenger answers (0 < share <= 1)")
+        elif type(s) not in (int, float) or not 0 < s <= 1:
+            raise ValueError(f"flag 'rollout': stage is {s if type(s) in (int, float) else _kind(s)}; a stage is \"shadow\" or the share of rows the challenger answers, above 0 and at most 1")
+
 def parse_flags(data: bytes | str, # the text of a flags file
                ) -> dict:
-    "The flags in `data`, checked: a JSON object of flag name -> {'on': bool, 'reason', 'at', 'by': str}; a `ValueError` saying what is wrong."
+    "The flags in `data`, checked: a JSON object of flag name -> {'on': bool, 'reason', 'at', 'by': str}, and the `rollout` entry (see below); a `ValueError` saying what is wrong."
     if isinstance(data, str): data = data.encode('utf-8')
     if len(data) > FLAGS_MAX_BYTES: raise ValueError(f'it is larger than {FLAGS_MAX_BYTES} bytes, which no flags file is')
     if not data.strip(): raise ValueError('it is empty')
@@ -67,6 +92,8 @@ def parse_flags(data: bytes | str, # the text of a flags file
     for name, flag in doc.items():
         if not _FLAG_NAME.fullmatch(name): raise ValueError(f'{name[:70]!r} is not a flag name (a letter or _, then letters, digits, _ . -; at most 64)')
         if not isinstance(flag, dict): raise ValueError(f'flag {name!r} is {_kind(flag)}, not an object like {{"on": true, "reason": "..."}}')
+        if name == 'rollout':
+            _check_rollout(flag); continue
         unknown = [k for k in flag if k not in _FLAG_KEYS]
         if unknown: raise ValueError(f"flag {name!r} has {', '.join(repr(k[:70]) for k in unknown[:3])}; a flag has only on, reason, at and by")
         if 'on' not in flag: raise ValueError(f'flag {name!r} has no "on" (true or false)')

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .requests import dumps, each_json, to_frame
 from .predict import Fallback, Predictor
 from .batching import Batcher
+from .live import LiveRollout, Stage
 from .rollout import Flag, LimitSwitch, Rates, Shadow, limit_value, route, run_alert
 from .logs import JsonLinesLog, log, log_path, open_feedback_log, open_log, store_feedback
 
@@ -51,7 +52,8 @@ class Runtime:
         self.tags = {name: v['model'] for name, v in variants.items()}
         self.kind = next(iter(self.predictors.values())).kind
         self.fallback = Fallback(fallback, self.kind, config.get('classes'), chunk) if fallback is not None else None
-        self.flag = Flag(os.environ.get('MLNB_FLAGS') or config.get('flags'))
+        flags = os.environ.get('MLNB_FLAGS') or config.get('flags')
+        self.flag = Flag(flags)
         size, kafka = config.get('log_max_bytes', 256 * 1024 * 1024), config.get('kafka')
         self.log = log if log is not None else open_log(log_path(config), size, kafka)
         self.feedback_log = open_feedback_log(config, self.log.path if self.log is not None else None)
@@ -60,7 +62,11 @@ class Runtime:
         self.switch = LimitSwitch(self.rates, mon.get('fallback_leave', 0.02), mon.get('fallback_dwell', 30.0))
         self.limit_fallback, self.alerts = bool(mon.get('fallback_on_action_limit')), config.get('alerts') or {}
         self.alerting = Shadow(self._alert, every=0) # the alert command's runs, one after the other, in order, off the response path
-        self.shadow = Shadow(self._shadow) if (config.get('rollout') or {}).get('mode') == 'shadow' else None
+        self.shadowing = (config.get('rollout') or {}).get('mode') == 'shadow' # the Bento's own challenger predicts in shadow
+        self.shadow = Shadow(self._shadow) # its thread starts with the first shadow prediction
+        # the rollout of the flags, followed live: the Bento's own challenger needs no loading
+        self.live_rollout = LiveRollout(config, flags, transform, {self.tags[n]: p for n, p in self.predictors.items() if n == 'challenger'})
+        if flags: self.live_rollout.start()
         self.batcher = Batcher(self._work, chunk, after=self._after)
 
     async def predict(self, rows: list, # validated rows
@@ -70,8 +76,8 @@ class Runtime:
         status, body, *_ = await self.batcher.submit((rows, variant, None), len(rows))
         return status, body
 
-    def _answer(self, frame: 'pd.DataFrame', names: 'np.ndarray') -> tuple[list, dict, list]:
-        "Answers (with their model tag and variant), errors by row, and each row's answer by a model (for the action limits)."
+    def _answer(self, frame: 'pd.DataFrame', names: 'np.ndarray', stage: Stage | None = None) -> tuple[list, dict, list]:
+        "Answers (with their model tag and variant), errors by row, and each row's answer by a model (for the action limits); a live `stage` names the challenger."
         import numpy as np
         n = len(frame)
         out, errors, models = [None] * n, {}, [None] * n
@@ -79,9 +85,10 @@ class Runtime:
         for name in dict.fromkeys(names.tolist()):
             idx = np.flatnonzero(names == name)
             part = frame if len(idx) == n else frame.iloc[idx]
-            who = self.fallback if name == 'fallback' else self.predictors[name]
+            live = stage is not None and name == 'challenger'
+            who = self.fallback if name == 'fallback' else stage.predictor if live else self.predictors[name]
             got, errs = who.predict(part)
-            tag = 'fallback' if name == 'fallback' else self.tags[name]
+            tag = 'fallback' if name == 'fallback' else stage.challenger if live else self.tags[name]
             for j, a in enumerate(got):
                 if a is not None:
                     out[idx[j]] = {**a, 'model': tag, '_variant': name}
@@ -133,12 +140,15 @@ class Runtime:
              ) -> list[tuple]:
         frame = to_frame([r for rows, *_ in payloads for r in rows], self.fields)
         rids = [f'{rid}-{n}' for rows, _, given in payloads for rid in [given or uuid.uuid4().hex[:20]] for n in range(len(rows))]
-        names = route(frame, self.config, rids)
+        import numpy as np
+        governs, stage = self.live_rollout.plan # one state for the whole batch, old or new
+        names = (stage.route(frame, self.live_rollout.key, rids) if stage is not None else np.full(len(frame), 'champion', dtype=object)) if governs \
+            else route(frame, self.config, rids)
         start = 0
         for rows, forced, _ in payloads:
             if forced is not None: names[start:start + len(rows)] = forced
             start += len(rows)
-        out, errors, models = self._answer(frame, names)
+        out, errors, models = self._answer(frame, names, stage if governs else None)
         results, start, counted = [], 0, []
         for rows, *_ in payloads:
             end = start + len(rows)
@@ -149,7 +159,8 @@ class Runtime:
                 preds = each_json([{k: v for k, v in a.items() if k not in ('model', '_variant')} for a in outs])
                 tags = {t: dumps(t) for t in {a['model'] for a in outs}}
                 body = '[' + ','.join(f'{{"request_id":"{rid}",{p},"model":{tags[a["model"]]}}}' for rid, p, a in zip(ids, preds, outs)) + ']'
-                results.append((200, body.encode(), frame, [(start + j, rid, a['_variant'], a['model'], p) for j, (rid, p, a) in enumerate(zip(ids, preds, outs))]))
+                results.append((200, body.encode(), frame, [(start + j, rid, a['_variant'], a['model'], p) for j, (rid, p, a) in enumerate(zip(ids, preds, outs))],
+                                (governs, stage)))
                 counted += [a for a in models[start:end] if a is not None]
             start = end
         if counted: self.rates.add(counted)
@@ -170,20 +181,25 @@ class Runtime:
         rows = [row for r in ok for row in r[3]]
         ts = dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
         if self.log is not None: self.log.write(self._lines(frame, rows, ts))
-        if self.shadow is not None:
+        governs, stage = ok[0][4]
+        if governs: shadow = (stage.predictor, stage.challenger) if stage is not None and stage.share is None else None
+        else: shadow = (self.predictors['challenger'], self.tags['challenger']) if self.shadowing else None
+        if shadow is not None:
             mine = [r for r in rows if r[2] == 'champion']
-            if mine: self.shadow.submit((frame, [r[0] for r in mine], [r[1] for r in mine]))
+            if mine: self.shadow.submit((frame, [r[0] for r in mine], [r[1] for r in mine], *shadow))
 
     def _shadow(self, items):
         "The challenger's predictions for rows the champion answered (all the batches waiting, in one call), into the log."
         import pandas as pd
-        part = pd.concat([frame.iloc[idx] for frame, idx, _ in items], ignore_index=True)
-        rids = [rid for _, _, ids in items for rid in ids]
-        got, _ = self.predictors['challenger'].predict(part)
-        ts = dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
-        done = [(j, rid, a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
-        rows = [(j, rid, 'challenger', self.tags['challenger'], p) for (j, rid, _), p in zip(done, each_json([a for *_, a in done]))]
-        if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
+        for tag in dict.fromkeys(it[4] for it in items): # the challenger of each stage the items were answered in
+            mine = [it for it in items if it[4] == tag]
+            part = pd.concat([frame.iloc[idx] for frame, idx, *_ in mine], ignore_index=True)
+            rids = [rid for _, _, ids, *_ in mine for rid in ids]
+            got, _ = mine[0][3].predict(part)
+            ts = dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
+            done = [(j, rid, a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
+            rows = [(j, rid, 'challenger', tag, p) for (j, rid, _), p in zip(done, each_json([a for *_, a in done]))]
+            if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
 
     def live(self) -> dict:
         "What GET /metadata adds to the static metadata: variants, rollout, segments, and the fallback's state."
@@ -195,7 +211,8 @@ class Runtime:
                              'action_limit_since': _iso(self.switch.since),
                              'action_limit_holding': dict(self.switch.holding), 'action_limit_episodes': self.switch.episodes,
                              'action_limit_leave': {'margin': self.switch.margin, 'dwell_s': self.switch.dwell}},
-                'shadow': None if self.shadow is None else {'done': self.shadow.done, 'skipped': self.shadow.skipped},
+                'shadow': {'done': self.shadow.done, 'skipped': self.shadow.skipped} if self.shadowing or self.shadow.done or self.shadow.skipped else None,
+                'live_rollout': self.live_rollout.describe(),
                 'events': None if self.log is None else {'log': str(self.log.path), 'written': self.log.written, 'lost': self.log.lost,
                                                          'delivered': getattr(self.log, 'delivered', None),
                                                          'undelivered': getattr(self.log, 'undelivered', self.log.failures)}}
@@ -212,6 +229,7 @@ class Runtime:
 
     def close(self):
         "Make the shadow predictions still waiting, send the alerts still waiting (5 s at most), and hand what the logs hold to their file or topic."
-        if self.shadow is not None and not self.shadow.drain(): log.warning('stopping with %d shadow predictions not made', self.shadow.pending)
+        self.live_rollout.stop()
+        if not self.shadow.drain(): log.warning('stopping with %d shadow predictions not made', self.shadow.pending)
         if not self.alerting.drain(5.0): log.warning('stopping with %d action-limit alerts not sent', self.alerting.pending)
         for lg in {id(x): x for x in (self.log, self.feedback_log) if x is not None}.values(): lg.close()
