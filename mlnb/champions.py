@@ -165,12 +165,14 @@ def rollback(name: str, root: str | Path | None = None,
 # %% ../nbs/17_champions.ipynb #499dc229
 _OUTCOMES = {'applied': 'now the champion (was {champion})',
              'declined': 'not promoted by the gate; the champion is unchanged',
+             'held': 'passed the gate and held for a staged rollout (`mlnb loop`); the champion is unchanged until the rollout promotes it',
              'stale': 'but the champion changed while the run was going (to {current}), so it was not promoted: run again',
              'run_failed': 'but the run did not succeed, so nothing was promoted and the champion is unchanged'}
 
 def settle_gates(db: Tx, # the ledger, inside the transaction that finishes the run
                  run_id: str, # the run
                  run_ok: bool, # whether every step of the run succeeded
+                 hold: bool = False, # a candidate the gate passes is held for a staged rollout, not made the champion
                 ) -> list[dict]:
     "Apply the pending gate decisions of `run_id` (promote only if `run_ok`) and mark what became of each; returns them."
     out = []
@@ -180,6 +182,7 @@ def settle_gates(db: Tx, # the ledger, inside the transaction that finishes the 
         if not run_ok: status = 'run_failed'
         elif not g['promote']: status = 'declined'
         elif current != g['champion']: status = 'stale'
+        elif hold: status = 'held'
         else:
             move_champion(db, g['candidate'], 'gate', g['reason'], run_id, current, segment)
             status = 'applied'

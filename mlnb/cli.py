@@ -17,8 +17,8 @@ from .errors import MlnbError
 
 # %% auto #0
 __all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'build', 'serve', 'verify', 'pull', 'reproduce', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store',
-           'store_status', 'store_upgrade', 'store_push']
+           'loop', 'loop_status', 'export', 'export_airflow', 'build', 'serve', 'verify', 'pull', 'reproduce',
+           'monitor', 'feedback', 'flag', 'report', 'lab', 'store', 'store_status', 'store_upgrade', 'store_push']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -128,7 +128,7 @@ def _fan_text(r: dict) -> str:
 @click.option('-q', '--quiet', is_flag=True, help='No progress output.')
 @click.option('--explain', is_flag=True, help='Then say for each step whether it was cached and, if it ran, what changed.')
 def run(steps: tuple[str, ...], profile, params, force, jobs, engine, executor, address, quiet, explain):
-    "Run the pipeline, or the named STEPS and what they need."
+    "Run the pipeline, or the named STEPS and what they need; a STEP may be one item of a fanned-out step: 'train[segment=north]'."
     from mlnb.runner import run_pipeline
     res = run_pipeline(targets=steps, profile=profile, overrides=params, force=force, jobs=jobs, engine=engine,
                        progress='quiet' if quiet else 'auto', executor=executor, address=address)
@@ -271,14 +271,19 @@ def history(name: str, segment: str | None, as_json: bool):
     "List every change of model NAME's champion (of every segment, or --segment): when, how (gate, manual, rollback), from which tag to which, by whom, why."
     from mlnb.project import load_project
     from mlnb.champions import history as get_history
-    data = get_history(name, load_project().root, segment=segment)
+    root = load_project().root
+    data = get_history(name, root, segment=segment)
+    from mlnb.loop import QUIET, decisions
+    loop = [d for d in decisions(root, name, limit=1000) if d['action'] not in QUIET] if not segment and not as_json else []
     if not data and not as_json:
         click.echo(f"Model '{name}' has never had a champion" + (f" for segment '{segment}'." if segment else "."))
-        return
+        if not loop: return
     live = lambda e: '' if not e else f"{e.get('reason') or ''} ({e.get('rows')} rows, {e.get('mode') or 'live'})"
     emit(data, as_json, lambda d: _table(f"Champions of {name}, oldest first", ['when', 'segment', 'kind', 'from', 'to', 'by', 'why', 'run', 'live evidence'],
          [[_ago(h['at']), h['segment'], h['kind'], h['previous'] or '-', h['tag'], h['by'] or '', h['reason'] or '', h['run_id'] or '',
            live(h.get('evidence'))] for h in d]))
+    if loop: emit(loop, False, lambda d: _table(f"Decisions of `mlnb loop` for {name}, oldest first", ['when', 'action', 'stage', 'challenger', 'champion', 'why', 'run'],
+                  [[_ago(x['at']), x['action'], x['stage'] or '', x['challenger'] or '', x['champion'] or '', x['reason'], x['run_id'] or ''] for x in d]))
 
 @main.command()
 @click.argument('tag')
@@ -342,6 +347,60 @@ def lineage(tag: str, as_json: bool):
         t.add(f"{l['golden_examples']} golden examples")
         return t
     emit(lin, as_json, render)
+
+# %% ../nbs/37_cli.ipynb #9a1830a1
+@main.group(invoke_without_command=True)
+@click.option('--dry-run', is_flag=True, help='Say what the pass would do and why; change nothing.')
+@click.option('--json', 'as_json', is_flag=True, help='Print the decision as JSON.')
+@click.pass_context
+def loop(ctx, dry_run: bool, as_json: bool):
+    "One pass of the loop: triggers, guarded retraining, the staged rollout's next step; each decision recorded in the ledger and alerted."
+    if ctx.invoked_subcommand is not None: return
+    from mlnb.loop import loop_pass
+    out = loop_pass(dry_run=dry_run)
+    if as_json: click.echo(json.dumps(out, indent=2, default=str))
+    else: click.echo(f"mlnb loop{' (dry run: nothing changed)' if dry_run else ''}: {out['action']}: {out['reason']}")
+    sent = out.get('alert_command')
+    if sent and not sent.get('ok'): click.secho(f"Error: {sent['message']}", fg='red', err=True)
+    if out['action'] == 'retrain_failed': sys.exit(1)
+
+@loop.command('status')
+@click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of text.')
+def loop_status(as_json: bool):
+    "Say what is rolling out, at which stage, the evidence so far and the rows still needed; and whether a pass holds the lease."
+    from mlnb.loop import lease_message, loop_status as status_of
+    s = status_of()
+    if as_json: return click.echo(json.dumps(s, indent=2, default=str))
+    ro, latest = s['rollout'], s['latest']
+    if s['rolling_out']:
+        click.echo(f"Rolling out {ro['challenger']} beside the champion {s['champion']}: stage {s['stage']} since {ro['at']} (rollout {ro['id']}).")
+    else: click.echo(f"No rollout going on: {s['champion'] or 'no model'} is the champion of '{s['model']}'.")
+    if latest: click.echo(f"Latest decision ({_ago(latest['at'])}): {latest['action']}: {latest['reason']}")
+    if s['rows_needed']: click.echo(f"Rows still needed: {s['rows_needed']} labelled rows.")
+    if s['lease']: click.echo(f"A pass is going on: {lease_message(s['lease']).split(': this pass')[0]}.")
+
+# %% ../nbs/37_cli.ipynb #606e9ea6
+@main.group()
+def export():
+    "Write the project's pipeline for an orchestrator."
+
+@export.command('airflow')
+@click.argument('steps', nargs=-1)
+@click.option('--out', type=click.Path(path_type=Path), help="Folder to write mlnb_<name>.py into (default: Airflow's DAG folder from "
+              "AIRFLOW__CORE__DAGS_FOLDER or $AIRFLOW_HOME/dags, else the working directory).")
+@click.option('--profile', help='Profile every task runs with (from [tool.mlnb.profiles]).')
+@click.option('-p', '--param', 'params', multiple=True, metavar='KEY=VALUE', help='A parameter every task runs with, as in `mlnb run`. Repeatable.')
+@click.option('--engine', default=None, help="The papermill engine every task runs with: 'kernel', 'fast', or an engine name.")
+@click.option('--mlnb', 'command', metavar='PATH', help="The mlnb the tasks run (default: this environment's, an absolute path).")
+@click.option('--schedule', help='The pipeline DAG\'s schedule: cron or an Airflow preset such as @daily (default: only when triggered).')
+@click.option('--loop-schedule', default='@hourly', show_default=True, help='The schedule of the DAG that runs `mlnb loop`.')
+def export_airflow(steps: tuple[str, ...], out, profile, params, engine, command, schedule, loop_schedule):
+    "Write an Airflow 3 DAG file: a task per step (and fan-out item) of the pipeline, or of STEPS and what they need, and `mlnb loop` on a schedule."
+    from mlnb.airflow import export_airflow as write
+    path = write(targets=steps, out=out, profile=profile, overrides=params, engine=engine, mlnb=command, schedule=schedule,
+                 loop_schedule=loop_schedule)
+    click.echo(f"Wrote {path}: DAGs mlnb_{path.stem[5:]}_pipeline and mlnb_{path.stem[5:]}_loop.")
+
 
 # %% ../nbs/37_cli.ipynb #2ab63972
 @main.command()

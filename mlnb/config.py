@@ -14,7 +14,7 @@ from .errors import UsageError, did_you_mean
 
 # %% auto #0
 __all__ = ['TABLES', 'known_keys', 'parse_since', 'ServeConfig', 'GateConfig', 'MonitorConfig', 'AlertsConfig', 'DaskConfig',
-           'check_tables']
+           'LoopConfig', 'check_tables']
 
 # %% ../nbs/05_config.ipynb #8b8068e4
 _RETIRED = {('serve', 'max_latency_ms'): 'is no longer used (a request is predicted as soon as the model is free): remove it'}
@@ -297,8 +297,91 @@ class DaskConfig:
         "Read and check `[tool.mlnb.dask]` from the `[tool.mlnb]` table `settings`."
         return cls(**known_keys('dask', settings.get('dask', {}), cls))
 
+# %% ../nbs/05_config.ipynb #f084bd82
+_STAGES = ('shadow', 0.05, 0.25, 0.5, 1.0)
+_TRIGGERS = {'drift': True, 'performance': True, 'new_labels': False, 'max_age': False}
+_GUARDRAILS = {'p99_ratio': 1.5, 'error_rate': 0.001, 'agreement': 0.8}
+_DECIDE = {'alpha': 0.05, 'min_effect': 0.005, 'power': 0.8, 'rule': 'better'}
+_GUARD = {'label_shift': 0.2, 'labelled_share': 0.0, 'unknown_labels': 0.05}
+
+def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _sub(name: str, value: Any, defaults: Mapping) -> dict:
+    "The sub-table `name` of `[tool.mlnb.loop]` over its `defaults`, its keys checked."
+    if not isinstance(value, Mapping):
+        raise UsageError(f"[tool.mlnb.loop] {name} must be a table such as {name} = {{ {', '.join(f'{k} = ...' for k in defaults)} }}, not {value!r}.")
+    for k in value:
+        if k not in defaults:
+            raise UsageError(f"[tool.mlnb.loop] {name} has an unknown key '{k}'.{did_you_mean(str(k), list(defaults))} Known keys: {', '.join(defaults)}.")
+    return {**defaults, **value}
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    "When `mlnb loop` retrains and how it rolls the challenger out, from `[tool.mlnb.loop]`."
+    triggers: Mapping[str, Any] = field(default_factory=lambda: dict(_TRIGGERS)) # drift, performance (true/false), new_labels (rows or false), max_age (a window or false)
+    retrain: Mapping[str, Any] = field(default_factory=lambda: {'params': {}, 'profile': None, 'cooldown': '6h'}) # params of the retraining run (KEY or STEP.KEY -> value), profile, cooldown after a run the gate did not pass or a rollback
+    stages: tuple = _STAGES # the challenger's share of rows at each stage; "shadow" (first only): it answers beside the champion
+    min_rows: int = 2000 # labelled rows of the challenger a stage needs before a decision
+    min_time: str = '1h' # the least time a stage lasts
+    guardrails: Mapping[str, float] = field(default_factory=lambda: dict(_GUARDRAILS)) # p99_ratio (at most), error_rate (at most), agreement (at least)
+    decide: Mapping[str, Any] = field(default_factory=lambda: dict(_DECIDE)) # alpha, min_effect, power, rule ('better' or 'not_worse')
+    guard: Mapping[str, float] = field(default_factory=lambda: dict(_GUARD)) # label_shift, labelled_share, unknown_labels
+
+    def __post_init__(self):
+        t = _sub('triggers', self.triggers, _TRIGGERS)
+        for k in ('drift', 'performance'):
+            if not isinstance(t[k], bool): raise UsageError(f"[tool.mlnb.loop] triggers.{k} must be true or false, not {t[k]!r}.")
+        if not (t['new_labels'] is False or (isinstance(t['new_labels'], int) and not isinstance(t['new_labels'], bool) and t['new_labels'] > 0)):
+            raise UsageError(f"[tool.mlnb.loop] triggers.new_labels must be a number of labelled rows above 0 (e.g. 5000), or false, not {t['new_labels']!r}.")
+        if t['max_age'] is not False:
+            try: parse_since(t['max_age'])
+            except UsageError: raise UsageError(f"[tool.mlnb.loop] triggers.max_age must be a window such as \"30d\" (s, m, h, d or w), or false, not {t['max_age']!r}.") from None
+        r = _sub('retrain', self.retrain, {'params': {}, 'profile': None, 'cooldown': '6h'})
+        try: parse_since(r['cooldown'])
+        except UsageError: raise UsageError(f"[tool.mlnb.loop] retrain.cooldown must be a duration such as \"6h\", not {r['cooldown']!r}.") from None
+        if not isinstance(r['params'], Mapping) or not all(isinstance(k, str) and re.fullmatch(r'([A-Za-z_]\w*\.)?[A-Za-z_]\w*', k) for k in r['params']):
+            raise UsageError(f"[tool.mlnb.loop] retrain.params must be a table of parameters, KEY or STEP.KEY = value (e.g. {{ source = \"production\" }}), not {r['params']!r}.")
+        if r['profile'] is not None and not (isinstance(r['profile'], str) and r['profile']):
+            raise UsageError(f"[tool.mlnb.loop] retrain.profile must name a profile of [tool.mlnb.profiles], not {r['profile']!r}.")
+        s = self.stages
+        if not (isinstance(s, (list, tuple)) and s):
+            raise UsageError(f"[tool.mlnb.loop] stages must be a list of stages such as [\"shadow\", 0.05, 0.25, 0.5, 1.0], not {s!r}.")
+        shares = list(s[1:] if s[0] == 'shadow' else s)
+        for v in shares:
+            if v == 'shadow': raise UsageError("[tool.mlnb.loop] stages: \"shadow\" can only be the first stage (the challenger answers no one yet).")
+            if not (_number(v) and 0 < v <= 1):
+                raise UsageError(f"[tool.mlnb.loop] stages: {v!r} is not a stage; give \"shadow\" or a share of rows above 0 and at most 1 (0.05 is 5%).")
+        if s[0] != 'shadow' and shares[0] == 1:
+            raise UsageError("[tool.mlnb.loop] stages need a stage where the champion still answers (\"shadow\" or a share below 1) before a share of 1.0, the promotion itself.")
+        if any(b <= a for a, b in zip(shares, shares[1:])):
+            raise UsageError(f"[tool.mlnb.loop] stages must grow: {list(s)} has a share not above the one before it.")
+        if not (isinstance(self.min_rows, int) and not isinstance(self.min_rows, bool) and self.min_rows >= 30):
+            raise UsageError(f"[tool.mlnb.loop] min_rows must be a whole number of labelled rows, at least 30 (the tests need them), not {self.min_rows!r}.")
+        try: parse_since(self.min_time)
+        except UsageError: raise UsageError(f"[tool.mlnb.loop] min_time must be a duration such as \"1h\" or \"30m\", not {self.min_time!r}.") from None
+        g = _sub('guardrails', self.guardrails, _GUARDRAILS)
+        if not (_number(g['p99_ratio']) and g['p99_ratio'] >= 1):
+            raise UsageError(f"[tool.mlnb.loop] guardrails.p99_ratio must be a number of at least 1 (1.5: the challenger's p99 latency may be 1.5 times the champion's), not {g['p99_ratio']!r}.")
+        for k in ('error_rate', 'agreement'):
+            if not (_number(g[k]) and 0 <= g[k] <= 1): raise UsageError(f"[tool.mlnb.loop] guardrails.{k} must be a share between 0 and 1, not {g[k]!r}.")
+        d = _sub('decide', self.decide, _DECIDE)
+        if not (_number(d['alpha']) and 0 < d['alpha'] <= 0.5): raise UsageError(f"[tool.mlnb.loop] decide.alpha must be a significance level above 0 and at most 0.5 (e.g. 0.05), not {d['alpha']!r}.")
+        if not (_number(d['min_effect']) and d['min_effect'] > 0): raise UsageError(f"[tool.mlnb.loop] decide.min_effect must be a difference of the gate's metric above 0 (e.g. 0.005), not {d['min_effect']!r}.")
+        if not (_number(d['power']) and 0 < d['power'] < 1): raise UsageError(f"[tool.mlnb.loop] decide.power must be a number between 0 and 1 (e.g. 0.8), not {d['power']!r}.")
+        if d['rule'] not in ('better', 'not_worse'): raise UsageError(f"[tool.mlnb.loop] decide.rule must be \"better\" or \"not_worse\", not {d['rule']!r}.")
+        u = _sub('guard', self.guard, _GUARD)
+        for k in u:
+            if not (_number(u[k]) and 0 <= u[k] <= 1): raise UsageError(f"[tool.mlnb.loop] guard.{k} must be a number between 0 and 1, not {u[k]!r}.")
+        for k, v in (('triggers', t), ('retrain', {**r, 'params': dict(r['params'])}), ('guardrails', g), ('decide', d), ('guard', u), ('stages', tuple(s))):
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> LoopConfig:
+        "Read and check `[tool.mlnb.loop]` from the `[tool.mlnb]` table `settings`."
+        return cls(**known_keys('loop', settings.get('loop', {}), cls))
+
 # %% ../nbs/05_config.ipynb #b21b4426
-TABLES = {'serve': ServeConfig, 'gate': GateConfig, 'monitor': MonitorConfig, 'alerts': AlertsConfig, 'dask': DaskConfig}
+TABLES = {'serve': ServeConfig, 'gate': GateConfig, 'monitor': MonitorConfig, 'alerts': AlertsConfig, 'dask': DaskConfig, 'loop': LoopConfig}
 
 def check_tables(settings: Mapping[str, Any], # the [tool.mlnb] table
                 ) -> None:

@@ -124,6 +124,18 @@ class CBPE:
             cal.append((iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()))
         return cls(classes, cal)
 
+    @classmethod
+    def from_reference(cls,
+                       rows: pd.DataFrame, # the reference rows (`mlnb.drift.reference_rows`): label, proba.0, proba.1, ... or prediction.probability
+                       classes: Sequence, # the classifier's classes
+                      ) -> CBPE | None:
+        "`fit` on the reference rows as monitoring keeps them (None when they have no labels or no probabilities)."
+        cols = sorted((c for c in rows.columns if c.startswith('proba.')), key=lambda c: int(c.split('.')[1]))
+        p = rows[cols].to_numpy(dtype='float64') if cols else None
+        if p is None and len(classes) == 2 and 'prediction.probability' in rows: p = rows['prediction.probability'].to_numpy(dtype='float64')
+        if p is None or 'label' not in rows or not len(rows): return None
+        return cls.fit(rows['label'].to_numpy(), p, classes)
+
     def to_dict(self) -> dict:
         "The fitted calibration as JSON-ready data (`CBPE.from_dict` reads it back)."
         return {'classes': self.classes, 'calibration': [None if c is None else [list(c[0]), list(c[1])] for c in self.calibration]}
@@ -144,8 +156,11 @@ class CBPE:
     def _answers(self, p: np.ndarray, labels: Sequence | None) -> np.ndarray:
         "Each row's answer as a class index: of `labels` (-1 for none of the classes), else the most probable class."
         if labels is None: return p.argmax(axis=1)
-        where = {c: i for i, c in enumerate(self.classes)}
-        return np.array([where.get(x, -1) for x in labels], dtype=int)
+        at = pd.Index(self.classes).get_indexer(pd.Index(labels)).astype(int) # a hash lookup of each answer
+        if (at < 0).any(): # what pandas keeps apart and Python does not (True is 1): as a dict finds them
+            where, miss = {c: i for i, c in enumerate(self.classes)}, np.flatnonzero(at < 0)
+            at[miss] = [where.get(x, -1) for x in np.asarray(labels, dtype=object)[miss]]
+        return at
 
     def confusion(self, proba, labels: Sequence | None = None) -> np.ndarray:
         "The expected confusion matrix: [i, j] the expected count of rows of true class i answered j (answers: `labels`, else the most probable class)."

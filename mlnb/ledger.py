@@ -27,6 +27,7 @@ __all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'package_versions', 'git_sta
 GATE_STATES = {'pending': 'recorded; its run has not finished',
                'applied': 'the run succeeded and the candidate became the champion',
                'declined': 'the run succeeded and the gate did not promote the candidate',
+               'held': 'the run succeeded and the gate passed the candidate; it is rolled out in stages (`mlnb loop`) before it can become the champion',
                'stale': 'the run succeeded, but the champion had changed since the comparison, so nothing was promoted',
                'run_failed': 'the run did not succeed, so nothing was promoted',
                'abandoned': 'the run was killed before it finished, so nothing was promoted'}
@@ -89,6 +90,7 @@ def _j(v): return None if v is None else json.dumps(v, sort_keys=True, default=s
 @patch
 def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=(), overrides=(), engine=None, executor=None,
               force: bool = False, # every step executed, cached or not (`mlnb run --force`)
+              reason: str | None = None, # why the run was made (`mlnb loop` names its trigger)
              ):
     "Record the start of run `run_id` with its provenance."
     commit, dirty = git_state(root)
@@ -97,7 +99,7 @@ def start_run(self: Ledger, run_id: str, *, root: Path, profile=None, targets=()
         db.insert('runs', {'id': run_id, 'started': time.time(), 'status': 'running', 'profile': profile, 'targets': _j(list(targets)),
                            'overrides': _j(list(overrides)), 'engine': engine, 'git_commit': commit, 'git_dirty': None if dirty is None else int(dirty),
                            'python': v.pop('python'), 'packages': _j(v), 'host': socket.gethostname(), 'pid': os.getpid(), 'kind': 'pipeline',
-                           'force': int(force), 'executor': executor})
+                           'force': int(force), 'executor': executor, 'reason': reason})
 
 @patch
 def start_step(self: Ledger, run_id: str, step: str, *, params: dict, fingerprint: str, notebook: str | None,

@@ -21,9 +21,10 @@ from .events import log_files, probabilities, read_events, read_feedback, select
 from .project import load_project
 
 # %% auto #0
-__all__ = ['METRICS', 'feedback_rows', 'score', 'predictions_time', 'chunked_drift', 'multivariate_drift', 'chunked_performance',
-           'reference_band', 'estimated_performance', 'Truth', 'check', 'timeline', 'compare_variants',
-           'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor', 'feedback_from_file', 'report']
+__all__ = ['METRICS', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift', 'multivariate_drift',
+           'chunked_performance', 'reference_band', 'estimated_performance', 'Truth', 'check', 'timeline',
+           'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor', 'feedback_from_file',
+           'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -54,41 +55,72 @@ def feedback_rows(frame: pd.DataFrame, # columns request_id and label
 METRICS = ('roc_auc', 'accuracy', 'balanced_accuracy', 'f1', 'f1_macro', 'f1_weighted', 'precision', 'precision_macro', 'recall',
            'recall_macro', 'log_loss', 'rmse', 'mse', 'mae', 'r2')
 
+def _auc(truth: np.ndarray, # True for the positive rows
+         s: np.ndarray, # their scores
+        ) -> float:
+    "ROC AUC of scores `s` for `truth`: the Mann-Whitney statistic, ties counted half (as the area under scikit-learn's ROC curve)."
+    pos = int(truth.sum())
+    ranks = pd.Series(s).rank(method='average').to_numpy()
+    return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (len(s) - pos)))
+
+def _per_class(y: np.ndarray, labels: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "True positives, answered and true counts of each of `classes`."
+    idx = pd.Index(classes)
+    t, a = idx.get_indexer(pd.Index(y)), idx.get_indexer(pd.Index(labels))
+    k = len(classes)
+    return (np.bincount(t[(t == a) & (t >= 0)], minlength=k).astype('float64'), np.bincount(a[a >= 0], minlength=k).astype('float64'),
+            np.bincount(t[t >= 0], minlength=k).astype('float64'))
+
+def _share(a, b):
+    a, b = np.asarray(a, dtype='float64'), np.asarray(b, dtype='float64')
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0) # 0 where nothing was answered or true (scikit-learn's zero_division=0)
+
 def score(metric: str, # the gate's metric
           y: np.ndarray, # the true labels or values
           answers: pd.DataFrame, # the joined answers: prediction.label / prediction.probability, or prediction.value
           classes: list | None = None, # a classifier's classes
           proba: np.ndarray | None = None, # per-class probabilities of the joined rows
          ) -> tuple[float | None, str | None]:
-    "(value, why it is None) of `metric` on the joined rows."
-    from sklearn import metrics as skm
+    "(value, why it is None) of `metric` on the joined rows, as scikit-learn's metrics compute it (without importing it: a second of a monitor's run)."
     if metric not in METRICS: return None, f"mlnb cannot compute '{metric}' from the log; it knows {', '.join(METRICS)}"
     if not len(y): return None, 'no prediction has ground truth yet'
     if metric in ('rmse', 'mse', 'mae', 'r2'):
         if 'prediction.value' not in answers: return None, f"'{metric}' is a regressor's metric"
         v = answers['prediction.value'].to_numpy(dtype='float64'); y = np.asarray(y, dtype='float64')
         if metric == 'r2' and len(y) < 2: return None, 'r2 needs two rows'
-        return {'rmse': lambda: math.sqrt(skm.mean_squared_error(y, v)), 'mse': lambda: skm.mean_squared_error(y, v),
-                'mae': lambda: skm.mean_absolute_error(y, v), 'r2': lambda: skm.r2_score(y, v)}[metric](), None
+        if metric == 'mae': return float(np.mean(np.abs(y - v))), None
+        mse = float(np.mean((y - v) ** 2))
+        if metric == 'r2':
+            total = float(np.sum((y - y.mean()) ** 2))
+            return (1.0 - mse * len(y) / total if total else (1.0 if mse == 0 else 0.0)), None # scikit-learn's answer for a constant truth
+        return (math.sqrt(mse) if metric == 'rmse' else mse), None
     if 'prediction.label' not in answers: return None, f"'{metric}' is a classifier's metric"
-    labels, binary = answers['prediction.label'].to_numpy(), len(classes or []) == 2
+    labels, binary, classes = answers['prediction.label'].to_numpy(), len(classes or []) == 2, list(classes or [])
+    y = np.asarray(y)
+    unknown = pd.Index(classes).get_indexer(pd.Index(y)) < 0
+    if unknown.any(): return None, f"ground truth {sorted({str(v) for v in y[unknown]})[:5]} is none of the model's classes {classes}"
     if metric in ('roc_auc', 'log_loss'):
         q = answers['prediction.probability'].to_numpy(dtype='float64') if binary and 'prediction.probability' in answers else None
         p = proba if proba is not None else np.c_[1 - q, q] if q is not None else None
         if p is None: return None, f'{metric} needs probabilities'
         have = np.isfinite(p).all(axis=1) & (np.isfinite(q) if q is not None else True) # an answer without probabilities (a fallback's) is left out
-        y = np.asarray(y)[have]
+        y = y[have]
         if len(set(y.tolist())) < 2: return None, f'{metric} needs ground truth of two classes at least' + (' among the answers with probabilities' if not have.all() else '')
-        if metric == 'log_loss': return float(skm.log_loss(y, p[have], labels=classes)), None
-        if binary: return float(skm.roc_auc_score(y == classes[1], (q if q is not None else p[:, 1])[have])), None
-        if len(set(y.tolist())) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
-        return float(skm.roc_auc_score(y, p[have], multi_class='ovr', labels=classes)), None
-    if metric == 'accuracy': return float(skm.accuracy_score(y, labels)), None
-    if metric == 'balanced_accuracy': return float(skm.balanced_accuracy_score(y, labels)), None
+        t = pd.Index(classes).get_indexer(pd.Index(y))
+        if metric == 'log_loss':
+            eps = np.finfo('float64').eps
+            return float(-np.mean(np.log(np.clip(p[have], eps, 1 - eps)[np.arange(len(t)), t]))), None
+        if binary: return _auc(t == 1, (q if q is not None else p[:, 1])[have]), None
+        if len(set(t.tolist())) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
+        return float(np.mean([_auc(t == j, p[have][:, j]) for j in range(len(classes))])), None # one-vs-rest, each class alike
+    tp, answered, true = _per_class(y, labels, classes)
+    if metric == 'accuracy': return float(np.mean(pd.Series(y, dtype=object).to_numpy() == pd.Series(labels, dtype=object).to_numpy())), None
+    if metric == 'balanced_accuracy': return float(np.mean(tp[true > 0] / true[true > 0])), None
     base, _, avg = metric.partition('_')
-    kw = ({'pos_label': classes[1], 'average': 'binary'} if binary and not avg else {'average': avg or 'macro', 'labels': classes})
-    fn = {'f1': skm.f1_score, 'precision': skm.precision_score, 'recall': skm.recall_score}[base]
-    return float(fn(y, labels, zero_division=0, **kw)), None
+    per = {'precision': _share(tp, answered), 'recall': _share(tp, true), 'f1': _share(2 * tp, answered + true)}[base]
+    if binary and not avg: return float(per[1]), None
+    if avg == 'weighted': return (float(np.sum(per * true) / true.sum()) if true.sum() else 0.0), None
+    return float(per.mean()), None
 
 # %% ../nbs/30_monitor.ipynb #b8551607
 def _runs(flags: list, confirm: int) -> int | None:
@@ -107,6 +139,19 @@ def _reorder(events: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
     if p is not None: out.attrs['probabilities'] = type(events.attrs['probabilities'])(p.take(pa.array(order)))
     return out
 
+def utc_times(values: pd.Series) -> pd.Series:
+    "Times as UTC (a time with no zone taken as UTC; NaT where a value is none): arrow's ISO 8601 parser when every value is one (20 times quicker), else pandas'."
+    if not pd.api.types.is_datetime64_any_dtype(values.dtype) and len(values):
+        import pyarrow as pa, pyarrow.compute as pc
+        try: text = pa.array(values, type=pa.string(), from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError): text = None
+        for tz in ([None, 'UTC'] if text is not None else []): # times without a zone, then times with one
+            try: t = pc.cast(text, pa.timestamp('us', tz=tz))
+            except pa.ArrowException: continue
+            t = t.to_pandas().set_axis(values.index)
+            return t.dt.tz_localize('UTC') if tz is None else t
+    return pd.to_datetime(values, utc=True, errors='coerce', format='mixed')
+
 def predictions_time(events: pd.DataFrame, # the window's events
                      ref: Mapping, # the frozen reference
                      time: str | None = None, # [tool.mlnb.monitor] time
@@ -119,7 +164,7 @@ def predictions_time(events: pd.DataFrame, # the window's events
                                   f"they have {', '.join(c[4:] for c in events.columns if c.startswith('row.'))}.")
         name = None
     if name is None: return events['ts'], "the log's time"
-    t = pd.to_datetime(events[f'row.{name}'], utc=True, errors='coerce', format='mixed')
+    t = utc_times(events[f'row.{name}'])
     return t.fillna(events['ts']), f'request column {name!r}' + (' (the log\'s time where it is missing)' if t.isna().any() else '')
 
 def chunked_drift(values: pd.Series, # a column's values in the window, in time order
@@ -134,10 +179,10 @@ def chunked_drift(values: pd.Series, # a column's values in the window, in time 
     sizes = [b - a for a, b in slices]
     if ref_values is not None and cfg.thresholds == 'learned' and ref_values.notna().sum() >= 4:
         js = JensenShannon(ref_values, cref['kind'])
-        rv = ref_values.reset_index(drop=True)
-        thr, how = learn_threshold(lambda i: js(rv.iloc[i], leave_out=True), len(rv), int(np.median(sizes)), cfg.sigmas, distance=True)
+        ref_at = js.bin_of(ref_values) # each value's bin found once: a chunk's counts are then a count of bin numbers
+        thr, how = learn_threshold(lambda i: js.scores(*ref_at, [i], leave_out=True)[0], len(ref_values), int(np.median(sizes)), cfg.sigmas, distance=True)
         if thr is not None:
-            chunks = [{'score': s, 'threshold': thr, 'drifted': bool(s > thr)} for s in (js(values.iloc[a:b]) for a, b in slices)]
+            chunks = [{'score': s, 'threshold': thr, 'drifted': bool(s > thr)} for s in js.scores(*js.bin_of(values), slices)]
             return {'method': 'jensen_shannon', 'threshold': thr, 'thresholds': 'learned', 'threshold_from': how, 'chunks': chunks,
                     'drifted_from': _runs([c['drifted'] for c in chunks], cfg.confirm)}
     chunks, method = [], None
@@ -160,11 +205,17 @@ def multivariate_drift(events: pd.DataFrame, # the window's events, in time orde
     cols = {f'row.{k}': v for k, v in kinds.items() if f'row.{k}' in rows and f'row.{k}' in events}
     if len(cols) < 2 or len(rows) < 20: return None
     rec = Reconstruction(rows, cols)
-    thr, how = learn_threshold(lambda i: rec(rows.iloc[i]), len(rows), int(np.median([b - a for a, b in slices])), cfg.sigmas)
-    chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (rec(events.iloc[a:b]) for a, b in slices)]
+    ref_err, err = rec.errors(rows), rec.errors(events[list(cols)]) # a chunk's score is the mean of its rows' errors
+    thr, how = learn_threshold(lambda i: float(ref_err[i].mean()), len(rows), int(np.median([b - a for a, b in slices])), cfg.sigmas)
+    mean = lambda e: float(e.mean()) if len(e) else float('nan')
+    chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (mean(err[a:b]) for a, b in slices)]
     first = _runs([c['drifted'] for c in chunks], cfg.confirm)
     return {'method': 'PCA reconstruction error', 'columns': [c[4:] for c in cols], 'components': rec.components,
-            'reference': rec(rows), 'threshold': thr, 'threshold_from': how, 'chunks': chunks, 'drifted': first is not None, 'drifted_from': first}
+            'reference': mean(ref_err), 'threshold': thr, 'threshold_from': how, 'chunks': chunks, 'drifted': first is not None, 'drifted_from': first}
+
+def _answer_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    "The answers' columns of `frame`, all a metric reads (taking rows of them alone is quicker than of every column)."
+    return frame[[c for c in frame.columns if c.startswith('prediction.')]]
 
 def _metric_on(metric, y, frame, classes, proba):
     "`score` of the rows with a label in `y` (NaN-free), or None."
@@ -178,13 +229,13 @@ def chunked_performance(events: pd.DataFrame, # the window's events, in time ord
                         cfg: MonitorConfig, # sigmas, confirm
                        ) -> dict:
     "The realised metric per chunk of its labelled rows, with a band learned from reference chunks of as many labelled rows."
-    proba = probabilities(events)
+    proba, ans = probabilities(events), _answer_columns(events)
     have = y.notna().to_numpy()
     chunks = []
     for a, b in slices:
         idx = a + np.flatnonzero(have[a:b])
         c = {'rows': b - a, 'joined': int(len(idx)),
-             'realised': _metric_on(metric, y.iloc[idx].to_numpy(), events.iloc[idx], classes, proba[idx] if proba is not None else None)}
+             'realised': _metric_on(metric, y.iloc[idx].to_numpy(), ans.iloc[idx], classes, proba[idx] if proba is not None else None)}
         if len(idx): # prediction bias in the chunk: answers against truth on the same labelled rows
             c.update({'predicted': float(events['prediction.value'].iloc[idx].mean()), 'observed': float(y.iloc[idx].astype(float).mean())}
                      if 'prediction.value' in events else {'predicted': _shares(events['prediction.label'].iloc[idx]), 'observed': _shares(y.iloc[idx])})
@@ -219,8 +270,8 @@ def reference_band(rows: pd.DataFrame | None, # the reference rows
         if m < 2: return None, f'too few reference rows ({n})'
         # samples of m of the n rows vary less than chunks of new rows would: the finite population correction, undone
         sets, how, widen = [np.sort(rng.choice(n, m, replace=False)) for _ in range(50)], f'50 random samples of {m} reference rows', math.sqrt((n - 1) / (n - m))
-    rp, yr = _ref_proba(rows), rows['label'].to_numpy()
-    vals = [v for v in (_metric_on(metric, yr[i], rows.iloc[i], classes, rp[i] if rp is not None else None) for i in sets) if v is not None]
+    rp, yr, ans = _ref_proba(rows), rows['label'].to_numpy(), _answer_columns(rows)
+    vals = [v for v in (_metric_on(metric, yr[i], ans.iloc[i], classes, rp[i] if rp is not None else None) for i in sets) if v is not None]
     if len(vals) < 5: return None, f'too few reference chunks with a {metric} ({len(vals)})'
     lo, hi = metric_band(vals, cfg.sigmas * widen, metric)
     return [lo, hi], how
@@ -231,6 +282,7 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
                           metric: str, kind: str, classes: list | None, # the metric; what the model answers
                           cfg: MonitorConfig, # sigmas, confirm
                           cache: Path | None = None, # a file keeping a classifier's calibration and band for the next run (they depend only on the reference)
+                          fitted: Mapping | None = None, # CBPE's calibration fitted when the model was logged (`CBPE.to_dict`), if it was
                          ) -> dict | None:
     "The metric estimated per chunk without ground truth (CBPE for a classifier, DLE for a regressor), fitted on the reference rows, with its band."
     from mlnb.estimate import CBPE, DLE
@@ -253,7 +305,7 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
                 if rp is None and 'prediction.probability' in rows: rp = rows['prediction.probability'].to_numpy(dtype='float64')
                 if proba is None and 'prediction.probability' in events: proba = events['prediction.probability'].to_numpy(dtype='float64')
             if rp is None or proba is None: return {**est, 'chunks': [], 'why_none': 'the answers have no probabilities'}
-            model = CBPE.from_dict(kept['cbpe']) if kept else CBPE.fit(rows['label'].to_numpy(), rp, classes)
+            model = CBPE.from_dict(kept['cbpe']) if kept else CBPE.from_dict(fitted) if fitted else CBPE.fit(rows['label'].to_numpy(), rp, classes)
             est['method'] = 'CBPE (the expected confusion matrix from probabilities calibrated on the reference)'
             labels = events['prediction.label'].to_numpy()
             values = [model.estimate(proba[a:b], metric, labels[a:b]) for a, b in slices]
@@ -291,7 +343,18 @@ class Truth:
 
     def of(self, ids) -> np.ndarray:
         "The label of each of `ids` (None where there is none)."
+        return self._labels(self._at(ids))
+
+    def match(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        "Whether each of `ids` has ground truth, and its label (None where there is none), with one lookup (each builds a hash table of every label's id)."
         at = self._at(ids)
+        return at >= 0, self._labels(at)
+
+    def labels_of(self, labelled: np.ndarray) -> np.ndarray:
+        "Labels taken from `match`'s (where each has one), in the labels' own type."
+        return labelled.astype(self.labels.dtype, copy=False) if len(self.labels) else labelled
+
+    def _labels(self, at: np.ndarray) -> np.ndarray:
         out = self.labels[np.maximum(at, 0)] if len(self.labels) else np.full(len(at), None, dtype=object)
         if (at < 0).any(): out = out.astype(object); out[at < 0] = None
         return out
@@ -384,9 +447,9 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
     if feedback is not None and len(feedback):
         fb = Truth(feedback)
-        hit = fb.has(events['request_id'])
-        joined = events[hit]
-        y = fb.of(joined['request_id'])
+        hit, labelled = fb.match(events['request_id']) # looked up once, for the window, its chunks and its timeline
+        joined = _answer_columns(events)[hit]
+        y = fb.labels_of(labelled[hit])
         in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
         perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
                     unmatched_feedback=int((~_in(feedback.loc[in_window, 'request_id'], known if known is not None else events['request_id'])).sum()))
@@ -401,14 +464,14 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                 proba = probabilities(events)
                 perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
     if metric and cfg.estimate and rows is not None:
-        perf['estimated'] = est = estimated_performance(events, rows, slices, metric, kind, classes, cfg, cache)
+        perf['estimated'] = est = estimated_performance(events, rows, slices, metric, kind, classes, cfg, cache, ref.get('cbpe'))
         if est and est.get('outside_from') is not None:
             lo, hi = est['band']
             alerts.append({'kind': 'performance', 'estimated': True, 'from_chunk': est['outside_from'],
                            'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
                            f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
     if metric and feedback is not None and len(feedback):
-        y = pd.Series(Truth(feedback).of(events['request_id']))
+        y = pd.Series(labelled)
         perf['chunks'] = chunked_performance(events, y, rows, slices, metric, classes, cfg)
         first = perf['chunks'].get('outside_from')
         if first is not None:
@@ -428,11 +491,14 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     out['action_limits'] = {'limits': {str(k): list(v) for k, v in cfg.action_limits.items()}, 'current': current, 'breached': broken}
     if broken: alerts.append({'kind': 'action_limit', 'limits': broken, 'message': 'action limits broken: ' + ', '.join(
         f"{'mean' if k == 'mean' else 'share of ' + k} {v:.3f} outside {list(cfg.action_limits[k])}" for k, v in broken.items())})
-    out['timeline'] = timeline(events.assign(ts=when), kind, cfg.buckets, feedback, metric, classes)
+    out['timeline'] = timeline(events.assign(ts=when), kind, cfg.buckets, feedback, metric, classes,
+                               (fb, hit, labelled) if feedback is not None and len(feedback) else None)
     out['alerts'] = alerts
     return out
 
-def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metric=None, classes=None) -> list[dict]:
+def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metric=None, classes=None,
+             matched: tuple | None = None, # (`Truth`, and its `match` of the events' request ids), when the caller has them
+            ) -> list[dict]:
     "Equal slices of the window: rows, label shares or mean value, and the realised metric where ground truth allows."
     if not len(events): return []
     t0, t1 = events['ts'].min(), events['ts'].max()
@@ -443,8 +509,12 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
         codes, labels = pd.factorize(events['prediction.label'].astype(str))
         counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
-    fb = Truth(feedback) if feedback is not None and len(feedback) else None
-    if fb is not None and metric: hit, proba = fb.has(events['request_id']), probabilities(events)
+    if matched: fb, hit, labelled = matched
+    elif feedback is not None and len(feedback):
+        fb = Truth(feedback)
+        hit, labelled = fb.match(events['request_id'])
+    else: fb = hit = labelled = None
+    if fb is not None and metric: proba, ans = probabilities(events), _answer_columns(events)
     out = []
     for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
         item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': n}
@@ -453,9 +523,8 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
         if fb is not None and metric:
             idx = np.flatnonzero((slot == b) & hit)
             if len(idx):
-                part = events.iloc[idx]
                 item['joined'] = len(idx)
-                item[metric] = score(metric, fb.of(part['request_id']), part, classes, proba[idx] if proba is not None else None)[0]
+                item[metric] = score(metric, fb.labels_of(labelled[idx]), ans.iloc[idx], classes, proba[idx] if proba is not None else None)[0]
         out.append(item)
     return out
 

@@ -17,7 +17,8 @@ from .project import Project, StepSpec, Picklable, contract_file, valid_contract
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'RESERVED', 'checked_contracts', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce',
-           'PlannedStep', 'Plan', 'make_plan', 'Item', 'expand_items', 'item_step', 'maps_over']
+           'PlannedStep', 'Plan', 'make_plan', 'Item', 'expand_items', 'item_step', 'maps_over', 'split_targets',
+           'check_items']
 
 # %% ../nbs/16_pipeline.ipynb #92674df4
 _CHECK_FUNCTIONS = ('mlnb.contract.check', 'mlnb.contract.check_file') # both take the contract as 2nd argument or `contract=`
@@ -402,3 +403,43 @@ def item_step(step: PlannedStep, item: Item) -> PlannedStep:
 def maps_over(step: PlannedStep, need: PlannedStep) -> bool:
     "Whether `step` runs once per item of `need` (it fans out over every parameter `need` fans out over), rather than reading all of them."
     return bool(need.fan) and set(need.fan) <= set(step.fan)
+
+# %% ../nbs/16_pipeline.ipynb #8506ab1f
+_ITEM_TARGET = re.compile(r'^(?P<step>[^\[\]]+)\[(?P<label>.+)\]$')
+
+def split_targets(targets: Iterable[str], # step names, or item names such as `train[segment=north]`
+                 ) -> tuple[list[str], dict[str, frozenset[str]]]:
+    "The steps named in `targets` (an item's step once), and the item labels asked for, by step."
+    steps, items = [], {}
+    for t in targets:
+        m = _ITEM_TARGET.match(t)
+        name = m['step'] if m else t
+        if m: items.setdefault(name, set()).add(m['label'])
+        if name not in steps: steps.append(name)
+    whole = [n for n in items if n in targets]
+    if whole:
+        raise ParameterError(f"Step '{whole[0]}' is named both whole and by its items ({', '.join(f'{whole[0]}[{l}]' for l in sorted(items[whole[0]]))}). "
+                             "Name the step to run all its items, or only the items to run.")
+    return steps, {n: frozenset(ls) for n, ls in items.items()}
+
+def check_items(plan: Plan, # the plan of the steps named
+                items: Mapping[str, frozenset[str]], # item labels asked for, by step (`split_targets`)
+               ):
+    "Refuse items of a step that does not fan out, of a step that another step of the plan needs, or that a literal fan-out does not have."
+    problems = []
+    for name, labels in items.items():
+        s = plan[name]
+        if not s.spec.fans_out:
+            problems.append(f"Step '{name}' does not fan out, so it has no item {name}[{sorted(labels)[0]}]. Run it as '{name}'.")
+            continue
+        users = [o.name for o in plan.steps if name in o.spec.needs]
+        if users:
+            problems.append(f"Step '{users[0]}' needs all the items of '{name}', but only {len(labels)} of them would run. "
+                            f"Run {', '.join(f'{name}[{l}]' for l in sorted(labels))} first, then '{users[0]}' (the items are reused from the cache).")
+            continue
+        if all(not isinstance(v, str) for v in s.fan.values()):
+            known = [i.label for i in expand_items(s)]
+            for l in sorted(labels - set(known)):
+                problems.append(f"Step '{name}' has no item '{l}'.{did_you_mean(l, known)} Its items: {', '.join(f'{name}[{k}]' for k in known)}.")
+    if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
+

@@ -103,6 +103,11 @@ def freeze_reference(model, # the fitted model
     elif isinstance(reference, Mapping) and 'columns' in reference: ref, rows = from_profile(reference, fields), None
     else: raise UsageError(f"log_model(reference=...) takes held-out rows (a DataFrame) or a data profile (mlnb.contract.profile), not {type(reference).__name__}.")
     ref = {**ref, 'kind': kind, 'classes': classes}
+    if rows is not None and kind == 'classifier': # CBPE's calibration, fitted now: monitoring then needs no scikit-learn to estimate performance
+        from mlnb.estimate import CBPE
+        try: fitted = CBPE.from_reference(rows, classes)
+        except (UsageError, ValueError): fitted = None
+        if fitted is not None: ref['cbpe'] = fitted.to_dict()
     return (ref, rows) if with_rows else ref
 
 def log_model(model, # a fitted scikit-learn estimator or pipeline

@@ -18,14 +18,14 @@ from .artifacts import is_ref
 from .champions import settle_gates
 from .config import GateConfig
 from .engines import kernel_pool, kernels, papermill_engine
-from .errors import MlnbError, ParameterError, StepFailed, StoreError
+from .errors import MlnbError, ParameterError, StepFailed, StoreError, did_you_mean
 from .executors import LazyExecutor, execute_away, execute_step, executor_spec, land, start_executor
 from .export import ensure_exported, package_hash
 from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, step_context, step_parts
 from .ledger import Ledger, git_state, new_run_id
 from .objects import pack_project, snapshot_inputs
 from .outputs import read_refs, store
-from .pipeline import Item, Plan, PlannedStep, expand_items, item_step, make_plan, maps_over
+from .pipeline import Item, Plan, PlannedStep, check_items, expand_items, item_step, make_plan, maps_over, split_targets
 from .progress import Progress
 from .project import ALWAYS, Project, load_project
 from .store import client_modules, store_url
@@ -120,9 +120,11 @@ class RunState:
     show: Any # Progress.update, or nothing
     prog: Any # the Progress, or None
     about: dict = field(default_factory=dict) # how the run was asked for (profile, overrides): every step is told
+    hold: bool = False # a candidate the gate passes is held for a staged rollout, not made the champion
     queue: list = field(default_factory=list) # units ready to run, in order
     fans: dict = field(default_factory=dict) # step name -> _Fan
     reasons: dict = field(default_factory=dict) # skipped item -> why
+    only: dict = field(default_factory=dict) # step -> the labels of the only items of it to run (`mlnb run "train[segment=north]"`)
 
     def _hit(self, name: str, fp: str):
         "The cached (run id, outputs) of unit `name` with fingerprint `fp`, if its artifacts are all still there."
@@ -181,7 +183,7 @@ class RunState:
     def fan_out(self, s: PlannedStep):
         "Expand the items of `s`; reuse those cached, skip those whose upstream item did not succeed, queue the rest."
         self.led.start_step(self.run_id, s.name, params=dict(s.params), fingerprint=self.fps[s.name], notebook=None)
-        try: items = expand_items(s, {n: self.outputs[n] for n in s.spec.needs})
+        try: items = self._chosen(s, expand_items(s, {n: self.outputs[n] for n in s.spec.needs}))
         except ParameterError as e:
             err = StepFailed(str(e), step=s.name, cell=None, ename='ParameterError', evalue=str(e), notebook=None, kernel_log=None)
             self.result.steps[s.name] = StepResult(s.name, 'failed', self.fps[s.name], error=err)
@@ -214,6 +216,15 @@ class RunState:
             self.queue.append(_Unit(it.name, one, it, fp, self.run_dir / f'{it.stem}.ipynb', ups, ctx, parts, self._upstream_runs(s)))
             fan.left += 1
         if fan.left == 0: self._end_fan(s.name)
+
+    def _chosen(self, s: PlannedStep, items: list[Item]) -> list[Item]:
+        "The items of `s` to run: all, or those the run was asked for by name (each must be one of them)."
+        if s.name not in self.only: return items
+        labels = [i.label for i in items]
+        for l in sorted(self.only[s.name] - set(labels)):
+            raise ParameterError(f"Step '{s.name}' has no item '{l}'.{did_you_mean(l, labels)} Its items now: "
+                                 f"{', '.join(i.name for i in items) or 'none'}.")
+        return [i for i in items if i.label in self.only[s.name]]
 
     def succeeded(self, u: _Unit, outs: dict, secs: float):
         "Record a unit that ran to the end."
@@ -295,7 +306,7 @@ class RunState:
         result.status = 'failed' if any(r.status in ('failed', 'skipped') for r in result.steps.values() if r.parent is None) else 'ok'
         ok = result.status == 'ok'
         return self.led.finish_run(self.run_id, result.status, None if result.error is None else str(result.error),
-                                   within=lambda db: settle_gates(db, self.run_id, ok))
+                                   within=lambda db: settle_gates(db, self.run_id, ok, hold=self.hold))
 
     def abort(self, e: BaseException) -> list[dict]:
         "End a run that stopped (an exception, Ctrl+C, SIGTERM): its running steps and the run failed, no gate decision applied."
@@ -307,7 +318,7 @@ class RunState:
 
 # %% ../nbs/25_runner.ipynb #46cde7fd
 def run_pipeline(project: Project | None = None, # the project (default: the one containing the working directory)
-                 targets: Iterable[str] = (), # steps to run, with what they need (default: all)
+                 targets: Iterable[str] = (), # steps (or items: `train[segment=north]`) to run, with what they need (default: all)
                  *,
                  profile: str | None = None, # profile from [tool.mlnb.profiles]
                  overrides: Iterable[str] = (), # 'KEY=VALUE' / 'STEP.KEY=VALUE' parameters
@@ -318,12 +329,16 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
                  executor: str | None = None, # 'local' (default) or 'dask'
                  address: str | None = None, # the Dask scheduler, 'tcp://HOST:PORT' (default: a LocalCluster for the run)
                  replay: Mapping[str, dict] | None = None, # step -> the production window it reads again from its snapshot (`mlnb reproduce`)
+                 reason: str | None = None, # why the run is made, kept in the ledger (`mlnb loop` names its trigger)
+                 hold: bool = False, # a candidate the gate passes is held ('held') for a staged rollout instead of becoming the champion
                 ) -> RunResult:
     "Run the pipeline of `project`, recording everything in the ledger; returns how each step (and each item) ended."
     # 1. the plan, and every setting it runs with, checked before anything starts
     project = project or load_project()
     targets, overrides = list(targets), list(overrides)
-    plan = make_plan(project, targets, profile, overrides)
+    steps, only = split_targets(targets) # a target may be one item: 'train[segment=north]'
+    plan = make_plan(project, steps, profile, overrides)
+    check_items(plan, only)
     engine = engine or project.settings.get('engine') or 'kernel' # recorded as asked: 'kernel', 'fast', or a papermill engine
     pm_engine = papermill_engine(engine)
     if 'gate' in project.settings: GateConfig.from_settings(project.settings) # a bad gate is refused before anything runs
@@ -351,15 +366,17 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         run_dir = project.state / 'runs' / run_id
         run_dir.mkdir(parents=True)
         led.start_run(run_id, root=project.root, profile=profile, targets=targets, overrides=overrides, engine=engine,
-                      executor=spec['name'], force=force)
+                      executor=spec['name'], force=force, reason=reason)
     except BaseException:
         stop_kernels(); _restore_sigterm(old_term)
         raise
     result = RunResult(run_id, 'running')
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     run = RunState(plan, run_id, run_dir, led, st, result, {}, fps, inputs, contracts, package, force,
-                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})})
+                   prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})},
+                   only=dict(only))
     # with both of a team's stores shared, a Dask worker needs no copy of the project: each unit brings its files from the artifact store
+    run.hold = hold # `mlnb loop`: a candidate the gate passes waits for its staged rollout
     away = spec['name'] == 'dask' and st.fs is not None and not store_url(project.root).startswith('sqlite:')
     ex = LazyExecutor(lambda: start_executor(spec, pm_engine, None if away else root), before_close=stop_kernels) # kernels die first: an interrupted step ends now
     packed = None

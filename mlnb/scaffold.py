@@ -60,7 +60,7 @@ def mlnb_requirement() -> str:
     return requirement_from(d.read_text('direct_url.json'), d.version, d.metadata.get_all('Project-URL') or [])
 
 # %% ../nbs/35_scaffold.ipynb #0ca51adc
-_SHARED = ('_gitignore', '_github/workflows/mlnb.yml', 'contracts/README.md', 'nbs/05_monitor.ipynb') # what the table template takes from the churn one
+_SHARED = ('_gitignore', '_github/workflows/mlnb.yml', '_github/workflows/mlnb-loop.yml', 'contracts/README.md', 'nbs/05_monitor.ipynb') # what the table template takes from the churn one
 
 def _template(kind: str = 'project') -> Path:
     "The folder of template `kind`: 'project' (the churn example) or 'table'."

@@ -17,6 +17,8 @@ The environment is made once per machine in $MLNB_NANNYML_VENV (default /tmp/mln
 import json, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
+from side_venv import Unavailable, ensure
+
 VENV = Path(os.environ.get('MLNB_NANNYML_VENV', '/tmp/mlnb-nannyml-venv'))
 NANNYML = '0.13.1'
 # NannyML's dependencies as its pyproject declares them, less what these tests never touch and that would triple the time to
@@ -29,12 +31,6 @@ DEPENDENCIES = ['pandas>=1.4,<3', 'numpy>=1.23', 'scipy>=1.9.2', 'scikit-learn>=
                 'lightgbm>=3.3,<4.6', 'flaml>=2.3.3,<3', 'xgboost-cpu', 'fsspec', 'APScheduler>=3.9,<4',
                 'segment-analytics-python>=2.3,<3', 'python-dotenv>=1,<2', 'statsmodels']
 ENV = {**os.environ, 'NML_DISABLE_USAGE_LOGGING': '1', 'PYTHONWARNINGS': 'ignore'}
-OFFLINE = ('NewConnectionError', 'ConnectTimeout', 'ConnectionError', 'Max retries exceeded', 'Temporary failure in name resolution',
-           'Name or service not known', 'Network is unreachable', 'ProxyError', 'ReadTimeout', 'timed out')
-
-
-class Unavailable(Exception):
-    "Raised when NannyML's environment is missing and the package index cannot be reached to make it."
 
 
 def _python() -> Path: return VENV / 'bin' / 'python'
@@ -47,30 +43,9 @@ def _works() -> bool:
     return r.returncode == 0
 
 
-def _reachable():
-    "Raise `Unavailable` when pip cannot reach the package index (and only then)."
-    r = subprocess.run([sys.executable, '-m', 'pip', 'index', 'versions', 'nannyml', '--timeout', '20', '--retries', '1'],
-                       capture_output=True, text=True, timeout=300)
-    said = [line.strip() for line in (r.stdout + r.stderr).splitlines() if any(word in line for word in OFFLINE)]
-    if r.returncode and said:
-        raise Unavailable(f"NannyML's environment {VENV} does not exist and the package index cannot be reached to make it: {said[0][:300]}")
-
-
 def python() -> Path:
     "The python of NannyML's environment, made first when it is missing or broken (several test processes wait for one to make it)."
-    import fcntl
-    VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(VENV.parent / f'.{VENV.name}.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _works(): return _python()
-        _reachable()
-        if VENV.exists() and (VENV / 'pyvenv.cfg').exists(): shutil.rmtree(VENV)
-        subprocess.run([sys.executable, '-m', 'venv', VENV], check=True, capture_output=True, timeout=300)
-        for what in (['--no-deps', f'nannyml=={NANNYML}'], DEPENDENCIES):
-            r = subprocess.run([_python(), '-m', 'pip', 'install', '-q', *what], capture_output=True, text=True, timeout=1200)
-            if r.returncode: raise RuntimeError(f"pip could not install {' '.join(what)} into {VENV}:\n{r.stderr[-3000:]}")
-        if not _works(): raise RuntimeError(f"NannyML {NANNYML} was installed into {VENV} but cannot be imported there.")
-        return _python()
+    return ensure(VENV, _works, [['--no-deps', f'nannyml=={NANNYML}'], DEPENDENCIES], 'nannyml', timeout=1200) / 'bin' / 'python'
 
 
 def run(snippet: str, # NannyML code that sets `result`

@@ -8,5 +8,5 @@ Docs: https://mlnb.github.io/mlnb/api/migrations/init.html.md"""
 __all__ = ['REVISIONS', 'HEAD']
 
 # %% ../../nbs/migrations/00_init.ipynb #34f85278
-REVISIONS = ('0001', '0002') # oldest first; the last is the schema this mlnb runs with
+REVISIONS = ('0001', '0002', '0003') # oldest first; the last is the schema this mlnb runs with
 HEAD = REVISIONS[-1]
