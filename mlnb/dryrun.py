@@ -51,7 +51,7 @@ def _entry(run: RunState, ro: _ReadOnly, units: Mapping, r, said: Mapping[str, d
                                                         f"known only after '{first[0]}' runs"}
         return {**e, 'status': 'failed', 'why': f"would fail before running: {r.error.evalue}"}
     if s is not None and r.status == 'skipped':
-        bad = next((n for n in s.spec.needs if said.get(n, {}).get('status') != 'cached'), None)
+        bad = next((n for n in s.spec.needs if run.result.steps[n].status in ('failed', 'skipped')), None)
         if bad is not None and said.get(bad, {}).get('status') == 'run':
             return {**e, 'status': 'run', 'why': f"would run after '{bad}' (what it reads is known only then)"}
         return {**e, 'status': 'skipped', 'why': f"would not run: upstream step '{bad}' would not succeed"}

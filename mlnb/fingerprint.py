@@ -16,7 +16,7 @@ from .project import ALWAYS, Project, contract_file
 
 # %% auto #0
 __all__ = ['input_hashes', 'contract_hashes', 'code_cells', 'fingerprint', 'fingerprint_parts', 'fingerprints', 'step_parts',
-           'step_fingerprint', 'step_context', 'module_hashes', 'imported_modules', 'package_parts']
+           'step_fingerprint', 'step_context', 'module_hashes', 'imported_modules', 'step_sources', 'package_parts']
 
 # %% ../nbs/21_fingerprint.ipynb #c4c126d0
 def input_hashes(plan: Plan) -> dict[str, dict[str, str]]:
@@ -197,13 +197,20 @@ def _source_notebook(project: Project, rel: str) -> str:
     try: return nb.relative_to(project.root.resolve()).as_posix()
     except ValueError: return rel
 
+def step_sources(project: Project, sources: list[str]) -> list[str]:
+    "The code a step runs, for import analysis: its code cells, and an import of the `[tool.mlnb.serve] transform` module when it calls `log_model` (which runs that function)."
+    transform = str(project.settings.get('serve', {}).get('transform') or '').partition(':')[0]
+    calls = transform and any(isinstance(n, ast.Attribute) and n.attr == 'log_model' or isinstance(n, ast.Name) and n.id == 'log_model'
+                              for s in sources if (t := _parse_code(s)) is not None for n in ast.walk(t))
+    return [*sources, f'import {transform}'] if calls else list(sources)
+
 def package_parts(plan: Plan) -> dict[str, dict]:
     "For each step, the part of the exported package its fingerprint covers: `modules` (file -> hash), `notebooks` (file -> the notebook it is exported from), `scope` ('imports' or 'package') and `why` the whole package counts."
     project = plan.project
     hashes = module_hashes(project)
     out = {}
     for s in plan.steps:
-        used, why = imported_modules([c['src'] for c in code_cells(s.notebook)], project, hashes)
+        used, why = imported_modules(step_sources(project, [c['src'] for c in code_cells(s.notebook)]), project, hashes)
         keep = sorted(hashes) if used is None else sorted(used & set(hashes))
         out[s.name] = {'scope': 'package' if used is None else 'imports', 'why': why,
                        'modules': {r: hashes[r] for r in keep}, 'notebooks': {r: _source_notebook(project, r) for r in keep}}

@@ -114,6 +114,17 @@ def test_each_kind_of_change_is_named_and_nothing_runs(project):
     assert out['would_run'] == 0, [e['why'] for e in out['steps']]
     assert run_count(project)[0] == 1
 
+    # items read from an output of a step that would run are known only after it runs; with it cached, each item is planned
+    out, steps = dry(project, 'evaluate_region', '-p', 'sample_frac=0.5')
+    assert status(steps) == dict.fromkeys(['data', 'features', 'train_region', 'evaluate_region'], 'run'), status(steps)
+    assert steps['train_region']['why'] == "would run once per item of data.segments, known only after 'data' runs"
+    assert steps['evaluate_region']['why'] == "would run after 'train_region' (what it reads is known only then)"
+    out, steps = dry(project, 'evaluate_region')
+    items = [n for n, e in steps.items() if e['parent'] == 'train_region']
+    assert items == [f'train_region[region={r}]' for r in ('east', 'north', 'south', 'west')], items
+    assert all(steps[n]['why'] == 'would run: no earlier successful execution of this step is recorded' for n in items)
+    assert (out['would_run'], out['cached']) == (2, 2) and steps['evaluate_region[region=north]']['status'] == 'run'
+
 
 def test_fan_out_read_without_mapping_is_a_note_and_a_clear_message(project):
     toml = project / 'pyproject.toml'
