@@ -173,7 +173,7 @@ def _dry_run(steps, profile, params, force: bool, explain: bool, as_json: bool):
     from mlnb.dryrun import dry_run
     plan = dry_run(targets=steps, profile=profile, overrides=params, force=force)
     if as_json: return click.echo(json.dumps(plan, indent=1, default=str))
-    click.echo(f"Dry run: nothing runs and nothing is recorded. {plan['would_run']} steps would run, {plan['cached']} are cached.")
+    click.echo(f"Dry run (nothing runs, nothing is recorded): {plan['would_run']} steps would run, {plan['cached']} cached.")
     for n in plan['notes']: click.echo(f"Note: {n}")
     for e in plan['steps']:
         if explain: _say_why(e['step'], e['why'], e['changes'])
