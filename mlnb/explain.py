@@ -47,7 +47,8 @@ def _code_changes(old: list[dict], new: list[dict]) -> list[dict]:
             if was is None: change['text'] = f"code cell {c['cell']} added: `{c['line']}`"
             elif 'src' in was and 'src' in c:
                 change['diff'] = cell_diff(was['src'], c['src'])
-                change['text'] = f"code cell {c['cell']} changed: {_changed_lines(change['diff'])}"
+                kind = ' (an `#| export` cell)' if c['src'].lstrip().startswith('#| export') else ''
+                change['text'] = f"code cell {c['cell']}{kind} changed: {_changed_lines(change['diff'])}"
             else: change['text'] = f"code cell {c['cell']} changed: `{c['line']}`"
             out.append(change)
         for c in olds[len(news):]:
