@@ -55,7 +55,7 @@ def _entry(run: RunState, ro: _ReadOnly, units: Mapping, r, said: Mapping[str, d
         if bad is not None and said.get(bad, {}).get('status') == 'run':
             return {**e, 'status': 'run', 'why': f"would run after '{bad}' (what it reads is known only then)"}
         return {**e, 'status': 'skipped', 'why': f"would not run: upstream step '{bad}' would not succeed"}
-    return {**e, 'status': r.status, 'why': r.status}
+    return {**e, 'status': r.status, 'why': f"would not run: {run.reasons.get(r.name, 'an upstream step would not succeed')}"}
 
 # %% ../nbs/25a_dryrun.ipynb #81ab23da
 def dry_run(project: Project | None = None, # the project (default: the one containing the working directory)
@@ -87,8 +87,8 @@ def dry_run(project: Project | None = None, # the project (default: the one cont
                 run.succeeded(u, {}, 0.0) # as if it succeeded: the steps after it are planned as the run would plan them
         said = {}
         for s in plan.steps: # in the plan's order; a fanned-out step after its items
-            for r in [x for x in run.result.steps.values() if x.parent == s.name] + [run.result.steps[s.name]]:
-                said[r.name] = _entry(run, ro, units, r, said)
+            for r in [x for x in run.result.steps.values() if x.parent == s.name] + [run.result.steps.get(s.name)]:
+                if r is not None: said[r.name] = _entry(run, ro, units, r, said)
     finally:
         if led is not None: led.close()
     steps = list(said.values())
