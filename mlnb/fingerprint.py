@@ -115,9 +115,9 @@ def module_hashes(project: Project) -> dict[str, str]:
     if not pkg.is_dir(): return {}
     return {f.relative_to(project.root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(pkg.rglob('*.py'))}
 
-def _dotted(rel: str) -> str:
-    "`churn/train.py` -> `churn.train`; `churn/__init__.py` -> `churn`."
-    parts = rel[:-3].split('/')
+def _dotted(rel: str, lib: str) -> str:
+    "The import name of file `rel` of the package at `lib` (nbdev's `lib_path`): `churn/train.py` -> `churn.train`; `src/churn/__init__.py` -> `churn`."
+    parts = [lib.rsplit('/', 1)[-1], *rel[len(lib) + 1:-3].split('/')]
     return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
 
 _DYNAMIC = ('import_module', '__import__')
@@ -163,12 +163,14 @@ def imported_modules(sources: list[str], # the code cells of a step notebook
                     ) -> tuple[set[str] | None, str | None]:
     "The package files (`churn/train.py`) the code imports, directly or through other package modules, or (None, why) when that cannot be known."
     hashes = module_hashes(project) if hashes is None else hashes
-    modules = {_dotted(rel): rel for rel in hashes} # dotted name -> file
+    lib = Path(project.package).as_posix().strip('/')
+    name = lib.rsplit('/', 1)[-1] # what the code imports
+    modules = {_dotted(rel, lib): rel for rel in hashes} # dotted name -> file
     todo = set()
     for i, src in enumerate(sources):
         tree = _parse_code(src)
         if tree is None: return None, f"code cell {i + 1} of its code cells does not parse"
-        got, why = _module_imports(tree, project.package, modules)
+        got, why = _module_imports(tree, name, modules)
         if why: return None, why
         todo |= got
     seen = set()
@@ -181,7 +183,7 @@ def imported_modules(sources: list[str], # the code cells of a step notebook
         if m not in modules: continue
         tree = _file_tree(str(project.root / modules[m]), hashes[modules[m]])
         if tree is None: return None, f"{modules[m]} does not parse"
-        got, why = _module_imports(tree, project.package, modules, here=m)
+        got, why = _module_imports(tree, name, modules, here=m)
         if why: return None, f"{why} in {modules[m]}"
         todo |= got
     return {modules[m] for m in seen if m in modules}, None
