@@ -127,8 +127,13 @@ def _fan_text(r: dict) -> str:
 @click.option('--address', metavar='tcp://HOST:PORT', help='The Dask scheduler to send steps to (default: a cluster started on this machine for the run).')
 @click.option('-q', '--quiet', is_flag=True, help='No progress output.')
 @click.option('--explain', is_flag=True, help='Then say for each step whether it was cached and, if it ran, what changed.')
-def run(steps: tuple[str, ...], profile, params, force, jobs, engine, executor, address, quiet, explain):
+@click.option('--dry-run', is_flag=True, help='Run nothing and record nothing: say for each step (and item) whether it would run or is cached (with --explain, why).')
+@click.option('--json', 'as_json', is_flag=True, help='With --dry-run: print the plan as JSON.')
+def run(steps: tuple[str, ...], profile, params, force, jobs, engine, executor, address, quiet, explain, dry_run, as_json):
     "Run the pipeline, or the named STEPS and what they need; a STEP may be one item of a fanned-out step: 'train[segment=north]'."
+    if as_json and not dry_run:
+        raise click.UsageError('--json goes with --dry-run (for a finished run: mlnb show RUN --explain --json).')
+    if dry_run: return _dry_run(steps, profile, params, force, explain, as_json)
     from mlnb.runner import run_pipeline
     res = run_pipeline(targets=steps, profile=profile, overrides=params, force=force, jobs=jobs, engine=engine,
                        progress='quiet' if quiet else 'auto', executor=executor, address=address)
@@ -138,6 +143,7 @@ def run(steps: tuple[str, ...], profile, params, force, jobs, engine, executor, 
         c[s.status] = c.get(s.status, 0) + 1
     summary = ', '.join(f'{n} {k}' for k, n in counts.items()) + ('; items: ' + ', '.join(f'{n} {k}' for k, n in items.items()) if items else '')
     for w in res.warnings: click.secho(f"Warning: {w}", fg='yellow', err=True)
+    for n in res.notes: click.secho(f"Note: {n}", fg='yellow', err=True)
     for g in res.gates:
         seg = f" of segment {g['segment']}" if g.get('segment') else ''
         click.echo(f"gate: {g['candidate']}: {g['note']}" + (f' (now the champion{seg})' if g['applied'] else ''))
@@ -154,7 +160,24 @@ def _explain(run_id: str, as_json: bool = False):
     from mlnb.project import load_project
     data = explain_run(load_project().root, run_id)
     if as_json: return data
-    for e in data: click.echo(f"{e['step']}: {e['why']}")
+    for e in data: _say_why(e['step'], e['why'], e['changes'])
+
+def _say_why(name: str, why: str, changes: list[dict]):
+    "One line per step, then the short diff of each changed code cell, indented."
+    click.echo(f"{name}: {why}")
+    for c in changes:
+        for line in c.get('diff', []): click.echo(f"    {line}")
+
+def _dry_run(steps, profile, params, force: bool, explain: bool, as_json: bool):
+    "Print what `mlnb run` would do (`mlnb.dryrun`), running nothing."
+    from mlnb.dryrun import dry_run
+    plan = dry_run(targets=steps, profile=profile, overrides=params, force=force)
+    if as_json: return click.echo(json.dumps(plan, indent=1, default=str))
+    click.echo(f"Dry run (nothing runs, nothing is recorded): {plan['would_run']} steps would run, {plan['cached']} cached.")
+    for n in plan['notes']: click.echo(f"Note: {n}")
+    for e in plan['steps']:
+        if explain: _say_why(e['step'], e['why'], e['changes'])
+        else: click.echo(f"{e['step']}: " + {'run': 'would run', 'cached': f"cached (from run {e['cached_from']})"}.get(e['status'], e['why']))
 
 # %% ../nbs/37_cli.ipynb #7c4684d2
 def _ago(t: float | None) -> str:

@@ -10,7 +10,7 @@ import difflib
 
 # %% auto #0
 __all__ = ['MlnbError', 'UsageError', 'ProjectError', 'ScaffoldError', 'PipelineError', 'ParameterError', 'RecordError',
-           'StoreUnavailable', 'StepFailed', 'StoreError', 'did_you_mean']
+           'ItemKeyError', 'StoreUnavailable', 'StepFailed', 'StoreError', 'did_you_mean']
 
 # %% ../nbs/00_errors.ipynb #caf8caab
 class MlnbError(Exception):
@@ -54,6 +54,9 @@ class ParameterError(PipelineError):
 
 class RecordError(MlnbError):
     "Raised when a step output cannot be recorded or read back."
+
+class ItemKeyError(RecordError, KeyError):
+    "Raised when an output name is read from the outputs of a fanned-out step, which are keyed by item label (a `KeyError` too, for code that catches one)."
 
 class StoreUnavailable(RecordError):
     "Raised when the artifact store cannot be reached; names the store and how to retry, never a credential."

@@ -14,15 +14,28 @@ from .ledger import Ledger
 from .project import ALWAYS
 
 # %% auto #0
-__all__ = ['diff_parts', 'explain_step', 'explain_run']
+__all__ = ['cell_diff', 'diff_parts', 'explain_step', 'explain_parts', 'explain_run']
 
 # %% ../nbs/19_explain.ipynb #42f2ba40
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 40 else s[:37] + '...'
 
+def cell_diff(old: str, # the source of a code cell before
+              new: str, # and after
+              most: int = 12, # lines shown at most
+             ) -> list[str]:
+    "A short unified diff of one code cell (one line of context), without the file headers."
+    lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm='', n=1))[2:]
+    return lines[:most] + ([f'... ({len(lines) - most} more lines)'] if len(lines) > most else [])
+
+def _changed_lines(diff: list[str]) -> str:
+    "The changed lines of a cell diff that are not blank, quoted on one line (at most three)."
+    ch = [l for l in diff if l[:1] in '+-' and l[1:].strip() and not l.startswith('... (')]
+    return ', '.join(f'`{l[:80]}`' for l in ch[:3]) + (f' and {len(ch) - 3} more lines' if len(ch) > 3 else '')
+
 def _code_changes(old: list[dict], new: list[dict]) -> list[dict]:
-    "The code cells added, removed or changed between two lists of cell parts."
+    "The code cells added, removed or changed between two lists of cell parts; a changed cell with its diff, when both sources are kept."
     out = []
     sm = difflib.SequenceMatcher(a=[c['sha'] for c in old], b=[c['sha'] for c in new], autojunk=False)
     for op, i1, i2, j1, j2 in sm.get_opcodes():
@@ -30,8 +43,14 @@ def _code_changes(old: list[dict], new: list[dict]) -> list[dict]:
         olds, news = old[i1:i2], new[j1:j2]
         for k, c in enumerate(news):
             was = olds[k] if k < len(olds) else None
-            verb = 'changed' if was is not None else 'added'
-            out.append({'part': 'code', 'name': f"cell {c['cell']}", 'text': f"code cell {c['cell']} {verb}: `{c['line']}`"})
+            change = {'part': 'code', 'name': f"cell {c['cell']}"}
+            if was is None: change['text'] = f"code cell {c['cell']} added: `{c['line']}`"
+            elif 'src' in was and 'src' in c:
+                change['diff'] = cell_diff(was['src'], c['src'])
+                kind = ' (an `#| export` cell)' if c['src'].lstrip().startswith('#| export') else ''
+                change['text'] = f"code cell {c['cell']}{kind} changed: {_changed_lines(change['diff'])}"
+            else: change['text'] = f"code cell {c['cell']} changed: `{c['line']}`"
+            out.append(change)
         for c in olds[len(news):]:
             out.append({'part': 'code', 'name': f"cell {c['cell']}", 'text': f"code cell {c['cell']} removed (it was `{c['line']}`)"})
     return out
@@ -41,14 +60,34 @@ def _dict_changes(part: str, old: Mapping, new: Mapping, say) -> list[dict]:
     return [{'part': part, 'name': k, 'text': say(k, old.get(k), new.get(k))}
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) or (k in old) != (k in new)]
 
+def _package_changes(old: Any, new: Any) -> list[dict]:
+    "The exported modules whose code changed, each with the notebook it is exported from (a part from before modules were kept counts as one hash)."
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        if old == new: return []
+        return [{'part': 'package', 'name': 'package', 'text': 'the exported package changed (an `#| export` cell of some notebook)'
+                 if not isinstance(new, Mapping) else 'the exported package changed (the earlier execution kept one hash of the whole package, so the module cannot be named)'}]
+    om, nm, nbs = old.get('modules', {}), new.get('modules', {}), {**old.get('notebooks', {}), **new.get('notebooks', {})}
+    whole = f" (the whole package counts for this step: {new['why']})" if new.get('scope') == 'package' and new.get('why') else ''
+    out = []
+    for rel in sorted(set(om) | set(nm)):
+        if om.get(rel) == nm.get(rel): continue
+        nb = nbs.get(rel, rel)
+        text = (f"exported module {rel} changed (an `#| export` cell of {nb})" if rel in om and rel in nm else
+                f"exported module {rel} (from {nb}) is now imported by this step, or is new" if rel in nm else
+                f"exported module {rel} (from {nb}) is no longer imported by this step, or is gone")
+        out.append({'part': 'package', 'name': rel, 'notebook': nb, 'text': text + whole})
+    return out
+
 def diff_parts(old: Mapping[str, Any], # the parts of the earlier execution
                new: Mapping[str, Any], # the parts of this one
               ) -> list[dict]:
-    "What changed from `old` to `new`: one dict per change, with `part`, `name` and a sentence (`text`)."
+    "What changed from `old` to `new`: one dict per change, with `part`, `name` and a sentence (`text`); a changed code cell has its `diff`."
+    was, now = old.get('sources', {}), new.get('sources', {})
     def param(k, a, b):
-        if a is None and k not in old.get('params', {}): return f"parameter {k} is new: {_short(b)}"
+        if a is None and k not in old.get('params', {}): return f"parameter {k} is new: {_short(b)}" + (f" (from {now[k]})" if k in now else '')
         if b is None and k not in new.get('params', {}): return f"parameter {k} is gone (it was {_short(a)})"
-        return f"parameter {k} changed: {_short(a)} -> {_short(b)}"
+        if k in was and k in now and was[k] != now[k]: return f"parameter {k} changed: {_short(a)} (from {was[k]}) -> {_short(b)} (from {now[k]})"
+        return f"parameter {k} changed: {_short(a)} -> {_short(b)}" + (f" (from {now[k]})" if k in now else '')
     def ups(k, a, b):
         if a is None: return f"upstream step '{k}' is new"
         if b is None: return f"upstream step '{k}' is no longer needed"
@@ -59,13 +98,11 @@ def diff_parts(old: Mapping[str, Any], # the parts of the earlier execution
     def contracts(k, a, b):
         return f"contract '{k}' is newly checked" if a is None else f"contract '{k}' is no longer checked" if b is None else f"contract '{k}' changed"
     out = _code_changes(old.get('code', []), new.get('code', []))
-    out += _dict_changes('params', old.get('params', {}), new.get('params', {}), param)
+    out += [{**c, 'source': now[c['name']]} if c['name'] in now else c for c in _dict_changes('params', old.get('params', {}), new.get('params', {}), param)]
     out += _dict_changes('upstream', old.get('upstream', {}), new.get('upstream', {}), ups)
     out += _dict_changes('inputs', old.get('inputs', {}), new.get('inputs', {}), files)
     out += _dict_changes('contracts', old.get('contracts', {}), new.get('contracts', {}), contracts)
-    if old.get('package') != new.get('package'):
-        out.append({'part': 'package', 'name': 'package', 'text': 'the exported package changed (an `#| export` cell of some notebook)'})
-    return out
+    return out + _package_changes(old.get('package'), new.get('package'))
 
 # %% ../nbs/19_explain.ipynb #8ca48aa5
 def explain_step(led: Ledger, run: Mapping, step: Mapping) -> dict:
@@ -78,14 +115,21 @@ def explain_step(led: Ledger, run: Mapping, step: Mapping) -> dict:
     if step['status'] == 'skipped':
         return {**out, 'why': f"skipped: {(step.get('error') or {}).get('reason', 'an upstream step did not succeed')}"}
     if not step.get('parts'): return {**out, 'why': 'ran; this run recorded no fingerprint parts to compare'}
-    prev = led.previous(run['id'], step['step'])
-    if prev is None: return {**out, 'why': 'ran: no earlier successful execution of this step is recorded'}
+    return {**out, **explain_parts(led.previous(run['id'], step['step']), step['parts'], bool(run.get('force')))}
+
+def explain_parts(prev: Mapping | None, # the execution the cache is checked against (`Ledger.previous`), or None
+                  parts: Mapping, # the parts of the execution to explain
+                  force: bool = False, # whether the run was asked to execute everything
+                  verb: str = 'ran', # 'ran', or 'would run' for a dry run
+                 ) -> dict:
+    "Why an execution with `parts` runs rather than reusing `prev`: `why` (a sentence), `changes` (see `diff_parts`), `compared_with`."
+    if prev is None: return {'changes': [], 'compared_with': None, 'why': f'{verb}: no earlier successful execution of this step is recorded'}
     origin = prev['cached_from'] or prev['run_id']
-    changes = diff_parts(prev['parts'], step['parts'])
-    out.update(changes=changes, compared_with=origin)
-    if changes: return {**out, 'why': f"ran because, since run {origin}, " + '; '.join(c['text'] for c in changes)}
-    if run.get('force'): return {**out, 'why': f"ran because of --force (nothing changed since run {origin})"}
-    return {**out, 'why': f"ran: nothing changed since run {origin}, but its outputs could not be reused "
+    changes = diff_parts(prev['parts'], parts)
+    out = {'changes': changes, 'compared_with': origin}
+    if changes: return {**out, 'why': f"{verb} because, since run {origin}, " + '; '.join(c['text'] for c in changes)}
+    if force: return {**out, 'why': f"{verb} because of --force (nothing changed since run {origin})"}
+    return {**out, 'why': f"{verb}: nothing changed since run {origin}, but its outputs could not be reused "
                           "(its gate decision was not settled by a successful run, or its stored artifacts are gone)"}
 
 def explain_run(root: str | Path, # the project root

@@ -6,17 +6,17 @@ Docs: https://mlnb.github.io/mlnb/api/fingerprint.html.md"""
 
 # %% ../nbs/21_fingerprint.ipynb #644bdaaa
 from __future__ import annotations
-import functools, hashlib, json
+import ast, functools, hashlib, json, re
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import MlnbError
-from .pipeline import Plan, PlannedStep
-from .project import ALWAYS, contract_file
+from .pipeline import Plan, PlannedStep, param_source
+from .project import ALWAYS, Project, contract_file
 
 # %% auto #0
 __all__ = ['input_hashes', 'contract_hashes', 'code_cells', 'fingerprint', 'fingerprint_parts', 'fingerprints', 'step_parts',
-           'step_fingerprint', 'step_context']
+           'step_fingerprint', 'step_context', 'module_hashes', 'imported_modules', 'step_sources', 'package_parts']
 
 # %% ../nbs/21_fingerprint.ipynb #c4c126d0
 def input_hashes(plan: Plan) -> dict[str, dict[str, str]]:
@@ -39,7 +39,7 @@ def contract_hashes(plan: Plan) -> dict[str, dict[str, str]]:
             for s in plan.steps}
 
 def code_cells(path: Path) -> list[dict]:
-    "The code cells of the notebook at `path`: hash of the source (`sha`), position among all its cells (`cell`, from 1), first line."
+    "The code cells of the notebook at `path`: hash of the source (`sha`), position among all its cells (`cell`, from 1), first line, source (`src`)."
     p = Path(path)
     return _code_cells(str(p), p.stat().st_mtime_ns)
 
@@ -51,44 +51,48 @@ def _code_cells(path: str, mtime: int) -> list[dict]:
         if c.get('cell_type') != 'code': continue
         src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
         line = next((l.strip() for l in src.splitlines() if l.strip() and not l.strip().startswith('#|')), '')
-        out.append({'sha': hashlib.sha256(src.encode()).hexdigest()[:16], 'cell': i + 1, 'line': line[:80]})
+        out.append({'sha': hashlib.sha256(src.encode()).hexdigest()[:16], 'cell': i + 1, 'line': line[:80], 'src': src})
     return out
 
 def fingerprint(parts: Mapping[str, Any]) -> str:
-    "A step's fingerprint: SHA-256 of its parts (a code cell counts by its source alone, not its position or first line)."
-    key = {**parts, 'code': [c['sha'] for c in parts['code']]}
+    "A step's fingerprint: SHA-256 of its parts (a code cell counts by its source alone, not its position; the package by the modules the step imports; where a parameter's value comes from does not count)."
+    pkg = parts.get('package')
+    key = {**{k: v for k, v in parts.items() if k != 'sources'}, 'code': [c['sha'] for c in parts['code']],
+           'package': pkg['modules'] if isinstance(pkg, Mapping) else pkg}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
-def fingerprint_parts(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
+def fingerprint_parts(plan: Plan, package: Mapping[str, dict], inputs: Mapping[str, Mapping[str, str]],
                       contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
                      ) -> dict[str, dict]:
     "What each step's fingerprint is computed from: `code` (one entry per code cell), `params`, `upstream` (fingerprints), `inputs`, `contracts`, `package`."
     parts, fps = {}, {}
     for s in plan.steps:
-        p = parts[s.name] = step_parts(s, s.params, fps, inputs[s.name], (contracts or {}).get(s.name, {}), package)
+        p = parts[s.name] = step_parts(s, s.params, fps, inputs[s.name], (contracts or {}).get(s.name, {}), package[s.name])
         fps[s.name] = fingerprint(p)
     return parts
 
-def fingerprints(plan: Plan, package: str, inputs: Mapping[str, Mapping[str, str]],
+def fingerprints(plan: Plan, package: Mapping[str, dict], inputs: Mapping[str, Mapping[str, str]],
                  contracts: Mapping[str, Mapping[str, str]] | None = None, # contract name -> hash, per step
                  fixed: Mapping[str, str] | None = None, # fingerprints already known (a fanned-out step's, once its items ran)
                 ) -> dict[str, str]:
-    "The fingerprint of every step of `plan`, given the package hash, the input hashes and the contract hashes."
+    "The fingerprint of every step of `plan`, given what of the package each step depends on (`package_parts`), the input hashes and the contract hashes."
     fps = dict(fixed or {})
     for s in plan.steps:
         if s.name not in fps:
-            fps[s.name] = step_fingerprint(s, s.params, {n: fps[n] for n in s.spec.needs}, inputs[s.name], (contracts or {}).get(s.name, {}), package)
+            fps[s.name] = step_fingerprint(s, s.params, {n: fps[n] for n in s.spec.needs}, inputs[s.name], (contracts or {}).get(s.name, {}), package[s.name])
     return fps
 
 def step_parts(step: PlannedStep, params: Mapping[str, Any], # the step, and the parameters it runs with (an item's, for an item)
                upstream: Mapping[str, str], # fingerprint of each needed step (or of its matching item)
-               inputs: Mapping[str, str], contracts: Mapping[str, str], package: str) -> dict:
-    "What one execution of `step` is fingerprinted from: `code` (one entry per code cell), `params`, `upstream`, `inputs`, `contracts`, `package`."
-    return {'code': code_cells(step.notebook), 'params': dict(params), 'upstream': {n: upstream[n] for n in step.spec.needs},
-            'inputs': dict(inputs), 'contracts': dict(contracts), 'package': package}
+               inputs: Mapping[str, str], contracts: Mapping[str, str],
+               package: Mapping[str, Any], # what of the package the step depends on (`package_parts`)
+              ) -> dict:
+    "What one execution of `step` is fingerprinted from: `code` (one entry per code cell), `params` (and their `sources`), `upstream`, `inputs`, `contracts`, `package`."
+    return {'code': code_cells(step.notebook), 'params': dict(params), 'sources': {k: param_source(step, k) for k in params},
+            'upstream': {n: upstream[n] for n in step.spec.needs}, 'inputs': dict(inputs), 'contracts': dict(contracts), 'package': package}
 
 def step_fingerprint(step: PlannedStep, params: Mapping[str, Any], upstream: Mapping[str, str],
-                     inputs: Mapping[str, str], contracts: Mapping[str, str], package: str) -> str:
+                     inputs: Mapping[str, str], contracts: Mapping[str, str], package: Mapping[str, Any]) -> str:
     "The fingerprint of one execution of `step` (see `step_parts`)."
     return fingerprint(step_parts(step, params, upstream, inputs, contracts, package))
 
@@ -103,3 +107,113 @@ def step_context(plan: Plan, step: PlannedStep, run_id: str, fps: Mapping[str, s
     checked = {c: sha for n in [*ups, step.name] for c, sha in (contracts or {}).get(n, {}).items()}
     return {'run_id': run_id, 'step': step.name, 'fingerprint': fps[step.name], 'params': dict(step.params),
             'upstream': dict(sorted(ups.items())), 'inputs': files, 'contracts': checked}
+
+# %% ../nbs/21_fingerprint.ipynb #bc60ad5d
+def module_hashes(project: Project) -> dict[str, str]:
+    "SHA-256 of each Python file of the exported package, by path from the project root (`churn/train.py`)."
+    pkg = project.root / project.package
+    if not pkg.is_dir(): return {}
+    return {f.relative_to(project.root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(pkg.rglob('*.py'))}
+
+def _dotted(rel: str, lib: str) -> str:
+    "The import name of file `rel` of the package at `lib` (nbdev's `lib_path`): `churn/train.py` -> `churn.train`; `src/churn/__init__.py` -> `churn`."
+    parts = [lib.rsplit('/', 1)[-1], *rel[len(lib) + 1:-3].split('/')]
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+_DYNAMIC = ('import_module', '__import__')
+
+def _parse_code(src: str) -> ast.Module | None:
+    "The syntax tree of `src` with IPython magic lines left out, or None when it does not parse."
+    lines = ['' if l.lstrip().startswith(('%', '!')) else l for l in src.splitlines()]
+    try: return ast.parse('\n'.join(lines))
+    except SyntaxError: return None
+
+def _module_imports(tree: ast.Module, package: str, modules: Mapping[str, str], here: str | None = None) -> tuple[set[str], str | None]:
+    "The package modules `tree` imports (relative imports from module `here`), and why that cannot be known (or None)."
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == package: return found, f"`import {package}` (its modules are then reached as attributes)"
+                if a.name.startswith(package + '.'): found.add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if here is None: continue
+                base = here if here in modules and modules[here].endswith('__init__.py') else here.rpartition('.')[0]
+                for _ in range(node.level - 1): base = base.rpartition('.')[0]
+                base = '.'.join(filter(None, [base, node.module]))
+            else: base = node.module or ''
+            if base != package and not base.startswith(package + '.'): continue
+            for a in node.names:
+                if a.name == '*' and base == package: return found, f"`from {package} import *`"
+                found.add(f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base)
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name in _DYNAMIC: return found, f"a dynamic import (`{name}(...)`)"
+    return found, None
+
+@functools.lru_cache(maxsize=512)
+def _file_tree(path: str, sha: str) -> ast.Module | None:
+    return _parse_code(Path(path).read_text(encoding='utf-8'))
+
+def imported_modules(sources: list[str], # the code cells of a step notebook
+                     project: Project,
+                     hashes: Mapping[str, str] | None = None, # `module_hashes(project)`, when already known
+                    ) -> tuple[set[str] | None, str | None]:
+    "The package files (`churn/train.py`) the code imports, directly or through other package modules, or (None, why) when that cannot be known."
+    hashes = module_hashes(project) if hashes is None else hashes
+    lib = Path(project.package).as_posix().strip('/')
+    name = lib.rsplit('/', 1)[-1] # what the code imports
+    modules = {_dotted(rel, lib): rel for rel in hashes} # dotted name -> file
+    todo = set()
+    for i, src in enumerate(sources):
+        tree = _parse_code(src)
+        if tree is None: return None, f"code cell {i + 1} of its code cells does not parse"
+        got, why = _module_imports(tree, name, modules)
+        if why: return None, why
+        todo |= got
+    seen = set()
+    while todo:
+        m = todo.pop()
+        if m in seen: continue
+        seen.add(m)
+        parent = m.rpartition('.')[0]
+        if parent: todo.add(parent) # importing pkg.mod runs pkg/__init__.py
+        if m not in modules: continue
+        tree = _file_tree(str(project.root / modules[m]), hashes[modules[m]])
+        if tree is None: return None, f"{modules[m]} does not parse"
+        got, why = _module_imports(tree, name, modules, here=m)
+        if why: return None, f"{why} in {modules[m]}"
+        todo |= got
+    return {modules[m] for m in seen if m in modules}, None
+
+def _source_notebook(project: Project, rel: str) -> str:
+    "The notebook a module is exported from (nbdev's `File to edit:` header), or the module itself when it says none."
+    f = project.root / rel
+    try: head = f.read_text(encoding='utf-8')[:2000]
+    except OSError: return rel
+    m = re.search(r'File to edit: (\S+?\.ipynb)', head)
+    if not m: return rel
+    nb = (f.parent / m.group(1)).resolve()
+    try: return nb.relative_to(project.root.resolve()).as_posix()
+    except ValueError: return rel
+
+def step_sources(project: Project, sources: list[str]) -> list[str]:
+    "The code a step runs, for import analysis: its code cells, and an import of the `[tool.mlnb.serve] transform` module when it calls `log_model` (which runs that function)."
+    transform = str(project.settings.get('serve', {}).get('transform') or '').partition(':')[0]
+    calls = transform and any(isinstance(n, ast.Attribute) and n.attr == 'log_model' or isinstance(n, ast.Name) and n.id == 'log_model'
+                              for s in sources if (t := _parse_code(s)) is not None for n in ast.walk(t))
+    return [*sources, f'import {transform}'] if calls else list(sources)
+
+def package_parts(plan: Plan) -> dict[str, dict]:
+    "For each step, the part of the exported package its fingerprint covers: `modules` (file -> hash), `notebooks` (file -> the notebook it is exported from), `scope` ('imports' or 'package') and `why` the whole package counts."
+    project = plan.project
+    hashes = module_hashes(project)
+    out = {}
+    for s in plan.steps:
+        used, why = imported_modules(step_sources(project, [c['src'] for c in code_cells(s.notebook)]), project, hashes)
+        keep = sorted(hashes) if used is None else sorted(used & set(hashes))
+        out[s.name] = {'scope': 'package' if used is None else 'imports', 'why': why,
+                       'modules': {r: hashes[r] for r in keep}, 'notebooks': {r: _source_notebook(project, r) for r in keep}}
+    return out

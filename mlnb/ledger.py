@@ -285,8 +285,12 @@ def newest_outputs(root: str | Path, step: str) -> dict | None:
     return _reading(root, lambda led: led.newest(step))
 
 @patch
-def previous(self: Ledger, run_id: str, step: str) -> dict | None:
+def previous(self: Ledger, run_id: str | None, # a run, or None: a run that would start now (`mlnb run --dry-run`)
+             step: str) -> dict | None:
     "The latest successful pipeline execution of `step` with recorded fingerprint parts before it ran in `run_id` (what its cache was checked against), or None."
+    if run_id is None:
+        p = self.db.one("select * from steps where step=:step and status in ('ok', 'cached') and parts is not null order by ended desc limit 1", step=step)
+        return None if p is None else _step_row(p, 'ok')
     r = self.db.one('select started from steps where run_id=:id and step=:step', id=run_id, step=step)
     if r is None: return None
     p = self.db.one("select * from steps where step=:step and status in ('ok', 'cached') and parts is not null and run_id != :id "

@@ -8,12 +8,12 @@ Docs: https://mlnb.github.io/mlnb/api/notebook.html.md"""
 from __future__ import annotations
 from typing import Any, Mapping
 
-from .errors import RecordError
+from .errors import ItemKeyError, RecordError
 from .outputs import encode, glue, load
 from .project import project_root
 
 # %% auto #0
-__all__ = ['record', 'upstream', 'context']
+__all__ = ['record', 'upstream', 'ItemOutputs', 'context']
 
 # %% ../nbs/22_notebook.ipynb #b9619cb5
 def record(name: str, # output name, a Python identifier
@@ -37,9 +37,30 @@ def upstream(step: str, # the upstream step's name
         if step not in injected:
             raise RecordError(f"Step '{step}' is not upstream of this step (injected: {', '.join(injected) or 'none'}). "
                               f"Add \"{step}\" to this step's `needs` in [tool.mlnb.steps].", step=step)
-        return load(injected[step])
+        return _by_item(step, load(injected[step]))
     from mlnb.hand import upstream as newest # a notebook run by hand: the newest recorded outputs
-    return load(newest(step)['outputs'], project_root())
+    return _by_item(step, load(newest(step)['outputs'], project_root()))
+
+class ItemOutputs(dict):
+    "The outputs of a fanned-out step, item label -> that item's outputs; reading an output name from it says how to read the items instead."
+    def __init__(self, step: str, items: Mapping[str, Any]):
+        super().__init__(items)
+        self.step = step
+
+    def __missing__(self, key):
+        labels = ', '.join(self)
+        if isinstance(key, str) and '=' in key:
+            raise ItemKeyError(f"Step '{self.step}' has no item '{key}'. Its items: {labels}.", step=self.step)
+        first = next(iter(self))
+        raise ItemKeyError(f"Step '{self.step}' ran once per item ({labels}), so what this step receives from it is keyed by item label: "
+                           f"there is no output {key!r} of '{self.step}' as a whole. Either declare the same fan-out on this step (the same "
+                           f"`grid` or `foreach` as [tool.mlnb.steps.{self.step}]) so that it runs once per item and each item reads its own, "
+                           f"or read the items by label: mlnb.upstream('{self.step}', upstream)['{first}'][{key!r}].", step=self.step, key=key)
+
+def _by_item(step: str, outputs: Any) -> Any:
+    "`outputs` as `ItemOutputs` when they are a fanned-out step's (every key an item label such as `max_depth=4`, which no output name can be)."
+    if isinstance(outputs, dict) and outputs and all(isinstance(k, str) and '=' in k for k in outputs): return ItemOutputs(step, outputs)
+    return outputs
 
 # %% ../nbs/22_notebook.ipynb #1f5e4954
 def context() -> dict:

@@ -17,8 +17,8 @@ from .project import Project, StepSpec, Picklable, contract_file, valid_contract
 
 # %% auto #0
 __all__ = ['UNKNOWN', 'RESERVED', 'checked_contracts', 'NotebookInfo', 'notebook_info', 'check_plain', 'parse_text', 'coerce',
-           'PlannedStep', 'Plan', 'make_plan', 'Item', 'expand_items', 'item_step', 'maps_over', 'split_targets',
-           'check_items']
+           'PlannedStep', 'Plan', 'make_plan', 'param_source', 'Item', 'expand_items', 'item_step', 'maps_over',
+           'split_targets', 'check_items', 'fan_notes']
 
 # %% ../nbs/16_pipeline.ipynb #92674df4
 _CHECK_FUNCTIONS = ('mlnb.contract.check', 'mlnb.contract.check_file') # both take the contract as 2nd argument or `contract=`
@@ -201,6 +201,7 @@ class PlannedStep(Picklable):
     overrides: Mapping[str, Any] # what is set over the notebook's defaults: what the runner injects
     contracts: tuple[str, ...] = () # data contracts the step checks (found in its code or declared), sorted
     fan: Mapping[str, Any] = field(default_factory=dict) # fan-out parameter -> typed values (a tuple), or 'step.output' read at run time
+    sources: Mapping[str, str] = field(default_factory=dict) # parameter set over the notebook's default -> where its value comes from
 
     @property
     def name(self) -> str: return self.spec.name
@@ -282,6 +283,7 @@ def make_plan(project: Project, # the project
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
     declared_anywhere = {k for i in infos.values() for k in i.params if k not in RESERVED}
     resolved = {n: {} for n in selected} # what is set over the notebook's defaults
+    origins = {n: {} for n in selected} # where each of those values comes from
     def apply(n, key, value, origin, from_text):
         where = f"Step '{n}' parameter '{key}' ({origin})"
         decl = infos[n].params
@@ -293,8 +295,9 @@ def make_plan(project: Project, # the project
         else:
             try: resolved[n][key] = parse_text(value, decl[key], where) if from_text else coerce(value, decl[key], where)
             except ParameterError as e: problems.append(str(e))
+            else: origins[n][key] = origin
     for n in selected:
-        for k, v in steps[n].params.items(): apply(n, k, v, f'[tool.mlnb.steps.{n}] params', False)
+        for k, v in steps[n].params.items(): apply(n, k, v, f'pyproject.toml [tool.mlnb.steps.{n}] params', False)
     def broadcast(key, value, origin, from_text):
         hit = [n for n in selected if key in infos[n].params]
         if key in RESERVED or (not hit and key not in declared_anywhere):
@@ -320,7 +323,7 @@ def make_plan(project: Project, # the project
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
     planned = tuple(PlannedStep(steps[n], project.root / steps[n].notebook, infos[n],
                                 MappingProxyType({**_literal_defaults(infos[n]), **resolved[n]}), MappingProxyType(resolved[n]),
-                                contracts[n], MappingProxyType(fans[n])) for n in selected)
+                                contracts[n], MappingProxyType(fans[n]), MappingProxyType(origins[n])) for n in selected)
     return Plan(project, planned, profile)
 
 def _literal_defaults(info: NotebookInfo) -> dict[str, Any]:
@@ -343,6 +346,14 @@ def _contracts(project: Project, spec: StepSpec, info: NotebookInfo, problems: l
             problems.append(f"Step '{spec.name}' checks contract '{c}' ({origin}), but contracts/{c}.yaml does not exist. Create it "
                             f"from a good sample with mlnb.contract.infer(df, {c!r}), review and commit it, or fix the name.")
     return tuple(sorted(set(info.contracts) | set(spec.contracts)))
+
+# %% ../nbs/16_pipeline.ipynb #8c6551ae
+def param_source(step: PlannedStep, # a planned step
+                 name: str, # one of its parameters
+                ) -> str:
+    "Where the value of parameter `name` of `step` comes from: the notebook's default, `params` in pyproject.toml, a profile, `-p`, or a fan-out item."
+    if name in step.fan: return f'an item of the fan-out ({name})'
+    return step.sources.get(name, f'the default in {step.spec.notebook}')
 
 # %% ../nbs/16_pipeline.ipynb #0e89803e
 @dataclass(frozen=True)
@@ -443,3 +454,30 @@ def check_items(plan: Plan, # the plan of the steps named
                 problems.append(f"Step '{name}' has no item '{l}'.{did_you_mean(l, known)} Its items: {', '.join(f'{name}[{k}]' for k in known)}.")
     if problems: raise PipelineError('The pipeline cannot run:\n- ' + '\n- '.join(problems))
 
+
+# %% ../nbs/16_pipeline.ipynb #d5bdbfae
+def fan_notes(plan: Plan) -> list[str]:
+    "A note for each step that needs a fanned-out step without mapping over it (it reads all the items, keyed by label)."
+    out, names = [], {s.name for s in plan.steps}
+    for s in plan.steps:
+        for n in s.spec.needs:
+            if n not in names or not plan[n].fan or maps_over(s, plan[n]): continue
+            need = plan[n]
+            out.append(f"Step '{s.name}' needs '{n}', which runs once per item of its fan-out ({', '.join(need.fan)}), but '{s.name}' does not "
+                       f"map over it: mlnb.upstream('{n}', upstream) in {s.spec.notebook} gives the outputs of every item, keyed by label "
+                       f"(e.g. ['{_example_label(need)}']). Declare the same fan-out on '{s.name}' ({_fan_decl(need)} in "
+                       f"[tool.mlnb.steps.{s.name}]) to run it once per item, or read the items by label.")
+    return out
+
+def _example_label(step: PlannedStep) -> str:
+    "The label of the first item of `step`, as far as the plan knows it."
+    return ','.join(f"{k}={v[0] if isinstance(v[0], str) else json.dumps(v[0])}" if isinstance(v, tuple) and v else f'{k}=...'
+                    for k, v in step.fan.items())
+
+def _fan_decl(step: PlannedStep) -> str:
+    "How `step`'s fan-out is declared, to copy onto a step that should map over it."
+    each = {k: v for k, v in step.spec.foreach.items()}
+    grid = {k: v for k, v in step.fan.items() if k not in each}
+    parts = [f"foreach = {{ {k} = {json.dumps(v if isinstance(v, str) else list(v))} }}" for k, v in each.items()]
+    if grid: parts.append('grid = { ' + ', '.join(f'{k} = {json.dumps(list(v))}' for k, v in grid.items()) + ' }')
+    return ' and '.join(parts)

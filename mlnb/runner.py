@@ -21,17 +21,17 @@ from .engines import kernel_pool, kernels, papermill_engine
 from .errors import MlnbError, ParameterError, StepFailed, StoreError, did_you_mean
 from .executors import LazyExecutor, execute_away, execute_step, executor_spec, land, start_executor
 from .export import ensure_exported, package_hash
-from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, step_context, step_parts
+from .fingerprint import contract_hashes, fingerprint, fingerprints, input_hashes, package_parts, step_context, step_parts
 from .ledger import Ledger, git_state, new_run_id
 from .objects import pack_project, snapshot_inputs
 from .outputs import read_refs, store
-from .pipeline import Item, Plan, PlannedStep, check_items, expand_items, item_step, make_plan, maps_over, split_targets
+from .pipeline import Item, Plan, PlannedStep, check_items, expand_items, fan_notes, item_step, make_plan, maps_over, split_targets
 from .progress import Progress
 from .project import ALWAYS, Project, load_project
 from .store import client_modules, store_url
 
 # %% auto #0
-__all__ = ['StepResult', 'RunResult', 'RunState', 'run_pipeline']
+__all__ = ['StepResult', 'RunResult', 'RunState', 'run_pipeline', 'plan_run', 'fingerprint_run']
 
 # %% ../nbs/25_runner.ipynb #accd7dc7
 @dataclass
@@ -56,6 +56,7 @@ class RunResult:
     gates: list[dict] = field(default_factory=list) # gate decisions of executed steps, with whether they were applied
     alert: dict | None = None # how the alert command went, when a data guard stopped the run
     warnings: list[StepFailed] = field(default_factory=list) # fanned-out steps whose failed items `allow_failures` let pass
+    notes: list[str] = field(default_factory=list) # what the plan points out without refusing it (`fan_notes`)
 
     @property
     def error(self) -> StepFailed | None:
@@ -125,6 +126,7 @@ class RunState:
     fans: dict = field(default_factory=dict) # step name -> _Fan
     reasons: dict = field(default_factory=dict) # skipped item -> why
     only: dict = field(default_factory=dict) # step -> the labels of the only items of it to run (`mlnb run "train[segment=north]"`)
+    code: dict = field(default_factory=dict) # step -> the part of the exported package its fingerprint covers (`package_parts`)
 
     def _hit(self, name: str, fp: str):
         "The cached (run id, outputs) of unit `name` with fingerprint `fp`, if its artifacts are all still there."
@@ -167,7 +169,7 @@ class RunState:
 
     def step(self, s: PlannedStep):
         "A step that does not fan out: reuse it from the cache, or queue it."
-        parts = step_parts(s, s.params, self.fps, self.inputs[s.name], self.contracts.get(s.name, {}), self.package)
+        parts = step_parts(s, s.params, self.fps, self.inputs[s.name], self.contracts.get(s.name, {}), self.code[s.name])
         fp, ups_from = self.fps[s.name], self._upstream_runs(s)
         if (hit := self._hit(s.name, fp)) is not None:
             self.outputs[s.name] = hit[1]
@@ -207,7 +209,7 @@ class RunState:
                 self.reasons[it.name] = f"upstream item '{missing}' did not succeed"
                 self._item_done(it, StepResult(it.name, 'skipped', '', parent=s.name), one, error={'reason': self.reasons[it.name]})
                 continue
-            parts = step_parts(s, one.params, up_fps, self.inputs[s.name], self.contracts.get(s.name, {}), self.package)
+            parts = step_parts(s, one.params, up_fps, self.inputs[s.name], self.contracts.get(s.name, {}), self.code[s.name])
             fp = fan.fps[it.name] = fingerprint(parts)
             if (hit := self._hit(it.name, fp)) is not None:
                 self._item_done(it, StepResult(it.name, 'cached', fp, 0.0, hit[1], cached_from=hit[0], parent=s.name), one)
@@ -298,7 +300,7 @@ class RunState:
         self.led.finish_step(self.run_id, name, status, outputs=outs, error=None if err is None else err.fields, fingerprint=fp)
         self.show(name, status, time.perf_counter() - fan.started, note=f'{len(res)} items' + (f', {len(bad)} did not succeed' if bad else ''))
         self.fps[name] = fp # what the steps after it build on
-        self.fps.update(fingerprints(self.plan, self.package, self.inputs, self.contracts, fixed={n: self.fps[n] for n in self.result.steps if n in self.fps}))
+        self.fps.update(fingerprints(self.plan, self.code, self.inputs, self.contracts, fixed={n: self.fps[n] for n in self.result.steps if n in self.fps}))
 
     def finish(self) -> list[dict]:
         "End the run: its status from the steps; the gate decisions applied (only if it succeeded) and the run marked finished, in one transaction."
@@ -336,9 +338,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     # 1. the plan, and every setting it runs with, checked before anything starts
     project = project or load_project()
     targets, overrides = list(targets), list(overrides)
-    steps, only = split_targets(targets) # a target may be one item: 'train[segment=north]'
-    plan = make_plan(project, steps, profile, overrides)
-    check_items(plan, only)
+    plan, only = plan_run(project, targets, profile, overrides)
     engine = engine or project.settings.get('engine') or 'kernel' # recorded as asked: 'kernel', 'fast', or a papermill engine
     pm_engine = papermill_engine(engine)
     if 'gate' in project.settings: GateConfig.from_settings(project.settings) # a bad gate is refused before anything runs
@@ -357,8 +357,7 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         shared = st.fs is not None # a team's object store: an export made on another machine is known there
         ensure_exported(project, known=(lambda n, p: st.has(_export_key(n, p))) if shared else None,
                         remember=(lambda n, p: st.put_named(_export_key(n, p), b'')) if shared else None, before=warm.start)
-        inputs, contracts, package = input_hashes(plan), contract_hashes(plan), package_hash(project)
-        fps = fingerprints(plan, package, inputs, contracts)
+        inputs, contracts, package, code, fps = fingerprint_run(plan)
         led = Ledger(project.root)
         snapshot_inputs(project.root, inputs, st) # the files as they are now, kept by content for `mlnb reproduce`
         led.reap()
@@ -370,11 +369,11 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
     except BaseException:
         stop_kernels(); _restore_sigterm(old_term)
         raise
-    result = RunResult(run_id, 'running')
+    result = RunResult(run_id, 'running', notes=fan_notes(plan))
     prog = Progress([s.name for s in plan.steps], progress) if progress != 'quiet' else None
     run = RunState(plan, run_id, run_dir, led, st, result, {}, fps, inputs, contracts, package, force,
                    prog.update if prog else lambda *a, **k: None, prog, about={'profile': profile, 'overrides': overrides, **({'replay': dict(replay)} if replay else {})},
-                   only=dict(only))
+                   only=dict(only), code=code)
     # with both of a team's stores shared, a Dask worker needs no copy of the project: each unit brings its files from the artifact store
     run.hold = hold # `mlnb loop`: a candidate the gate passes waits for its staged rollout
     away = spec['name'] == 'dask' and st.fs is not None and not store_url(project.root).startswith('sqlite:')
@@ -424,6 +423,22 @@ def run_pipeline(project: Project | None = None, # the project (default: the one
         stop_kernels(); _restore_sigterm(old_term)
         if prog: prog.close()
         led.close()
+
+def plan_run(project: Project, # the project
+             targets: list[str], # steps, or items (`train[segment=north]`), to run with what they need (default: all)
+             profile: str | None = None, overrides: Iterable[str] = (), # as for `run_pipeline`
+            ) -> tuple[Plan, dict]:
+    "The plan of a run and the items asked for by name, by step: everything checked before anything starts (a dry run plans the same way)."
+    steps, only = split_targets(targets) # a target may be one item: 'train[segment=north]'
+    plan = make_plan(project, steps, profile, list(overrides))
+    check_items(plan, only)
+    return plan, only
+
+def fingerprint_run(plan: Plan, # a plan whose package is exported
+                   ) -> tuple[dict, dict, str, dict, dict]:
+    "What a run fingerprints its steps from, and their fingerprints: (input hashes, contract hashes, the package's hash, the package part of each step, fingerprints)."
+    inputs, contracts, package, code = input_hashes(plan), contract_hashes(plan), package_hash(plan.project), package_parts(plan)
+    return inputs, contracts, package, code, fingerprints(plan, code, inputs, contracts)
 
 def _export_key(notebooks: str, package: str) -> str:
     "The named object in the artifact store that says: notebooks of hash `notebooks` export to a package of hash `package`."

@@ -18,9 +18,10 @@ def test_explain_names_the_parameter_the_cell_and_the_input(project):
     # a parameter
     why = explained(mlnb('run', '--engine', 'fast', '--explain', '-p', 'n_estimators=60', cwd=project))
     assert why['data'] == f'cached: nothing changed since run {first_id}, whose outputs were reused'
-    assert why['train'] == f'ran because, since run {first_id}, parameter n_estimators changed: 200 -> 60'
+    assert why['train'] == (f'ran because, since run {first_id}, parameter n_estimators changed: '
+                            '200 (from pyproject.toml [tool.mlnb.steps.train] params) -> 60 (from -p n_estimators=60)'), why['train']
     assert why['evaluate'].startswith('ran because') and "upstream step 'train' changed" in why['evaluate']
-    # a code cell of the features notebook: its position and first line are named
+    # a code cell of the features notebook: its position and the changed line are named, and a short diff of the cell shown
     nb_path = project / 'nbs' / '02_features.ipynb'
     nb = nbformat.read(nb_path, 4)
     i = next(i for i, c in enumerate(nb.cells) if c.source.startswith('#| notest\ndata = mlnb.upstream'))
@@ -28,7 +29,8 @@ def test_explain_names_the_parameter_the_cell_and_the_input(project):
     nbformat.write(nb, nb_path)
     res = mlnb('run', '--engine', 'fast', '--explain', '-p', 'n_estimators=60', cwd=project)
     why = explained(res)
-    assert why['features'].endswith(f'code cell {i + 1} changed: `data = mlnb.upstream("data", upstream)`'), why['features']
+    assert why['features'].endswith(f'code cell {i + 1} changed: `+print(len(train_features))`'), why['features']
+    assert '    +print(len(train_features))' in res.stdout and '    @@ ' in res.stdout, res.stdout
     assert why['data'].startswith('cached') and "upstream step 'features' changed" in why['train']
     # an input file
     csv = project / 'data' / 'customers.csv'
