@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import mlnb
+from test_loop import trained, write_log  # noqa: F401 (a fixture: the churn project with a loop table and a weak champion)
 
 
 def models(root):
@@ -85,3 +86,21 @@ def test_a_champion_fitted_on_other_columns_stops_a_warm_start(churn):
     assert 'Train from scratch this once (warm_start = False)' in out, out
     assert [m['tag'] for m in models(root) if m['champion']] == [odd]  # the champion stays
     assert champ != odd
+
+
+def test_the_loop_retrains_from_the_champion(trained, tmp_path):
+    "`retrain = { params = { source = \"production\", warm_start = true } }`: the loop's retraining run grows the champion (a stump) on production data."
+    root = shutil.copytree(trained, tmp_path / 'churn', ignore=shutil.ignore_patterns('__pycache__'))
+    toml = (root / 'pyproject.toml').read_text()
+    (root / 'pyproject.toml').write_text(toml.replace('production_since = "1d" }', 'production_since = "1d", warm_start = true, new_trees = 20 }'))
+    (champ,) = [m['tag'] for m in models(root) if m['champion']]
+    write_log(root, {'champion': champ}, n=3000, seed=8)
+    assert ' -p warm_start=true -p new_trees=20' in mlnb('loop', '--dry-run', cwd=root).stdout
+    done = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+    assert done.get('run_id'), done
+    assert f'warm_start: growing the forest of champion {champ} (1 trees) by 20' in train_output(root, done['run_id'])
+    new = next(m['tag'] for m in models(root) if m['run_id'] == done['run_id'])
+    lin = json.loads(mlnb('lineage', new, '--json', cwd=root).stdout)
+    assert lin['warm_start_from'] == champ and lin['data']['windows'], lin
+    from mlnb.registry import load_model
+    assert len(load_model(new)['forest'].estimators_) == 21
