@@ -6,7 +6,7 @@ import json, shutil, sys
 import numpy as np
 import pytest
 
-from conftest import mlnb
+from conftest import mlnb, run
 from test_loop import trained, write_log  # noqa: F401 (a fixture: the churn project with a loop table and a weak champion)
 
 
@@ -104,3 +104,18 @@ def test_the_loop_retrains_from_the_champion(trained, tmp_path):
     assert lin['warm_start_from'] == champ and lin['data']['windows'], lin
     from mlnb.registry import load_model
     assert len(load_model(new)['forest'].estimators_) == 21
+
+
+def test_champion_model_fetches_the_champion_from_the_teams_store(tmp_path):
+    "A machine whose BentoML store lacks the champion gets it from the team's artifact store (here a shared folder)."
+    root = tmp_path / 'demo'
+    root.mkdir()
+    (root / 'pyproject.toml').write_text(f'[tool.nbdev]\nlib_path = "demo"\n[tool.mlnb]\nartifacts = "{tmp_path / "team"}"\n')
+    train = ("import mlnb, pandas as pd; from sklearn.linear_model import LogisticRegression; from mlnb.registry import promote\n"
+             "X = pd.DataFrame({'a': [0., 1, 2, 3], 'b': [1., 0, 1, 0]}); m = LogisticRegression().fit(X, [0, 0, 1, 1])\n"
+             "promote(mlnb.log_model(m, 'demo')); print(m.coef_.tolist())")
+    load = "import mlnb; m = mlnb.champion_model('demo'); print(m.coef_.tolist()); print(mlnb.champion('demo'))"
+    py = lambda code, home: run([sys.executable, '-c', code], root, env={'BENTOML_HOME': str(tmp_path / home)}).stdout.splitlines()
+    (coef,) = py(train, 'a')
+    got, tag = py(load, 'b')  # machine B: an empty BentoML store
+    assert got == coef and (tmp_path / 'b' / 'models' / 'demo' / tag.split(':')[1]).is_dir()
