@@ -15,11 +15,12 @@ from .outputs import read
 from .errors import MlnbError
 
 _LAZY = {'contract': ('mlnb.contract', None), 'log_model': ('mlnb.registry', 'log_model'), 'load_model': ('mlnb.registry', 'load_model'),
-         'champion': ('mlnb.champions', 'champion'), 'gate': ('mlnb.registry', 'gate'), 'monitor': ('mlnb.monitor', None),
+         'champion': ('mlnb.champions', 'champion'), 'champion_model': ('mlnb.registry', 'champion_model'),
+         'gate': ('mlnb.registry', 'gate'), 'monitor': ('mlnb.monitor', None),
          'plots': ('mlnb.plots', None), 'production_data': ('mlnb.stream', 'production_data')}
 
 def __getattr__(name):
-    "Import the heavier parts of the notebook API (`contract`, `log_model`, `load_model`, `champion`, `gate`, `monitor`, `plots`, `production_data`) on first use."
+    "Import the heavier parts of the notebook API (`contract`, `log_model`, `load_model`, `champion`, `champion_model`, `gate`, `monitor`, `plots`, `production_data`) on first use."
     if name not in _LAZY: raise AttributeError(f"module 'mlnb' has no attribute {name!r}")
     import importlib
     mod, attr = _LAZY[name]

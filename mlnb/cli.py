@@ -344,6 +344,7 @@ def lineage(tag: str, as_json: bool):
         from rich.tree import Tree
         m, r = l['model'], l['run']
         t = Tree(f"model {m['tag']} (created {m['created'][:19]}; trained to {_metrics(m['metrics'])})")
+        if l.get('warm_start_from'): t.add(f"warm-started from {l['warm_start_from']}: trained further from that champion's fitted model")
         g = l['gate']
         if g: t.add(f"gate (run {g['run_id']}): {g['reason']}; {g['status']}: {g['outcome'] or ''}; evaluated on {_metrics(g['metrics'])}")
         if l.get('interactive'):

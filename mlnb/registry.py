@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/registry.html.md"""
 
 # %% ../nbs/24_registry.ipynb #3cbdd74d
 from __future__ import annotations
-import json, os, threading
+import json, os, threading, weakref
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,9 +22,15 @@ from .project import load_project, project_root
 
 # %% auto #0
 __all__ = ['rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model', 'model_info',
-           'save_to_store', 'promote', 'gate', 'models', 'lineage']
+           'save_to_store', 'promote', 'champion_model', 'gate', 'models', 'lineage']
 
 # %% ../nbs/24_registry.ipynb #007a9cb2
+_WARM: list = [] # (weak reference to an estimator `champion_model` handed out, the champion's tag)
+
+def _warm_started(model) -> str | None:
+    "The champion's tag if `model` is the very estimator `champion_model` loaded (and then fitted further), else None."
+    return next((tag for ref, tag in _WARM if ref() is model), None)
+
 def _transform(root: Path):
     "The feature function configured in `[tool.mlnb.serve] transform` (`module:function`), or None."
     spec = load_project(root).settings.get('serve', {}).get('transform')
@@ -135,7 +141,8 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
                'inputs': ctx.get('inputs', {}), 'profile': ctx.get('profile'), 'overrides': ctx.get('overrides', []),
                'windows': ctx.get('windows', {}), 'git_commit': commit, 'git_dirty': dirty, 'packages': package_versions(),
                'metrics': plain(dict(metrics or {})), 'contract': None, 'interactive': hand is not None, 'segment': segment or None,
-               'package': ctx.get('package') or package_hash(load_project(root))} # the exported code it was trained with (a live rollout compares it)
+               'package': ctx.get('package') or package_hash(load_project(root)), # the exported code it was trained with (a live rollout compares it)
+               'warm_start_from': _warm_started(model)}
     if hand is not None: lineage.update(notebook=hand['notebook'], upstream_runs=hand['upstream_runs'])
     contract_text = ''
     if contract is not None:
@@ -218,6 +225,36 @@ def promote(tag: str, reason: str = 'promoted by hand', root: str | Path | None 
     before = champion(tag.split(':')[0], root, segment)
     set_champion(tag, 'manual', reason, root=root, segment=segment, evidence=latest_evidence(tag, root))
     return before
+
+# %% ../nbs/24_registry.ipynb #89a85853
+def _built(model) -> str:
+    "How an estimator is built, in words: its class, and a pipeline's steps."
+    steps = getattr(model, 'steps', None)
+    return f"a Pipeline of {', '.join(f'{n} ({type(s).__name__})' for n, s in steps)}" if steps else f"a {type(model).__name__}"
+
+def champion_model(name: str | None = None, # model name (default: `[tool.mlnb.serve] model`)
+                   segment: str | None = None, # whose champion (default: the champion without a segment)
+                   like: Any = None, # the unfitted estimator the step would fit: the champion must be built the same way
+                   features: list[str] | None = None, # the columns the step trains on: the champion must have been fitted on them
+                  ):
+    "The current champion's fitted estimator from the model store, or None when there is none; `log_model` of it, fitted further, records `warm_start_from`."
+    root = project_root()
+    name = name or load_project(root).settings.get('serve', {}).get('model')
+    if not name: raise UsageError("champion_model() needs a model name: pass it (mlnb.champion_model('churn')) or set [tool.mlnb.serve] model.")
+    tag = champion(name, root, segment)
+    if tag is None: return None
+    model = load_model(tag)
+    if like is not None and _built(like) != _built(model):
+        raise UsageError(f"The champion {tag} is {_built(model)}, but this step fits {_built(like)}: it cannot start from the champion. "
+                         "Train from scratch this once (warm_start = False); once its model is the champion, later runs can start from it.")
+    had = [str(c) for c in getattr(model, 'feature_names_in_', [])]
+    if features is not None and had and had != [str(c) for c in features]:
+        gone, new = [c for c in had if c not in features], [c for c in features if c not in had]
+        what = '; '.join(p for p in (f"columns it had that the step lacks: {gone}" if gone else '', f"new columns: {new}" if new else '') if p) or 'the same columns in another order'
+        raise UsageError(f"The champion {tag} was fitted on other columns than this step trains on ({what}): it cannot read the step's rows. "
+                         "Train from scratch this once (warm_start = False); once its model is the champion, later runs can start from it.")
+    _WARM[:] = [(r, t) for r, t in _WARM if r() is not None] + [(weakref.ref(model), tag)]
+    return model
 
 # %% ../nbs/24_registry.ipynb #099c4a97
 _UNSET = object()
@@ -322,6 +359,7 @@ def lineage(tag: str, root: str | Path | None = None) -> dict:
         except MlnbError: run = None
         finally: led.close()
     return {'model': {'tag': info['tag'], 'created': info['created'], 'metrics': info['metrics'], 'segment': info['segment']},
+            'warm_start_from': lin.get('warm_start_from'),
             'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'metrics', 'champion', 'champion_metrics')},
             'run': None if run is None else {k: run[k] for k in ('id', 'status', 'started', 'profile', 'engine', 'git_commit', 'git_dirty', 'python', 'packages')},
             'step': {'name': lin.get('step'), 'params': lin.get('params'), 'fingerprint': lin.get('fingerprint')},
