@@ -61,7 +61,7 @@ def test_a_slow_challenger_is_rolled_back_by_the_p99_guardrail(slow):
         by = {v: [l['latency_ms'] for l in lines if l['variant'] == v] for v in ('champion', 'challenger')}
         assert all(isinstance(x, float) and x > 0 for v in by.values() for x in v), lines[:2]
         median = lambda xs: sorted(xs)[len(xs) // 2]
-        assert median(by['challenger']) > 5 * median(by['champion']), (median(by['challenger']), median(by['champion']))  # really slower per call
+        assert median(by['challenger']) > 3 * median(by['champion']), (median(by['challenger']), median(by['champion']))  # really slower per call
         out = mlnb('loop', '--json', cwd=root, env=env)
         d = json.loads(out.stdout)
         assert d['action'] == 'rollback', d
