@@ -537,9 +537,11 @@ def _monitor_table(r: dict):
     parts = [head, *[f'[yellow]{escape(m)}[/]' for m in skipped], drift, _table('Ground truth, bias and action limits', ['', 'value'], facts)]
     v = r.get('variants')
     if v:
-        rows = [[n, x['model'], x['rows'], x.get('joined', 0), fmt(x.get('share') or x.get('mean')), fmt(x.get(p['metric']))] for n, x in v['variants'].items()]
+        rows = [[n, x['model'], x['rows'], x.get('joined', 0), fmt(x.get('share') or x.get('mean')), fmt(x.get(p['metric'])),
+                 fmt(x.get('p99_ms')), fmt(x.get('error_rate'))] for n, x in v['variants'].items()]
         parts.append(_table(f"Champion and challenger ({v.get('mode') or 'live'}: {v.get('shadowed_rows', 0)} rows predicted by both, agreement "
-                            f"{fmt(v.get('agreement'))})", ['variant', 'model', 'rows', 'with ground truth', 'answers', str(p['metric'])], rows))
+                            f"{fmt(v.get('agreement'))}; challenger/champion p99 {fmt(v.get('p99_ratio'))}, error rate {fmt(v.get('error_ratio'))})",
+                            ['variant', 'model', 'rows', 'with ground truth', 'answers', str(p['metric']), 'p99 ms', 'error rate'], rows))
         parts.append(('[green]' if v.get('promote') else '[yellow]' if v.get('promote') is None else '[default]') + escape(v['reason']) + '[/]')
     alerts = '\n'.join(f"[red]alert[/] {x['kind']}: {escape(x['message'])}" for x in r['alerts']) or '[green]No alert: everything is within bounds.[/]'
     sent = r.get('alert_command')

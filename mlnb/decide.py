@@ -12,8 +12,8 @@ from typing import Any, Mapping
 from .config import LoopConfig, parse_since
 
 # %% auto #0
-__all__ = ['ACTIONS', 'stage_name', 'next_stage', 'deciding_stage', 'triggers_fired', 'label_guard', 'broken_guardrails',
-           'decide_stage']
+__all__ = ['ACTIONS', 'MIN_CALLS', 'MIN_ROWS', 'stage_name', 'next_stage', 'deciding_stage', 'triggers_fired', 'label_guard',
+           'broken_guardrails', 'guardrail_readings', 'decide_stage']
 
 # %% ../nbs/30b_decide.ipynb #9feaa11f
 ACTIONS = ('wait', 'advance', 'promote', 'rollback', 'retrain', 'stop', 'nothing')
@@ -89,6 +89,7 @@ _RAILS = {'p99_ratio': ('at most', lambda v, b: v <= b), 'error_rate': ('at most
 
 def broken_guardrails(readings: Mapping[str, float | None], # guardrail -> what was measured (None or missing: not measured)
                       cfg: LoopConfig, # [tool.mlnb.loop] guardrails
+                      said: Mapping[str, str] | None = None, # guardrail -> its evidence in words (`guardrail_readings`)
                      ) -> list[dict]:
     "The guardrails `readings` break, each with its reading, its bound and a sentence."
     out = []
@@ -96,8 +97,43 @@ def broken_guardrails(readings: Mapping[str, float | None], # guardrail -> what 
         v = readings.get(name)
         if v is None or (isinstance(v, float) and math.isnan(v)): continue
         bound = cfg.guardrails[name]
-        if not ok(v, bound): out.append({'guardrail': name, 'value': v, 'bound': bound, 'message': f"{name} {v:.4g} breaks its guardrail ({word} {bound})"})
+        why = f": {said[name]}" if said and said.get(name) else ''
+        if not ok(v, bound): out.append({'guardrail': name, 'value': v, 'bound': bound, 'message': f"{name} {v:.4g} breaks its guardrail ({word} {bound}){why}"})
     return out
+
+# %% ../nbs/30b_decide.ipynb #6fb64c87
+MIN_CALLS = 100 # model calls of each variant before a p99 is judged: with fewer, the 99th percentile is only the slowest call or two
+MIN_ROWS = 100 # rows routed to the challenger before its error rate is judged (and at least 1 / error_rate: one error alone is no evidence)
+
+def guardrail_readings(compared: Mapping, # `mlnb.monitor.compare_variants` over the stage's window
+                       stage: str | float, # the stage: 'shadow' or the challenger's share
+                       kind: str, # 'classifier' or 'regressor'
+                       cfg: LoopConfig, # [tool.mlnb.loop] guardrails
+                      ) -> tuple[dict, dict]:
+    "(guardrail -> reading, None when not measured; guardrail -> what was measured, or why not, in words)."
+    a, b = compared['variants']['champion'], compared['variants']['challenger']
+    readings, said = {}, {}
+    if kind != 'regressor' and stage == 'shadow' and compared.get('agreement') is not None:
+        readings['agreement'] = compared['agreement']
+        said['agreement'] = f"the variants gave the same label on {compared['agreement']:.1%} of {compared.get('shadowed_rows', 0)} rows both answered"
+    else: readings['agreement'], said['agreement'] = None, "measured in the shadow stage of a classifier only"
+    readings['p99_ratio'] = None
+    if a.get('p99_ms') is None or b.get('p99_ms') is None: said['p99_ratio'] = "the prediction log has no latency_ms (a service older than it)"
+    elif min(a['calls'], b['calls']) < MIN_CALLS:
+        said['p99_ratio'] = f"{b['calls']} model calls of the challenger and {a['calls']} of the champion; at least {MIN_CALLS} of each are needed"
+    else:
+        readings['p99_ratio'] = compared['p99_ratio'] if compared.get('p99_ratio') is not None else math.inf
+        said['p99_ratio'] = (f"the challenger's p99 latency is {b['p99_ms']:.1f} ms against the champion's {a['p99_ms']:.1f} ms "
+                             f"over {b['calls']} and {a['calls']} model calls")
+    readings['error_rate'], need = None, max(MIN_ROWS, math.ceil(1 / cfg.guardrails['error_rate'])) if cfg.guardrails['error_rate'] > 0 else MIN_ROWS
+    tried = b['rows'] + (b.get('errors') or 0)
+    if b.get('error_rate') is None: said['error_rate'] = "the prediction log has no latency_ms and failed (a service older than them)"
+    elif stage == 'shadow': said['error_rate'] = "not counted in the shadow stage: the shadow's failed rows are not logged"
+    elif tried < need: said['error_rate'] = f"{tried} rows routed to the challenger; at least {need} are needed"
+    else:
+        readings['error_rate'] = b['error_rate']
+        said['error_rate'] = f"the challenger failed {b['errors']} of the {tried} rows routed to it (the champion answered them)"
+    return readings, said
 
 # %% ../nbs/30b_decide.ipynb #68688485
 def _waiting(test, cfg, elapsed) -> tuple[int, float]:
@@ -116,12 +152,13 @@ def decide_stage(stage: str | float, # the stage: 'shadow' or the challenger's s
                  elapsed: float, # seconds since the stage began
                  cfg: LoopConfig, # [tool.mlnb.loop]
                  horizon: int | None = None, # the last stage's rows for its one test, fixed at an earlier pass
+                 said: Mapping[str, str] | None = None, # guardrail -> its evidence in words (`guardrail_readings`)
                 ) -> dict:
     "What a stage's evidence says: `action` (wait, advance, promote, rollback), `reason`, `test`, `threshold`, `evidence`, `rows_needed`, `horizon`."
     d = cfg.decide
     out = {'stage': stage, 'last': last, 'readings': dict(readings), 'test': None, 'threshold': None, 'rows_needed': None,
            'horizon': horizon, 'evidence': dict(test) if test else None, 'unmeasured': [k for k in _RAILS if readings.get(k) is None]}
-    broken = broken_guardrails(readings, cfg)
+    broken = broken_guardrails(readings, cfg, said)
     if broken:
         return {**out, 'action': 'rollback', 'test': 'guardrails', 'threshold': {b['guardrail']: b['bound'] for b in broken},
                 'reason': 'rolled back at once: ' + '; '.join(b['message'] for b in broken)}

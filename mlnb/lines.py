@@ -24,7 +24,8 @@ def log_schema(columns: Mapping[str, str], label: str | None, regressor: bool, w
     pred = [('value', pa.float64())] if regressor else [('label', pa.type_for_alias(label or 'string')), ('probability', pa.float64())] + \
         ([('probabilities', pa.list_(pa.float64()))] if with_probabilities else [])
     return pa.schema([('request_id', pa.string()), ('ts', pa.string()), ('model', pa.string()), ('variant', pa.string()),
-                      ('row', row), ('prediction', pa.struct(pred))])
+                      ('row', row), ('prediction', pa.struct(pred)),
+                      ('latency_ms', pa.float64()), ('failed', pa.string())]) # optional: lines of services before them read as null
 
 class Reader(NamedTuple):
     "One kind of log line: pyarrow's parse options (with the explicit schema), the fields every line needs, and how many probabilities a line holds (None: as many as most lines)."

@@ -13,7 +13,7 @@ from typing import Mapping
 from .alerts import send_alert
 from .champions import current_champion, move_champion
 from .config import LoopConfig, ServeConfig
-from .decide import decide_stage, deciding_stage, label_guard, next_stage, stage_name, triggers_fired
+from .decide import decide_stage, deciding_stage, guardrail_readings, label_guard, next_stage, stage_name, triggers_fired
 from .errors import MlnbError, UsageError
 from .flags import clear_rollout, read_rollout, set_rollout
 from .ledger import Ledger, new_uid
@@ -222,10 +222,11 @@ def _stage(project: Project, cfg: LoopConfig, name: str, champ: str, ro: dict, d
     if v is None or v.get('challenger') != tag:
         return {**base, 'action': 'wait', 'reason': f"waiting in stage {stage_name(stage)}: the log holds no answer of {tag} yet"
                 + (f' ({why})' if why else ' (is the service following the rollout state?)'), 'evidence': {'elapsed': elapsed}}
-    readings = {'agreement': v.get('agreement') if mon.get('kind') != 'regressor' and stage == 'shadow' else None, 'p99_ratio': None, 'error_rate': None}
-    d = decide_stage(stage, last, v.get('statistics'), readings, elapsed, cfg, _horizon(project.root, rid, stage) if last else None)
+    readings, said = guardrail_readings(v, stage, mon.get('kind'), cfg)
+    d = decide_stage(stage, last, v.get('statistics'), readings, elapsed, cfg, _horizon(project.root, rid, stage) if last else None, said)
     ev = {k: d[k] for k in ('test', 'threshold', 'readings', 'unmeasured', 'rows_needed', 'horizon')} | {'statistics': d['evidence'], 'elapsed': elapsed,
-          'variants': {k: {kk: x.get(kk) for kk in ('model', 'rows', 'joined')} for k, x in v['variants'].items()}}
+          'guardrails': said, 'variants': {k: {kk: x.get(kk) for kk in ('model', 'rows', 'joined', 'calls', 'p99_ms', 'errors', 'error_rate')}
+                                           for k, x in v['variants'].items()}}
     out = {**base, 'action': d['action'], 'reason': d['reason'], 'evidence': ev}
     if dry_run or d['action'] == 'wait': return out
     if d['action'] == 'advance':

@@ -552,6 +552,12 @@ def _stated(t: Mapping) -> str:
     return (f"{t['test']}: difference {t['difference']:+.4f}, {t['confidence']:.0%} CI [{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}], "
             f"p = {t['p_value']:.2g}, {t['rows']} rows with ground truth")
 
+def _served(part: pd.DataFrame, failed: int) -> dict:
+    "How a variant served: `calls` (its timed model calls), `p99_ms` of their times, `errors` (its rows another model answered) and `error_rate`; None where the log lacks them (a service before `latency_ms`)."
+    if 'latency_ms' not in part or not part['latency_ms'].notna().any(): return {'calls': 0, 'p99_ms': None, 'errors': None, 'error_rate': None}
+    calls = part[['ts', 'latency_ms']].dropna().drop_duplicates()['latency_ms'].to_numpy(dtype='float64') # a call's rows share its time and its batch's ts
+    return {'calls': int(len(calls)), 'p99_ms': float(np.percentile(calls, 99)), 'errors': int(failed), 'error_rate': failed / (len(part) + failed)}
+
 def compare_variants(events: pd.DataFrame, # the window's events of every variant
                      champion: str, # the champion's tag
                      kind: str, classes: list | None = None, # what the models answer
@@ -559,7 +565,7 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
                      gate=None, # a `mlnb.config.GateConfig`
                      cfg: MonitorConfig = MonitorConfig(), # significance, power and min_difference of the test
                     ) -> dict | None:
-    "Champion against challenger on the same window: rows, answers, agreement on shadowed rows, realised metric, a significance test of its difference, and the verdict; None without a challenger."
+    "Champion against challenger on the same window: rows, answers, model calls, p99 latency and error rate, agreement on shadowed rows, realised metric, a significance test of its difference, and the verdict; None without a challenger."
     ch = events[(events['variant'] == 'challenger').to_numpy()]
     if not len(ch): return None
     challenger = str(ch['model'].mode().iloc[0])
@@ -572,6 +578,7 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
         part = parts[name] = select(events, mask)
         v = {'model': tag, 'rows': int(len(part))}
         v.update({'mean': float(part[key].mean())} if kind == 'regressor' else {'share': _shares(part[key])})
+        v.update(_served(part, int((events['failed'] == name).sum()) if 'failed' in events else 0))
         if fb is not None and len(part):
             hit = fb.has(part['request_id']) # ground truth belongs to the variant that answered its request
             v['joined'] = int(hit.sum())
@@ -587,6 +594,9 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
         out['agreement'] = (float((pairs['champion'] - pairs['challenger']).abs().mean()) if kind == 'regressor'
                             else float((pairs['champion'].astype(str) == pairs['challenger'].astype(str)).mean()))
     out['mode'] = 'shadow' if out.get('shadowed_rows', 0) * 2 > len(parts['challenger']) else 'canary/ab'
+    a, b = out['variants']['champion'], out['variants']['challenger']
+    out['p99_ratio'] = b['p99_ms'] / a['p99_ms'] if a['p99_ms'] and b['p99_ms'] is not None else None
+    out['error_ratio'] = b['error_rate'] / a['error_rate'] if a['error_rate'] and b['error_rate'] is not None else None
     t = out['statistics'] = _tested(parts, fb, out['mode'] == 'shadow', classes, gate, cfg) if fb is not None and gate is not None and gate.metric in METRICS else None
     out['verdict'] = t['verdict'] if t else 'not enough evidence yet'
     if t and t['champion_value'] is not None:

@@ -8,7 +8,7 @@ Docs: https://mlnb.github.io/mlnb/api/serving/runtime.html.md"""
 __all__ = ['Runtime']
 
 # %% ../../nbs/serving/05_runtime.ipynb #49e02ba2
-import datetime as _dt, os, uuid
+import datetime as _dt, os, time, uuid
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .requests import dumps, each_json, to_frame
@@ -77,32 +77,45 @@ class Runtime:
         return status, body
 
     def _answer(self, frame: 'pd.DataFrame', names: 'np.ndarray', stage: Stage | None = None) -> tuple[list, dict, list]:
-        "Answers (with their model tag and variant), errors by row, and each row's answer by a model (for the action limits); a live `stage` names the challenger."
+        "Answers (with their model tag, variant, `_ms`: the call time of the model that answered, and `_failed`: the variant that failed the row first), errors by row, and each row's answer by a model (for the action limits); a live `stage` names the challenger; rows the challenger fails are answered by the champion."
         import numpy as np
         n = len(frame)
-        out, errors, models = [None] * n, {}, [None] * n
+        out, errors, models, failed = [None] * n, {}, [None] * n, {}
         if self.fallback is not None and self.flag.on('fallback'): names = np.full(n, 'fallback', dtype=object)
         for name in dict.fromkeys(names.tolist()):
             idx = np.flatnonzero(names == name)
             part = frame if len(idx) == n else frame.iloc[idx]
             live = stage is not None and name == 'challenger'
             who = self.fallback if name == 'fallback' else stage.predictor if live else self.predictors[name]
+            t0 = time.perf_counter()
             got, errs = who.predict(part)
+            ms = round((time.perf_counter() - t0) * 1000, 3)
             tag = 'fallback' if name == 'fallback' else stage.challenger if live else self.tags[name]
             for j, a in enumerate(got):
                 if a is not None:
-                    out[idx[j]] = {**a, 'model': tag, '_variant': name}
+                    out[idx[j]] = {**a, 'model': tag, '_variant': name, '_ms': ms}
                     if name != 'fallback': models[idx[j]] = a
             errors.update({int(idx[j]): e for j, e in errs.items()})
+            if name != 'fallback': failed.update({int(idx[j]): name for j in errs})
+        if (retry := [i for i in sorted(errors) if failed.get(i) == 'challenger']) and 'champion' in self.predictors:
+            t0 = time.perf_counter() # a row the challenger cannot answer is the champion's, as before the rollout
+            got, errs = self.predictors['champion'].predict(frame.iloc[retry])
+            ms = round((time.perf_counter() - t0) * 1000, 3)
+            for j, a in enumerate(got):
+                if a is not None:
+                    out[retry[j]], models[retry[j]] = {**a, 'model': self.tags['champion'], '_variant': 'champion', '_ms': ms, '_failed': 'challenger'}, a
+                    errors.pop(retry[j])
         tripped = self.fallback is not None and self.limit_fallback and self._limits_broken()
         if self.fallback is not None:
             redo = [i for i in range(n) if out[i] is not None and out[i]['model'] != 'fallback'] if tripped else []
             redo += sorted(errors)
             if redo:
+                t0 = time.perf_counter()
                 got, _ = self.fallback.predict(frame.iloc[redo])
+                ms = round((time.perf_counter() - t0) * 1000, 3)
                 for j, a in enumerate(got):
                     if a is not None:
-                        out[redo[j]] = {**a, 'model': 'fallback', '_variant': 'fallback'}
+                        out[redo[j]] = {**a, 'model': 'fallback', '_variant': 'fallback', '_ms': ms, '_failed': failed.get(redo[j]) if redo[j] in errors else None}
                         errors.pop(redo[j], None)
         return out, errors, models
 
@@ -156,10 +169,11 @@ class Runtime:
             if bad: results.append((422, _rejected(bad, len(rows)), None, None))
             else: # each answer's JSON made once, for the answer and for the log
                 outs, ids = out[start:end], rids[start:end]
-                preds = each_json([{k: v for k, v in a.items() if k not in ('model', '_variant')} for a in outs])
+                preds = each_json([{k: v for k, v in a.items() if k != 'model' and k[0] != '_'} for a in outs])
                 tags = {t: dumps(t) for t in {a['model'] for a in outs}}
                 body = '[' + ','.join(f'{{"request_id":"{rid}",{p},"model":{tags[a["model"]]}}}' for rid, p, a in zip(ids, preds, outs)) + ']'
-                results.append((200, body.encode(), frame, [(start + j, rid, a['_variant'], a['model'], p) for j, (rid, p, a) in enumerate(zip(ids, preds, outs))],
+                results.append((200, body.encode(), frame, [(start + j, rid, a['_variant'], a['model'], p, a['_ms'], a.get('_failed'))
+                                                        for j, (rid, p, a) in enumerate(zip(ids, preds, outs))],
                                 (governs, stage)))
                 counted += [a for a in models[start:end] if a is not None]
             start = end
@@ -167,11 +181,12 @@ class Runtime:
         return results
 
     def _lines(self, frame: 'pd.DataFrame', rows: list[tuple], ts: str) -> str:
-        "Log lines for (position in frame, request id, variant, model tag, answer's JSON from `each_json`) tuples."
+        "Log lines for (position in frame, request id, variant, model tag, answer's JSON from `each_json`, the model call's ms, the variant that failed the row or None) tuples."
         js = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
-        tags = {tag: dumps(tag) for _, _, _, tag, _ in rows}
+        tags = {tag: dumps(tag) for _, _, _, tag, *_ in rows}
         return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{tags[tag]},"variant":"{variant}","row":{js[i]},'
-                       f'"prediction":{{{pred}}}}}\n' for i, rid, variant, tag, pred in rows)
+                       f'"prediction":{{{pred}}},"latency_ms":{ms!r}' + (f',"failed":"{bad}"}}\n' if bad else '}\n')
+                       for i, rid, variant, tag, pred, ms, bad in rows)
 
     def _after(self, payloads, results):
         "Write the answered rows to the prediction log, and hand the champion's rows to the shadow."
@@ -189,16 +204,15 @@ class Runtime:
             if mine: self.shadow.submit((frame, [r[0] for r in mine], [r[1] for r in mine], *shadow))
 
     def _shadow(self, items):
-        "The challenger's predictions for rows the champion answered (all the batches waiting, in one call), into the log."
-        import pandas as pd
-        for tag in dict.fromkeys(it[4] for it in items): # the challenger of each stage the items were answered in
-            mine = [it for it in items if it[4] == tag]
-            part = pd.concat([frame.iloc[idx] for frame, idx, *_ in mine], ignore_index=True)
-            rids = [rid for _, _, ids, *_ in mine for rid in ids]
-            got, _ = mine[0][3].predict(part)
+        "The challenger's predictions for rows the champion answered (each batch in its own call, timed as the champion's was), into the log."
+        for frame, idx, rids, who, tag in items:
+            part = frame.iloc[idx].reset_index(drop=True)
+            t0 = time.perf_counter()
+            got, _ = who.predict(part)
+            ms = round((time.perf_counter() - t0) * 1000, 3)
             ts = dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
             done = [(j, rid, a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
-            rows = [(j, rid, 'challenger', tag, p) for (j, rid, _), p in zip(done, each_json([a for *_, a in done]))]
+            rows = [(j, rid, 'challenger', tag, p, ms, None) for (j, rid, _), p in zip(done, each_json([a for *_, a in done]))]
             if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
 
     def live(self) -> dict:
