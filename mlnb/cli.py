@@ -189,10 +189,12 @@ def _secs(v: float | None) -> str: return '' if v is None else f'{v:.2f}s'
 @main.command()
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
 @click.option('-n', '--limit', default=20, show_default=True, help='How many runs, newest first.')
-def runs(as_json: bool, limit: int):
-    "List the latest runs recorded in the ledger (a run whose process died shows as killed)."
-    from mlnb.ledger import Ledger
+@click.option('--compare', nargs=2, metavar='A B', help='Show runs A and B (pipeline or hand; unique prefixes of their ids) side by side: parameters and metrics per step.')
+def runs(as_json: bool, limit: int, compare: tuple[str, str] | None):
+    "List the latest runs recorded in the ledger (a run whose process died shows as killed), or compare two of them."
+    from mlnb.ledger import Ledger, compare_runs
     from mlnb.project import load_project
+    if compare: return emit(compare_runs(load_project().root, *compare), as_json, _compared)
     led = Ledger(load_project().root)
     try:
         led.reap()
@@ -242,6 +244,17 @@ def show(run_id: str, as_json: bool, explain: bool):
     emit(r, as_json, render)
     if explain and not as_json: _explain(r['id'])
 
+# %% ../nbs/37_cli.ipynb #7a2cba05
+def _compared(c: dict):
+    "Two runs side by side (`mlnb runs --compare A B`) as a rich table: per step, each parameter and metric in A and in B; `*` where they differ."
+    def show(v): return '-' if v is None else f'{v:.4f}' if isinstance(v, float) else str(v)
+    rows = [[_item_name(s['step'], s['step'].split('[')[0]), kind[:-1], r['name'], show(r['a']), show(r['b']), '*' if r['differs'] else '']
+            for s in c['steps'] for kind in ('params', 'metrics') for r in s[kind]]
+    rows += [[s['step'], '', '(no parameters or metrics)', '' if s['in_a'] else 'not in A', '' if s['in_b'] else 'not in B', '']
+             for s in c['steps'] if not s['params'] and not s['metrics']]
+    name = lambda r: f"{r['id']} ({'hand' if r['kind'] == 'interactive' else r['kind']})"
+    return _table(f"A = {name(c['a'])}, B = {name(c['b'])}", ['step', 'kind', 'name', 'A', 'B', 'differs'], rows)
+
 # %% ../nbs/37_cli.ipynb #be777d08
 @main.command()
 @click.argument('data_file', type=click.Path(path_type=Path))
@@ -271,14 +284,15 @@ _SEGMENT = click.option('--segment', help='The segment (a region, a tier...) of 
 @_SEGMENT
 @click.option('--json', 'as_json', is_flag=True, help='Print JSON instead of a table.')
 def models(name: str | None, segment: str | None, as_json: bool):
-    "List model versions in the BentoML model store and the team's artifact store (of NAME, or all that mlnb logged), marking the champion of each segment."
+    "List model versions in the BentoML model store and the team's artifact store (of NAME, or all that mlnb logged), marking the champion of each segment and the models trained in a notebook run by hand (origin `hand`)."
     from mlnb.project import load_project
     from mlnb.registry import models as list_models
     data = list_models(name, load_project().root, segment=segment)
     team = any(not m['local'] for m in data) # a column saying where, once some are only in the team's store
-    emit(data, as_json, lambda d: _table('Models', ['tag', 'segment', 'created', 'run', 'evaluation (gate)', 'training', 'gate', 'champion',
+    emit(data, as_json, lambda d: _table('Models', ['tag', 'segment', 'created', 'run', 'origin', 'evaluation (gate)', 'training', 'gate', 'champion',
                                                     *(['stored'] if team else [])],
-         [[m['tag'], m['segment'] or '', m['created'][:19].replace('T', ' '), m['run_id'] or '', _metrics(m['evaluation_metrics']) or '-',
+         [[m['tag'], m['segment'] or '', m['created'][:19].replace('T', ' '), m['run_id'] or '', 'hand' if m['hand'] else 'pipeline',
+           _metrics(m['evaluation_metrics']) or '-',
            _metrics(m['training_metrics']), (m['gate'] or {}).get('status', '-'), '*' if m['champion'] else '',
            *(['here' if m['local'] else 'team store'] if team else [])] for m in d]))
 

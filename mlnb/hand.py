@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/hand.html.md"""
 
 # %% ../nbs/20_hand.ipynb #78e87d25
 from __future__ import annotations
-import os, time
+import json, os, time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ from .project import project_root
 from .store import peek
 
 # %% auto #0
-__all__ = ['injected_context', 'live_context', 'notebook_path', 'step_of', 'hand_run', 'hand_params', 'record', 'upstream',
-           'lineage']
+__all__ = ['KEPT', 'injected_context', 'live_context', 'first_cell', 'begins_run', 'notebook_path', 'step_of', 'hand_run',
+           'hand_params', 'record', 'executed_copy', 'upstream', 'lineage']
 
 # %% ../nbs/20_hand.ipynb #350ca16d
 def _user_ns() -> dict:
@@ -56,6 +56,55 @@ def live_context(root: str | Path | None = None, # the project root (default: `p
     try: root = Path(root) if root is not None else project_root()
     except MlnbError: return ctx
     return ctx if _is_live(ctx, root) else {}
+
+# %% ../nbs/20_hand.ipynb #4109d08b
+_STARTS: dict[str, int] = {} # notebook path -> the kernel's execution count at which its latest execution began
+
+def first_cell(path: Path, # a notebook
+              ) -> tuple[str | None, str]:
+    "Id and source (stripped) of the cell that begins an execution of the notebook at `path`: its `parameters` cell, else its first code cell."
+    try: cells = [c for c in json.loads(Path(path).read_text(encoding='utf-8')).get('cells', []) if c.get('cell_type') == 'code']
+    except (OSError, ValueError): return None, ''
+    tagged = [c for c in cells if 'parameters' in (c.get('metadata') or {}).get('tags', [])]
+    c = (tagged or cells or [{}])[0]
+    s = c.get('source', '')
+    return c.get('id'), (''.join(s) if isinstance(s, list) else s).strip()
+
+def begins_run(path: Path, # the notebook
+               cell_id: str | None, # the id of the cell about to run, when the front end sends it
+               source: str, # its source
+              ) -> bool:
+    "Whether a cell about to run begins a new execution of the notebook at `path` (it is its `first_cell`, by id when known, else by source)."
+    fid, fsrc = first_cell(path)
+    if cell_id and fid: return cell_id == fid
+    return bool(fsrc) and source.strip() == fsrc
+
+def _history() -> list[str]:
+    "The kernel's inputs by execution count (index 0 is empty)."
+    from IPython import get_ipython
+    ip = get_ipython()
+    return list(ip.history_manager.input_hist_raw) if ip is not None and ip.history_manager is not None else ['']
+
+def _start(key: str) -> int:
+    "The execution count at which this kernel's latest execution of notebook `key` began (its first cell's latest run, else 1)."
+    if key in _STARTS: return _STARTS[key]
+    raw, (_, src) = _history(), first_cell(Path(key))
+    return next((n for n in range(len(raw) - 1, 0, -1) if src and raw[n].strip() == src), 1)
+
+def _on_cell(info) -> None:
+    "IPython's `pre_run_cell` hook: a cell that begins a new execution of a notebook ends this kernel's hand run of it."
+    from IPython import get_ipython
+    ip = get_ipython()
+    for key in list(_HAND):
+        if begins_run(Path(key), getattr(info, 'cell_id', None), info.raw_cell or ''):
+            _HAND.pop(key)
+            _STARTS[key] = ip.execution_count if ip is not None else 1
+
+def _watch() -> None:
+    "Register `_on_cell` with the kernel, once."
+    from IPython import get_ipython
+    ip = get_ipython()
+    if ip is not None and _on_cell not in ip.events.callbacks['pre_run_cell']: ip.events.register('pre_run_cell', _on_cell)
 
 # %% ../nbs/20_hand.ipynb #69009981
 def notebook_path(root: Path | None = None, # the project root, for a relative path
@@ -104,7 +153,9 @@ def hand_run() -> dict | None:
             return None
         try: rel = str(nb.relative_to(root.resolve()))
         except ValueError: rel = str(nb)
-        _HAND[key] = {'run_id': new_run_id(), 'step': step, 'notebook': rel, 'path': nb, 'root': root, 'reads': {}}
+        _HAND[key] = {'run_id': new_run_id(), 'step': step, 'notebook': rel, 'path': nb, 'root': root, 'reads': {}, 'outputs': [],
+                     'start': _start(key)}
+        _watch()
     return _HAND[key]
 
 def hand_params(h: dict) -> dict:
@@ -129,7 +180,52 @@ def record(name: str, # the output's name
     try: led.record_interactive(h['run_id'], h['step'], root=h['root'], notebook=h['notebook'], params=hand_params(h),
                                 name=name, payload=payload, upstream_runs=h['reads'])
     finally: led.close()
+    if name not in h['outputs']: h['outputs'].append(name)
+    executed_copy(h)
     return h['run_id']
+
+# %% ../nbs/20_hand.ipynb #6d49f4f2
+KEPT = ("The notebook file as saved when this copy was written; each code cell shows the kernel's latest execution of the same source "
+        "in this hand run (its execution count) and the value it returned. Printed text and figures are not kept (the kernel does not keep them); "
+        "inputs of this run whose source is not in the saved file are listed in 'unsaved_inputs'; cells not run in it have no execution count.")
+
+def _formatted(value) -> dict:
+    "A cell's returned value as the kernel would display it (text, HTML...)."
+    from IPython import get_ipython
+    ip = get_ipython()
+    try: data, _ = ip.display_formatter.format(value)
+    except Exception: data = {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} or {'text/plain': repr(value)[:10_000]}
+
+def executed_copy(h: dict, # a hand run (`hand_run()`)
+                 ) -> Path:
+    "Write the executed copy of hand run `h` to `.mlnb/runs/RUN/STEP.ipynb` (the notebook as saved, with this run's executions and values); returns its path."
+    from IPython import get_ipython
+    ip = get_ipython()
+    raw, out, start = _history(), (ip.user_ns.get('Out', {}) if ip is not None else {}), h.get('start', 1)
+    nb = json.loads(Path(h['path']).read_text(encoding='utf-8'))
+    latest = {raw[n].strip(): n for n in range(start, len(raw)) if raw[n].strip()}
+    saved = set()
+    for c in nb.get('cells', []):
+        if c.get('cell_type') != 'code': continue
+        s = c.get('source', '')
+        s = (''.join(s) if isinstance(s, list) else s).strip()
+        saved.add(s)
+        n = latest.get(s)
+        c['execution_count'], c['outputs'] = n, []
+        if n is not None and n in out:
+            c['outputs'] = [{'output_type': 'execute_result', 'execution_count': n, 'metadata': {}, 'data': _formatted(out[n])}]
+    nb.setdefault('metadata', {})['mlnb'] = {
+        'run_id': h['run_id'], 'step': h['step'], 'notebook': h['notebook'], 'interactive': True, 'params': hand_params(h),
+        'outputs': list(h.get('outputs', [])), 'upstream_runs': dict(h['reads']), 'executions': [start, len(raw) - 1], 'written': time.time(),
+        'unsaved_inputs': [{'execution_count': n, 'source': raw[n]} for n in range(start, len(raw)) if raw[n].strip() and raw[n].strip() not in saved],
+        'kept': KEPT}
+    dest = Path(h['root']) / '.mlnb' / 'runs' / h['run_id'] / f"{h['step']}.ipynb"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f'.{dest.name}.tmp')
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding='utf-8')
+    os.replace(tmp, dest) # a reader never sees half a copy
+    return dest
 
 # %% ../nbs/20_hand.ipynb #fcf1f78c
 def _ago(t: float) -> str:
@@ -151,10 +247,15 @@ def upstream(step: str, # the upstream step's name
     return new
 
 def lineage() -> dict:
-    "What `log_model` records about a hand run: its run, step, notebook, parameters and the upstream runs it read."
+    "What `log_model` records about a hand run: its run (opened in the ledger now if need be), step, notebook, executed copy, parameters and the upstream runs it read."
     h = hand_run()
     if h is None:
         nb = notebook_path()
         return {'interactive': True, 'run_id': None, 'step': None, 'notebook': str(nb) if nb else None, 'params': {}, 'upstream_runs': {}}
-    return {'interactive': True, 'run_id': h['run_id'], 'step': h['step'], 'notebook': h['notebook'], 'params': hand_params(h),
+    led = Ledger(h['root']) # the run exists, with its executed copy, even when the model is logged before any output is recorded
+    try: led.record_interactive(h['run_id'], h['step'], root=h['root'], notebook=h['notebook'], params=hand_params(h), name=None, payload=None,
+                                upstream_runs=h['reads'])
+    finally: led.close()
+    copy = executed_copy(h)
+    return {'interactive': True, 'run_id': h['run_id'], 'executed': str(copy.relative_to(h['root'])), 'step': h['step'], 'notebook': h['notebook'], 'params': hand_params(h),
             'upstream_runs': dict(h['reads'])}

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from fastcore.basics import patch
 
-from .errors import MlnbError
+from .errors import MlnbError, UsageError
 from .store import Store, Tx, store_url
 
 # %% auto #0
 __all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'package_versions', 'git_state', 'new_run_id', 'new_uid', 'Ledger',
-           'gate_row', 'latest_outputs', 'newest_outputs']
+           'gate_row', 'latest_outputs', 'newest_outputs', 'metrics_of', 'compare_runs']
 
 # %% ../nbs/08_ledger.ipynb #89bb1561
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
@@ -206,7 +206,7 @@ def get_run(self: Ledger, run_id: str) -> dict:
     "Run `run_id` (a unique prefix is enough) with its steps."
     rows = self.db.all('select * from runs where id like :prefix order by id', prefix=run_id.replace('%', '').replace('_', '') + '%')
     if len(rows) != 1:
-        raise MlnbError(f"No run matches '{run_id}'. See `mlnb runs` for run ids." if not rows else
+        raise UsageError(f"No run matches '{run_id}'. See `mlnb runs` for run ids." if not rows else
                         f"'{run_id}' matches {len(rows)} runs ({', '.join(r['id'] for r in rows[:5])}). Give more of the id.")
     d = _run_row(rows[0])
     d['steps'] = [_step_row(s, d['status']) for s in self.db.all('select * from steps where run_id=:id order by started', id=d['id'])]
@@ -249,10 +249,10 @@ def record_interactive(self: Ledger, run_id: str, step: str, *,
                        root: Path, # the project root (for the git state, on the run's first output)
                        notebook: str, # the notebook run by hand
                        params: dict, # its parameters as they are in the kernel
-                       name: str, payload: Any, # the output and what `record` keeps of it
+                       name: str | None, payload: Any, # the output and what `record` keeps of it (None: none, e.g. when `log_model` opens the run)
                        upstream_runs: dict | None = None, # upstream step -> the run whose outputs it read
                       ):
-    "Add output `name` to the interactive run `run_id` of `step` (created with its first output)."
+    "Add output `name` to the interactive run `run_id` of `step` (created with its first output, or by `name=None`)."
     new = self.db.one('select 1 x from runs where id=:id', id=run_id) is None
     commit, dirty = git_state(root) if new else (None, None)
     now = time.time()
@@ -263,10 +263,10 @@ def record_interactive(self: Ledger, run_id: str, step: str, *,
                                'engine': 'by hand', 'git_commit': commit, 'git_dirty': None if dirty is None else int(dirty), 'python': v.pop('python'),
                                'packages': _j(v), 'host': socket.gethostname(), 'pid': os.getpid()})
             db.insert('steps', {'run_id': run_id, 'step': step, 'status': 'interactive', 'started': now, 'ended': now, 'duration': 0.0,
-                                'params': _j(params), 'outputs': _j({name: payload}), 'notebook': notebook, 'upstream_runs': _j(upstream_runs or {})})
+                                'params': _j(params), 'outputs': _j({} if name is None else {name: payload}), 'notebook': notebook, 'upstream_runs': _j(upstream_runs or {})})
             return
         row = db.one('select outputs, started from steps where run_id=:id and step=:step', id=run_id, step=step)
-        outs = {**(json.loads(row['outputs']) if row['outputs'] else {}), name: payload}
+        outs = {**(json.loads(row['outputs']) if row['outputs'] else {}), **({} if name is None else {name: payload})}
         db.run('update steps set outputs=:outputs, params=:params, ended=:ended, duration=:duration, upstream_runs=:ups where run_id=:id and step=:step',
                outputs=_j(outs), params=_j(params), ended=now, duration=now - row['started'], ups=_j(upstream_runs or {}), id=run_id, step=step)
         db.run('update runs set ended=:ended where id=:id', ended=now, id=run_id)
@@ -296,3 +296,37 @@ def previous(self: Ledger, run_id: str | None, # a run, or None: a run that woul
     p = self.db.one("select * from steps where step=:step and status in ('ok', 'cached') and parts is not null and run_id != :id "
                     "and ended <= :started order by ended desc limit 1", step=step, id=run_id, started=r['started'])
     return None if p is None else _step_row(p, 'ok')
+
+# %% ../nbs/08_ledger.ipynb #cc350afe
+def metrics_of(outputs: dict | None, # a step's recorded outputs
+              ) -> dict:
+    "The numbers among a step's recorded outputs: each numeric output by name, and each entry of an output that maps names to numbers as `output.name`."
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    out = {}
+    for k, v in (outputs or {}).items():
+        if num(v): out[k] = v
+        elif isinstance(v, dict) and v and all(num(x) for x in v.values()): out.update({f'{k}.{n}': x for n, x in v.items()})
+    return out
+
+@patch
+def compare(self: Ledger, a: str, b: str, # two runs, pipeline or hand (a unique prefix of each id is enough)
+           ) -> dict:
+    "Runs `a` and `b` side by side: per step, each parameter and metric with its value in A and in B (None where a run has none) and whether they differ."
+    ra, rb = self.get_run(a), self.get_run(b)
+    sa, sb = ({s['step']: s for s in r['steps']} for r in (ra, rb))
+    steps = []
+    for name in [*sa, *(n for n in sb if n not in sa)]:
+        x, y = sa.get(name), sb.get(name)
+        row = {'step': name, 'in_a': x is not None, 'in_b': y is not None}
+        for kind, get in (('params', lambda s: s.get('params') or {}), ('metrics', lambda s: metrics_of(s.get('outputs')))):
+            va, vb = get(x) if x else {}, get(y) if y else {}
+            row[kind] = [{'name': k, 'a': va.get(k), 'b': vb.get(k), 'differs': va.get(k) != vb.get(k)} for k in sorted({*va, *vb})]
+        steps.append(row)
+    head = lambda r: {k: r[k] for k in ('id', 'kind', 'status', 'started', 'profile', 'git_commit')}
+    return {'a': head(ra), 'b': head(rb), 'steps': steps}
+
+def compare_runs(root: str | Path, a: str, b: str) -> dict:
+    "`Ledger.compare(a, b)` in the project at `root`."
+    led = Ledger(root)
+    try: return led.compare(a, b)
+    finally: led.close()

@@ -306,7 +306,7 @@ def _by_hand(tag: str) -> bool:
 def models(name: str | None = None, root: str | Path | None = None,
            segment: str | None = None, # only the versions logged for this segment
           ) -> list[dict]:
-    "Versions in the model store and, with `[tool.mlnb] artifacts`, in the team's (of `name`, or of every model mlnb logged), newest first: the segment, the champion (of its segment) marked, the metrics the gate scored each on, its training metrics, whether it is in this machine's store."
+    "Versions in the model store and, with `[tool.mlnb] artifacts`, in the team's (of `name`, or of every model mlnb logged), newest first: the segment, the champion (of its segment) marked, the metrics the gate scored each on, its training metrics, whether it is in this machine's store, whether it was trained by hand (`hand`)."
     import bentoml
     if name is not None: check_tag(name, 'name')
     want = None if segment is None else check_segment(segment)
@@ -327,7 +327,8 @@ def models(name: str | None = None, root: str | Path | None = None,
             out.append({'tag': tag, 'name': n, 'segment': seg or None, 'created': created, 'run_id': md.get('mlnb_run') or None,
                         'evaluation_metrics': g['metrics'] if g else None, 'training_metrics': dict(md.get('metrics') or {}),
                         'gate': None if g is None else {k: g[k] for k in ('run_id', 'status', 'promote', 'reason', 'outcome', 'at')},
-                        'champion': tag == champs[n, seg], 'local': local})
+                        'champion': tag == champs[n, seg], 'local': local,
+                        'hand': bool(json.loads(md['lineage'] or '{}').get('interactive'))}) # trained in a notebook run by hand
     finally: led.close()
     return sorted(out, key=lambda r: r['created'], reverse=True)
 
