@@ -93,12 +93,10 @@ def _start(key: str) -> int:
 
 def _on_cell(info) -> None:
     "IPython's `pre_run_cell` hook: a cell that begins a new execution of a notebook ends this kernel's hand run of it."
-    from IPython import get_ipython
-    ip = get_ipython()
     for key in list(_HAND):
         if begins_run(Path(key), getattr(info, 'cell_id', None), info.raw_cell or ''):
             _HAND.pop(key)
-            _STARTS[key] = ip.execution_count if ip is not None else 1
+            _STARTS[key] = len(_history()) # the index this cell's input is about to be stored at (IPython counts it before or after this hook, by version)
 
 def _watch() -> None:
     "Register `_on_cell` with the kernel, once."

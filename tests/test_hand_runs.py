@@ -1,0 +1,81 @@
+"""Hand runs are records of their own: two Run Alls of the scaffold's train notebook in one kernel (driven by nbclient, as a
+front end would, without a browser) are two hand runs, each with its executed copy, parameters and outputs; `mlnb models`
+marks the hand-trained models; `mlnb runs --compare` sets a pipeline run and a hand run side by side."""
+import json, os
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from conftest import mlnb
+
+
+def run_all_twice(root: Path, notebook: str, edit):
+    "Run every cell of `notebook` in one kernel, save `edit(nb)` to disk as a user would, then run every cell again in the same kernel."
+    path = root / notebook
+    nb = nbformat.read(path, as_version=4)
+    env = {**os.environ, 'MLNB_PROJECT_ROOT': str(root), 'MLNB_NOTEBOOK': str(path),
+           'PYTHONPATH': os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')])}
+    client = NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
+    with client.setup_kernel(env=env, cwd=str(path.parent)):
+        for i, cell in enumerate(nb.cells): client.execute_cell(cell, i)
+        edit(nb)
+        nbformat.write(nb, path)
+        for i, cell in enumerate(nb.cells): client.execute_cell(cell, i)
+    return nb
+
+
+def fewer_trees(nb):
+    "The data scientist sets n_estimators to 30 in the parameters cell and saves."
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    assert 'n_estimators = 200' in cell.source
+    cell.source = cell.source.replace('n_estimators = 200', 'n_estimators = 30')
+
+
+def test_two_run_alls_are_two_hand_runs_with_executed_copies(project):
+    root = project
+    mlnb('run', '--profile', 'ci', 'train', cwd=root)
+    pipeline = json.loads(mlnb('runs', '--json', cwd=root).stdout)[0]
+    assert pipeline['kind'] == 'pipeline' and pipeline['status'] == 'ok', pipeline
+
+    run_all_twice(root, 'nbs/03_train.ipynb', fewer_trees)
+
+    hand = [r for r in json.loads(mlnb('runs', '--json', cwd=root).stdout) if r['kind'] == 'interactive']
+    assert len(hand) == 2 and hand[0]['id'] != hand[1]['id'], hand
+    assert all(r['targets'] == ['train'] for r in hand)
+    second, first = hand  # newest first
+    copies = {}
+    for r, trees in ((first, 200), (second, 30)):
+        shown = json.loads(mlnb('show', r['id'], '--json', cwd=root).stdout)['steps'][0]
+        assert shown['params']['n_estimators'] == trees, shown['params']
+        assert {'model', 'model_tag', 'train_roc_auc'} <= set(shown['outputs']), shown['outputs']
+        copy = json.loads((root / '.mlnb' / 'runs' / r['id'] / 'train.ipynb').read_text())
+        meta = copy['metadata']['mlnb']
+        assert (meta['run_id'], meta['step'], meta['params']['n_estimators']) == (r['id'], 'train', trees), meta
+        assert meta['upstream_runs'] == {'data': pipeline['id'], 'features': pipeline['id']}, meta
+        params = next(c for c in copy['cells'] if 'parameters' in c['metadata'].get('tags', []))
+        assert f'n_estimators = {trees}' in ''.join(params['source']) and params['execution_count'] is not None
+        copies[trees] = copy
+    # each copy holds its own execution: the second Run All's cells ran after every cell of the first
+    counts = lambda c: [x['execution_count'] for x in c['cells'] if x['cell_type'] == 'code' and x['execution_count'] is not None]
+    assert len(counts(copies[200])) == len(counts(copies[30])) > 5
+    assert min(counts(copies[30])) > max(counts(copies[200])), (counts(copies[200]), counts(copies[30]))
+
+    # the two hand-trained models are marked, the pipeline's is not
+    models = json.loads(mlnb('models', '--json', cwd=root).stdout)
+    origin = {m['run_id']: m['hand'] for m in models}
+    assert origin == {pipeline['id']: False, first['id']: True, second['id']: True}, models
+    table = mlnb('models', cwd=root).stdout
+    assert 'origin' in table and 'hand' in table and 'pipeline' in table, table
+
+    # a pipeline run and a hand run side by side: both parameter sets and both metrics
+    cmp = json.loads(mlnb('runs', '--compare', pipeline['id'], second['id'], '--json', cwd=root).stdout)
+    assert (cmp['a']['kind'], cmp['b']['kind']) == ('pipeline', 'interactive')
+    train = next(s for s in cmp['steps'] if s['step'] == 'train')
+    trees = next(p for p in train['params'] if p['name'] == 'n_estimators')
+    assert (trees['a'], trees['b'], trees['differs']) == (50, 30, True), train['params']
+    auc = next(m for m in train['metrics'] if m['name'] == 'train_roc_auc')
+    assert 0.5 < auc['a'] <= 1 and 0.5 < auc['b'] <= 1, auc
+    assert [s['in_b'] for s in cmp['steps'] if s['step'] == 'data'] == [False]
+    text = mlnb('runs', '--compare', pipeline['id'], second['id'], cwd=root).stdout
+    assert f"B = {second['id']} (hand)" in text and 'n_estimators' in text and 'train_roc_auc' in text, text
