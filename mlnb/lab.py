@@ -49,9 +49,10 @@ def lab_command(project: Project, # the project
                 port: int | None = None, # the port (default: Jupyter's, 8888 or the next free one)
                 open_browser: bool = True, # open a browser tab
                ) -> list[str]:
-    "The command line of JupyterLab for `project`: loopback only, rooted at the project, hidden files allowed."
+    "The command line of JupyterLab for `project`: loopback only, rooted at the project, hidden files allowed, notebooks cleaned on save by nbdev."
     cmd = [sys.executable, '-m', 'jupyterlab', f'--ServerApp.root_dir={project.root}', '--ServerApp.ip=127.0.0.1',
-           '--ContentsManager.allow_hidden=True', '--ServerApp.contents_manager_class=mlnb.labserver.RunRecords']
+           '--ContentsManager.allow_hidden=True', '--ServerApp.contents_manager_class=mlnb.labserver.RunRecords',
+           '--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter'] # nbdev's clean on save, when [tool.nbdev] jupyter_hooks is true
     if port is not None: cmd += [f'--ServerApp.port={port}', '--ServerApp.port_retries=0']
     if not open_browser: cmd.append('--no-browser')
     if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root') # JupyterLab refuses root otherwise

@@ -79,3 +79,31 @@ def test_two_run_alls_are_two_hand_runs_with_executed_copies(project):
     assert [s['in_b'] for s in cmp['steps'] if s['step'] == 'data'] == [False]
     text = mlnb('runs', '--compare', pipeline['id'], second['id'], cwd=root).stdout
     assert f"B = {second['id']} (hand)" in text and 'n_estimators' in text and 'train_roc_auc' in text, text
+
+
+def test_a_save_in_lab_is_cleaned_and_its_export_cell_is_planned(project, monkeypatch):
+    "`mlnb lab`'s contents manager with nbdev's clean-on-save hook (the scaffold sets jupyter_hooks = true): a saved `#| export` change shows in the next dry run."
+    import asyncio
+    from mlnb.labserver import RunRecords
+    root = project
+    assert 'jupyter_hooks = true' in (root / 'pyproject.toml').read_text()
+    mlnb('run', '--profile', 'ci', 'train', cwd=root)
+    before = {s['step']: s['status'] for s in json.loads(mlnb('run', '--dry-run', '--json', '--profile', 'ci', 'train', cwd=root).stdout)['steps']}
+    assert before == {'data': 'cached', 'features': 'cached', 'train': 'cached'}, before
+
+    # what Lab sends on Save: the notebook with an edited `#| export` cell, outputs, execution counts and editor metadata
+    nb = json.loads((root / 'nbs' / '03_train.ipynb').read_text())
+    cell = next(c for c in nb['cells'] if ''.join(c['source']).startswith('#| export\ndef build_model('))
+    cell['source'] = ''.join(cell['source']).replace('min_samples_leaf=5', 'min_samples_leaf=3')
+    cell.update(execution_count=7, outputs=[{'output_type': 'stream', 'name': 'stdout', 'text': 'ok\n'}])
+    cell['metadata'] = {'tags': [], 'execution': {'iopub.status.busy': '2026-01-01T00:00:00Z'}}
+    monkeypatch.chdir(root)  # `mlnb lab` runs the server in the project root; nbdev's hook finds [tool.nbdev] from there
+    cm = RunRecords(root_dir=str(root), pre_save_hook='nbdev.clean.clean_jupyter')
+    asyncio.run(cm.save({'type': 'notebook', 'format': 'json', 'content': nb}, 'nbs/03_train.ipynb'))
+    saved = next(c for c in json.loads((root / 'nbs' / '03_train.ipynb').read_text())['cells'] if 'min_samples_leaf=3' in ''.join(c['source']))
+    assert saved['execution_count'] is None and 'execution' not in saved['metadata'], saved  # cleaned as nbdev-clean does
+
+    plan = json.loads(mlnb('run', '--dry-run', '--explain', '--json', '--profile', 'ci', 'train', cwd=root).stdout)
+    after = {s['step']: s for s in plan['steps']}
+    assert after['train']['status'] == 'run' and after['data']['status'] == 'cached', plan
+    assert 'min_samples_leaf=3' in (root / 'churn' / 'train.py').read_text()  # the package was exported before planning
