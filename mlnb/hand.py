@@ -179,7 +179,9 @@ def record(name: str, # the output's name
                                 name=name, payload=payload, upstream_runs=h['reads'])
     finally: led.close()
     if name not in h['outputs']: h['outputs'].append(name)
-    executed_copy(h)
+    try: executed_copy(h)
+    except (OSError, ValueError) as e: # the output is recorded; only the copy is missing, and the next output writes it again
+        print(f"mlnb: the executed copy of hand run {h['run_id']} was not written ({type(e).__name__}: {e}); the output '{name}' is recorded.")
     return h['run_id']
 
 # %% ../nbs/20_hand.ipynb #6d49f4f2
