@@ -62,11 +62,10 @@ _STARTS: dict[str, int] = {} # notebook path -> the kernel's execution count at 
 
 def first_cell(path: Path, # a notebook
               ) -> tuple[str | None, str]:
-    "Id and source (stripped) of the cell that begins an execution of the notebook at `path`: its `parameters` cell, else its first code cell."
+    "Id and source (stripped) of the cell that begins an execution of the notebook at `path`: its first code cell (a Run All runs it first)."
     try: cells = [c for c in json.loads(Path(path).read_text(encoding='utf-8')).get('cells', []) if c.get('cell_type') == 'code']
     except (OSError, ValueError): return None, ''
-    tagged = [c for c in cells if 'parameters' in (c.get('metadata') or {}).get('tags', [])]
-    c = (tagged or cells or [{}])[0]
+    c = (cells or [{}])[0]
     s = c.get('source', '')
     return c.get('id'), (''.join(s) if isinstance(s, list) else s).strip()
 
