@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/safe.html.md"""
 
 # %% ../nbs/30bb_safe.ipynb #aa936564
 from __future__ import annotations
-import json, math, os, subprocess, sys, tempfile, time
+import gc, json, math, os, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +23,11 @@ def _peak_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+def _rss_mb() -> float:
+    "The process's resident memory now, in MB (Linux; elsewhere its peak)."
+    try: return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+    except (OSError, ValueError, IndexError): return _peak_mb()
+
 def measure_worker(spec: str, # a JSON file: model, transform, fields, golden (rows), batches (lists of rows), chunk
                   ):
     "The measuring process: load the model as the service does, answer the golden rows, then answer each batch index read from stdin; JSON lines on stdout."
@@ -33,7 +38,8 @@ def measure_worker(spec: str, # a JSON file: model, transform, fields, golden (r
     Row = request_model(s['fields'])
     frame = lambda rows: to_frame([Row.model_validate_json(json.dumps(r)) for r in rows], s['fields'])
     golden, batches = frame(s['golden']), [frame(b) for b in s['batches']]
-    base, t = _peak_mb(), time.perf_counter()
+    gc.collect()
+    base, t = _rss_mb(), time.perf_counter()
     pred = Predictor(joblib.load(s['model']), transform, chunk=s['chunk'])
     load_s = time.perf_counter() - t
     answers, errors = pred.predict(golden)
@@ -43,7 +49,7 @@ def measure_worker(spec: str, # a JSON file: model, transform, fields, golden (r
         t = time.perf_counter()
         _, errors = pred.predict(batches[int(line)])
         print(json.dumps({'ms': (time.perf_counter() - t) * 1000, 'errors': len(errors)}), flush=True)
-    print(json.dumps({'memory_mb': _peak_mb() - base, 'peak_mb': _peak_mb()}), flush=True)
+    print(json.dumps({'memory_mb': max(0.0, _rss_mb() - base), 'peak_mb': _peak_mb()}), flush=True)
 
 # %% ../nbs/30bb_safe.ipynb #00adbc03
 class Measured:
@@ -74,7 +80,7 @@ class Measured:
         self.ms.append(r['ms']); self.errors += r['errors']
 
     def end(self) -> dict:
-        "Stop the process; what it measured: calls, p50 and p99 latency (ms), memory (MB of peak resident memory grown from loading and answering), load time."
+        "Stop the process; what it measured: calls, p50 and p99 latency (ms), memory (MB of resident memory grown from loading and answering), load time."
         self.proc.stdin.write('end\n'); self.proc.stdin.flush()
         mem = self._read()
         self.proc.stdin.close(); self.proc.wait(30)
