@@ -300,7 +300,7 @@ class DaskConfig:
 # %% ../nbs/05_config.ipynb #f084bd82
 _STAGES = ('shadow', 0.05, 0.25, 0.5, 1.0)
 _TRIGGERS = {'drift': True, 'performance': True, 'new_labels': False, 'max_age': False}
-_GUARDRAILS = {'p99_ratio': 1.5, 'error_rate': 0.001, 'agreement': 0.8}
+_GUARDRAILS = {'p99_ratio': 1.5, 'error_rate': 0.001, 'agreement': 0.8, 'memory_ratio': 2.0}
 _DECIDE = {'alpha': 0.05, 'min_effect': 0.005, 'power': 0.8, 'rule': 'better'}
 _GUARD = {'label_shift': 0.2, 'labelled_share': 0.0, 'unknown_labels': 0.05}
 
@@ -323,7 +323,7 @@ class LoopConfig:
     stages: tuple = _STAGES # the challenger's share of rows at each stage; "shadow" (first only): it answers beside the champion
     min_rows: int = 2000 # labelled rows of the challenger a stage needs before a decision
     min_time: str = '1h' # the least time a stage lasts
-    guardrails: Mapping[str, float] = field(default_factory=lambda: dict(_GUARDRAILS)) # p99_ratio (at most), error_rate (at most), agreement (at least)
+    guardrails: Mapping[str, float] = field(default_factory=lambda: dict(_GUARDRAILS)) # p99_ratio (at most), error_rate (at most), agreement (at least), memory_ratio (at most, before a rollout)
     decide: Mapping[str, Any] = field(default_factory=lambda: dict(_DECIDE)) # alpha, min_effect, power, rule ('better' or 'not_worse')
     guard: Mapping[str, float] = field(default_factory=lambda: dict(_GUARD)) # label_shift, labelled_share, unknown_labels
 
@@ -362,6 +362,8 @@ class LoopConfig:
         g = _sub('guardrails', self.guardrails, _GUARDRAILS)
         if not (_number(g['p99_ratio']) and g['p99_ratio'] >= 1):
             raise UsageError(f"[tool.mlnb.loop] guardrails.p99_ratio must be a number of at least 1 (1.5: the challenger's p99 latency may be 1.5 times the champion's), not {g['p99_ratio']!r}.")
+        if not (_number(g['memory_ratio']) and g['memory_ratio'] >= 1):
+            raise UsageError(f"[tool.mlnb.loop] guardrails.memory_ratio must be a number of at least 1 (2.0: the candidate's model process may grow twice as much memory as the champion's), not {g['memory_ratio']!r}.")
         for k in ('error_rate', 'agreement'):
             if not (_number(g[k]) and 0 <= g[k] <= 1): raise UsageError(f"[tool.mlnb.loop] guardrails.{k} must be a share between 0 and 1, not {g[k]!r}.")
         d = _sub('decide', self.decide, _DECIDE)

@@ -18,6 +18,7 @@ from .errors import MlnbError, UsageError
 from .flags import clear_rollout, read_rollout, set_rollout
 from .ledger import Ledger, new_uid
 from .project import Project, load_project
+from .safe import verify_candidate
 
 # %% auto #0
 __all__ = ['LEASE', 'QUIET', 'take_lease', 'release_lease', 'lease_message', 'record_decision', 'decisions', 'cooldown_left',
@@ -125,14 +126,15 @@ def cooldown_left(root: str | Path, # the project root
                   model: str, # the model's name
                   cfg: LoopConfig, # [tool.mlnb.loop] retrain.cooldown
                  ) -> str | None:
-    "Why the next retraining run must wait (a run whose candidate the gate did not pass, or a rollback, less than `retrain.cooldown` ago), or None."
+    "Why the next retraining run must wait (a run whose candidate the gate did not pass or that failed its verification, or a rollback, less than `retrain.cooldown` ago), or None."
     from mlnb.config import parse_since
     for d in reversed(decisions(root, model, limit=20)):
         if d['action'] == 'start': return None
-        if (d['action'] == 'nothing' and d['run_id']) or d['action'] == 'rollback':
+        if (d['action'] == 'nothing' and d['run_id']) or d['action'] in ('rollback', 'verify_failed'):
             left = d['at'] + parse_since(cfg.retrain['cooldown']).total_seconds() - time.time()
             if left <= 0: return None
-            what = f"retraining run {d['run_id']} made no challenger" if d['action'] == 'nothing' else f"the rollout of {d['challenger']} was rolled back"
+            what = {'nothing': f"retraining run {d['run_id']} made no challenger", 'rollback': f"the rollout of {d['challenger']} was rolled back",
+                    'verify_failed': f"the candidate {d['challenger']} failed its verification before the rollout"}[d['action']]
             return (f"{what} {(time.time() - d['at']) / 60:.0f} minutes ago; the next retraining run waits "
                     f"{left / 60:.0f} more minutes (retrain.cooldown = {cfg.retrain['cooldown']})")
     return None
@@ -159,7 +161,8 @@ def _retrain(project: Project, cfg: LoopConfig, name: str, champ: str, age: floa
                 'reason': f"{said}; but {wait}"}
     if dry_run:
         return {**base, 'action': 'retrain', 'reason': f"would retrain (mlnb run{' --profile ' + cfg.retrain['profile'] if cfg.retrain['profile'] else ''}"
-                f"{''.join(' -p ' + o for o in _overrides(params))}) because {said}", 'evidence': {'triggers': fired}}
+                f"{''.join(' -p ' + o for o in _overrides(params))}) because {said}; a candidate the gate passes would be verified (golden replay, "
+                "safe-to-serve check beside the champion) before its rollout starts", 'evidence': {'triggers': fired}}
     from mlnb.runner import run_pipeline
     try: res = run_pipeline(project, profile=cfg.retrain['profile'], overrides=_overrides(params), progress='quiet', reason=f'mlnb loop: {said}', hold=True)
     except MlnbError as e:
@@ -177,9 +180,17 @@ def _retrain(project: Project, cfg: LoopConfig, name: str, champ: str, age: floa
         return {**base, 'action': 'nothing', 'run_id': res.run_id, 'evidence': ev,
                 'reason': f"retraining run {res.run_id}: the gate passed no challenger (" + ('; '.join(g['note'] for g in res.gates) or 'no gate decision') + ')'}
     tag, first = held[0]['candidate'], cfg.stages[0]
+    try: checked = verify_candidate(project, tag, champ, cfg)
+    except MlnbError as e: checked = {'ok': False, 'reason': f"it could not be measured ({e})", 'evidence': {}}
+    ev['verify'] = checked['evidence']
+    if not checked['ok']:
+        _settle_held(project, tag, f"declined by `mlnb loop`: its verification before the rollout failed: {checked['reason']}")
+        return {**base, 'action': 'verify_failed', 'challenger': tag, 'run_id': res.run_id, 'evidence': ev,
+                'reason': f"{tag} passed the gate ({held[0]['reason']}) but failed its verification before the rollout: {checked['reason']}; "
+                          "its gate decision is declined, the champion and the rollout are unchanged"}
     rid = set_rollout(project, tag, first, f'mlnb loop: {tag} passed the gate ({held[0]["reason"]})'[:1000])['id']
     return {**base, 'action': 'start', 'rollout': rid, 'challenger': tag, 'stage': first, 'run_id': res.run_id, 'evidence': ev,
-            'reason': f"{tag} passed the gate ({held[0]['reason']}); its rollout starts in stage {stage_name(first)}"}
+            'reason': f"{tag} passed the gate ({held[0]['reason']}) and its verification ({checked['reason']}); its rollout starts in stage {stage_name(first)}"}
 
 # %% ../nbs/30c_loop.ipynb #426c1845
 def _horizon(root, rollout: str, stage) -> int | None:

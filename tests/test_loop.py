@@ -1,7 +1,8 @@
 """`mlnb loop` on the scaffolded churn project: the lease, the data guard on stale production data, the label guard on poisoned ground
 truth, a better challenger taken through the stages to promotion; and the lease, decisions and status on a team's PostgreSQL.
 
-The champion is trained once by a real `mlnb run` (papermill kernels), weak on purpose (a stump) so that a retrained model beats it clearly;
+The champion is trained once by a real `mlnb run` (papermill kernels), weak on purpose (a stump) so that a retrained model beats it clearly
+(the stump answers faster than any forest: the safe-to-serve check before a rollout allows a retrained forest five times its p99 latency);
 the prediction log the loop reads is written as the service writes it, with the models' own answers (their model and the project's exported
 feature function, in this process), and the ground truth beside it. No service runs: the live rollout is tested in tests/test_live_rollout.py."""
 import json, os, shutil, subprocess, sys, time, uuid
@@ -19,7 +20,7 @@ retrain = { params = { source = "production", production_since = "1d" } }
 stages = ["shadow", 0.5, 1.0]
 min_rows = 200
 min_time = "1s"
-guardrails = { agreement = 0.5 }
+guardrails = { agreement = 0.5, p99_ratio = 5.0 }
 decide = { min_effect = 0.1 }
 '''
 
@@ -176,7 +177,7 @@ def test_a_better_challenger_goes_through_the_stages_and_is_promoted(project):
 def test_a_broken_guardrail_rolls_the_challenger_back_at_once(project):
     root, tag = project
     toml = (root / 'pyproject.toml').read_text()
-    (root / 'pyproject.toml').write_text(toml.replace('guardrails = { agreement = 0.5 }', 'guardrails = { agreement = 0.99 }'))
+    (root / 'pyproject.toml').write_text(toml.replace('guardrails = { agreement = 0.5, p99_ratio = 5.0 }', 'guardrails = { agreement = 0.99, p99_ratio = 5.0 }'))
     write_log(root, {'champion': tag}, n=3000, seed=8)
     first = json.loads(mlnb('loop', '--json', cwd=root).stdout)
     assert first['action'] == 'start', first
