@@ -119,6 +119,8 @@ def guardrail_readings(compared: Mapping, # `mlnb.monitor.compare_variants` over
     else: readings['agreement'], said['agreement'] = None, "measured in the shadow stage of a classifier only"
     readings['p99_ratio'] = None
     if a.get('p99_ms') is None or b.get('p99_ms') is None: said['p99_ratio'] = "the prediction log has no latency_ms (a service older than it)"
+    elif stage == 'shadow': said['p99_ratio'] = ("not judged in the shadow stage: the shadow answers the waiting batches together, in calls of "
+                                                 "another size than the champion's; it is judged in the canary stages")
     elif min(a['calls'], b['calls']) < MIN_CALLS:
         said['p99_ratio'] = f"{b['calls']} model calls of the challenger and {a['calls']} of the champion; at least {MIN_CALLS} of each are needed"
     else:
