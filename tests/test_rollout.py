@@ -39,6 +39,13 @@ def serve(root, env, tmp, *build_args):
     return srv
 
 
+def stored_model(env, tag):
+    "The fitted model `tag` of the BentoML store at env's BENTOML_HOME, read from its file: BentoML keeps the store it first opened in a process for good, so it cannot be pointed at another home in this one."
+    import joblib
+    name, version = tag.split(':')
+    return joblib.load(Path(env['BENTOML_HOME']) / 'models' / name / version / 'saved_model.pkl')
+
+
 def logged(srv):
     return [json.loads(l) for l in srv.log.read_text().splitlines()] if srv.log.exists() else []
 
@@ -62,10 +69,7 @@ def test_shadow_answers_with_the_champion_and_logs_both(rollout, tmp_path):
     by = {(l['request_id'], l['variant']): l for l in lines}
     assert all((a['request_id'], 'champion') in by and (a['request_id'], 'challenger') in by for a in answers)
     # the challenger's shadow predictions are what its model gives for these rows in a plain Python process
-    import bentoml
-    os.environ['BENTOML_HOME'], old = env['BENTOML_HOME'], os.environ.get('BENTOML_HOME')
-    try: model = bentoml.sklearn.load_model(challenger)
-    finally: os.environ['BENTOML_HOME'] = old
+    model = stored_model(env, challenger)
     want = model.predict_proba(prepare(frame.drop(columns='churned')))[:, 1]
     got = [by[(a['request_id'], 'challenger')]['prediction']['probability'] for a in answers]
     assert max(abs(g - w) for g, w in zip(got, want)) <= 1e-9
@@ -169,10 +173,7 @@ def test_an_action_limit_switches_to_the_fallback_and_alerts(rollout, tmp_path):
     frame = simulate(600, seed=24, drift=1.0)
     rows = request_rows(frame, 'churned')  # about 45% churn: over the limit of 30%
     # which rows the champion answers 1 and which 0, to put the share where the test wants it
-    import bentoml
-    os.environ['BENTOML_HOME'], old = env['BENTOML_HOME'], os.environ.get('BENTOML_HOME')
-    try: model = bentoml.sklearn.load_model(champion)
-    finally: os.environ['BENTOML_HOME'] = old
+    model = stored_model(env, champion)
     label = model.predict_proba(prepare(frame.drop(columns='churned'))).argmax(axis=1)
     ones, zeros = [r for r, y in zip(rows, label) if y == 1], [r for r, y in zip(rows, label) if y == 0]
     assert len(ones) >= 62 and len(zeros) >= 160, (len(ones), len(zeros))
