@@ -93,3 +93,19 @@ def test_loop_dag_runs_one_pass_of_mlnb_loop(project, request):
     assert ran and Path(ran.group(1)).name == 'mlnb', log[-3000:]
     code = int(re.search(r'Command exited with return code (\d+)', log).group(1))
     assert (r.returncode == 0) == (code == 0), log[-3000:]  # the DAG run ends as the pass did
+
+
+def test_commands_run_as_written_never_as_templates(project, airflow_home):
+    "A `-p` value holding Jinja's `{{ }}` and `{# #}` and a name ending in `.sh` reach `mlnb run` as written: Airflow renders nothing."
+    from mlnb.airflow import dag_file
+    from mlnb.pipeline import make_plan
+    from mlnb.project import load_project
+    value = 'x{{ ds }}{# y #}.sh'
+    plan = make_plan(load_project(project), ['data'], None, [f'data.source={value}'])
+    echo = project / 'echo-mlnb'  # stands in for mlnb: prints what it was given
+    echo.write_text('#!/bin/sh\nprintf "ARGS:%s\\n" "$*"\n')
+    echo.chmod(0o755)
+    (airflow_home.dags / 'mlnb_churn.py').write_text(dag_file(plan, str(echo), ['-p', f'data.source={value}']))
+    r = airflow_home.airflow('dags', 'test', 'mlnb_churn_pipeline')
+    log = r.stdout + r.stderr
+    assert f'ARGS:run --quiet -p data.source={value} data' in log, log[-3000:]
