@@ -15,7 +15,7 @@ from .errors import UsageError
 
 # %% auto #0
 __all__ = ['LABEL_METRICS', 'PROBABILITY_METRICS', 'VALUE_METRICS', 'VERDICTS', 'MIN_ROWS', 'answers_needed', 'influence',
-           'compare']
+           'compare', 'percentile']
 
 # %% ../nbs/01b_compare.ipynb #c1a67229
 LABEL_METRICS = ('accuracy', 'balanced_accuracy', 'f1', 'f1_macro', 'f1_weighted', 'precision', 'precision_macro', 'recall', 'recall_macro')
@@ -165,3 +165,12 @@ def compare(metric: str, # the gate's metric
     elif p < significance: out['verdict'] = 'challenger better' if (d > 0) == (direction == 'maximize') else 'champion better'
     elif rows >= needed: out['verdict'] = 'no difference shown'
     return out
+
+# %% ../nbs/01b_compare.ipynb #45a5274c
+def percentile(xs, # times (or any numbers): a list or an array
+               q: float, # the percentile, in [0, 100]
+              ) -> float | None:
+    "The `q`th percentile of `xs` by nearest rank (the smallest value with at least q% of `xs` at or below it), None when empty."
+    a = np.sort(np.asarray(xs, dtype='float64').ravel())
+    if not a.size: return None
+    return float(a[min(a.size - 1, max(0, math.ceil(q / 100 * a.size) - 1))])

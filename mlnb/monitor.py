@@ -555,8 +555,9 @@ def _stated(t: Mapping) -> str:
 def _served(part: pd.DataFrame, failed: int) -> dict:
     "How a variant served: `calls` (its timed model calls), `p99_ms` of their times, `errors` (its rows another model answered) and `error_rate`; None where the log lacks them (a service before `latency_ms`)."
     if 'latency_ms' not in part or not part['latency_ms'].notna().any(): return {'calls': 0, 'p99_ms': None, 'errors': None, 'error_rate': None}
+    from mlnb.compare import percentile
     calls = part[['ts', 'latency_ms']].dropna().drop_duplicates()['latency_ms'].to_numpy(dtype='float64') # a call's rows share its time and its batch's ts
-    return {'calls': int(len(calls)), 'p99_ms': float(np.percentile(calls, 99)), 'errors': int(failed), 'error_rate': failed / (len(part) + failed)}
+    return {'calls': int(len(calls)), 'p99_ms': percentile(calls, 99), 'errors': int(failed), 'error_rate': failed / (len(part) + failed)}
 
 def compare_variants(events: pd.DataFrame, # the window's events of every variant
                      champion: str, # the champion's tag

@@ -6,16 +6,16 @@ Docs: https://mlnb.github.io/mlnb/api/safe.html.md"""
 
 # %% ../nbs/30bb_safe.ipynb #aa936564
 from __future__ import annotations
-import gc, json, math, os, subprocess, sys, tempfile, time
+import gc, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import Mapping
 
+from .compare import percentile
 from .config import LoopConfig
 from .errors import UsageError
 
 # %% auto #0
-__all__ = ['SIZES', 'CALLS', 'MIN_MS', 'MIN_MB', 'measure_worker', 'Measured', 'percentile', 'load_batches', 'safe_verdict',
-           'verify_candidate']
+__all__ = ['SIZES', 'CALLS', 'MIN_MS', 'MIN_MB', 'measure_worker', 'Measured', 'load_batches', 'safe_verdict', 'verify_candidate']
 
 # %% ../nbs/30bb_safe.ipynb #981d3258
 def _peak_mb() -> float:
@@ -93,12 +93,6 @@ class Measured:
 # %% ../nbs/30bb_safe.ipynb #7a6c8802
 SIZES = (1, 8, 64) # rows per call: one client, a small batch, a batch the service's batcher makes under load
 CALLS = 300 # calls of each model (100 of each size): enough for a p99 that is not the slowest call or two
-
-def percentile(xs: list[float], q: float) -> float | None:
-    "The `q`th percentile of `xs` (nearest rank), None when empty."
-    if not xs: return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 def load_batches(rows: list[dict], sizes=SIZES, n: int = 3) -> list[list[dict]]:
     "`n` batches of each size in `sizes`, of `rows` taken in turn (repeated as needed)."
