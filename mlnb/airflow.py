@@ -16,7 +16,7 @@ from .pipeline import Plan, expand_items, make_plan, maps_over
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['task_id', 'airflow_tasks', 'dag_file', 'mlnb_command', 'dags_folder', 'export_airflow']
+__all__ = ['task_id', 'airflow_tasks', 'dynamic_tasks', 'dag_file', 'mlnb_command', 'dags_folder', 'export_airflow']
 
 # %% ../nbs/35a_airflow.ipynb #e06fe284
 def task_id(name: str, # a step (`train`) or an item (`train[segment=north]`)
@@ -53,6 +53,12 @@ def _literal(v) -> str:
     "`v` (text, None, or a list of text) as a Python literal."
     return repr(list(v)) if isinstance(v, (list, tuple)) else repr(v)
 
+def dynamic_tasks(plan: Plan, # the steps to run
+                  tasks: dict, # `airflow_tasks(plan)`
+                 ) -> list[str]:
+    "The task ids of steps that fan out over an upstream output: their items are known only at run time."
+    return [t for t, (target, _, _) in tasks.items() if '[' not in target and plan[target].fan and any(isinstance(v, str) for v in plan[target].fan.values())]
+
 def dag_file(plan: Plan, # the steps to run (`make_plan`)
              mlnb: str, # the `mlnb` command of the project's environment: an absolute path
              run_options: Iterable[str] = (), # given to every `mlnb run`: --profile, -p, --engine
@@ -80,7 +86,9 @@ def dag_file(plan: Plan, # the steps to run (`make_plan`)
         f"LOOP_SCHEDULE = {_literal(loop_schedule)}",
         f"START = {_literal(start or datetime.date.today().isoformat())}  # the schedules start at this date",
         "# task id -> (what `mlnb run` runs: a step, or one item of a step that fans out; the tasks it waits for; its trigger rule)",
-        "TASKS = {", *[f"    {_literal(t)}: ({_literal(target)}, {_literal(after)}, {_literal(rule)})," for t, (target, after, rule) in tasks.items()], "}"]
+        "TASKS = {", *[f"    {_literal(t)}: ({_literal(target)}, {_literal(after)}, {_literal(rule)})," for t, (target, after, rule) in tasks.items()], "}",
+        "# the tasks of steps whose items come from an upstream output: mapped at run time, one task per item",
+        f"FANOUT = {_literal(dynamic_tasks(plan, tasks))}"]
     text = (Path(str(resources.files('mlnb') / 'templates' / 'airflow' / 'dags.py.template'))).read_text(encoding='utf-8')
     return text.replace('# mlnb: settings\n', '\n'.join(settings) + '\n', 1)
 

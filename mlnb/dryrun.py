@@ -37,10 +37,12 @@ def _entry(run: RunState, ro: _ReadOnly, units: Mapping, r, said: Mapping[str, d
     e = {'step': r.name, 'parent': r.parent, 'fingerprint': r.fingerprint or None, 'cached_from': None, 'changes': [], 'compared_with': None}
     if r.name in units:
         return {**e, 'status': 'run', **explain_parts(ro.previous(r.name), units[r.name].parts, run.force, verb='would run')}
+    s = run.plan[r.name] if r.parent is None else None
+    if s is not None and s.spec.fans_out: # how many items it has; None while they are not known (it would fail, or wait for a step that would run)
+        e['items'] = None if r.status in ('failed', 'skipped') else sum(x['parent'] == r.name for x in said.values())
     if r.status == 'cached':
         return {**e, 'status': 'cached', 'cached_from': r.cached_from, 'compared_with': r.cached_from,
                 'why': f"cached: nothing changed since run {r.cached_from}, whose outputs would be reused"}
-    s = run.plan[r.name] if r.parent is None else None
     if s is not None and s.spec.fans_out and r.status != 'failed' and r.status != 'skipped':
         mine = [x for x in said.values() if x['parent'] == r.name]
         n = sum(x['status'] == 'run' for x in mine)

@@ -17,6 +17,8 @@ grid = { max_depth = [4, 6] }
 optional = true
 '''
 UNITS = {'data', 'features', 'train', 'evaluate', 'train_depth[max_depth=4]', 'train_depth[max_depth=6]'}
+# the scaffold's train_region fans out over the regions the data step records: mapped when the DAG runs, one task per region
+REGIONS = {f'train_region[region={r}]' for r in ('east', 'north', 'south', 'west')}
 
 
 @pytest.fixture(scope='module')
@@ -35,16 +37,19 @@ def _runs_since(root, seen: set) -> list[dict]:
 
 def _executed(runs: list[dict]) -> list[str]:
     "The steps and items the runs executed (not reused), in order; a fanned-out step's own row is left out."
-    return [s['step'] for r in runs for s in r['steps'] if s['status'] == 'ok' and s['step'] != 'train_depth']
+    return [s['step'] for r in runs for s in r['steps'] if s['status'] == 'ok' and s['step'] not in ('train_depth', 'train_region')]
 
 
 def test_pipeline_dag_runs_each_step_once_then_reuses_the_cache(project, airflow_home):
     with open(project / 'pyproject.toml', 'a') as f: f.write(GRID)
-    out = mlnb('export', 'airflow', 'evaluate', 'train_depth', '--out', airflow_home.dags, '--profile', 'ci', '--engine', 'fast', cwd=project).stdout
+    out = mlnb('export', 'airflow', 'evaluate', 'train_depth', 'train_region', '--out', airflow_home.dags, '--profile', 'ci', '--engine', 'fast',
+               cwd=project).stdout
     dag_file = airflow_home.dags / 'mlnb_churn.py'
     assert out.strip() == f"Wrote {dag_file}: DAGs mlnb_churn_pipeline and mlnb_churn_loop."
-    tasks = ast.literal_eval(next(l for l in dag_file.read_text().split('\nTASKS = ')[1:]).split('\n}\n')[0] + '\n}')
-    assert {t[0] for t in tasks.values()} == UNITS
+    text = dag_file.read_text()
+    tasks = ast.literal_eval(next(l for l in text.split('\nTASKS = ')[1:]).split('\n}\n')[0] + '\n}')
+    assert {t[0] for t in tasks.values()} == UNITS | {'train_region'}
+    assert "\nFANOUT = ['train_region']\n" in text
     assert tasks['train_depth__max_depth_4'] == ('train_depth[max_depth=4]', ['data', 'features'], 'all_success')
     listed = airflow_home.airflow('dags', 'list', '--local', '-o', 'json').stdout  # parsed here, as Airflow's DAG processor parses it
     assert {d['dag_id'] for d in json.loads(listed[listed.index('[{'):])} == {'mlnb_churn_pipeline', 'mlnb_churn_loop'}
@@ -52,9 +57,9 @@ def test_pipeline_dag_runs_each_step_once_then_reuses_the_cache(project, airflow
     # first DAG run: one mlnb run per task, and each step and item executed exactly once
     airflow_home.airflow('dags', 'test', 'mlnb_churn_pipeline')
     first = _runs_since(project, set())
-    assert len(first) == len(tasks) and all(r['status'] == 'ok' for r in first), [(r['targets'], r['status']) for r in first]
-    assert sorted(r['targets'][0] for r in first) == sorted(UNITS)
-    assert sorted(_executed(first)) == sorted(UNITS)
+    assert len(first) == len(UNITS | REGIONS) and all(r['status'] == 'ok' for r in first), [(r['targets'], r['status']) for r in first]
+    assert sorted(r['targets'][0] for r in first) == sorted(UNITS | REGIONS)  # a mapped task per region
+    assert sorted(_executed(first)) == sorted(UNITS | REGIONS)
     assert all(r['profile'] == 'ci' and r['engine'] == 'fast' for r in first)
     # an item's task ran that item alone, with what it needs from the cache
     one = next(r for r in first if r['targets'] == ['train_depth[max_depth=6]'])
@@ -64,7 +69,7 @@ def test_pipeline_dag_runs_each_step_once_then_reuses_the_cache(project, airflow
     # second DAG run: every task ends at once, nothing executed again
     airflow_home.airflow('dags', 'test', 'mlnb_churn_pipeline')
     second = _runs_since(project, {r['id'] for r in first})
-    assert len(second) == len(tasks) and all(r['status'] == 'ok' for r in second)
+    assert len(second) == len(UNITS | REGIONS) and all(r['status'] == 'ok' for r in second)
     assert _executed(second) == []
     assert {s['status'] for r in second for s in r['steps']} == {'cached'}
 
