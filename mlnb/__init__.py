@@ -26,3 +26,17 @@ def __getattr__(name):
     mod, attr = _LAZY[name]
     m = importlib.import_module(mod)
     return m if attr is None else getattr(m, attr)
+
+def _in_kernel() -> None:
+    "In an IPython kernel, let `mlnb.hand` see the cells it runs: by hand, the `parameters` cell then shows (and uses) the parameters the pipeline would use."
+    import os, sys
+    if 'IPython' not in sys.modules: return # a plain Python process: no kernel
+    from IPython import get_ipython
+    ip = get_ipython()
+    if ip is None: return
+    named = (ip.user_ns.get('__session__'), ip.user_ns.get('__vsc_ipynb_file__'), os.environ.get('MLNB_NOTEBOOK'))
+    if not any(isinstance(v, str) and v.endswith('.ipynb') for v in named): return # no front end names a notebook (a pipeline run's kernel)
+    from mlnb.hand import watch
+    watch()
+
+_in_kernel()

@@ -14,7 +14,7 @@ from .errors import UsageError, did_you_mean
 
 # %% auto #0
 __all__ = ['TABLES', 'known_keys', 'parse_since', 'ServeConfig', 'GateConfig', 'MonitorConfig', 'AlertsConfig', 'DaskConfig',
-           'LoopConfig', 'check_tables']
+           'HandConfig', 'LoopConfig', 'check_tables']
 
 # %% ../nbs/05_config.ipynb #8b8068e4
 _RETIRED = {('serve', 'max_latency_ms'): 'is no longer used (a request is predicted as soon as the model is free): remove it'}
@@ -297,6 +297,29 @@ class DaskConfig:
         "Read and check `[tool.mlnb.dask]` from the `[tool.mlnb]` table `settings`."
         return cls(**known_keys('dask', settings.get('dask', {}), cls))
 
+# %% ../nbs/05_config.ipynb #cc3f7296
+@dataclass(frozen=True, kw_only=True)
+class HandConfig:
+    "What a step notebook run by hand uses, from `[tool.mlnb.hand]`."
+    params: str = 'pipeline' # 'pipeline': the values `mlnb run` would use (notebook default < step `params` < profile); 'notebook': the parameters cell's own
+    profile: str | None = None # the profile the values are resolved with, as `mlnb run --profile` (default: none, as a plain `mlnb run`)
+    upstream: str = 'newest' # what `mlnb.upstream` reads by hand: 'newest' (made last, by a pipeline run or a hand run), 'pipeline' or 'hand'
+
+    def __post_init__(self):
+        if self.params not in ('pipeline', 'notebook'):
+            raise UsageError(f"[tool.mlnb.hand] params must be \"pipeline\" (a hand run uses the values `mlnb run` would) or \"notebook\" "
+                             f"(it keeps the parameters cell's own values), not {self.params!r}.")
+        if self.profile is not None and not (isinstance(self.profile, str) and self.profile):
+            raise UsageError(f"[tool.mlnb.hand] profile must name a profile of [tool.mlnb.profiles] (e.g. profile = \"ci\"), not {self.profile!r}.")
+        if self.upstream not in ('newest', 'pipeline', 'hand'):
+            raise UsageError(f"[tool.mlnb.hand] upstream must be \"newest\" (the outputs made last, by a pipeline run or a hand run), \"pipeline\" "
+                             f"or \"hand\", not {self.upstream!r}.")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> HandConfig:
+        "Read and check `[tool.mlnb.hand]` from the `[tool.mlnb]` table `settings`."
+        return cls(**known_keys('hand', settings.get('hand', {}), cls))
+
 # %% ../nbs/05_config.ipynb #f084bd82
 _STAGES = ('shadow', 0.05, 0.25, 0.5, 1.0)
 _TRIGGERS = {'drift': True, 'performance': True, 'new_labels': False, 'max_age': False}
@@ -383,7 +406,7 @@ class LoopConfig:
         return cls(**known_keys('loop', settings.get('loop', {}), cls))
 
 # %% ../nbs/05_config.ipynb #b21b4426
-TABLES = {'serve': ServeConfig, 'gate': GateConfig, 'monitor': MonitorConfig, 'alerts': AlertsConfig, 'dask': DaskConfig, 'loop': LoopConfig}
+TABLES = {'serve': ServeConfig, 'gate': GateConfig, 'monitor': MonitorConfig, 'alerts': AlertsConfig, 'dask': DaskConfig, 'hand': HandConfig, 'loop': LoopConfig}
 
 def check_tables(settings: Mapping[str, Any], # the [tool.mlnb] table
                 ) -> None:

@@ -10,15 +10,16 @@ import json, os, time
 from pathlib import Path
 from typing import Any
 
-from .errors import MlnbError, RecordError
-from .ledger import Ledger, new_run_id, newest_outputs
+from .effective import effective_params, params_report
+from .errors import MlnbError, RecordError, UsageError
+from .ledger import UPSTREAM_SOURCES, Ledger, new_run_id, newest_outputs
 from .outputs import plain
 from .project import project_root
 from .store import peek
 
 # %% auto #0
-__all__ = ['KEPT', 'injected_context', 'live_context', 'first_cell', 'begins_run', 'notebook_path', 'step_of', 'hand_run',
-           'hand_params', 'record', 'executed_copy', 'upstream', 'lineage']
+__all__ = ['KEPT', 'injected_context', 'live_context', 'first_cell', 'begins_run', 'watch', 'notebook_path', 'step_of',
+           'hand_run', 'hand_params', 'record', 'executed_copy', 'parameters_cell', 'use_params', 'upstream', 'lineage']
 
 # %% ../nbs/20_hand.ipynb #350ca16d
 def _user_ns() -> dict:
@@ -74,9 +75,13 @@ def begins_run(path: Path, # the notebook
                source: str, # its source
               ) -> bool:
     "Whether a cell about to run begins a new execution of the notebook at `path` (it is its `first_cell`, by id when known, else by source)."
-    fid, fsrc = first_cell(path)
-    if cell_id and fid: return cell_id == fid
-    return bool(fsrc) and source.strip() == fsrc
+    return _is_cell(first_cell(path), cell_id, source)
+
+def _is_cell(cell: tuple[str | None, str], cell_id: str | None, source: str) -> bool:
+    "Whether the cell about to run (or just run) is `cell` (an id and stripped source): by id when both are known, else by source."
+    cid, csrc = cell
+    if cell_id and cid: return cell_id == cid
+    return bool(csrc) and source.strip() == csrc
 
 def _history() -> list[str]:
     "The kernel's inputs by execution count (index 0 is empty)."
@@ -97,11 +102,13 @@ def _on_cell(info) -> None:
             _HAND.pop(key)
             _STARTS[key] = len(_history()) # the index this cell's input is about to be stored at (IPython counts it before or after this hook, by version)
 
-def _watch() -> None:
-    "Register `_on_cell` with the kernel, once."
+def watch() -> None:
+    "Register with the running IPython kernel, once, `_on_cell` (before each cell) and `_after_cell` (after each cell: a hand run's parameters cell); `import mlnb` calls it in a kernel."
     from IPython import get_ipython
     ip = get_ipython()
-    if ip is not None and _on_cell not in ip.events.callbacks['pre_run_cell']: ip.events.register('pre_run_cell', _on_cell)
+    if ip is None: return
+    for event, hook in (('pre_run_cell', _on_cell), ('post_run_cell', _after_cell)):
+        if hook not in ip.events.callbacks[event]: ip.events.register(event, hook)
 
 # %% ../nbs/20_hand.ipynb #69009981
 def notebook_path(root: Path | None = None, # the project root, for a relative path
@@ -134,7 +141,8 @@ def step_of(notebook: Path, # a notebook
 _HAND: dict[str, dict] = {} # notebook path -> this kernel's hand run of it
 _NOTED: set[str] = set()
 
-def hand_run() -> dict | None:
+def hand_run(check: bool = True, # when this opens the run: warn about each parameter value in the kernel that the pipeline would not use (`_late_check`)
+            ) -> dict | None:
     "This kernel's hand run (`run_id`, `step`, `notebook`, `root`, `reads`), or None when the notebook is unknown or not a step."
     try: root = project_root()
     except MlnbError: return None
@@ -152,7 +160,8 @@ def hand_run() -> dict | None:
         except ValueError: rel = str(nb)
         _HAND[key] = {'run_id': new_run_id(), 'step': step, 'notebook': rel, 'path': nb, 'root': root, 'reads': {}, 'outputs': [],
                      'start': _start(key)}
-        _watch()
+        watch()
+        if check: _late_check(_HAND[key])
     return _HAND[key]
 
 def hand_params(h: dict) -> dict:
@@ -215,7 +224,7 @@ def executed_copy(h: dict, # a hand run (`hand_run()`)
         if n is not None and n in out:
             c['outputs'] = [{'output_type': 'execute_result', 'execution_count': n, 'metadata': {}, 'data': _formatted(out[n])}]
     nb.setdefault('metadata', {})['mlnb'] = {
-        'run_id': h['run_id'], 'step': h['step'], 'notebook': h['notebook'], 'interactive': True, 'params': hand_params(h),
+        'run_id': h['run_id'], 'step': h['step'], 'notebook': h['notebook'], 'interactive': True, 'params': hand_params(h), 'param_sources': dict(h.get('param_sources', {})),
         'outputs': list(h.get('outputs', [])), 'upstream_runs': dict(h['reads']), 'executions': [start, len(raw) - 1], 'written': time.time(),
         'unsaved_inputs': [{'execution_count': n, 'source': raw[n]} for n in range(start, len(raw)) if raw[n].strip() and raw[n].strip() not in saved],
         'kept': KEPT}
@@ -226,21 +235,104 @@ def executed_copy(h: dict, # a hand run (`hand_run()`)
     os.replace(tmp, dest) # a reader never sees half a copy
     return dest
 
+# %% ../nbs/20_hand.ipynb #0ab125f7
+def parameters_cell(path: Path, # a notebook
+                   ) -> tuple[str | None, str]:
+    "Id and source (stripped) of the cell of the notebook at `path` tagged `parameters`, or (None, '')."
+    try: cells = json.loads(Path(path).read_text(encoding='utf-8')).get('cells', [])
+    except (OSError, ValueError): return None, ''
+    c = next((c for c in cells if c.get('cell_type') == 'code' and 'parameters' in c.get('metadata', {}).get('tags', [])), {})
+    s = c.get('source', '')
+    return c.get('id'), (''.join(s) if isinstance(s, list) else s).strip()
+
+def _show(text: str, warns: list[str], rows: list[dict]) -> None:
+    "Show the parameters table `text` of `rows` under the running cell, with its `warns` (text and HTML), or print it outside a kernel."
+    import html
+    plain_text = text + ''.join(f'\nWARNING: {w}' for w in warns)
+    try:
+        from IPython.display import display
+        from IPython import get_ipython
+        if get_ipython() is None: raise ImportError
+    except ImportError: return print(plain_text)
+    cell = lambda x: f'<td style="text-align:left">{html.escape(str(x))}</td>'
+    trs = ''.join(f"<tr>{cell(r['name'])}{cell(repr(r['value'])[:80])}{cell(r['source'])}</tr>" for r in rows)
+    box = ''.join(f'<div style="background:#fff3cd;color:#664d03;padding:2px 6px;margin:2px 0">&#9888; {html.escape(w)}</div>' for w in warns)
+    display({'text/plain': plain_text, 'text/html': f"<div><p>{html.escape(text.split(chr(10))[0])}</p><table><tr><th>name</th><th>value</th><th>source</th></tr>{trs}</table>{box}</div>"}, raw=True)
+
+def _resolve(h: dict) -> tuple[list[dict], Any]:
+    "`effective_params` of the step of hand run `h` with the kernel's values, and the `HandConfig` they were resolved with."
+    from mlnb.config import HandConfig
+    from mlnb.pipeline import make_plan
+    from mlnb.project import load_project
+    project = load_project(h['root'])
+    cfg = HandConfig.from_settings(project.settings)
+    if cfg.profile is not None and cfg.profile not in project.profiles:
+        raise UsageError(f"[tool.mlnb.hand] profile '{cfg.profile}' is not a profile of [tool.mlnb.profiles] (declared: {', '.join(project.profiles) or 'none'}). "
+                         "Fix the key, or remove it to resolve parameters as a plain `mlnb run` does.")
+    return effective_params(make_plan(project, [h['step']], cfg.profile)[h['step']], _user_ns()), cfg
+
+def use_params(h: dict, # a hand run (`hand_run()`)
+              ) -> list[dict]:
+    "Set in the kernel the parameters `mlnb run` would use for the step of `h` (unless `[tool.mlnb.hand] params = \"notebook\"`), show them, and keep their sources in `h`."
+    rows, cfg = _resolve(h)
+    if cfg.params == 'pipeline': _user_ns().update({r['name']: r['value'] for r in rows if r['overridden']})
+    h['param_sources'] = {r['name']: r['source'] for r in rows}
+    _show(*params_report(h['step'], rows, cfg.params == 'pipeline', cfg.profile), rows)
+    return rows
+
+def _late_check(h: dict) -> None:
+    "When hand run `h` opens without its parameters cell having been seen (`import mlnb` came after it), warn about each value of the kernel the pipeline would not use."
+    if not parameters_cell(h['path'])[1]: return
+    try: rows, cfg = _resolve(h)
+    except MlnbError: return
+    for w in params_report(h['step'], rows, False, cfg.profile)[1]:
+        print(f"mlnb: WARNING: {w} (This run kept the notebook's values: with `import mlnb` in a cell above the parameters cell, mlnb sets the pipeline's.)")
+
+def _after_cell(result) -> None:
+    "IPython's `post_run_cell` hook: after the `parameters` cell of a step notebook run by hand, `use_params`."
+    info = getattr(result, 'info', None)
+    if info is None or getattr(result, 'error_in_exec', None) is not None or getattr(result, 'error_before_exec', None) is not None: return
+    ns = _user_ns() # a pipeline run's kernel is told no notebook: nothing more to do there
+    if not any(isinstance(v, str) and v.endswith('.ipynb') for v in (ns.get('__session__'), ns.get('__vsc_ipynb_file__'), os.environ.get('MLNB_NOTEBOOK'))): return
+    try: root = project_root()
+    except MlnbError: return
+    nb = notebook_path(root)
+    if nb is None or not _is_cell(parameters_cell(nb), getattr(info, 'cell_id', None), info.raw_cell or ''): return
+    try:
+        if step_of(nb, root) is None or (h := hand_run(check=False)) is None: return
+        use_params(h)
+    except MlnbError as e: print(f"mlnb: this hand run keeps the notebook's parameters, as the pipeline's cannot be resolved: {e}")
+
 # %% ../nbs/20_hand.ipynb #fcf1f78c
 def _ago(t: float) -> str:
     s = max(time.time() - t, 0)
     return f'{s:.0f} s ago' if s < 120 else f'{s / 60:.0f} min ago' if s < 7200 else f'{s / 3600:.0f} h ago' if s < 172800 else f'{s / 86400:.0f} days ago'
 
+_CHOSEN = {'newest': 'the newest made by a pipeline run or a hand run', 'pipeline': 'the newest made by a pipeline run', 'hand': 'the newest made by a hand run'}
+
 def upstream(step: str, # the upstream step's name
+             source: str | None = None, # 'newest' (made last, by a pipeline run or a hand run), 'pipeline' or 'hand'; default: [tool.mlnb.hand] upstream, else 'newest'
+             run: str | None = None, # a run id (a unique prefix is enough): read the outputs of `step` that this run recorded
             ) -> dict:
-    "The newest recorded outputs of `step` (references, not values), remembered in this kernel's hand run; says which run it read."
+    "The outputs of `step` (references, not values) chosen by `source` or `run`, remembered in this kernel's hand run; says which run made them, and when."
     root = project_root()
-    new = newest_outputs(root, step)
+    if source is None:
+        from mlnb.config import HandConfig
+        from mlnb.project import load_project
+        source = HandConfig.from_settings(load_project(root).settings).upstream
+    if source not in UPSTREAM_SOURCES:
+        raise UsageError(f"source={source!r} is not a source of upstream outputs. Use one of {', '.join(map(repr, UPSTREAM_SOURCES))}: "
+                         "the newest made by a pipeline run or a hand run, a pipeline run's only, or a hand run's only.")
+    new = newest_outputs(root, step, source, run)
     if new is None:
-        raise RecordError(f"No outputs of step '{step}' are recorded in {root / '.mlnb'}, so there is nothing to read upstream. "
-                          f"Run the notebook of '{step}' by hand first, or `mlnb run {step}`.", step=step)
+        which = f"by run {run}" if run else {'newest': '', 'pipeline': 'by a pipeline run', 'hand': 'by a hand run'}[source]
+        raise RecordError(f"No outputs of step '{step}' are recorded {which} in {root / '.mlnb'}, so there is nothing to read upstream. ".replace('  ', ' ') +
+                          (f"Run the notebook of '{step}' by hand first, or `mlnb run {step}`." if not run else "See `mlnb runs` for the runs and their steps."), step=step)
     origin = f"hand run {new['run_id']} ({new['notebook']})" if new['kind'] == 'interactive' else f"pipeline run {new['run_id']}"
-    print(f"mlnb: upstream '{step}' is read from {origin}, {_ago(new['ended'])}.")
+    reused = f", reused by run {new['reused_by']}" if new['reused_by'] else ''
+    why = 'the run asked for' if run else _CHOSEN[source]
+    print(f"mlnb: upstream '{step}' is read from {origin}, made {_ago(new['made'])}{reused} ({why}; "
+          f"choose with mlnb.upstream('{step}', source='newest'|'pipeline'|'hand') or run='RUN_ID').")
     h = hand_run()
     if h is not None: h['reads'][step] = new['run_id']
     return new

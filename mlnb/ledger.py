@@ -18,8 +18,8 @@ from .errors import MlnbError, UsageError
 from .store import Store, Tx, store_url
 
 # %% auto #0
-__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'package_versions', 'git_state', 'new_run_id', 'new_uid', 'Ledger',
-           'gate_row', 'latest_outputs', 'newest_outputs', 'metrics_of', 'compare_runs']
+__all__ = ['GATE_STATES', 'SETTLED_OK', 'PACKAGES', 'UPSTREAM_SOURCES', 'package_versions', 'git_state', 'new_run_id', 'new_uid',
+           'Ledger', 'gate_row', 'latest_outputs', 'newest_outputs', 'metrics_of', 'compare_runs']
 
 # %% ../nbs/08_ledger.ipynb #89bb1561
 # What became of a gate decision. Only a decision settled by its own successful run ('applied', 'declined') lets the step
@@ -271,18 +271,34 @@ def record_interactive(self: Ledger, run_id: str, step: str, *,
                outputs=_j(outs), params=_j(params), ended=now, duration=now - row['started'], ups=_j(upstream_runs or {}), id=run_id, step=step)
         db.run('update runs set ended=:ended where id=:id', ended=now, id=run_id)
 
-@patch
-def newest(self: Ledger, step: str) -> dict | None:
-    "The newest outputs of `step`, from a pipeline run (executed or cached) or a hand run: run id, kind, when, notebook, outputs; or None."
-    r = self.db.one("select run_id, cached_from, status, ended, notebook, outputs from steps where step=:step "
-                    "and status in ('ok', 'cached', 'interactive') order by ended desc limit 1", step=step)
-    if r is None: return None
-    return {'run_id': r['cached_from'] or r['run_id'], 'kind': 'interactive' if r['status'] == 'interactive' else 'pipeline',
-            'ended': r['ended'], 'notebook': r['notebook'], 'outputs': json.loads(r['outputs']) if r['outputs'] else {}}
+UPSTREAM_SOURCES = ('newest', 'pipeline', 'hand') # which outputs of a step a hand run reads: the newest made by either, or only a pipeline run's, or only a hand run's
 
-def newest_outputs(root: str | Path, step: str) -> dict | None:
-    "`Ledger.newest(step)` in the project at `root`, or None when nothing is recorded."
-    return _reading(root, lambda led: led.newest(step))
+@patch
+def newest(self: Ledger, step: str,
+           source: str = 'newest', # one of `UPSTREAM_SOURCES`
+           run: str | None = None, # a run id (a unique prefix is enough): the outputs of `step` recorded by that run, whatever `source` says
+          ) -> dict | None:
+    "The outputs of `step` made last (by `source`, or recorded by `run`): `run_id` (the run that made them), `kind`, `made`, `reused_by`, `notebook`, `outputs`; or None."
+    if source not in UPSTREAM_SOURCES:
+        raise UsageError(f"source={source!r} is not a source of upstream outputs. Use one of {', '.join(map(repr, UPSTREAM_SOURCES))}: "
+                         "the newest made by a pipeline run or a hand run, a pipeline run's only, or a hand run's only.")
+    kinds = {'newest': "('ok', 'cached', 'interactive')", 'pipeline': "('ok', 'cached')", 'hand': "('interactive')"}[source]
+    where, args = f's.status in {kinds}', {'step': step}
+    if run is not None: where, args = "s.status in ('ok', 'cached', 'interactive') and s.run_id = :run", {**args, 'run': self.get_run(run)['id']}
+    # a cached execution reused outputs made earlier: it counts by the time its outputs were made (the run that executed the step), never by its own
+    r = self.db.one("select s.run_id, s.cached_from, s.status, s.ended, coalesce(o.ended, s.ended) made, coalesce(o.notebook, s.notebook) notebook, s.outputs "
+                    "from steps s left join steps o on o.run_id = s.cached_from and o.step = s.step "
+                    f"where s.step = :step and {where} order by made desc, s.ended desc limit 1", **args)
+    if r is None: return None
+    return {'run_id': r['cached_from'] or r['run_id'], 'kind': 'interactive' if r['status'] == 'interactive' else 'pipeline', 'made': r['made'],
+            'reused_by': r['run_id'] if r['cached_from'] else None, 'notebook': r['notebook'], 'outputs': json.loads(r['outputs']) if r['outputs'] else {}}
+
+def newest_outputs(root: str | Path, step: str,
+                   source: str = 'newest', # as `Ledger.newest`
+                   run: str | None = None, # as `Ledger.newest`
+                  ) -> dict | None:
+    "`Ledger.newest(step, source, run)` in the project at `root`, or None when nothing is recorded."
+    return _reading(root, lambda led: led.newest(step, source, run))
 
 @patch
 def previous(self: Ledger, run_id: str | None, # a run, or None: a run that would start now (`mlnb run --dry-run`)

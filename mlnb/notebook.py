@@ -31,15 +31,18 @@ def record(name: str, # output name, a Python identifier
 # %% ../nbs/22_notebook.ipynb #dedd17aa
 def upstream(step: str, # the upstream step's name
              injected: Mapping[str, Any] | None = None, # the notebook's `upstream` parameter
+             *,
+             source: str | None = None, # by hand: 'newest' (made last, by a pipeline run or a hand run), 'pipeline' or 'hand' (default: [tool.mlnb.hand] upstream, else 'newest')
+             run: str | None = None, # by hand: the id of the run whose outputs of `step` to read
             ) -> dict[str, Any]:
-    "The outputs of `step`: from `injected` when the runner provides them, else the newest recorded by a pipeline run or a hand run."
+    "The outputs of `step`: from `injected` when the runner provides them, else (by hand) the newest made by a pipeline run or a hand run, or those `source` or `run` choose."
     if injected is not None:
         if step not in injected:
             raise RecordError(f"Step '{step}' is not upstream of this step (injected: {', '.join(injected) or 'none'}). "
                               f"Add \"{step}\" to this step's `needs` in [tool.mlnb.steps].", step=step)
         return _by_item(step, load(injected[step]))
     from mlnb.hand import upstream as newest # a notebook run by hand: the newest recorded outputs
-    return _by_item(step, load(newest(step)['outputs'], project_root()))
+    return _by_item(step, load(newest(step, source, run)['outputs'], project_root()))
 
 class ItemOutputs(dict):
     "The outputs of a fanned-out step, item label -> that item's outputs; reading an output name from it says how to read the items instead."

@@ -192,7 +192,7 @@ class Project(Picklable):
         return self.root / '.mlnb'
 
 _TOP_KEYS = ('steps', 'profiles', 'gate', 'serve', 'monitor', 'alerts', 'engine', 'executor', 'dask', 'artifacts', 'preload', 'loop',
-             'store') # store: where the ledger lives (`mlnb.store.store_url`), checked when a ledger is opened
+             'hand', 'store') # store: where the ledger lives (`mlnb.store.store_url`), checked when a ledger is opened
 
 def load_project(start: str | Path | None = None, # a folder inside the project (default: the working directory)
                 ) -> Project:

@@ -22,6 +22,18 @@ def mlnb(*args, cwd, check=True, env=None, timeout=600):
     return run([MLNB, *map(str, args)], cwd=cwd, check=check, env=env, timeout=timeout)
 
 
+def hand_kernel(root, notebook):
+    "The notebook `notebook` of the project at `root`, a client for it and its kernel (a context manager), told which notebook it runs as JupyterLab tells it: a notebook run by hand."
+    import nbformat
+    from nbclient import NotebookClient
+    path = root / notebook
+    nb = nbformat.read(path, as_version=4)
+    env = {**os.environ, 'MLNB_PROJECT_ROOT': str(root), 'MLNB_NOTEBOOK': str(path),
+           'PYTHONPATH': os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')])}
+    client = NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
+    return nb, client, client.setup_kernel(env=env, cwd=str(path.parent))
+
+
 def step_notebook(path, params, body):
     "Write a step notebook: a `parameters` cell and a body cell."
     import nbformat

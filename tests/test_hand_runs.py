@@ -1,35 +1,35 @@
 """Hand runs are records of their own: two Run Alls of the scaffold's train notebook in one kernel (driven by nbclient, as a
 front end would, without a browser) are two hand runs, each with its executed copy, parameters and outputs; `mlnb models`
 marks the hand-trained models; `mlnb runs --compare` sets a pipeline run and a hand run side by side."""
-import json, os
+import json
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 
-from conftest import mlnb
+from conftest import hand_kernel, mlnb
 
 
 def run_all_twice(root: Path, notebook: str, edit):
     "Run every cell of `notebook` in one kernel, save `edit(nb)` to disk as a user would, then run every cell again in the same kernel."
-    path = root / notebook
-    nb = nbformat.read(path, as_version=4)
-    env = {**os.environ, 'MLNB_PROJECT_ROOT': str(root), 'MLNB_NOTEBOOK': str(path),
-           'PYTHONPATH': os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')])}
-    client = NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(path.parent)}})
-    with client.setup_kernel(env=env, cwd=str(path.parent)):
+    nb, client, started = hand_kernel(root, notebook)
+    with started:
         for i, cell in enumerate(nb.cells): client.execute_cell(cell, i)
         edit(nb)
-        nbformat.write(nb, path)
+        nbformat.write(nb, root / notebook)
         for i, cell in enumerate(nb.cells): client.execute_cell(cell, i)
     return nb
 
 
-def fewer_trees(nb):
-    "The data scientist sets n_estimators to 30 in the parameters cell and saves."
-    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
-    assert 'n_estimators = 200' in cell.source
-    cell.source = cell.source.replace('n_estimators = 200', 'n_estimators = 30')
+def fewer_trees(root: Path):
+    "The data scientist sets n_estimators to 30 in the parameters cell and saves, and removes pyproject's override of it (which a hand run uses too)."
+    def edit(nb):
+        cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+        assert 'n_estimators = 200' in cell.source
+        cell.source = cell.source.replace('n_estimators = 200', 'n_estimators = 30')
+        toml = (root / 'pyproject.toml').read_text()
+        assert toml.count('params = { n_estimators = 200 }\n') == 2  # train and train_region
+        (root / 'pyproject.toml').write_text(toml.replace('params = { n_estimators = 200 }\n', '', 1))
+    return edit
 
 
 def test_two_run_alls_are_two_hand_runs_with_executed_copies(project):
@@ -38,7 +38,7 @@ def test_two_run_alls_are_two_hand_runs_with_executed_copies(project):
     pipeline = json.loads(mlnb('runs', '--json', cwd=root).stdout)[0]
     assert pipeline['kind'] == 'pipeline' and pipeline['status'] == 'ok', pipeline
 
-    run_all_twice(root, 'nbs/03_train.ipynb', fewer_trees)
+    run_all_twice(root, 'nbs/03_train.ipynb', fewer_trees(root))
 
     hand = [r for r in json.loads(mlnb('runs', '--json', cwd=root).stdout) if r['kind'] == 'interactive']
     assert len(hand) == 2 and hand[0]['id'] != hand[1]['id'], hand

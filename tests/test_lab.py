@@ -41,7 +41,8 @@ def lab(scaffold_template, tmp_path_factory):
     port = free_port()
     env = {**os.environ, 'BENTOML_HOME': str(home), 'JUPYTER_TOKEN': TOKEN, 'JUPYTERLAB_SETTINGS_DIR': str(settings),
            'JUPYTERLAB_WORKSPACES_DIR': str(base / 'lab-workspaces')}
-    env.pop('PYTHONPATH', None)
+    import mlnb as under_test  # the kernels import the mlnb under test, and nothing of the project: `mlnb lab` adds the project root itself
+    env['PYTHONPATH'] = str(Path(under_test.__file__).resolve().parent.parent)
     log = open(base / 'lab.log', 'w')
     t0 = time.perf_counter()
     proc = subprocess.Popen([MLNB, 'lab', '--port', str(port), '--no-browser'], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -125,6 +126,10 @@ def test_every_step_run_by_hand_in_jupyterlab(lab, browser, tmp_path):
         assert errors(nb_path) == [], (name, errors(nb_path))
         code = [c for c in nbformat.read(nb_path, 4).cells if c.cell_type == 'code']
         assert not any(c.execution_count for c in code), name  # the Save was cleaned by nbdev's hook (jupyter_hooks = true)
+        if name == '03_train':  # the parameters cell shows the values the pipeline uses and where they come from
+            text = page.inner_text(PANEL)
+            assert "the parameters of step 'train' as `mlnb run` would use them (this run uses them)" in text, text[-3000:]
+            assert 'pyproject.toml [tool.mlnb.steps.train] params' in text and 'WARNING' not in text, text[-3000:]
         if name == HAND_STEPS[-1]:
             page.screenshot(path=str(tmp_path / 'evaluate-by-hand.png'))
         page.close()
