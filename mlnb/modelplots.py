@@ -99,10 +99,10 @@ def _classifier(model, X, y, max_classes) -> list[tuple[str, Svg]]:
         if p: pr[f'{name} (AP {p[2]:.3f})'] = (p[0].tolist(), p[1].tolist())
         m, s, _ = calibration_points(pos, proba[:, k])
         cal[name] = (m.tolist(), s.tolist())
-    which = f'class {classes[1]}' if len(classes) == 2 else 'each class against the rest'
+    which = f'class {classes[1]}' if len(classes) == 2 else 'one class vs the rest'
     unit = (0.0, 1.0)
     out = [('ROC curve', xy(roc, f'ROC curve ({which})', 'false positive rate', 'true positive rate', diagonal=True, xlim=unit, ylim=unit)),
-           ('Precision-recall curve', xy(pr, f'Precision-recall curve ({which})', 'recall', 'precision', xlim=unit, ylim=unit))]
+           ('Precision-recall curve', xy(pr, f'Precision-recall ({which})', 'recall', 'precision', xlim=unit, ylim=unit))]
     pred = [classes[i] for i in proba.argmax(axis=1)]
     out.append(('Confusion matrix', matrix([str(c) for c in classes], [str(c) for c in classes], confusion(y, pred, classes).tolist(),
                                            f'Confusion matrix ({len(y)} rows)', 'predicted', 'true')))

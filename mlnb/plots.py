@@ -10,8 +10,8 @@ import html, math
 from typing import Mapping, Sequence
 
 # %% auto #0
-__all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'bars', 'histogram', 'lines', 'heatmap', 'xy', 'hbars',
-           'matrix']
+__all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'legend_lines', 'bars', 'histogram', 'lines', 'heatmap',
+           'xy', 'hbars', 'matrix']
 
 # %% ../nbs/02_plots.ipynb #b929d207
 REFERENCE, CURRENT, ALERT, BAND = '#9aa5b1', '#2b6cb0', '#c53030', '#c6f6d5'
@@ -26,10 +26,19 @@ def _fmt(v: float) -> str:
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3): return f'{v:.2g}'
     return f'{v:.3g}'
 
+def legend_lines(names: Sequence[str], width: float) -> list[list[int]]:
+    "The legend keys of `names` (by index) in lines no wider than `width` pixels."
+    lines, x = [[]], 0
+    for i, n in enumerate(names):
+        w = 22 + 6 * len(n)
+        if lines[-1] and x + w > width: lines.append([]); x = 0
+        lines[-1].append(i); x += w
+    return lines
+
 class _Canvas:
     "A plot area with axes: maps data to pixels and collects SVG elements."
-    def __init__(self, title: str, width: int, height: int, ymin: float, ymax: float, left: int = 48):
-        self.w, self.h, self.left, self.top, self.bottom, self.right = width, height, left, 24, 40, 12
+    def __init__(self, title: str, width: int, height: int, ymin: float, ymax: float, left: int = 48, bottom: int = 40):
+        self.w, self.h, self.left, self.top, self.bottom, self.right = width, height, left, 24, bottom, 12
         if not ymax > ymin: ymax = ymin + 1
         self.ymin, self.ymax = ymin, ymax
         self.items = [f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>']
@@ -44,11 +53,15 @@ class _Canvas:
     def y(self, v: float) -> float: return self.top + (self.h - self.top - self.bottom) * (1 - (v - self.ymin) / (self.ymax - self.ymin))
 
     def legend(self, names: Sequence[str], colors: Sequence[str]):
-        x = self.left
-        for n, c in zip(names, colors):
-            self.items.append(f'<rect x="{x}" y="{self.h - 14}" width="10" height="10" fill="{c}"/>'
-                              f'<text x="{x + 14}" y="{self.h - 5}" font-size="10">{html.escape(n)}</text>')
-            x += 22 + 6 * len(n)
+        "Keys along the bottom edge; keys that do not fit in one line go on lines below it (see `legend_lines`)."
+        lines = legend_lines(names, self.w - self.left)
+        for row, keys in enumerate(lines):
+            x, y = self.left, self.h - 14 * (len(lines) - row)
+            for i in keys:
+                self.items.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{colors[i]}"/>'
+                                  f'<text x="{x + 14}" y="{y + 9}" font-size="10">{html.escape(names[i])}</text>')
+                x += 22 + 6 * len(names[i])
+
 
     def svg(self) -> Svg:
         return Svg(f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" viewBox="0 0 {self.w} {self.h}" '
@@ -176,7 +189,7 @@ def xy(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], # name -> 
        diagonal: bool = False, # the dashed line y = x
        hline: float | None = None, # a dashed horizontal line at this y
        xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None, # the axes' ranges (default: the data's)
-       width: int = 360, height: int = 300,
+       width: int = 400, height: int = 300,
        max_points: int = 400, # points drawn per series at most (evenly thinned)
       ) -> Svg:
     "Lines or points over numeric x and y, with labelled axes."
@@ -188,7 +201,8 @@ def xy(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], # name -> 
     if diagonal and not (xlim or ylim): x0 = y0 = min(x0, y0); x1 = y1 = max(x1, y1)
     if not x1 > x0: x1 = x0 + 1
     if not y1 > y0: y1 = y0 + 1
-    c = _Canvas(title, width, height, y0, y1, left=56)
+    extra = 14 * (len(legend_lines(list(pairs), width - 56)) - 1) if len(pairs) > 1 or dots else 0
+    c = _Canvas(title, width, height + extra, y0, y1, left=56, bottom=40 + extra)
     x = lambda v: c.left + c.plot_w * (v - x0) / (x1 - x0)
     if diagonal: c.items.append(f'<line x1="{x(max(x0, y0)):.1f}" y1="{c.y(max(x0, y0)):.1f}" x2="{x(min(x1, y1)):.1f}" y2="{c.y(min(x1, y1)):.1f}" stroke="{REFERENCE}" stroke-dasharray="4 3"/>')
     if hline is not None: c.items.append(f'<line x1="{c.left}" x2="{c.w - c.right}" y1="{c.y(hline):.1f}" y2="{c.y(hline):.1f}" stroke="{REFERENCE}" stroke-dasharray="4 3"/>')
@@ -200,7 +214,7 @@ def xy(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], # name -> 
     for i in range(5):
         v = x0 + (x1 - x0) * i / 4
         c.items.append(f'<text x="{x(v):.1f}" y="{c.y(y0) + 12:.1f}" text-anchor="middle" font-size="10">{_fmt(v)}</text>')
-    c.items.append(f'<text class="xlabel" x="{c.w - c.right}" y="{c.h - 17}" text-anchor="end" font-size="10" fill="#4a5568">{html.escape(xlabel)}</text>'
+    c.items.append(f'<text class="xlabel" x="{c.w - c.right}" y="{c.y(y0) + 24:.1f}" text-anchor="end" font-size="10" fill="#4a5568">{html.escape(xlabel)}</text>'
                    f'<text class="ylabel" x="12" y="{c.y((y0 + y1) / 2):.1f}" text-anchor="middle" font-size="10" fill="#4a5568" '
                    f'transform="rotate(-90 12 {c.y((y0 + y1) / 2):.1f})">{html.escape(ylabel)}</text>')
     if len(pairs) > 1 or dots: c.legend(list(pairs), colors)
