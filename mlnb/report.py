@@ -125,7 +125,9 @@ def _model_section(root: Path, steps: list[Mapping]) -> str:
         if added and str(root) in sys.path: sys.path.remove(str(root))
     return (f'<p>The model recorded by step <code>{_esc(mstep)}</code> on the {len(test)} held-out rows recorded by step <code>{_esc(tstep)}</code> '
             f'(label <code>{_esc(label)}</code>).</p><div class="charts model">'
-            + ''.join(f'<figure class="model-chart" data-chart="{_esc(t)}">{svg}</figure>' for t, svg in charts) + '</div>')
+            + ''.join(f'<figure class="model-chart" data-chart="{_esc(t)}">{svg}</figure>' for t, svg in charts) + '</div>'
+            + ('' if any(t == 'Feature importances' for t, _ in charts) else
+               '<p>The model has no feature importances: its last step has neither <code>feature_importances_</code> nor <code>coef_</code>.</p>'))
 
 def _size(n: int) -> str:
     return next(f'{n / 1024 ** i:.3g} {u}' for i, u in enumerate(('B', 'KiB', 'MiB', 'GiB')) if n < 1024 ** (i + 1) or u == 'GiB')
