@@ -14,35 +14,24 @@ import numpy as np
 from .plots import Svg, hbars, matrix, xy
 
 # %% auto #0
-__all__ = ['roc_points', 'pr_points', 'calibration_points', 'confusion', 'importances', 'model_plots']
+__all__ = ['curves', 'calibration_points', 'confusion', 'importances', 'model_plots']
 
 # %% ../nbs/02a_modelplots.ipynb #cdcaa43d
-def _counts(y, score):
-    "True and false positives when the threshold is each distinct score, highest first."
+def curves(y: Sequence, # true answers: 1 (or True) for the positive class
+           score: Sequence[float], # the model's score of the positive class
+          ) -> dict[str, tuple[np.ndarray, np.ndarray, float]] | None:
+    "`roc`: false and true positive rates and the area under them; `pr`: recalls, precisions and the average precision. None for a single class."
     y, s = np.asarray(y, dtype=bool), np.asarray(score, dtype=float)
     order = np.argsort(-s, kind='mergesort')
     y, s = y[order], s[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] # the threshold at each distinct score, highest first
     tps = np.cumsum(y)[last]
-    return tps, last + 1 - tps
-
-def roc_points(y: Sequence, # true answers: 1 (or True) for the positive class
-               score: Sequence[float], # the model's score of the positive class
-              ) -> tuple[np.ndarray, np.ndarray, float] | None:
-    "False positive rates, true positive rates and the area under the ROC curve; None for a single class."
-    tps, fps = _counts(y, score)
+    fps = last + 1 - tps
     if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0: return None
     fpr, tpr = np.r_[0, fps / fps[-1]], np.r_[0, tps / tps[-1]]
-    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-def pr_points(y: Sequence, # true answers: 1 (or True) for the positive class
-              score: Sequence[float], # the model's score of the positive class
-             ) -> tuple[np.ndarray, np.ndarray, float] | None:
-    "Recalls, precisions and the average precision; None for a single class."
-    tps, fps = _counts(y, score)
-    if len(tps) == 0 or tps[-1] == 0 or fps[-1] == 0: return None
-    recall, precision = np.r_[0, tps / tps[-1]], np.r_[1, tps / (tps + fps)]
-    return recall, precision, float(np.sum(np.diff(recall) * precision[1:]))
+    precision = np.r_[1, tps / (tps + fps)]
+    return {'roc': (fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))),
+            'pr': (tpr, precision, float(np.sum(np.diff(tpr) * precision[1:])))}
 
 # %% ../nbs/02a_modelplots.ipynb #2986d002
 def calibration_points(y: Sequence, # true answers: 1 (or True) for the positive class
@@ -94,9 +83,10 @@ def _classifier(model, X, y, max_classes) -> list[tuple[str, Svg]]:
     roc, pr, cal = {}, {}, {}
     for k in shown:
         pos, name = y == classes[k], str(classes[k])
-        r, p = roc_points(pos, proba[:, k]), pr_points(pos, proba[:, k])
-        if r: roc[f'{name} (AUC {r[2]:.3f})'] = (r[0].tolist(), r[1].tolist())
-        if p: pr[f'{name} (AP {p[2]:.3f})'] = (p[0].tolist(), p[1].tolist())
+        cv = curves(pos, proba[:, k])
+        if cv:
+            (fpr, tpr, auc), (recall, precision, ap) = cv['roc'], cv['pr']
+            roc[f'{name} (AUC {auc:.3f})'], pr[f'{name} (AP {ap:.3f})'] = (fpr.tolist(), tpr.tolist()), (recall.tolist(), precision.tolist())
         m, s, _ = calibration_points(pos, proba[:, k])
         cal[name] = (m.tolist(), s.tolist())
     which = f'class {classes[1]}' if len(classes) == 2 else 'one class vs the rest'

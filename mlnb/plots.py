@@ -35,6 +35,13 @@ def legend_lines(names: Sequence[str], width: float) -> list[list[int]]:
         lines[-1].append(i); x += w
     return lines
 
+def _panel(title: str, labels: Sequence, width: int, body: float, char: int, pad: int, cap: int) -> _Canvas:
+    "A canvas with a title alone, its left margin wide enough for `labels` (`char` pixels each, plus `pad`, at most `cap`), `body` pixels high below the title."
+    left = min(max([len(str(l)) for l in labels] + [4]) * char + pad, cap)
+    c = _Canvas(title, width, int(24 + body), 0, 1, left=left)
+    c.items = c.items[:1]
+    return c
+
 class _Canvas:
     "A plot area with axes: maps data to pixels and collects SVG elements."
     def __init__(self, title: str, width: int, height: int, ymin: float, ymax: float, left: int = 48, bottom: int = 40):
@@ -157,10 +164,8 @@ def heatmap(rows: Sequence[str], # one line per row (e.g. a column)
             width: int = 720, cell_height: int = 18,
            ) -> Svg:
     "Coloured cells: white (0) to amber (below 1) to red (1 and above); grey for no value."
-    left = min(max([len(str(r)) for r in rows] + [4]) * 7 + 8, 220)
-    h = 24 + cell_height * len(rows) + 40
-    c = _Canvas(title, width, h, 0, 1, left=left)
-    c.items = c.items[:1]
+    c = _panel(title, rows, width, cell_height * len(rows) + 40, 7, 8, 220)
+    left = c.left
     n = max(len(columns), 1)
     cw = (width - left - 12) / n
     def color(v):
@@ -226,10 +231,8 @@ def hbars(labels: Sequence[str], # one bar per label, top to bottom
           title: str = '', width: int = 420, bar: int = 16,
          ) -> Svg:
     "Horizontal bars with their labels and values."
-    left = min(max([len(str(l)) for l in labels] + [4]) * 6 + 10, 200)
-    h = 24 + bar * len(labels) + 12
-    c = _Canvas(title, width, h, 0, 1, left=left)
-    c.items = c.items[:1]
+    c = _panel(title, labels, width, bar * len(labels) + 12, 6, 10, 200)
+    left = c.left
     top = max([v for v in values if v is not None and math.isfinite(v)] + [1e-12])
     span = width - left - 60
     for i, (l, v) in enumerate(zip(labels, values)):
@@ -248,9 +251,8 @@ def matrix(rows: Sequence[str], # the row labels (e.g. the true classes)
           ) -> Svg:
     "Counts as shaded cells, the count written in each; the shade is the count's share of its row."
     left = min(max([len(str(r)) for r in rows] + [4]) * 7 + 24, 200)
-    width, h = max(left + cell * len(columns) + 12, 240), 24 + cell * len(rows) + 40
-    c = _Canvas(title, width, h, 0, 1, left=left)
-    c.items = c.items[:1]
+    c = _panel(title, rows, max(left + cell * len(columns) + 12, 240), cell * len(rows) + 40, 7, 24, 200)
+    h = c.h
     for i, r in enumerate(rows):
         total = sum(counts[i]) or 1
         y = 24 + i * cell
