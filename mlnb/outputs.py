@@ -85,7 +85,9 @@ def preview(name: str, # the output's name
     import html, sys
     where = ''
     if is_ref(payload):
-        try: where = f", kept as {store().path(payload)}"
+        try:
+            root, at = Path(project_root()), store().path(payload)
+            where = f", kept as {at.relative_to(root) if isinstance(at, Path) and at.is_relative_to(root) else at}"
         except MlnbError: where = f", kept as artifact {payload.get(REF_KEY, '')[:12]}"
     pd = sys.modules.get('pandas')
     out = {}
