@@ -172,6 +172,8 @@ def test_run_notebook_in_jupyterlab_and_report_in_browser(lab, browser, tmp_path
     text = page.inner_text(PANEL)
     assert 'Could not find path' not in page.inner_text('body')
     assert 'mlnb_run' in text and 'trees of depth <= 8' in text
+    # a recorded output shows what it is and which artifact file holds it (it used to be a blank output)
+    assert 'model: sklearn.pipeline.Pipeline, kept as .mlnb/artifacts/' in text
     page.screenshot(path=str(tmp_path / 'run-notebook.png'))
     # run again by hand: a new hand run of train; the finished run is left as it was, its notebook included (read-only)
     run_all(page, clear=True, save=False)
