@@ -103,9 +103,9 @@ def _classifier(model, X, y, max_classes) -> list[tuple[str, Svg]]:
 def _regressor(model, X, y) -> list[tuple[str, Svg]]:
     pred, y = np.asarray(model.predict(X), dtype=float).ravel(), np.asarray(y, dtype=float)
     rmse = math.sqrt(float(np.mean((pred - y) ** 2))) if len(y) else float('nan')
-    return [('Predicted against true', xy({'rows': (y.tolist(), pred.tolist())}, f'Predicted against true (RMSE {rmse:.4g})', 'true value',
+    return [('Predicted against true', xy({f'{len(y)} rows': (y.tolist(), pred.tolist())}, f'Predicted against true (RMSE {rmse:.4g})', 'true value',
                                           'predicted value', dots=True, diagonal=True)),
-            ('Residuals', xy({'rows': (pred.tolist(), (y - pred).tolist())}, 'Residuals (true - predicted)', 'predicted value', 'residual',
+            ('Residuals', xy({f'{len(y)} rows': (pred.tolist(), (y - pred).tolist())}, 'Residuals (true - predicted)', 'predicted value', 'residual',
                              dots=True, hline=0.0))]
 
 def model_plots(model: Any, # a fitted scikit-learn estimator or Pipeline
