@@ -1,4 +1,4 @@
-"""What runs inside the JupyterLab server of `mlnb lab`: a contents manager that keeps the files of runs read-only.
+"""What runs inside the JupyterLab server of `mlnb lab`: a contents manager that keeps the files of runs read-only, and a files handler that opens the links between the pages of a run's report.
 
 Docs: https://mlnb.github.io/mlnb/api/labserver.html.md"""
 
@@ -7,11 +7,13 @@ Docs: https://mlnb.github.io/mlnb/api/labserver.html.md"""
 # %% ../nbs/34_labserver.ipynb #74500071
 from __future__ import annotations
 
+from jupyter_server.base.handlers import AuthenticatedFileHandler
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+from traitlets import default
 from tornado.web import HTTPError
 
 # %% auto #0
-__all__ = ['is_run_record', 'RunRecords']
+__all__ = ['is_run_record', 'is_report_page', 'RunFiles', 'RunRecords']
 
 # %% ../nbs/34_labserver.ipynb #133ef8b9
 def is_run_record(path: str, # a path as the Jupyter server sees it, relative to the project root
@@ -20,8 +22,25 @@ def is_run_record(path: str, # a path as the Jupyter server sees it, relative to
     parts = [p for p in str(path).replace('\\', '/').split('/') if p]
     return len(parts) >= 4 and parts[:2] == ['.mlnb', 'runs']
 
+# %% ../nbs/34_labserver.ipynb #d3341137
+def is_report_page(path: str, # a path as the Jupyter server sees it, relative to the project root
+                  ) -> bool:
+    "Whether `path` is a page of a run's report: an HTML file inside `.mlnb/runs/<run>/`."
+    return is_run_record(path) and str(path).lower().endswith(('.html', '.htm'))
+
+class RunFiles(AuthenticatedFileHandler):
+    "Jupyter's `/files/` handler; a page of a run's report also opens from a link in another page of it shown in JupyterLab."
+    def check_xsrf_cookie(self):
+        path = self.path_args[0] if getattr(self, 'path_args', None) else ''
+        if self.request.method in ('GET', 'HEAD') and is_report_page(str(path)): return None # `get` still requires a logged-in user
+        return super().check_xsrf_cookie()
+
+# %% ../nbs/34_labserver.ipynb #3e458c46
 class RunRecords(AsyncLargeFileManager):
     "Jupyter's file contents manager, with the files of runs (`.mlnb/runs/<run>/`) read-only."
+    @default('files_handler_class')
+    def _files_handler_class_default(self): return RunFiles # the links between a run report's pages open in JupyterLab
+
     async def get(self, path, content=True, type=None, format=None, **kwargs):
         model = await super().get(path, content=content, type=type, format=format, **kwargs)
         if is_run_record(path) and model.get('type') != 'directory': model['writable'] = False
@@ -32,4 +51,3 @@ class RunRecords(AsyncLargeFileManager):
             raise HTTPError(403, f"{path} is the record of a run and is read-only. Save a copy outside .mlnb/runs/ "
                                  "(File > Save Notebook As...).")
         return await super().save(model, path)
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .errors import ItemKeyError, RecordError
-from .outputs import encode, glue, load
+from .outputs import encode, glue, load, preview
 from .project import project_root
 
 # %% auto #0
@@ -24,7 +24,7 @@ def record(name: str, # output name, a Python identifier
         raise RecordError(f"Output name {name!r} is not a Python identifier. Use letters, digits and underscores, "
                           "e.g. mlnb.record('roc_auc', value).")
     payload = encode(value)
-    glue(name, payload)
+    glue(name, payload, preview(name, value, payload))
     from mlnb.hand import live_context, record as hand_record
     if not live_context(): hand_record(name, payload) # a notebook run by hand: its interactive run in the ledger
 

@@ -8,14 +8,14 @@ Docs: https://mlnb.github.io/mlnb/api/outputs.html.md"""
 from __future__ import annotations
 import json, os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .artifacts import ArtifactStore, is_ref
+from .artifacts import REF_KEY, ArtifactStore, is_ref
 from .errors import MlnbError, ProjectError, RecordError
 from .project import find_root, project_root, read_toml
 
 # %% auto #0
-__all__ = ['SCRAP', 'plain', 'store', 'artifacts_location', 'encode', 'glue', 'read_refs', 'load', 'read']
+__all__ = ['SCRAP', 'plain', 'store', 'artifacts_location', 'encode', 'glue', 'preview', 'read_refs', 'load', 'read']
 
 # %% ../nbs/15_outputs.ipynb #17ac6ddc
 def plain(value: Any) -> Any:
@@ -64,13 +64,57 @@ SCRAP = 'application/scrapbook.scrap.json+json' # scrapbook's media type for a v
 
 def glue(name: str, # the output's name
          payload: Any, # what `encode` made of the value
+         shown: Mapping[str, str] | None = None, # what the notebook shows beside it, media type -> content (see `preview`)
         ) -> None:
-    "Glue `payload` into the running notebook as output `name`, in scrapbook's format (outside IPython there is no notebook: nothing happens)."
+    "Glue `payload` into the running notebook as output `name`, in scrapbook's format, with `shown` as what the notebook displays (outside IPython there is no notebook: nothing happens)."
     from IPython import get_ipython
     if get_ipython() is not None:
         from IPython.display import display
-        display({SCRAP: {'name': name, 'data': {'value': payload}, 'encoder': 'json', 'version': 1}},
+        display({**(shown or {}), SCRAP: {'name': name, 'data': {'value': payload}, 'encoder': 'json', 'version': 1}},
                 metadata={'scrapbook': {'name': name, 'data': True, 'display': False}}, raw=True)
+
+# %% ../nbs/15_outputs.ipynb #4f0e04e9
+def _short(text: str, n: int) -> str: return text if len(text) <= n else text[:n - 1] + '…'
+
+def preview(name: str, # the output's name
+            value: Any, # the value recorded
+            payload: Any, # what `encode` made of it
+            rows: int = 10, # rows of a DataFrame shown
+           ) -> dict[str, str]:
+    "What the notebook shows of output `name` (media type -> content): a line of text always, the first rows of a DataFrame as HTML, the picture of a figure."
+    import html, sys
+    where = ''
+    if is_ref(payload):
+        try:
+            root, at = Path(project_root()), store().path(payload)
+            where = f", kept as {at.relative_to(root) if isinstance(at, Path) and at.is_relative_to(root) else at}"
+        except MlnbError: where = f", kept as artifact {payload.get(REF_KEY, '')[:12]}"
+    pd = sys.modules.get('pandas')
+    out = {}
+    try:
+        if pd is not None and isinstance(value, (pd.DataFrame, pd.Series)):
+            frame = value.to_frame() if isinstance(value, pd.Series) else value
+            r, c = frame.shape
+            what = f"{type(value).__name__}, {r} rows x {c} columns{where}{f'; the first {rows} rows' if r > rows else ''}"
+            with pd.option_context('display.max_colwidth', 60):
+                out['text/plain'] = f"{name}: {what}\n{frame.head(rows).to_string(max_cols=12)}"
+                out['text/html'] = (f'<div class="mlnb-record"><p><b>{html.escape(name)}</b>: {html.escape(what)}</p>'
+                                    f'{frame.head(rows).to_html(max_cols=20)}</div>')
+        elif hasattr(value, 'savefig'): # a matplotlib figure
+            import base64, io
+            buf = io.BytesIO()
+            value.savefig(buf, format='png', dpi=72, bbox_inches='tight')
+            out['image/png'] = base64.b64encode(buf.getvalue()).decode()
+        elif hasattr(value, '_repr_svg_'):
+            svg = value._repr_svg_()
+            if isinstance(svg, str): out['image/svg+xml'] = svg
+    except Exception: out = {} # a value that cannot be shown is still recorded: the line of text below says what it is
+    if 'text/plain' not in out:
+        if not is_ref(payload): text = _short(json.dumps(payload, indent=1, ensure_ascii=False), 2000)
+        elif isinstance(value, Path): text = f"file {value.name}{where}"
+        else: text = f"{payload.get('type', type(value).__name__)}{where}\n{_short(repr(value), 1000)}"
+        out['text/plain'] = f"{name}: {text}"
+    return out
 
 # %% ../nbs/15_outputs.ipynb #922843de
 def read_refs(notebook: str | Path, # an executed notebook

@@ -10,7 +10,8 @@ import html, math
 from typing import Mapping, Sequence
 
 # %% auto #0
-__all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'bars', 'histogram', 'lines', 'heatmap']
+__all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'legend_lines', 'bars', 'histogram', 'lines', 'heatmap',
+           'xy', 'hbars', 'matrix']
 
 # %% ../nbs/02_plots.ipynb #b929d207
 REFERENCE, CURRENT, ALERT, BAND = '#9aa5b1', '#2b6cb0', '#c53030', '#c6f6d5'
@@ -25,10 +26,26 @@ def _fmt(v: float) -> str:
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3): return f'{v:.2g}'
     return f'{v:.3g}'
 
+def legend_lines(names: Sequence[str], width: float) -> list[list[int]]:
+    "The legend keys of `names` (by index) in lines no wider than `width` pixels."
+    lines, x = [[]], 0
+    for i, n in enumerate(names):
+        w = 22 + 6 * len(n)
+        if lines[-1] and x + w > width: lines.append([]); x = 0
+        lines[-1].append(i); x += w
+    return lines
+
+def _panel(title: str, labels: Sequence, width: int, body: float, char: int, pad: int, cap: int) -> _Canvas:
+    "A canvas with a title alone, its left margin wide enough for `labels` (`char` pixels each, plus `pad`, at most `cap`), `body` pixels high below the title."
+    left = min(max([len(str(l)) for l in labels] + [4]) * char + pad, cap)
+    c = _Canvas(title, width, int(24 + body), 0, 1, left=left)
+    c.items = c.items[:1]
+    return c
+
 class _Canvas:
     "A plot area with axes: maps data to pixels and collects SVG elements."
-    def __init__(self, title: str, width: int, height: int, ymin: float, ymax: float, left: int = 48):
-        self.w, self.h, self.left, self.top, self.bottom, self.right = width, height, left, 24, 40, 12
+    def __init__(self, title: str, width: int, height: int, ymin: float, ymax: float, left: int = 48, bottom: int = 40):
+        self.w, self.h, self.left, self.top, self.bottom, self.right = width, height, left, 24, bottom, 12
         if not ymax > ymin: ymax = ymin + 1
         self.ymin, self.ymax = ymin, ymax
         self.items = [f'<text x="{width / 2}" y="15" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>']
@@ -43,11 +60,15 @@ class _Canvas:
     def y(self, v: float) -> float: return self.top + (self.h - self.top - self.bottom) * (1 - (v - self.ymin) / (self.ymax - self.ymin))
 
     def legend(self, names: Sequence[str], colors: Sequence[str]):
-        x = self.left
-        for n, c in zip(names, colors):
-            self.items.append(f'<rect x="{x}" y="{self.h - 14}" width="10" height="10" fill="{c}"/>'
-                              f'<text x="{x + 14}" y="{self.h - 5}" font-size="10">{html.escape(n)}</text>')
-            x += 22 + 6 * len(n)
+        "Keys along the bottom edge; keys that do not fit in one line go on lines below it (see `legend_lines`)."
+        lines = legend_lines(names, self.w - self.left)
+        for row, keys in enumerate(lines):
+            x, y = self.left, self.h - 14 * (len(lines) - row)
+            for i in keys:
+                self.items.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{colors[i]}"/>'
+                                  f'<text x="{x + 14}" y="{y + 9}" font-size="10">{html.escape(names[i])}</text>')
+                x += 22 + 6 * len(names[i])
+
 
     def svg(self) -> Svg:
         return Svg(f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" viewBox="0 0 {self.w} {self.h}" '
@@ -143,10 +164,8 @@ def heatmap(rows: Sequence[str], # one line per row (e.g. a column)
             width: int = 720, cell_height: int = 18,
            ) -> Svg:
     "Coloured cells: white (0) to amber (below 1) to red (1 and above); grey for no value."
-    left = min(max([len(str(r)) for r in rows] + [4]) * 7 + 8, 220)
-    h = 24 + cell_height * len(rows) + 40
-    c = _Canvas(title, width, h, 0, 1, left=left)
-    c.items = c.items[:1]
+    c = _panel(title, rows, width, cell_height * len(rows) + 40, 7, 8, 220)
+    left = c.left
     n = max(len(columns), 1)
     cw = (width - left - 12) / n
     def color(v):
@@ -166,4 +185,86 @@ def heatmap(rows: Sequence[str], # one line per row (e.g. a column)
     for j in range(0, len(columns), step):
         c.items.append(f'<text x="{left + (j + 0.5) * cw:.1f}" y="{24 + cell_height * len(rows) + 12}" text-anchor="middle" font-size="10">{html.escape(str(columns[j]))}</text>')
     c.legend(['below threshold', 'drift (score above its threshold)'], ['rgb(250,195,80)', ALERT])
+    return c.svg()
+
+# %% ../nbs/02_plots.ipynb #db37956a
+def xy(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], # name -> (xs, ys)
+       title: str = '', xlabel: str = '', ylabel: str = '',
+       dots: bool = False, # points instead of lines
+       diagonal: bool = False, # the dashed line y = x
+       hline: float | None = None, # a dashed horizontal line at this y
+       xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None, # the axes' ranges (default: the data's)
+       width: int = 400, height: int = 300,
+       max_points: int = 400, # points drawn per series at most (evenly thinned)
+      ) -> Svg:
+    "Lines or points over numeric x and y, with labelled axes."
+    fin = lambda v: v is not None and math.isfinite(v)
+    pairs = {n: [(a, b) for a, b in zip(xs, ys) if fin(a) and fin(b)] for n, (xs, ys) in series.items()}
+    allx, ally = [a for p in pairs.values() for a, _ in p], [b for p in pairs.values() for _, b in p] + ([hline] if hline is not None else [])
+    x0, x1 = xlim or (min(allx, default=0), max(allx, default=1))
+    y0, y1 = ylim or (min(ally, default=0), max(ally, default=1))
+    if diagonal and not (xlim or ylim): x0 = y0 = min(x0, y0); x1 = y1 = max(x1, y1)
+    if not x1 > x0: x1 = x0 + 1
+    if not y1 > y0: y1 = y0 + 1
+    extra = 14 * (len(legend_lines(list(pairs), width - 56)) - 1) if len(pairs) > 1 or dots else 0
+    c = _Canvas(title, width, height + extra, y0, y1, left=56, bottom=40 + extra)
+    x = lambda v: c.left + c.plot_w * (v - x0) / (x1 - x0)
+    if diagonal: c.items.append(f'<line x1="{x(max(x0, y0)):.1f}" y1="{c.y(max(x0, y0)):.1f}" x2="{x(min(x1, y1)):.1f}" y2="{c.y(min(x1, y1)):.1f}" stroke="{REFERENCE}" stroke-dasharray="4 3"/>')
+    if hline is not None: c.items.append(f'<line x1="{c.left}" x2="{c.w - c.right}" y1="{c.y(hline):.1f}" y2="{c.y(hline):.1f}" stroke="{REFERENCE}" stroke-dasharray="4 3"/>')
+    colors = [PALETTE[j % len(PALETTE)] for j in range(len(pairs))]
+    for (name, p), color in zip(pairs.items(), colors):
+        if len(p) > max_points: p = [p[round(i * (len(p) - 1) / (max_points - 1))] for i in range(max_points)]
+        if dots: c.items += [f'<circle cx="{x(a):.1f}" cy="{c.y(b):.1f}" r="2" fill="{color}" fill-opacity="0.6"/>' for a, b in p]
+        elif p: c.items.append(f'<polyline class="curve" points="{" ".join(f"{x(a):.1f},{c.y(b):.1f}" for a, b in p)}" fill="none" stroke="{color}" stroke-width="2"><title>{html.escape(name)}</title></polyline>')
+    for i in range(5):
+        v = x0 + (x1 - x0) * i / 4
+        c.items.append(f'<text x="{x(v):.1f}" y="{c.y(y0) + 12:.1f}" text-anchor="middle" font-size="10">{_fmt(v)}</text>')
+    c.items.append(f'<text class="xlabel" x="{c.w - c.right}" y="{c.y(y0) + 24:.1f}" text-anchor="end" font-size="10" fill="#4a5568">{html.escape(xlabel)}</text>'
+                   f'<text class="ylabel" x="12" y="{c.y((y0 + y1) / 2):.1f}" text-anchor="middle" font-size="10" fill="#4a5568" '
+                   f'transform="rotate(-90 12 {c.y((y0 + y1) / 2):.1f})">{html.escape(ylabel)}</text>')
+    if len(pairs) > 1 or dots: c.legend(list(pairs), colors)
+    return c.svg()
+
+# %% ../nbs/02_plots.ipynb #12a8ceaf
+def hbars(labels: Sequence[str], # one bar per label, top to bottom
+          values: Sequence[float], # the bars' lengths (not negative)
+          title: str = '', width: int = 420, bar: int = 16,
+         ) -> Svg:
+    "Horizontal bars with their labels and values."
+    c = _panel(title, labels, width, bar * len(labels) + 12, 6, 10, 200)
+    left = c.left
+    top = max([v for v in values if v is not None and math.isfinite(v)] + [1e-12])
+    span = width - left - 60
+    for i, (l, v) in enumerate(zip(labels, values)):
+        v = v if v is not None and math.isfinite(v) else 0
+        y = 24 + i * bar
+        name = str(l) if len(str(l)) <= 32 else str(l)[:31] + '…'
+        c.items.append(f'<text x="{left - 4}" y="{y + bar * 0.7:.1f}" text-anchor="end" font-size="10">{html.escape(name)}</text>'
+                       f'<rect class="bar" x="{left}" y="{y + 1}" width="{max(span * v / top, 1):.1f}" height="{bar - 3}" fill="{CURRENT}"><title>{html.escape(str(l))}: {_fmt(v)}</title></rect>'
+                       f'<text x="{left + max(span * v / top, 1) + 4:.1f}" y="{y + bar * 0.7:.1f}" font-size="10" fill="#4a5568">{_fmt(v)}</text>')
+    return c.svg()
+
+def matrix(rows: Sequence[str], # the row labels (e.g. the true classes)
+           columns: Sequence[str], # the column labels (e.g. the predicted classes)
+           counts: Sequence[Sequence[float]], # one count per row and column
+           title: str = '', xlabel: str = '', ylabel: str = '', cell: int = 40,
+          ) -> Svg:
+    "Counts as shaded cells, the count written in each; the shade is the count's share of its row."
+    left = min(max([len(str(r)) for r in rows] + [4]) * 7 + 24, 200)
+    c = _panel(title, rows, max(left + cell * len(columns) + 12, 240), cell * len(rows) + 40, 7, 24, 200)
+    h = c.h
+    for i, r in enumerate(rows):
+        total = sum(counts[i]) or 1
+        y = 24 + i * cell
+        c.items.append(f'<text x="{left - 4}" y="{y + cell * 0.6:.1f}" text-anchor="end" font-size="10">{html.escape(str(r))}</text>')
+        for j, v in enumerate(counts[i]):
+            t = v / total
+            fill = f'rgb({255 - int(t * 212)},{255 - int(t * 147)},{255 - int(t * 79)})'
+            c.items.append(f'<rect class="cell" x="{left + j * cell}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}"><title>{html.escape(f"{r} -> {columns[j]}: {_fmt(v)}")}</title></rect>'
+                           f'<text x="{left + (j + 0.5) * cell:.1f}" y="{y + cell * 0.6:.1f}" text-anchor="middle" font-size="11" fill="{"white" if t > 0.6 else "#1a202c"}">{_fmt(v)}</text>')
+    for j, col in enumerate(columns):
+        c.items.append(f'<text x="{left + (j + 0.5) * cell:.1f}" y="{24 + cell * len(rows) + 12}" text-anchor="middle" font-size="10">{html.escape(str(col)[:8])}</text>')
+    c.items.append(f'<text class="xlabel" x="{left + cell * len(columns) / 2:.1f}" y="{h - 8}" text-anchor="middle" font-size="10" fill="#4a5568">{html.escape(xlabel)}</text>'
+                   f'<text class="ylabel" x="10" y="{24 + cell * len(rows) / 2:.1f}" text-anchor="middle" font-size="10" fill="#4a5568" '
+                   f'transform="rotate(-90 10 {24 + cell * len(rows) / 2:.1f})">{html.escape(ylabel)}</text>')
     return c.svg()

@@ -21,8 +21,8 @@ from .outputs import plain
 from .project import load_project, project_root
 
 # %% auto #0
-__all__ = ['rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model', 'model_info',
-           'save_to_store', 'promote', 'champion_model', 'gate', 'models', 'lineage']
+__all__ = ['feature_function', 'rows_json', 'golden_examples', 'check_golden', 'freeze_reference', 'log_model', 'load_model',
+           'model_info', 'save_to_store', 'promote', 'champion_model', 'gate', 'models', 'lineage']
 
 # %% ../nbs/24_registry.ipynb #007a9cb2
 _WARM: list = [] # (weak reference to an estimator `champion_model` handed out, the champion's tag)
@@ -31,7 +31,7 @@ def _warm_started(model) -> str | None:
     "The champion's tag if `model` is the very estimator `champion_model` loaded (and then fitted further), else None."
     return next((tag for ref, tag in _WARM if ref() is model), None)
 
-def _transform(root: Path):
+def feature_function(root: Path):
     "The feature function configured in `[tool.mlnb.serve] transform` (`module:function`), or None."
     spec = load_project(root).settings.get('serve', {}).get('transform')
     if not spec: return None
@@ -149,7 +149,7 @@ def log_model(model, # a fitted scikit-learn estimator or pipeline
         from mlnb.contract import contract_hash, contract_path
         lineage['contract'] = {'name': contract, 'sha256': contract_hash(contract, root)}
         contract_text = contract_path(contract, root).read_text(encoding='utf-8')
-    fields, transform = _request_fields(root, contract), _transform(root)
+    fields, transform = _request_fields(root, contract), feature_function(root)
     if golden is not None and fields is not None: check_golden(rows_json(golden), fields, contract) # before the model sees them
     gold = golden_examples(model, golden, transform) if golden is not None else None
     ref, files = None, {}

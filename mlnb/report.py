@@ -6,17 +6,18 @@ Docs: https://mlnb.github.io/mlnb/api/report.html.md"""
 
 # %% ../nbs/32_report.ipynb #cf7728d1
 from __future__ import annotations
-import html, json, time
+import html, json, sys, time
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import MlnbError, UsageError
 from .ledger import Ledger
+from .modelplots import model_plots
 from .plots import CURRENT, REFERENCE, ALERT, Svg, bars, histogram
 from .render import page, render_notebook
 
 # %% auto #0
-__all__ = ['STATUS_COLORS', 'dag_svg', 'profile_plots', 'run_report']
+__all__ = ['STATUS_COLORS', 'dag_svg', 'profile_plots', 'model_charts', 'run_report']
 
 # %% ../nbs/32_report.ipynb #368b20fb
 STATUS_COLORS = {'ok': '#38a169', 'cached': '#3182ce', 'failed': ALERT, 'skipped': '#d69e2e', 'killed': ALERT,
@@ -84,6 +85,68 @@ def profile_plots(profile: Mapping, # what `mlnb.contract.profile` returned
             out.append(bars([k for k, _ in freq], {'rows': [n for _, n in freq]}, title=f"{name} ({c.get('distinct', len(freq))} values{nulls})",
                             width=360, height=200))
     return out
+
+# %% ../nbs/32_report.ipynb #1ab5218e
+def model_charts(model: Any, # the fitted model a step recorded
+                 test: Any, # held-out rows (a DataFrame) with the label column
+                 label: str, # the label column
+                 transform: Any = None, # the project's feature function (rows -> what the model reads), or None
+                ) -> list[tuple[str, Svg]]:
+    "The charts of `model` on the held-out rows `test`, each as (title, SVG)."
+    if label not in test.columns:
+        raise UsageError(f"The test rows have no label column {label!r} (their columns: {', '.join(map(str, test.columns))}). "
+                         "Set [tool.mlnb.serve] label to the column holding the answers.")
+    rows = test.drop(columns=[label])
+    return model_plots(model, transform(rows) if transform is not None else rows, test[label].to_numpy())
+
+# %% ../nbs/32_report.ipynb #8391e349
+def _model_section(root: Path, steps: list[Mapping]) -> str:
+    "The model's part of the page: the recorded `model` on the recorded `test` rows, or why there is nothing to draw."
+    from mlnb.outputs import load
+    from mlnb.project import load_project
+    from mlnb.registry import feature_function
+    def find(name):
+        return next(((s['step'], (s.get('outputs') or {})[name]) for s in reversed(steps) if name in (s.get('outputs') or {})), (None, None))
+    (mstep, mref), (tstep, tref) = find('model'), find('test')
+    if mref is None or tref is None:
+        return ('<p>No model charts: they need a step output <code>model</code> (the fitted model, <code>mlnb.record("model", model)</code>) '
+                'and a step output <code>test</code> (held-out rows with the label, <code>mlnb.record("test", test_df)</code>).</p>')
+    added = str(root) not in sys.path
+    if added: sys.path.insert(0, str(root)) # the project's package: its feature function, and what the pickled model refers to
+    try:
+        label = load_project(root).settings.get('serve', {}).get('label')
+        if not label: raise UsageError('[tool.mlnb.serve] label is not set, so the answers in the test rows are not known. '
+                                       'Set it to the label column, e.g. label = "churned".')
+        test = load(tref, root)
+        charts = model_charts(load(mref, root), test, label, feature_function(root))
+    except Exception as e:
+        return f'<p class="alert">The model charts could not be drawn: {_esc(type(e).__name__)}: {_esc(str(e)[:400])}</p>'
+    finally:
+        if added and str(root) in sys.path: sys.path.remove(str(root))
+    return (f'<p>The model recorded by step <code>{_esc(mstep)}</code> on the {len(test)} held-out rows recorded by step <code>{_esc(tstep)}</code> '
+            f'(label <code>{_esc(label)}</code>).</p><div class="charts model">'
+            + ''.join(f'<figure class="model-chart" data-chart="{_esc(t)}">{svg}</figure>' for t, svg in charts) + '</div>'
+            + ('' if any(t == 'Feature importances' for t, _ in charts) else
+               '<p>The model has no feature importances: its last step has neither <code>feature_importances_</code> nor <code>coef_</code>.</p>'))
+
+def _size(n: int) -> str:
+    return next(f'{n / 1024 ** i:.3g} {u}' for i, u in enumerate(('B', 'KiB', 'MiB', 'GiB')) if n < 1024 ** (i + 1) or u == 'GiB')
+
+def _artifact_rows(root: Path, steps: list[Mapping]) -> list[list[str]]:
+    "One row per step output kept as an artifact: the step, the output's name, what it is, its size and its file in the artifact store."
+    from mlnb.artifacts import is_ref
+    from mlnb.outputs import store
+    rows, st = [], None
+    for s in steps:
+        for name, v in (s.get('outputs') or {}).items():
+            if not is_ref(v): continue
+            st = st or store(root)
+            where = st.path(v)
+            if isinstance(where, Path) and where.is_relative_to(root): where = where.relative_to(root)
+            shape = v.get('shape') or ['?', '?']
+            what = {'frame': f'DataFrame, {shape[0]} rows x {shape[1]} columns', 'file': f"file {v.get('filename', '')}"}.get(v.get('kind'), v.get('type', 'object'))
+            rows.append([s['step'], name, what, _size(int(v.get('size') or 0)), str(where)])
+    return rows
 
 # %% ../nbs/32_report.ipynb #abb1dfea
 def _esc(v: Any) -> str: return html.escape(str(v))
@@ -191,6 +254,7 @@ def run_report(root: str | Path, # the project root
               _table(['step', 'parameter', 'value'], [[s['step'], k, _fmt(v)] for s in steps for k, v in (s.get('params') or {}).items()])]
     metrics = [[s['step'], k, _fmt(v)] for s in steps for k, v in _metrics(s.get('outputs') or {}).items()]
     parts += ['<h2>Metrics</h2>', _table(['step', 'metric', 'value'], metrics) if metrics else '<p>No step recorded a metric.</p>']
+    parts += ['<h2>Model</h2>', _model_section(root, steps)]
     parts.append('<h2>Gate</h2>')
     if not gates: parts.append('<p>No step of this run called the gate.</p>')
     for g in gates:
@@ -207,5 +271,8 @@ def run_report(root: str | Path, # the project root
     if not profiles: parts.append('<p>No step recorded a <code>profile</code> (<code>mlnb.record("profile", mlnb.contract.profile(df))</code>).</p>')
     for name, p in profiles:
         parts.append(f"<h3>{_esc(p.get('rows'))} rows profiled by step {_esc(name)}</h3><div class=\"charts\">{''.join(profile_plots(p))}</div>")
+    arts = _artifact_rows(root, steps)
+    parts += ['<h2>Outputs kept as artifacts</h2><p>The store names each file by its content\'s hash; here is which output each one is.</p>',
+              _table(['step', 'output', 'what', 'size', 'file'], arts) if arts else '<p>No step kept an output as an artifact.</p>']
     out.write_text(page(f"Run {run['id']}", ''.join(parts)), encoding='utf-8')
     return out

@@ -177,6 +177,8 @@ def test_run_notebook_in_jupyterlab_and_report_in_browser(lab, browser, tmp_path
     text = page.inner_text(PANEL)
     assert 'Could not find path' not in page.inner_text('body')
     assert 'mlnb_run' in text and 'trees of depth <= 8' in text
+    # a recorded output shows what it is and which artifact file holds it (it used to be a blank output)
+    assert 'model: sklearn.pipeline.Pipeline, kept as .mlnb/artifacts/' in text
     page.screenshot(path=str(tmp_path / 'run-notebook.png'))
     # run again by hand: a new hand run of train; the finished run is left as it was, its notebook included (read-only)
     run_all(page, clear=True, save=False)
@@ -211,6 +213,20 @@ def test_run_notebook_in_jupyterlab_and_report_in_browser(lab, browser, tmp_path
     tab.screenshot(path=str(tmp_path / 'train-notebook.png'))
     tab.close()
     assert (tmp_path / 'train-notebook.png').stat().st_size > 10_000
+    # the report inside JupyterLab: its model charts show, and its link to a step notebook opens (200, not 403) in JupyterLab's HTML viewer
+    mlnb('report', run_id, cwd=root, env=env)
+    page = browser.new_page(viewport={'width': 1400, 'height': 900})
+    page.goto(f"{lab['url']}/lab/workspaces/report/tree/.mlnb/runs/{run_id}/report.html?token={TOKEN}")
+    viewer = page.frame_locator('.jp-HTMLViewer iframe')
+    viewer.locator('figure.model-chart').first.wait_for(timeout=60_000)
+    assert viewer.locator('figure.model-chart').count() == 5  # ROC, precision-recall, confusion matrix, calibration, importances
+    with page.expect_response(lambda r: r.url.endswith('/report_notebooks/train.html')) as answer:
+        viewer.locator('text=train.html').first.click()
+    assert answer.value.status == 200, answer.value.status
+    page.wait_for_timeout(500)
+    assert 'trees of depth' in viewer.locator('body').inner_text()
+    page.screenshot(path=str(tmp_path / 'report-in-lab.png'))
+    page.close()
 
 
 def test_package_importable_from_nbs_without_install(scaffold_template):
