@@ -156,7 +156,7 @@ def test_every_step_run_by_hand_in_jupyterlab(lab, browser, tmp_path):
     lin = json.loads(mlnb('lineage', tag, '--json', cwd=root, env=lab['env']).stdout)
     assert (lin['interactive'], lin['hand_run'], lin['notebook']) == (True, by_step['train'], 'nbs/03_train.ipynb')
     assert lin['upstream_runs'] == {'data': by_step['data'], 'features': by_step['features']}
-    assert lin['step']['params'] == {'n_estimators': 200, 'max_depth': 8, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'region': None}
+    assert lin['step']['params'] == {'n_estimators': 200, 'max_depth': 8, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'max_trees': 500, 'region': None}
     # nothing of this is reused by the pipeline's cache
     res = mlnb('run', '--engine', 'fast', '--explain', cwd=root, env=lab['env'])
     assert 'ok: 4 ok.' in res.stdout and 'data: ran: no earlier successful execution' in res.stdout
