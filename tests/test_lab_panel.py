@@ -3,15 +3,15 @@ a parameter changed by hand, a step run from the panel, its executed notebook op
 
 One JupyterLab server over a copy of the scaffold (after `mlnb run --engine fast`) serves the whole module.
 """
-import json, os, shutil, signal, subprocess, time
+import json
 
 import httpx
 import nbformat
 import pytest
 
 from browser import chromium
-from conftest import MLNB, mlnb
-from test_lab import TOKEN, free_port
+from conftest import mlnb
+from lab_server import TOKEN, mlnb_lab, project_copy
 
 STEPS = ['data', 'features', 'train', 'evaluate']
 PANEL = '#mlnb-panel'
@@ -21,38 +21,10 @@ PANEL = '#mlnb-panel'
 def panel_lab(scaffold_template, tmp_path_factory):
     "`mlnb lab` on a copy of the scaffold whose pipeline ran once, with a model store and JupyterLab settings of its own."
     base = tmp_path_factory.mktemp('panel')
-    root = base / 'churn'
-    shutil.copytree(scaffold_template, root, symlinks=True, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    home = base / 'bentoml'
-    home.mkdir()
-    env = {'BENTOML_HOME': str(home)}
+    root, env = project_copy(scaffold_template, base)
     mlnb('run', '--engine', 'fast', cwd=root, env=env)
-    settings = base / 'lab-settings'
-    for ext, name, value in [('notebook-extension', 'tracker', {'windowingMode': 'none'}),  # every cell rendered, as in tests/test_lab.py
-                             ('apputils-extension', 'notification', {'fetchNews': 'false', 'checkForUpdates': False})]:
-        (settings / f'@jupyterlab/{ext}').mkdir(parents=True, exist_ok=True)
-        (settings / f'@jupyterlab/{ext}/{name}.jupyterlab-settings').write_text(json.dumps(value))
-    port = free_port()
-    log = open(base / 'lab.log', 'w')
-    proc = subprocess.Popen([MLNB, 'lab', '--port', str(port), '--no-browser'], cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **env, 'JUPYTER_TOKEN': TOKEN, 'JUPYTERLAB_SETTINGS_DIR': str(settings),
-                                 'JUPYTERLAB_WORKSPACES_DIR': str(base / 'lab-workspaces')})
-    url = f'http://127.0.0.1:{port}'
-    t0 = time.perf_counter()
-    try:
-        while True:
-            assert proc.poll() is None, (base / 'lab.log').read_text()
-            try:
-                if httpx.get(f'{url}/api/status', params={'token': TOKEN}, timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
-            assert time.perf_counter() - t0 < 60, 'mlnb lab was not ready in 60 s'
-            time.sleep(0.2)
-        yield {'root': root, 'url': url, 'env': env, 'log': base / 'lab.log'}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: proc.kill()
-        log.close()
+    with mlnb_lab(root, base, env) as srv:
+        yield {'root': root, 'url': srv['url'], 'env': env, 'log': srv['log']}
 
 
 @pytest.fixture(scope='module')
@@ -93,12 +65,18 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
 
     page = browser.new_page(viewport={'width': 1500, 'height': 1000})
     page.goto(f'{url}/lab/workspaces/panel?token={TOKEN}')
-    page.wait_for_selector('#jp-main-dock-panel', timeout=60_000)
-    # the command opens the panel
-    page.keyboard.press('Control+Shift+c')
-    page.keyboard.type('mlnb: open panel')
-    page.keyboard.press('Enter')
-    page.wait_for_selector(f'{PANEL} li.mlnb-step[data-step="evaluate"]', state='visible', timeout=60_000)
+    page.wait_for_selector(f'{PANEL} li.mlnb-step[data-step="evaluate"]', state='attached', timeout=90_000)
+    # the command in the palette opens the panel (the palette takes no keys until JupyterLab has settled)
+    for attempt in range(4):
+        page.keyboard.press('Control+Shift+c')
+        try:
+            page.fill('.lm-CommandPalette-input', 'mlnb: open panel', timeout=10_000)
+            page.click('.lm-CommandPalette-item:has-text("mlnb: open panel")', timeout=10_000)
+            page.wait_for_selector(f'{PANEL} li.mlnb-step[data-step="evaluate"]', state='visible', timeout=10_000)
+            break
+        except Exception:
+            page.keyboard.press('Escape')
+    else: raise AssertionError('the command "mlnb: open panel" did not show the panel')
     wait_states(page, {s: 'cached' for s in STEPS}, timeout=30_000)
     assert list(states(page)) == STEPS + ['train_region', 'evaluate_region']  # the optional fan-out steps, with their items nested
     assert step(page, 'train_region').locator('li.mlnb-step').count() == 4
@@ -156,6 +134,7 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     page.wait_for_selector(f'{PANEL} .mlnb-preview table tr td', timeout=30_000)
     assert page.locator(f'{PANEL} .mlnb-preview table tr').count() == 21  # the header and the first 20 rows
     assert 'churned' in page.inner_text(f'{PANEL} .mlnb-preview table tr >> nth=0')
+    page.locator(f'{PANEL} .mlnb-preview').scroll_into_view_if_needed()
     page.screenshot(path=str(shots / 'preview.png'))
     page.close()
     for name in ('cached', 'stale', 'ran', 'executed-notebook', 'preview'):

@@ -16,6 +16,7 @@ interface State { root: string; error: string | null; steps: Step[]; champions: 
 async function api(path: string, init: RequestInit = {}): Promise<any> {
   const settings = ServerConnection.makeSettings();
   const res = await ServerConnection.makeRequest(URLExt.join(settings.baseUrl, 'mlnb', path), init, settings);
+  if (res.status === 404) throw new Error('no mlnb project at the root of this JupyterLab (or mlnb.labpanel is not enabled): start it with `mlnb lab` in a project.');
   const body = await res.json().catch(() => ({ error: `the server answered ${res.status}` }));
   if (!res.ok) throw new Error(body.error || `the server answered ${res.status}`);
   return body;
