@@ -10,7 +10,7 @@ import { Widget } from '@lumino/widgets';
 interface Last { run_id: string; kind: string; status: string; notebook: string | null; error: string | null; cached_from: string | null; }
 interface Step { name: string; parent: string | null; needs: string[]; optional: boolean; notebook: string; state: string; why: string; last: Last | null; }
 interface Launched { targets: string[]; pid: number; log: string; running: boolean; returncode: number | null; tail: string[]; }
-interface Champion { model: string; champion: string | null; evidence: any; decision: any; }
+interface Champion { model: string; champion: string | null; monitor: any; evidence: any; decision: any; }
 interface State { root: string; error: string | null; steps: Step[]; champions: Champion[]; launched: Launched[]; running: boolean; }
 
 async function api(path: string, init: RequestInit = {}): Promise<any> {
@@ -144,8 +144,9 @@ class MlnbPanel extends Widget {
     if (!state.champions.length) parts.push(el('div', { class: 'mlnb-why' }, 'no model has been through the gate yet'));
     for (const c of state.champions) {
       const div = el('div', { class: 'mlnb-champion', 'data-model': c.model }, `${c.model}: ${c.champion || 'no champion'}`);
-      const verdict = c.evidence ? `mlnb monitor: ${c.evidence.reason}` : 'mlnb monitor: no live comparison recorded';
-      div.append(el('div', { class: 'mlnb-why' }, verdict));
+      const verdict = c.monitor ? `${c.monitor.verdict} (${c.monitor.at})` : 'no verdict yet: run `mlnb monitor`';
+      div.append(el('div', { class: 'mlnb-why mlnb-monitor' }, `mlnb monitor: ${verdict}`));
+      if (c.evidence) div.append(el('div', { class: 'mlnb-why' }, `against challenger ${c.evidence.challenger}: ${c.evidence.reason}`));
       if (c.decision) div.append(el('div', { class: 'mlnb-why' }, `mlnb loop: ${c.decision.action}: ${c.decision.reason}`));
       parts.push(div);
     }
