@@ -757,7 +757,8 @@ def monitor(project=None, # the project (default: the current one)
     res['alerts'] += damage_alerts
     if res['alerts'] and alert:
         res['alert_command'] = send_alert(project.root, {'kind': 'monitor', 'model': tag, 'window': res['window'], 'alerts': res['alerts']})
-    keep_verdict(project.state, res) # the latest verdict of the model, for the mlnb panel
+    try: keep_verdict(project.state, res) # the latest verdict of the model, for the mlnb panel
+    except OSError: pass # a project folder this user cannot write: the check stands without it
     return res
 
 # %% ../nbs/30_monitor.ipynb #ff7f3740
@@ -765,7 +766,7 @@ def verdict(result: Mapping) -> dict:
     "A `monitor` result in short: when, the model, the window, its alerts, and the verdict in a sentence."
     alerts = [a.get('message') or a['kind'] for a in result['alerts']]
     w = result['window']
-    return {'at': _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'), 'model': result['model'], 'window': w['description'],
+    return {'at': pd.Timestamp.now(tz='UTC').isoformat(timespec='seconds'), 'model': result['model'], 'window': w['description'],
             'rows': w['rows'], 'alerts': alerts,
             'verdict': f"no alert on {w['rows']} predictions in {w['description']}" if not alerts
                        else f"{len(alerts)} alert{'s' if len(alerts) > 1 else ''} on {w['rows']} predictions in {w['description']}: " + '; '.join(alerts)}
