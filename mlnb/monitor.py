@@ -768,8 +768,8 @@ def verdict(result: Mapping) -> dict:
     w = result['window']
     return {'at': pd.Timestamp.now(tz='UTC').isoformat(timespec='seconds'), 'model': result['model'], 'window': w['description'],
             'rows': w['rows'], 'alerts': alerts,
-            'verdict': f"no alert on {w['rows']} predictions in {w['description']}" if not alerts
-                       else f"{len(alerts)} alert{'s' if len(alerts) > 1 else ''} on {w['rows']} predictions in {w['description']}: " + '; '.join(alerts)}
+            'verdict': f"no alert on {w['rows']} predictions ({w['description']})" if not alerts
+                       else f"{len(alerts)} alert{'s' if len(alerts) > 1 else ''} on {w['rows']} predictions ({w['description']}): " + '; '.join(alerts)}
 
 def keep_verdict(state: Path, # the project's state folder (`.mlnb/`)
                  result: Mapping) -> Path:
