@@ -102,7 +102,8 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     # run evaluate from the panel: the runner runs train with it, reuses data and features
     before = {r['id'] for r in json.loads(mlnb('runs', '--json', cwd=root, env=panel_lab['env']).stdout)}
     step(page, 'evaluate').locator('button[data-action="run"]').first.click()
-    page.wait_for_selector(f'{PANEL} .mlnb-launched', timeout=30_000)
+    page.wait_for_selector(f'{PANEL} .mlnb-launched[data-running="true"]', timeout=30_000)  # the panel asks every 2 s while it runs
+    assert 'mlnb run evaluate: running' in page.inner_text(f'{PANEL} .mlnb-launched')
     wait_states(page, {s: 'cached' for s in STEPS}, timeout=180_000)
     page.wait_for_selector(f'{PANEL} .mlnb-launched[data-running="false"]', timeout=30_000)
     runs = json.loads(mlnb('runs', '--json', cwd=root, env=panel_lab['env']).stdout)
