@@ -14,7 +14,7 @@ from .errors import UsageError
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['HIDDEN_FILES', 'require_lab', 'lab_env', 'lab_command', 'lab']
+__all__ = ['HIDDEN_FILES', 'LABEXTENSIONS', 'require_lab', 'lab_env', 'lab_command', 'lab']
 
 # %% ../nbs/33_lab.ipynb #2ee4852b
 def require_lab(find=importlib.util.find_spec) -> None:
@@ -27,6 +27,7 @@ def require_lab(find=importlib.util.find_spec) -> None:
 
 # %% ../nbs/33_lab.ipynb #818ec611
 HIDDEN_FILES = {'@jupyterlab/filebrowser-extension:browser': {'showHiddenFiles': True}}
+LABEXTENSIONS = Path(importlib.util.find_spec('mlnb').origin).parent / 'labextensions' # the mlnb panel's prebuilt JupyterLab extension
 
 def _prepend(path: str, current: str | None) -> str:
     "`path` first in the os.pathsep-separated list `current`."
@@ -49,10 +50,11 @@ def lab_command(project: Project, # the project
                 port: int | None = None, # the port (default: Jupyter's, 8888 or the next free one)
                 open_browser: bool = True, # open a browser tab
                ) -> list[str]:
-    "The command line of JupyterLab for `project`: loopback only, rooted at the project, hidden files allowed, notebooks cleaned on save by nbdev."
+    "The command line of JupyterLab for `project`: loopback only, rooted at the project, hidden files allowed, notebooks cleaned on save by nbdev, the mlnb panel on."
     cmd = [sys.executable, '-m', 'jupyterlab', f'--ServerApp.root_dir={project.root}', '--ServerApp.ip=127.0.0.1',
            '--ContentsManager.allow_hidden=True', '--ServerApp.contents_manager_class=mlnb.labserver.RunRecords',
-           '--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter'] # nbdev's clean on save, when [tool.nbdev] jupyter_hooks is true
+           '--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter', # nbdev's clean on save, when [tool.nbdev] jupyter_hooks is true
+           f'--LabApp.extra_labextensions_path={LABEXTENSIONS}', '--ServerApp.jpserver_extensions=mlnb.labpanel=True'] # the mlnb panel (mlnb.labpanel)
     if port is not None: cmd += [f'--ServerApp.port={port}', '--ServerApp.port_retries=0']
     if not open_browser: cmd.append('--no-browser')
     if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root') # JupyterLab refuses root otherwise

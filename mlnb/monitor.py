@@ -23,8 +23,8 @@ from .project import load_project
 # %% auto #0
 __all__ = ['METRICS', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift', 'multivariate_drift',
            'chunked_performance', 'reference_band', 'estimated_performance', 'Truth', 'check', 'timeline',
-           'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor', 'feedback_from_file',
-           'report']
+           'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor', 'verdict',
+           'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -758,7 +758,39 @@ def monitor(project=None, # the project (default: the current one)
     res['alerts'] += damage_alerts
     if res['alerts'] and alert:
         res['alert_command'] = send_alert(project.root, {'kind': 'monitor', 'model': tag, 'window': res['window'], 'alerts': res['alerts']})
+    try: keep_verdict(project.state, res) # the latest verdict of the model, for the mlnb panel
+    except OSError: pass # a project folder this user cannot write: the check stands without it
     return res
+
+# %% ../nbs/30_monitor.ipynb #ff7f3740
+def verdict(result: Mapping) -> dict:
+    "A `monitor` result in short: when, the model, the window, its alerts, and the verdict in a sentence."
+    alerts = [a.get('message') or a['kind'] for a in result['alerts']]
+    w = result['window']
+    return {'at': pd.Timestamp.now(tz='UTC').isoformat(timespec='seconds'), 'model': result['model'], 'window': w['description'],
+            'rows': w['rows'], 'alerts': alerts,
+            'verdict': f"no alert on {w['rows']} predictions ({w['description']})" if not alerts
+                       else f"{len(alerts)} alert{'s' if len(alerts) > 1 else ''} on {w['rows']} predictions ({w['description']}): " + '; '.join(alerts)}
+
+def keep_verdict(state: Path, # the project's state folder (`.mlnb/`)
+                 result: Mapping) -> Path:
+    "Keep the verdict of `result` as the latest of its model in `.mlnb/monitor/latest.json` (replaced whole, never half written)."
+    path = Path(state) / 'monitor' / 'latest.json'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try: kept = json.loads(path.read_text())
+    except (OSError, ValueError): kept = {}
+    kept[result['model']] = verdict(result)
+    tmp = path.with_name(f'.latest.{os.getpid()}.json')
+    tmp.write_text(json.dumps(kept, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+def latest_verdict(state: Path, # the project's state folder (`.mlnb/`)
+                   model: str, # a model tag (name:version)
+                  ) -> dict | None:
+    "The verdict of the latest `mlnb monitor` of `model` in this project, or None."
+    try: return json.loads((Path(state) / 'monitor' / 'latest.json').read_text()).get(model)
+    except (OSError, ValueError): return None
 
 # %% ../nbs/30_monitor.ipynb #0117370f
 def feedback_from_file(file: str | Path, # a CSV or Parquet file with the columns request_id and label

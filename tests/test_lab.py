@@ -3,64 +3,27 @@ the JupyterLab UI, an executed run notebook opened (and run again) in JupyterLab
 
 One JupyterLab server and one headless Chromium serve the whole module: they are slow to start.
 """
-import json, os, shutil, signal, socket, subprocess, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 
-import httpx
 import nbformat
 import pytest
 
 from browser import chromium
-from conftest import MLNB, mlnb, run
+from conftest import mlnb, run
+from lab_server import TOKEN, mlnb_lab, project_copy
 
 HAND_STEPS = ['01_data', '02_features', '03_train', '04_evaluate']
-TOKEN = 'mlnb-test-token'
 PANEL = '.jp-NotebookPanel:not(.lm-mod-hidden)'  # the notebook in view (JupyterLab may restore other tabs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
 def lab(scaffold_template, tmp_path_factory):
     "`mlnb lab` on a copy of the scaffolded project, with a model store and JupyterLab user settings of its own."
     base = tmp_path_factory.mktemp('lab')
-    root = base / 'churn'
-    shutil.copytree(scaffold_template, root, symlinks=True, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    settings = base / 'lab-settings'
-    # every cell in the page (JupyterLab 4 only renders the cells in view by default), and no question about news
-    for ext, name, value in [('notebook-extension', 'tracker', {'windowingMode': 'none'}),
-                             ('apputils-extension', 'notification', {'fetchNews': 'false', 'checkForUpdates': False})]:
-        (settings / f'@jupyterlab/{ext}').mkdir(parents=True, exist_ok=True)
-        (settings / f'@jupyterlab/{ext}/{name}.jupyterlab-settings').write_text(json.dumps(value))
-    home = base / 'bentoml'
-    home.mkdir()
-    port = free_port()
-    env = {**os.environ, 'BENTOML_HOME': str(home), 'JUPYTER_TOKEN': TOKEN, 'JUPYTERLAB_SETTINGS_DIR': str(settings),
-           'JUPYTERLAB_WORKSPACES_DIR': str(base / 'lab-workspaces')}
-    import mlnb as under_test  # the kernels import the mlnb under test, and nothing of the project: `mlnb lab` adds the project root itself
-    env['PYTHONPATH'] = str(Path(under_test.__file__).resolve().parent.parent)
-    log = open(base / 'lab.log', 'w')
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([MLNB, 'lab', '--port', str(port), '--no-browser'], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f'http://127.0.0.1:{port}'
-    try:
-        while True:
-            assert proc.poll() is None, (base / 'lab.log').read_text()
-            try:
-                if httpx.get(f'{url}/api/status', params={'token': TOKEN}, timeout=2).status_code == 200: break
-            except httpx.HTTPError: pass
-            assert time.perf_counter() - t0 < 60, 'mlnb lab was not ready in 60 s'
-            time.sleep(0.2)
-        yield {'root': root, 'url': url, 'env': {'BENTOML_HOME': str(home)}, 'log': base / 'lab.log', 'ready': time.perf_counter() - t0}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: proc.kill()
-        log.close()
+    root, env = project_copy(scaffold_template, base)
+    with mlnb_lab(root, base, env) as srv:
+        yield {'root': root, 'url': srv['url'], 'env': env, 'log': srv['log'], 'ready': srv['ready']}
 
 
 @pytest.fixture(scope='module')

@@ -72,6 +72,8 @@ def test_drift_demo_with_the_scaffolds_simulator(churn):
     assert res['columns']['snapshot_date']['method'] is None and res['columns']['customer_id']['method'] is None  # described, not tested
     assert res['predictions']['label']['drifted'] or res['predictions']['probability']['drifted']
     assert [a['kind'] for a in res['alerts']][:1] == ['drift']
+    kept = json.loads((root / '.mlnb' / 'monitor' / 'latest.json').read_text())[res['model']]  # the verdict the mlnb panel shows
+    assert kept['verdict'].startswith(f"{len(res['alerts'])} alert") and 'on 2000 predictions (the last 2000 predictions)' in kept['verdict'], kept
     sent = alerts_sent(root)
     assert len(sent) == 1 and sent[0]['kind'] == 'monitor' and sent[0]['model'] == res['model']
     assert 'monthly_charges' in json.dumps(sent[0]['alerts'])

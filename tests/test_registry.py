@@ -41,7 +41,7 @@ def test_gate_promotes_only_better_models_and_rollback(project, fresh_store):
     listed = json.loads(run([str(Path(sys.executable).parent / 'bentoml'), 'models', 'list', 'churn', '-o', 'json'], project).stdout)
     assert {m['tag'] for m in listed} == {good, worse}
     got = json.loads(run([str(Path(sys.executable).parent / 'bentoml'), 'models', 'get', worse, '-o', 'json'], project).stdout)
-    assert got['metadata']['mlnb_run'] and json.loads(got['metadata']['lineage'])['params'] == {'max_depth': 2, 'n_estimators': 3, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'region': None}
+    assert got['metadata']['mlnb_run'] and json.loads(got['metadata']['lineage'])['params'] == {'max_depth': 2, 'n_estimators': 3, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'max_trees': 500, 'region': None}
 
     # the gate decisions are in the ledger with their reasons
     db = sqlite3.connect(project / '.mlnb' / 'ledger.db')
@@ -117,7 +117,7 @@ def test_lineage_round_trip(project, fresh_store):
     saved = json.loads(md['lineage'])
     runs = json.loads(mlnb('runs', '--json', cwd=project).stdout)
     assert lin['run']['id'] == saved['run_id'] == runs[0]['id'] == md['mlnb_run']
-    assert lin['step'] == {'name': 'train', 'params': {'max_depth': 8, 'n_estimators': 50, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'region': None}, 'fingerprint': saved['fingerprint']}
+    assert lin['step'] == {'name': 'train', 'params': {'max_depth': 8, 'n_estimators': 50, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'max_trees': 500, 'region': None}, 'fingerprint': saved['fingerprint']}
     assert lin['model']['metrics'] == md['metrics'] and 'train_roc_auc' in md['metrics']
     head = run(['git', 'rev-parse', 'HEAD'], project).stdout.strip()
     assert lin['code']['git_commit'] == head == lin['run']['git_commit']

@@ -31,7 +31,7 @@ def insert_cell(nb_path, source, after_tag='parameters'):
     nbformat.write(nb, nb_path)
 
 
-TRAIN_DEFAULTS = {'max_depth': 8, 'n_estimators': 200, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'region': None}
+TRAIN_DEFAULTS = {'max_depth': 8, 'n_estimators': 200, 'seed': 42, 'warm_start': False, 'new_trees': 50, 'max_trees': 500, 'region': None}
 DATA_DEFAULTS = {'data_path': '../data/customers.csv', 'sample_frac': 1.0, 'seed': 42, 'test_size': 0.25, 'source': 'csv',
                  'production_since': '30d'}
 
@@ -58,7 +58,7 @@ def test_run_record_cache_and_partial_rerun(project):
     injected = [c for c in nbformat.read(steps['train']['notebook'], 4).cells if 'injected-parameters' in c.metadata.get('tags', [])]
     assert 'n_estimators = 200' in injected[0].source and 'upstream' in injected[0].source
     assert 'max_depth = 8' not in injected[0].source  # only what differs from the notebook's defaults is injected
-    assert '"params": {"n_estimators": 200, "max_depth": 8, "seed": 42, "warm_start": False, "new_trees": 50, "region": None}' in injected[0].source  # the context has them all
+    assert '"params": {"n_estimators": 200, "max_depth": 8, "seed": 42, "warm_start": False, "new_trees": 50, "max_trees": 500, "region": None}' in injected[0].source  # the context has them all
     assert 0.7 < steps['evaluate']['outputs']['roc_auc'] < 1
 
     # nothing changed: everything cached

@@ -1,0 +1,142 @@
+"""The mlnb panel in a real JupyterLab (`mlnb lab`) and a real headless Chromium: the steps of the scaffold with their state,
+a parameter changed by hand, a step run from the panel, its executed notebook opened and an output table previewed.
+
+One JupyterLab server over a copy of the scaffold (after `mlnb run --engine fast`) serves the whole module.
+"""
+import json
+
+import httpx
+import nbformat
+import pytest
+
+from browser import chromium
+from conftest import mlnb
+from lab_server import TOKEN, mlnb_lab, project_copy
+
+STEPS = ['data', 'features', 'train', 'evaluate']
+PANEL = '#mlnb-panel'
+
+
+@pytest.fixture(scope='module')
+def panel_lab(scaffold_template, tmp_path_factory):
+    "`mlnb lab` on a copy of the scaffold whose pipeline ran once, with a model store and JupyterLab settings of its own."
+    base = tmp_path_factory.mktemp('panel')
+    root, env = project_copy(scaffold_template, base)
+    mlnb('run', '--engine', 'fast', cwd=root, env=env)
+    with mlnb_lab(root, base, env) as srv:
+        yield {'root': root, 'url': srv['url'], 'env': env, 'log': srv['log']}
+
+
+@pytest.fixture(scope='module')
+def browser():
+    with chromium() as b:
+        yield b
+
+
+def states(page) -> dict:
+    "The state the panel shows of each top-level step."
+    return page.evaluate(f"""() => Object.fromEntries(Array.from(document.querySelectorAll('{PANEL} > div > ul > li.mlnb-step'))
+                                  .map(li => [li.dataset.step, li.dataset.state]))""")
+
+
+def step(page, name):
+    return page.locator(f'{PANEL} li.mlnb-step[data-step="{name}"]').first
+
+
+def wait_states(page, want: dict, timeout=90_000):
+    page.wait_for_function(f"""want => {{
+        const got = Object.fromEntries(Array.from(document.querySelectorAll('{PANEL} > div > ul > li.mlnb-step')).map(li => [li.dataset.step, li.dataset.state]));
+        return Object.entries(want).every(([k, v]) => got[k] === v);
+    }}""", arg=want, timeout=timeout)
+
+
+def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_path):
+    root, url = panel_lab['root'], panel_lab['url']
+    shots = tmp_path / 'screenshots'
+    shots.mkdir()
+    # the API refuses bad requests with a sentence, never a 5xx
+    bad = httpx.post(f'{url}/mlnb/run', params={'token': TOKEN}, content=b'{"targets": "evaluate"}', timeout=10)
+    assert bad.status_code == 400 and 'The body must be JSON like' in bad.json()['error']
+    bad = httpx.post(f'{url}/mlnb/run', params={'token': TOKEN}, json={'targets': ['evaluat']}, timeout=10)
+    assert bad.status_code == 400 and "There is no step 'evaluat'" in bad.json()['error']
+    bad = httpx.get(f'{url}/mlnb/outputs', params={'token': TOKEN, 'step': 'data', 'name': 'nope'}, timeout=10)
+    assert bad.status_code == 400 and "recorded no output 'nope'" in bad.json()['error']
+    assert httpx.get(f'{url}/mlnb/state', timeout=10).status_code in (401, 403)  # authenticated like the rest of the server
+
+    page = browser.new_page(viewport={'width': 1500, 'height': 1000})
+    page.goto(f'{url}/lab/workspaces/panel?token={TOKEN}')
+    page.wait_for_selector(f'{PANEL} li.mlnb-step[data-step="evaluate"]', state='attached', timeout=90_000)
+    # the command in the palette opens the panel (the palette takes no keys until JupyterLab has settled)
+    for attempt in range(4):
+        page.keyboard.press('Control+Shift+c')
+        try:
+            page.fill('.lm-CommandPalette-input', 'mlnb: open panel', timeout=10_000)
+            page.click('.lm-CommandPalette-item:has-text("mlnb: open panel")', timeout=10_000)
+            page.wait_for_selector(f'{PANEL} li.mlnb-step[data-step="evaluate"]', state='visible', timeout=10_000)
+            break
+        except Exception:
+            page.keyboard.press('Escape')
+    else: raise AssertionError('the command "mlnb: open panel" did not show the panel')
+    wait_states(page, {s: 'cached' for s in STEPS}, timeout=30_000)
+    assert list(states(page)) == STEPS + ['train_region', 'evaluate_region']  # the optional fan-out steps, with their items nested
+    assert step(page, 'train_region').locator('li.mlnb-step').count() == 4
+    assert 'needs data, features' in step(page, 'train').inner_text()
+    champ = page.locator(f'{PANEL} .mlnb-champion[data-model="churn"]').inner_text()
+    assert 'churn:' in champ and 'mlnb monitor: no verdict yet' in champ
+    page.screenshot(path=str(shots / 'cached.png'))
+
+    # a parameter default changed in the train notebook, saved: train and evaluate are stale, and the panel says why
+    path = root / 'nbs' / '03_train.ipynb'
+    nb = nbformat.read(path, 4)
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    assert 'max_depth = 8' in cell.source
+    cell.source = cell.source.replace('max_depth = 8', 'max_depth = 6')
+    nbformat.write(nb, path)
+    page.click(f'{PANEL} button[data-action="refresh"]')
+    wait_states(page, {'data': 'cached', 'features': 'cached', 'train': 'stale', 'evaluate': 'stale'}, timeout=30_000)
+    why = step(page, 'train').locator('.mlnb-why').first.inner_text()
+    assert 'max_depth' in why and '8' in why and '6' in why, why
+    assert 'train' in step(page, 'evaluate').locator('.mlnb-why').first.inner_text()
+    page.screenshot(path=str(shots / 'stale.png'))
+
+    # run evaluate from the panel: the runner runs train with it, reuses data and features
+    before = {r['id'] for r in json.loads(mlnb('runs', '--json', cwd=root, env=panel_lab['env']).stdout)}
+    step(page, 'evaluate').locator('button[data-action="run"]').first.click()
+    page.wait_for_selector(f'{PANEL} .mlnb-launched[data-running="true"]', timeout=30_000)  # the panel asks every 2 s while it runs
+    assert 'mlnb run evaluate: running' in page.inner_text(f'{PANEL} .mlnb-launched')
+    wait_states(page, {s: 'cached' for s in STEPS}, timeout=180_000)
+    page.wait_for_selector(f'{PANEL} .mlnb-launched[data-running="false"]', timeout=30_000)
+    runs = json.loads(mlnb('runs', '--json', cwd=root, env=panel_lab['env']).stdout)
+    new = [r for r in runs if r['id'] not in before]
+    assert [(r['status'], r['targets']) for r in new] == [('ok', ['evaluate'])], new
+    run_id = new[0]['id']
+    lasts = page.evaluate(f"""() => Object.fromEntries(Array.from(document.querySelectorAll('{PANEL} > div > ul > li.mlnb-step'))
+        .map(li => {{ const l = li.querySelector(':scope > .mlnb-last'); return [li.dataset.step, l && [l.dataset.lastStatus, l.dataset.lastRun]]; }}))""")
+    assert lasts['train'] == ['ok', run_id] and lasts['evaluate'] == ['ok', run_id], lasts
+    assert lasts['data'] == ['cached', run_id] and lasts['features'] == ['cached', run_id], lasts
+    assert 'finished' in page.locator(f'{PANEL} .mlnb-launched').inner_text()
+    page.screenshot(path=str(shots / 'ran.png'))
+
+    # the executed notebook of evaluate, opened from the panel
+    step(page, 'evaluate').locator('a[data-action="open-executed"]').first.click()
+    page.wait_for_selector(f'.lm-DockPanel-tabBar .lm-TabBar-tab:has-text("evaluate.ipynb")', timeout=60_000)
+    nbpanel = '.jp-NotebookPanel:not(.lm-mod-hidden)'
+    page.wait_for_function(f"() => (document.querySelector('{nbpanel}') || {{}}).innerText?.includes('mlnb_run')", timeout=60_000)
+    assert 'gate' in page.inner_text(nbpanel) and run_id in page.inner_text(nbpanel)
+    assert (root / '.mlnb' / 'runs' / run_id / 'evaluate.ipynb').exists()
+    page.screenshot(path=str(shots / 'executed-notebook.png'))
+
+    # the outputs of data by name, and the training table previewed
+    step(page, 'data').locator('a[data-action="outputs"]').first.click()
+    page.wait_for_selector(f'{PANEL} .mlnb-output-list a[data-output="train"]', timeout=30_000)
+    listing = page.inner_text(f'{PANEL} .mlnb-output-list')
+    assert 'train table:' in listing and 'rows x' in listing and 'n_rows int' in listing, listing
+    page.click(f'{PANEL} .mlnb-output-list a[data-output="train"]')
+    page.wait_for_selector(f'{PANEL} .mlnb-preview table tr td', timeout=30_000)
+    assert page.locator(f'{PANEL} .mlnb-preview table tr').count() == 21  # the header and the first 20 rows
+    assert 'churned' in page.inner_text(f'{PANEL} .mlnb-preview table tr >> nth=0')
+    page.locator(f'{PANEL} .mlnb-preview').scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / 'preview.png'))
+    page.close()
+    for name in ('cached', 'stale', 'ran', 'executed-notebook', 'preview'):
+        assert (shots / f'{name}.png').stat().st_size > 10_000, name
