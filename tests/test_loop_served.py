@@ -6,12 +6,12 @@ decision with its evidence, and not one request failed while the stages changed 
 verifies, so that the retraining run has the cores; they come back while the service loads the challenger into the shadow).
 
 No time is asserted: the loop decides on rows, and every wait has a generous bound."""
-import itertools, json, shutil, sys, threading, time
+import itertools, json, sys, threading, time
 
 import httpx
 import pytest
 
-from conftest import mlnb
+from conftest import copy_project, mlnb
 from test_live_rollout import tags, wait_for
 from test_monitor import request_rows
 
@@ -72,11 +72,7 @@ class Customers:
 @pytest.fixture(scope='module')
 def stump(scaffold_template, tmp_path_factory):
     "The churn project with a loop table: a weak champion (a stump, on the CSV, profile ci) built into a Bento, in a model store of its own."
-    root = tmp_path_factory.mktemp('served_loop') / 'churn'
-    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    toml = (root / 'pyproject.toml').read_text()
-    assert 'floor = 0.7' in toml
-    (root / 'pyproject.toml').write_text(toml.replace('floor = 0.7', 'floor = 0.5') + LOOP)
+    root = copy_project(scaffold_template, tmp_path_factory.mktemp('served_loop') / 'churn', ('floor = 0.7', 'floor = 0.5'), append=LOOP)
     env = {'BENTOML_HOME': str(tmp_path_factory.mktemp('served_loop_home'))}
     mlnb('run', '--engine', 'fast', '--profile', 'ci', '-p', 'n_estimators=1', '-p', 'max_depth=1', cwd=root, env=env)
     bento = mlnb('build', cwd=root, env=env).stdout.split()[1].rstrip('.')
