@@ -130,11 +130,11 @@ def guardrail_readings(compared: Mapping, # `mlnb.monitor.compare_variants` over
     readings['error_rate'], need = None, max(MIN_ROWS, math.ceil(1 / cfg.guardrails['error_rate'])) if cfg.guardrails['error_rate'] > 0 else MIN_ROWS
     tried = b['rows'] + (b.get('errors') or 0)
     if b.get('error_rate') is None: said['error_rate'] = "the prediction log has no latency_ms and failed (a service older than them)"
-    elif stage == 'shadow': said['error_rate'] = "not counted in the shadow stage: the shadow's failed rows are not logged"
-    elif tried < need: said['error_rate'] = f"{tried} rows routed to the challenger; at least {need} are needed"
+    elif tried < need: said['error_rate'] = f"{tried} rows {'shadowed by' if stage == 'shadow' else 'routed to'} the challenger; at least {need} are needed"
     else:
         readings['error_rate'] = b['error_rate']
-        said['error_rate'] = f"the challenger failed {b['errors']} of the {tried} rows routed to it (the champion answered them)"
+        said['error_rate'] = (f"the challenger failed {b['errors']} of the {tried} rows it shadowed (the champion answered them all)" if stage == 'shadow' else
+                              f"the challenger failed {b['errors']} of the {tried} rows routed to it (the champion answered them)")
     return readings, said
 
 # %% ../nbs/30b_decide.ipynb #68688485

@@ -96,13 +96,13 @@ def decisions(root: str | Path, # the project root
     return [{**r, 'evidence': json.loads(r['evidence']) if r['evidence'] else None} for r in reversed(rows)]
 
 # %% ../nbs/30c_loop.ipynb #64ec224f
-def _monitored(project: Project, cfg: LoopConfig, tag: str, since: str | None) -> tuple[dict | None, str | None]:
+def _monitored(project: Project, cfg: LoopConfig, tag: str, since: str | None, record: bool = True) -> tuple[dict | None, str | None]:
     "(what `mlnb.monitor.monitor` says of model `tag` over `since`, None) or (None, why it could not judge)."
     from mlnb.monitor import monitor
     d = cfg.decide
     settings = {**project.settings, 'monitor': {**project.settings.get('monitor', {}), 'significance': d['alpha'], 'power': d['power'],
                                                 'min_difference': d['min_effect']}}
-    try: return monitor(dataclasses.replace(project, settings=settings), model=tag, since=since, alert=False), None
+    try: return monitor(dataclasses.replace(project, settings=settings), model=tag, since=since, alert=False, record=record), None
     except UsageError as e: return None, str(e)
 
 def _champion(project: Project, name: str) -> tuple[str | None, float | None]:
@@ -143,7 +143,7 @@ def cooldown_left(root: str | Path, # the project root
 def _retrain(project: Project, cfg: LoopConfig, name: str, champ: str, age: float, dry_run: bool) -> dict:
     "The pass with no rollout going on: triggers, the label guard, the retraining run, the gate, and the rollout's start."
     base = {'model': name, 'champion': champ}
-    mon, why = _monitored(project, cfg, champ, None)
+    mon, why = _monitored(project, cfg, champ, None, record=not dry_run)
     fired = triggers_fired(mon, cfg, age)
     if not fired:
         return {**base, 'action': 'nothing', 'reason': 'no trigger fired' + (f' (the monitor could not judge: {why})' if why else ''),
@@ -226,7 +226,7 @@ def _stage(project: Project, cfg: LoopConfig, name: str, champ: str, ro: dict, d
     tag, stage, rid = ro['challenger'], ro['stage'], ro.get('id')
     base = {'model': name, 'champion': champ, 'challenger': tag, 'stage': stage, 'rollout': rid}
     elapsed = _since(ro['at'])
-    mon, why = _monitored(project, cfg, champ, f'{elapsed + 1:.3f}s') # the stage's own rows (its start is kept to the second)
+    mon, why = _monitored(project, cfg, champ, f'{elapsed + 1:.3f}s', record=not dry_run) # the stage's own rows (its start is kept to the second); a dry run keeps nothing
     v = (mon or {}).get('variants')
     deciding = deciding_stage(cfg.stages)
     last = stage not in cfg.stages or stage == deciding or cfg.stages.index(stage) > cfg.stages.index(deciding)

@@ -554,6 +554,7 @@ def _stated(t: Mapping) -> str:
 
 def _served(part: pd.DataFrame, failed: int) -> dict:
     "How a variant served: `calls` (its timed model calls), `p99_ms` of their times, `errors` (its rows another model answered) and `error_rate`; None where the log lacks them (a service before `latency_ms`)."
+    if failed and not len(part): return {'calls': 0, 'p99_ms': None, 'errors': int(failed), 'error_rate': 1.0} # it failed every row
     if 'latency_ms' not in part or not part['latency_ms'].notna().any(): return {'calls': 0, 'p99_ms': None, 'errors': None, 'error_rate': None}
     from mlnb.compare import percentile
     calls = part[['ts', 'latency_ms']].dropna().drop_duplicates()['latency_ms'].to_numpy(dtype='float64') # a call's rows share its time and its batch's ts
@@ -574,8 +575,9 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
     out = {'champion': champion, 'challenger': challenger, 'mode': None, 'variants': {}}
     fb = Truth(feedback) if feedback is not None and len(feedback) else None
     parts = {}
+    unanswered = (events['failed'].notna() & (events['variant'] == 'challenger')).to_numpy() if 'failed' in events else np.zeros(len(events), bool) # a shadow's failed rows
     for name, tag in (('champion', champion), ('challenger', challenger)):
-        mask = ((events['model'] == tag) & (events['variant'] == name)).to_numpy()
+        mask = ((events['model'] == tag) & (events['variant'] == name)).to_numpy() & ~unanswered
         part = parts[name] = select(events, mask)
         v = {'model': tag, 'rows': int(len(part))}
         v.update({'mean': float(part[key].mean())} if kind == 'regressor' else {'share': _shares(part[key])})
@@ -588,7 +590,7 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
                 v[gate.metric], why = score(gate.metric, fb.of(part['request_id'][hit]), part[hit], classes,
                                             proba[hit] if proba is not None else None) if hit.any() else (None, 'no ground truth')
         out['variants'][name] = v
-    both = events[events['variant'].isin(['champion', 'challenger']).to_numpy()]
+    both = events[events['variant'].isin(['champion', 'challenger']).to_numpy() & ~unanswered]
     pairs = both.pivot_table(index='request_id', columns='variant', values=key, aggfunc='first').dropna()
     if len(pairs) and {'champion', 'challenger'} <= set(pairs.columns):
         out['shadowed_rows'] = int(len(pairs))
@@ -702,6 +704,7 @@ def monitor(project=None, # the project (default: the current one)
             since: str | None = None, # the window, e.g. '24h'
             last: int | None = None, # or the last N predictions
             alert: bool = True, # run the alert command when alerts fire
+            record: bool = True, # keep the comparison of champion and challenger in the ledger (for the champion history)
            ) -> dict:
     "Check a window of logged predictions against the model's frozen reference; see `check`."
     from mlnb.serving import feedback_path
@@ -750,7 +753,7 @@ def monitor(project=None, # the project (default: the current one)
     if variants is not None:
         from mlnb.champions import record_evidence
         variants['window'] = window
-        variants['evidence'] = record_evidence(variants, project.root)
+        variants['evidence'] = record_evidence(variants, project.root) if record else None
     res['variants'] = variants
     res = {'model': tag, 'kind': kind, 'classes': classes, 'log': str(path), 'feedback_log': str(fb_path), 'source': events.attrs.get('source'),
            'window': {'description': window, 'since': start.isoformat() if start else None, 'first': events['ts'].min().isoformat(),

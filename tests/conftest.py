@@ -106,6 +106,18 @@ def project(scaffold_template, tmp_path):
     return dest
 
 
+def copy_project(template, dest, *changes, append=''):
+    "A copy of the project `template` at `dest` (without its state), its pyproject.toml changed by each (old, new) text of `changes`, then `append` added."
+    import shutil
+    root = shutil.copytree(template, dest, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    toml = (root / 'pyproject.toml').read_text()
+    for old, new in changes:
+        assert old in toml, f'{old!r} is not in the pyproject.toml of {template}'
+        toml = toml.replace(old, new)
+    (root / 'pyproject.toml').write_text(toml + append)
+    return root
+
+
 def train_and_build(root, home, engine='fast'):
     "Run the pipeline of the project at `root` and build its champion; returns (root, env, bento tag)."
     env = {'BENTOML_HOME': str(home)}

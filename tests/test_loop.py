@@ -48,9 +48,11 @@ def project(trained, tmp_path):
     return root, champion(root)
 
 
-def write_log(root, tags, n=600, as_of=None, flip=False, mode='champion', seed=7):
+def write_log(root, tags, n=600, as_of=None, flip=False, mode='champion', seed=7, answered_by=None, failing=None):
     """Predictions of `n` simulated customers, logged as the service logs them, with their ground truth (flipped if asked). `tags`: variant ->
-    model tag; `mode`: 'champion' (it answers alone), 'shadow' (both answer every row) or 'split' (every other row is the challenger's)."""
+    model tag; `mode`: 'champion' (it answers alone), 'shadow' (both answer every row) or 'split' (every other row is the challenger's).
+    `answered_by`: variant -> the tag of the model whose answers it logs (default: its own); `failing` (a number): the challenger fails the last
+    `failing` rows it shadows, logged as the service logs them (no prediction, `failed`), every line then with its model call's `latency_ms`."""
     from mlnb.registry import load_model
     from mlnb.serving.predict import answers
     from mlnb.serving.logs import feedback_lines
@@ -63,13 +65,16 @@ def write_log(root, tags, n=600, as_of=None, flip=False, mode='champion', seed=7
         rows = frame.drop(columns='churned')
         got = {}
         for variant, tag in tags.items():
-            model = load_model(tag)
+            model = load_model((answered_by or {}).get(variant, tag))
             got[variant] = answers(model, prepare(rows), 'classifier', [int(c) for c in model.classes_])[0]
     finally: sys.path.remove(str(root))
     ts = json.dumps(pd.Timestamp.now(tz='UTC').isoformat())
     ids = [uuid.uuid4().hex for _ in range(n)]
     js = rows.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
-    line = lambda rid, v, row, i: f'{{"request_id":"{rid}","ts":{ts},"model":{json.dumps(tags[v])},"variant":"{v}","row":{row},"prediction":{json.dumps(got[v][i])}}}\n'
+    timed = ',"latency_ms":1.5' if failing is not None else ''
+    def line(rid, v, row, i):
+        said = '"failed":"challenger"' if v == 'challenger' and i >= n - (failing or 0) else f'"prediction":{json.dumps(got[v][i])}'
+        return f'{{"request_id":"{rid}","ts":{ts},"model":{json.dumps(tags[v])},"variant":"{v}","row":{row},{said}{timed}}}\n'
     log = root / '.mlnb' / 'predictions' / 'churn.jsonl'
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'a') as f:
@@ -221,3 +226,58 @@ def test_the_lease_and_the_decisions_on_a_team_store(postgres, tmp_path, monkeyp
     assert [d['action'] for d in decisions(root, 'demo')] == ['nothing', 'wait'] and decisions(root, rollout=ro['id'])[0]['evidence'] == {'rows_needed': 120}
     s = loop_status(p)
     assert (s['rolling_out'], s['stage'], s['rows_needed'], s['lease']) == (True, '5%', 120, None)
+
+
+def ledger_rows(root):
+    "Every row of every table of the project's SQLite ledger."
+    import sqlite3
+    db = sqlite3.connect(f"file:{root / '.mlnb' / 'ledger.db'}?mode=ro", uri=True)
+    try:
+        names = [r[0] for r in db.execute("select name from sqlite_master where type='table' order by name")]
+        return {t: db.execute(f'select * from "{t}"').fetchall() for t in names}
+    finally: db.close()
+
+
+def a_shadow(project, failing):
+    """The project's champion in a shadow rollout of a challenger (another tag; the champion's model gives its answers, no retraining run
+    is needed), 300 shadowed rows of each logged with their ground truth, the challenger failing the last `failing` of them."""
+    from mlnb.flags import set_rollout
+    root, tag = project
+    toml = (root / 'pyproject.toml').read_text()
+    (root / 'pyproject.toml').write_text(toml.replace('guardrails = { agreement = 0.5, p99_ratio = 5.0 }',
+                                                      'guardrails = { agreement = 0.5, p99_ratio = 5.0, error_rate = 0.05 }'))
+    challenger = tag.split(':')[0] + ':shadowtwin1'
+    ro = set_rollout(root, challenger, 'shadow', 'a challenger in the shadow')
+    time.sleep(1.5)
+    write_log(root, {'champion': tag, 'challenger': challenger}, n=300, mode='shadow', seed=9, answered_by={'challenger': tag}, failing=failing)
+    return root, tag, challenger, ro
+
+
+def test_a_shadow_that_fails_rows_is_rolled_back_by_the_error_rate(project):
+    "The shadow logs the rows its challenger fails (no prediction, `failed`): more than `error_rate` of them rolls it back at once, with the numbers."
+    root, tag, challenger, ro = a_shadow(project, failing=30)
+    d = json.loads(mlnb('loop', '--json', cwd=root).stdout)
+    assert (d['action'], d['rollout'], d['stage']) == ('rollback', ro['id'], 'shadow'), d
+    assert d['reason'].startswith('rolled back at once: error_rate 0.1 breaks its guardrail (at most 0.05): '
+                                  'the challenger failed 30 of the 300 rows it shadowed'), d['reason']
+    ev = d['evidence']
+    assert (ev['test'], ev['threshold'], ev['readings']['error_rate'], ev['readings']['p99_ratio']) == ('guardrails', {'error_rate': 0.05}, 0.1, None), ev
+    assert (ev['variants']['challenger']['rows'], ev['variants']['challenger']['errors'], ev['variants']['champion']['rows']) == (270, 30, 300), ev
+    assert 'not judged in the shadow stage' in ev['guardrails']['p99_ratio'], ev['guardrails']
+    assert flags(root)['rollout']['on'] is False and champion(root) == tag
+    assert [(a['action'], a['evidence']['readings']['error_rate']) for a in alerts_sent(root)] == [('rollback', 0.1)]
+    assert [x['action'] for x in json.loads(mlnb('loop', 'status', '--json', cwd=root).stdout)['decisions']] == [] # the rollout is over
+    assert 'error_rate 0.1 breaks its guardrail' in mlnb('history', 'churn', cwd=root).stdout
+
+
+def test_a_dry_run_during_a_rollout_changes_nothing(project):
+    "`mlnb loop --dry-run` in a rollout says what the pass would decide, and leaves the ledger's rows, the flags file and the alerts as they were."
+    root, tag, challenger, ro = a_shadow(project, failing=0)
+    before, flags_before = ledger_rows(root), (root / '.mlnb' / 'flags.json').read_bytes()
+    dry = json.loads(mlnb('loop', '--dry-run', '--json', cwd=root).stdout)
+    assert dry['dry_run'] is True and dry['action'] in ('advance', 'wait') and dry['evidence']['readings']['error_rate'] == 0.0, dry
+    assert ledger_rows(root) == before and (root / '.mlnb' / 'flags.json').read_bytes() == flags_before and alerts_sent(root) == []
+    done = json.loads(mlnb('loop', '--json', cwd=root).stdout)  # the same pass, for real, changes them
+    assert done['action'] == dry['action'] and 'dry_run' not in done, (dry, done)
+    after = ledger_rows(root)
+    assert len(after['decisions']) == len(before['decisions']) + 1 and len(after['evidence']) == len(before['evidence']) + 1

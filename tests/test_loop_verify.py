@@ -3,8 +3,9 @@ answers its golden rows as the notebook did) and the safe-to-serve check (the ca
 process of their own; the candidate's p99 latency and memory are held to `guardrails.p99_ratio` and `guardrails.memory_ratio`).
 
 On the scaffolded churn project (tests/test_loop.py's fixtures): a candidate of a thousand trees is stopped before any rollout; a normal one
-passes and its rollout starts. On the ported projects (a multiclass and a regression): one pass retrains, verifies and starts a rollout."""
-import json
+passes and its rollout starts. On the ported projects (a multiclass and a regression): one pass retrains, verifies and starts a rollout in
+the shadow; the shadow's rows, logged as the service logs them with their ground truth, take it to the next stage."""
+import json, os, sys, time, uuid
 
 from conftest import mlnb
 from test_loop import alerts_sent, champion, flags, project, trained, write_log  # noqa: F401 (fixtures)
@@ -57,9 +58,41 @@ def test_a_normal_candidate_is_verified_and_its_rollout_starts(project):  # noqa
 LOOP = '''
 [tool.mlnb.loop]
 triggers = { drift = false, performance = false, max_age = "1s" }
-stages = [0.5, 1.0]
-guardrails = { p99_ratio = 10.0 }
+stages = ["shadow", 0.5, 1.0]
+min_rows = 100
+min_time = "1s"
+guardrails = { p99_ratio = 10.0, agreement = 0.5 }
 '''
+
+
+def shadow_log(root, p, tags):
+    """The rows of the ported project's extract answered by both variants (`tags`: variant -> model tag), each model loaded from its file
+    and fed by the project's feature function as the service does, logged as the service logs a shadow's rows; their ground truth beside."""
+    import joblib, pandas as pd
+    from mlnb.serving import feedback_lines, feedback_path, load_function
+    from mlnb.serving.live import stored_model
+    from mlnb.serving.predict import answers
+    df = pd.read_csv(root / p.csv)
+    rows = df.drop(columns=p.label)
+    sys.path.insert(0, str(root))
+    try:
+        prepare = load_function(f'{p.name}.features:prepare')
+        got = {}
+        for variant, tag in tags.items():
+            model = joblib.load(stored_model(tag)[0] / 'saved_model.pkl')
+            kind, classes = ('regressor', None) if p.kind == 'regression' else ('classifier', [c.item() if hasattr(c, 'item') else c for c in model.classes_])
+            got[variant] = answers(model, prepare(rows), kind, classes)[0]
+    finally: sys.path.remove(str(root))
+    ts, ids = json.dumps(pd.Timestamp.now(tz='UTC').isoformat()), [uuid.uuid4().hex for _ in range(len(df))]
+    js = rows.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
+    log = root / '.mlnb' / 'predictions' / f'{p.name}.jsonl'
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, 'a') as f:
+        for i, (rid, row) in enumerate(zip(ids, js)):
+            f.write(''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{json.dumps(tag)},"variant":"{v}","row":{row},'
+                            f'"prediction":{json.dumps(got[v][i])},"latency_ms":1.0}}\n' for v, tag in tags.items()))
+    with open(feedback_path(log), 'a') as f: f.write(feedback_lines(zip(ids, df[p.label].tolist())))
+    return len(df)
 
 
 def test_the_loop_retrains_verifies_and_starts_a_rollout_on_a_ported_project(ported, fresh_store):
@@ -72,12 +105,22 @@ def test_the_loop_retrains_verifies_and_starts_a_rollout_on_a_ported_project(por
     (champ,) = [m['tag'] for m in old if m['champion']]
     (ported / 'pyproject.toml').write_text((ported / 'pyproject.toml').read_text() + LOOP)
     d = json.loads(mlnb('loop', '--json', cwd=ported).stdout)
-    assert d['action'] == 'start' and d['stage'] == 0.5 and d['champion'] == champ, d
+    assert d['action'] == 'start' and d['stage'] == 'shadow' and d['champion'] == champ, d
     v = d['evidence']['verify']
     assert v['golden']['differences'] == [] and v['golden']['rows'] > 0 and v['safe_to_serve']['broken'] == [], v
     assert v['safe_to_serve']['candidate']['failed_rows'] == 0 and v['safe_to_serve']['champion']['failed_rows'] == 0, v
     assert v['safe_to_serve']['bounds'] == {'p99_ratio': 10.0, 'memory_ratio': 2.0} and v['safe_to_serve']['candidate']['calls'] == 300, v
     ro = json.loads((ported / '.mlnb' / 'flags.json').read_text())['rollout']
-    assert (ro['on'], ro['challenger'], ro['stage']) == (True, d['challenger'], 0.5)
+    assert (ro['on'], ro['challenger'], ro['stage']) == (True, d['challenger'], 'shadow')
     now = json.loads(mlnb('models', p.name, '--json', cwd=ported).stdout)
     assert next(m['tag'] for m in now if m['champion']) == champ
+    # the shadow's rows with their ground truth: enough labelled rows, no guardrail broken, the challenger no worse: the next stage
+    time.sleep(1.5)
+    n = shadow_log(ported, p, {'champion': champ, 'challenger': d['challenger']})
+    nxt = json.loads(mlnb('loop', '--json', cwd=ported).stdout)
+    assert (nxt['action'], nxt['stage'], nxt['rollout']) == ('advance', 'shadow', d['rollout']), (nxt['action'], nxt['reason'])
+    assert json.loads((ported / '.mlnb' / 'flags.json').read_text())['rollout']['stage'] == 0.5
+    ev = nxt['evidence']
+    assert ev['statistics']['rows'] == n >= 100 and ev['statistics']['metric'] == p.metric, ev
+    assert f'{n} rows shadowed by the challenger; at least 1000 are needed' in ev['guardrails']['error_rate'], ev['guardrails']  # 1 / error_rate
+    assert (ev['readings']['agreement'] is None) == (p.kind == 'regression'), ev['readings']  # agreement: a classifier's guardrail

@@ -181,11 +181,11 @@ class Runtime:
         return results
 
     def _lines(self, frame: 'pd.DataFrame', rows: list[tuple], ts: str) -> str:
-        "Log lines for (position in frame, request id, variant, model tag, answer's JSON from `each_json`, the model call's ms, the variant that failed the row or None) tuples."
+        "Log lines for (position in frame, request id, variant, model tag, answer's JSON from `each_json` or None (a shadow's failed row), the model call's ms, the variant that failed the row or None) tuples."
         js = frame.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
         tags = {tag: dumps(tag) for _, _, _, tag, *_ in rows}
         return ''.join(f'{{"request_id":"{rid}","ts":{ts},"model":{tags[tag]},"variant":"{variant}","row":{js[i]},'
-                       f'"prediction":{{{pred}}},"latency_ms":{ms!r}' + (f',"failed":"{bad}"}}\n' if bad else '}\n')
+                       + (f'"prediction":{{{pred}}},' if pred is not None else '') + f'"latency_ms":{ms!r}' + (f',"failed":"{bad}"}}\n' if bad else '}\n')
                        for i, rid, variant, tag, pred, ms, bad in rows)
 
     def _after(self, payloads, results):
@@ -211,11 +211,12 @@ class Runtime:
             part = pd.concat([frame.iloc[idx] for frame, idx, *_ in mine], ignore_index=True)
             rids = [rid for _, _, ids, *_ in mine for rid in ids]
             t0 = time.perf_counter()
-            got, _ = mine[0][3].predict(part)
+            got, errs = mine[0][3].predict(part)
             ms = round((time.perf_counter() - t0) * 1000, 3) # the time of this call, of several batches (the loop judges p99 in canary stages only)
             ts = dumps(_dt.datetime.now(_dt.timezone.utc).isoformat())
             done = [(j, rid, a) for j, (rid, a) in enumerate(zip(rids, got)) if a is not None]
             rows = [(j, rid, 'challenger', tag, p, ms, None) for (j, rid, _), p in zip(done, each_json([a for *_, a in done]))]
+            rows += [(j, rids[j], 'challenger', tag, None, ms, 'challenger') for j in sorted(errs)] # a row it failed: logged without an answer, for the error_rate guardrail
             if self.log is not None and rows: self.log.write(self._lines(part, rows, ts))
 
     def live(self) -> dict:
