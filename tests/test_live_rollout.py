@@ -16,10 +16,10 @@ def tags(root, env):
     return {m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def live(scaffold_template, tmp_path_factory):
     """The churn project routing live rollouts by customer_id: its champion built into a Bento; a second model trained with the
-    same code (the challenger); a third trained after the feature code changed."""
+    same code (the challenger); a third trained after the feature code changed. Shared with tests/test_bento_swap.py, which copies it."""
     root = tmp_path_factory.mktemp('live') / 'churn'
     shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
     toml = (root / 'pyproject.toml').read_text()
@@ -80,6 +80,15 @@ def wait_for(pred, what, timeout=30):
         if got: return got
         time.sleep(0.1)
     pytest.fail(f'not within {timeout} s: {what}')
+
+
+def wait_serving(url, proc, err, what):
+    "Wait until the `mlnb serve` process `proc` answers /readyz at `url`; fail with what it wrote to `err` if it exits first."
+    def ready():
+        try: return httpx.get(url + '/readyz', timeout=1).status_code == 200
+        except httpx.HTTPError: return proc.poll() is not None
+    wait_for(ready, what, timeout=180)
+    assert proc.poll() is None, err.read_text()[-3000:]
 
 
 def test_a_running_service_follows_the_rollout_state_live(live, tmp_path):
@@ -197,11 +206,7 @@ def test_a_rollout_set_on_one_machine_reaches_the_teams_server_on_another(scaffo
                                 stdout=subprocess.DEVNULL, stderr=f)
     url = f'http://127.0.0.1:{port}'
     try:
-        def ready():
-            try: return httpx.get(url + '/readyz', timeout=1).status_code == 200
-            except httpx.HTTPError: return proc.poll() is not None
-        wait_for(ready, 'mlnb serve on machine B', timeout=180)
-        assert proc.poll() is None, err.read_text()[-3000:]
+        wait_serving(url, proc, err, 'mlnb serve on machine B')
         name, version = challenger.split(':')
         assert not (home_b / 'models' / name / version).exists()  # B has the Bento's champion only
         mlnb('flag', 'rollout', 'on', '--challenger', challenger, '--stage', '1', '--reason', 'from A', cwd=root, env=a['env'])
