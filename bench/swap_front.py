@@ -65,12 +65,7 @@ def lone_p50(url, n=300):
     return statistics.median(times)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--duration', type=float, default=5)
-    ap.add_argument('--concurrency', type=int, default=16)
-    ap.add_argument('--rounds', type=int, default=3)
-    a = ap.parse_args()
+def main(a: argparse.Namespace):
     bport, fport = free_port(), free_port()
     backend = start_backend(bport)
     front = Front('127.0.0.1', fport, f'http://127.0.0.1:{bport}').start()
@@ -90,4 +85,6 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    ap = argparse.ArgumentParser(description='The cost of the front of `mlnb serve --swappable`.')
+    for name, kind, default in (('--duration', float, 5), ('--concurrency', int, 16), ('--rounds', int, 3)): ap.add_argument(name, type=kind, default=default)
+    main(ap.parse_args())
