@@ -1,14 +1,14 @@
 """A challenger trained with other exported feature code cannot be swapped in live: `mlnb loop` builds the Bento of the champion and the
 challenger and stops at "deploy this Bento" (recorded, alerted, in `mlnb loop status`), builds nothing more on later passes, and goes on
 once the service runs it; `mlnb serve --swappable` takes that Bento (`mlnb serve --swap TAG`) under continuous traffic with not one failed
-request, and answers from the new Bento after the swap. The project is a copy of test_live_rollout's `live` fixture (its `other` model)."""
+request, and answers from the new Bento after the swap. The project is a copy of the `live` fixture of conftest.py (its `other` model), which tests/test_live_rollout.py uses too."""
 import json, os, shutil, signal, subprocess, sys, time
 
 import httpx
 import pytest
 
 from conftest import MLNB, mlnb
-from test_live_rollout import Traffic, live, wait_for, wait_serving  # noqa: F401 (the session's fixture, trained once)
+from test_live_rollout import Traffic, wait_for, wait_serving
 from test_monitor import request_rows
 
 ALERTS = 'alerts.jsonl'
