@@ -191,9 +191,16 @@ def _deployment(project: Project, name: str, champ: str, tag: str, rid: str | No
     try: bento = build(project, tag=champ, challenger=tag, mode='shadow')
     except MlnbError as e:
         return {**base, 'action': 'stop', 'evidence': ev, 'reason': f"{said}, and the Bento of {champ} and {tag} could not be built: {e}"}
+    from mlnb.verify import verify
+    try: checked = verify(project, bento) # the champion answers through the challenger's feature code in it: as in its notebook?
+    except MlnbError as e:
+        return {**base, 'action': 'stop', 'evidence': {**ev, 'bento': bento, 'verify': {'ok': False, 'message': str(e)[:4000]}},
+                'reason': f"{said}, and the Bento of {champ} and {tag} ({bento}) does not answer as their notebooks did, so it is not deployed: "
+                          f"{str(e)[:1000]}. The champion answers alone"}
     cmd = deploy_command(bento, rec)
-    return {**base, 'action': 'deploy', 'evidence': {**ev, 'bento': bento, 'command': cmd},
-            'reason': f"{said}. Deploy this Bento: {bento} (champion {champ}, challenger {tag}); run `{cmd}`. The rollout goes on live once the service runs it"}
+    return {**base, 'action': 'deploy', 'evidence': {**ev, 'bento': bento, 'command': cmd, 'verify': {'ok': True, 'rows': checked['rows']}},
+            'reason': f"{said}. Deploy this Bento: {bento} (champion {champ}, challenger {tag}; its {checked['rows']} golden rows answer as in "
+                      f"the notebooks); run `{cmd}`. The rollout goes on live once the service runs it"}
 
 
 # %% ../nbs/30c_loop.ipynb #ed7218b4

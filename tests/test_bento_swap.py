@@ -45,6 +45,7 @@ def test_the_loop_stops_at_deploy_this_bento_and_serve_swaps_it_in_with_no_faile
     ev = first['evidence']
     new = ev['bento']
     assert new != old and ev['served_bento'] == old and ev['served_code'] != ev['challenger_code'], ev
+    assert ev['verify']['ok'] and ev['verify']['rows'] > 0, ev['verify']  # both models' golden rows answer as in their notebooks
     assert ev['command'] == f'mlnb serve --swappable --bento {new}'  # no `mlnb serve` runs yet
     assert f'Deploy this Bento: {new}' in first['reason'] and ev['challenger_code'][:12] in first['reason'], first['reason']
     assert builds(root)[-1] == new
