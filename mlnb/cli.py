@@ -414,6 +414,8 @@ def loop_status(as_json: bool):
         click.echo(f"Rolling out {ro['challenger']} beside the champion {s['champion']}: stage {s['stage']} since {ro['at']} (rollout {ro['id']}).")
     else: click.echo(f"No rollout going on: {s['champion'] or 'no model'} is the champion of '{s['model']}'.")
     if latest: click.echo(f"Latest decision ({_ago(latest['at'])}): {latest['action']}: {latest['reason']}")
+    dep = s.get('deploy')
+    if dep: click.echo(f"Deploy this Bento: {dep['bento']}; run `{dep['command']}`." if not dep['deployed'] else f"The service runs the Bento {dep['bento']}: the rollout goes on live.")
     if s['rows_needed']: click.echo(f"Rows still needed: {s['rows_needed']} labelled rows.")
     if s['lease']: click.echo(f"A pass is going on: {lease_message(s['lease']).split(': this pass')[0]}.")
 
@@ -459,10 +461,17 @@ def build(tag: str | None, challenger, mode, share, key):
 @click.option('--port', default=3000, show_default=True, type=click.IntRange(1, 65535), help='Port to listen on.')
 @click.option('--bento', help='Bento tag (default: the latest `mlnb build`).')
 @click.option('--insecure', is_flag=True, help='Beyond loopback, serve without the bearer token that POST /feedback needs ([tool.mlnb.serve] token_env).')
-def serve(host: str, port: int, bento: str | None, insecure: bool):
-    "Serve the latest build with `bentoml serve`, until interrupted."
+@click.option('--swappable', is_flag=True, help='Listen with a front of its own, so that `mlnb serve --swap TAG` can give it another Bento with no dropped request.')
+@click.option('--swap', 'swap_to', metavar='TAG', help='Do not serve: have the `mlnb serve --swappable` running on --port take Bento TAG with no dropped request.')
+def serve(host: str, port: int, bento: str | None, insecure: bool, swappable: bool, swap_to: str | None):
+    "Serve the latest build with `bentoml serve`, until interrupted; or (--swap TAG) give a running `mlnb serve --swappable` another Bento."
+    if swap_to:
+        from mlnb.server import swap
+        if bento or swappable: raise click.UsageError('--swap TAG gives a running server another Bento: it goes without --bento and --swappable.')
+        rec = swap(port=port, bento=swap_to)
+        return click.echo(f"The `mlnb serve` on port {port} (process {rec['pid']}) serves {rec['bento']}: {rec['message']}.")
     from mlnb.server import serve as do_serve
-    sys.exit(do_serve(host=host, port=port, bento=bento, insecure=insecure))
+    sys.exit(do_serve(host=host, port=port, bento=bento, insecure=insecure, swappable=swappable))
 
 @main.command()
 @click.argument('bento', required=False)

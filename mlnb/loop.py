@@ -22,7 +22,7 @@ from .safe import verify_candidate
 
 # %% auto #0
 __all__ = ['LEASE', 'QUIET', 'take_lease', 'release_lease', 'lease_message', 'record_decision', 'decisions', 'cooldown_left',
-           'loop_pass', 'loop_status']
+           'served_bento', 'bento_code', 'deploy_command', 'loop_pass', 'loop_status']
 
 # %% ../nbs/30c_loop.ipynb #46001c53
 LEASE = 'loop'
@@ -139,6 +139,70 @@ def cooldown_left(root: str | Path, # the project root
                     f"{left / 60:.0f} more minutes (retrain.cooldown = {cfg.retrain['cooldown']})")
     return None
 
+# %% ../nbs/30c_loop.ipynb #9ff850ec
+def served_bento(project: Project, # the project
+                ) -> tuple[str | None, dict | None]:
+    "(the Bento the service runs, the record of the `mlnb serve` running it): the latest record of a running `mlnb serve` of the project on this machine; else the latest build, with no record."
+    from mlnb.bento import latest_build
+    from mlnb.swap import serving_records
+    recs = sorted(serving_records(project.root), key=lambda r: r.get('updated') or 0)
+    if recs: return recs[-1].get('bento'), recs[-1]
+    try: return latest_build(project)['bento'], None
+    except UsageError: return None, None
+
+def bento_code(bento: str) -> str | None:
+    "The fingerprint of the exported code Bento `bento` holds (None when unknown)."
+    import bentoml
+    from mlnb.bento import bento_config
+    try: return (bento_config(bentoml.bentos.get(bento)).get('code') or {}).get('package')
+    except Exception: return None
+
+def deploy_command(bento: str, record: Mapping | None) -> str:
+    "The command that serves `bento`: a swap when a `mlnb serve --swappable` runs, else a (re)start of `mlnb serve`."
+    if record and record.get('swappable'): return f"mlnb serve --swap {bento} --port {record['port']}"
+    return f"mlnb serve --swappable --bento {bento}" + (f" --port {record['port']}" if record else '')
+
+def _deployment(project: Project, name: str, champ: str, tag: str, rid: str | None, dry_run: bool) -> dict | None:
+    "None when the service can follow the rollout of `tag` live; else the pass's decision: build the Bento of the champion and `tag` and stop at 'deploy', or wait for it."
+    base = {'model': name, 'champion': champ, 'challenger': tag, 'rollout': rid}
+    served, rec = served_bento(project)
+    pending = next((d for d in reversed(decisions(project.root, name, rollout=rid, limit=50)) if d['action'] == 'deploy'), None) if rid else None
+    if pending is not None:
+        ev = pending['evidence'] or {}
+        if rec is not None and served == ev.get('bento'): return None # deployed: the rollout goes on live
+        cmd = deploy_command(ev['bento'], rec)
+        return {**base, 'action': 'wait', 'evidence': {'deploy': ev, 'served_bento': served if rec else None},
+                'reason': f"waiting for Bento {ev['bento']} to be deployed (the challenger's feature code differs from the running service's): "
+                          f"run `{cmd}`" + (f"; the service runs {served}" if rec else '; no `mlnb serve` of this project runs on this machine')}
+    if served is None: return None # nothing built: nothing to compare with
+    from mlnb.export import package_hash
+    from mlnb.registry import model_info
+    running, trained = bento_code(served), model_info(tag)['lineage'].get('package')
+    if running is None or trained is None or running == trained: return None
+    ev = {'served_bento': served, 'served_by': 'a running `mlnb serve`' if rec else 'the latest `mlnb build` (no `mlnb serve` runs on this machine)',
+          'served_code': running, 'challenger_code': trained, 'project_code': package_hash(project)}
+    said = (f"{tag} was trained with other exported feature code (package fingerprint {trained[:12]}) than the running service's "
+            f"Bento {served} holds ({running[:12]}): it cannot be swapped in live")
+    if ev['project_code'] != trained:
+        return {**base, 'action': 'stop', 'evidence': ev, 'reason': f"{said}, and the project's exported code ({ev['project_code'][:12]}) is neither: "
+                "no Bento can hold it. Export the code it was trained with, or retrain it with the project's code; the champion answers alone"}
+    if dry_run: return {**base, 'action': 'deploy', 'evidence': ev, 'reason': f"{said}; would build the Bento of {champ} and {tag} and stop until it is deployed"}
+    from mlnb.bento import build
+    try: bento = build(project, tag=champ, challenger=tag, mode='shadow')
+    except MlnbError as e:
+        return {**base, 'action': 'stop', 'evidence': ev, 'reason': f"{said}, and the Bento of {champ} and {tag} could not be built: {e}"}
+    from mlnb.verify import verify
+    try: checked = verify(project, bento) # the champion answers through the challenger's feature code in it: as in its notebook?
+    except MlnbError as e:
+        return {**base, 'action': 'stop', 'evidence': {**ev, 'bento': bento, 'verify': {'ok': False, 'message': str(e)[:4000]}},
+                'reason': f"{said}, and the Bento of {champ} and {tag} ({bento}) does not answer as their notebooks did, so it is not deployed: "
+                          f"{str(e)[:1000]}. The champion answers alone"}
+    cmd = deploy_command(bento, rec)
+    return {**base, 'action': 'deploy', 'evidence': {**ev, 'bento': bento, 'command': cmd, 'verify': {'ok': True, 'rows': checked['rows']}},
+            'reason': f"{said}. Deploy this Bento: {bento} (champion {champ}, challenger {tag}; its {checked['rows']} golden rows answer as in "
+                      f"the notebooks); run `{cmd}`. The rollout goes on live once the service runs it"}
+
+
 # %% ../nbs/30c_loop.ipynb #ed7218b4
 def _retrain(project: Project, cfg: LoopConfig, name: str, champ: str, age: float, dry_run: bool) -> dict:
     "The pass with no rollout going on: triggers, the label guard, the retraining run, the gate, and the rollout's start."
@@ -189,6 +253,10 @@ def _retrain(project: Project, cfg: LoopConfig, name: str, champ: str, age: floa
                 'reason': f"{tag} passed the gate ({held[0]['reason']}) but failed its verification before the rollout: {checked['reason']}; "
                           "its gate decision is declined, the champion and the rollout are unchanged"}
     rid = set_rollout(project, tag, first, f'mlnb loop: {tag} passed the gate ({held[0]["reason"]})'[:1000])['id']
+    dep = _deployment(project, name, champ, tag, rid, dry_run)
+    if dep is not None:
+        return {**dep, 'stage': first, 'run_id': res.run_id, 'evidence': {**ev, **dep['evidence']},
+                'reason': f"{tag} passed the gate ({held[0]['reason']}) and its verification; its rollout is set in stage {stage_name(first)}, but {dep['reason']}"}
     return {**base, 'action': 'start', 'rollout': rid, 'challenger': tag, 'stage': first, 'run_id': res.run_id, 'evidence': ev,
             'reason': f"{tag} passed the gate ({held[0]['reason']}) and its verification ({checked['reason']}); its rollout starts in stage {stage_name(first)}"}
 
@@ -225,6 +293,8 @@ def _stage(project: Project, cfg: LoopConfig, name: str, champ: str, ro: dict, d
     "The pass during a rollout: the stage's evidence, and its decision carried out."
     tag, stage, rid = ro['challenger'], ro['stage'], ro.get('id')
     base = {'model': name, 'champion': champ, 'challenger': tag, 'stage': stage, 'rollout': rid}
+    dep = _deployment(project, name, champ, tag, rid, dry_run)
+    if dep is not None: return {**dep, 'stage': stage}
     elapsed = _since(ro['at'])
     mon, why = _monitored(project, cfg, champ, f'{elapsed + 1:.3f}s', record=not dry_run) # the stage's own rows (its start is kept to the second); a dry run keeps nothing
     v = (mon or {}).get('variants')
@@ -279,7 +349,7 @@ def loop_pass(project: Project | None = None, # the project (default: the curren
 
 # %% ../nbs/30c_loop.ipynb #f28b3f87
 def loop_status(project: Project | None = None) -> dict:
-    "What the loop is doing: the rollout state, its stage, its latest decision with the evidence and the rows still needed, the lease."
+    "What the loop is doing: the rollout state, its stage, its latest decision with the evidence and the rows still needed, a Bento to deploy, the lease."
     project = project or load_project()
     serve = ServeConfig.from_project(project)
     ro = read_rollout(project)
@@ -289,7 +359,15 @@ def loop_status(project: Project | None = None) -> dict:
     try: lease = led.db.one('select * from leases where name=:name and expires > :now', name=LEASE, now=time.time())
     finally: led.close()
     latest = mine[-1] if mine else None
+    deploy = next((d for d in reversed(mine) if d['action'] == 'deploy'), None) if rid else None
+    if deploy is not None:
+        served, rec = served_bento(project)
+        b = (deploy['evidence'] or {}).get('bento')
+        done = rec is not None and served == b
+        deploy = {'bento': b, 'deployed': done, 'command': None if done else deploy_command(b, rec), 'served_bento': served if rec else None,
+                  'since': deploy['at'], 'message': f'the service runs {b}: the rollout goes on live' if done else
+                  f"deploy this Bento: {b}; run `{deploy_command(b, rec)}` (the challenger's feature code differs from the running service's)"}
     return {'model': serve.model, 'champion': _champion(project, serve.model)[0], 'rollout': ro, 'rolling_out': bool(rid),
             'stage': stage_name(ro['stage']) if rid else None, 'latest': latest,
             'rows_needed': ((latest or {}).get('evidence') or {}).get('rows_needed') if rid else None,
-            'decisions': mine if rid else [], 'lease': lease}
+            'decisions': mine if rid else [], 'lease': lease, 'deploy': deploy}

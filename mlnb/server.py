@@ -15,9 +15,10 @@ from .config import ServeConfig
 from .errors import MlnbError
 from .flags import follow_flags
 from .project import Project, load_project
+from .swap import Front, serving_dir, take_swap, write_record
 
 # %% auto #0
-__all__ = ['free_port', 'launch', 'stop_group', 'Server', 'fetch_challenger', 'serve', 'exposure']
+__all__ = ['free_port', 'launch', 'stop_group', 'Server', 'fetch_challenger', 'serve', 'swap', 'exposure']
 
 # %% ../nbs/28_server.ipynb #60b14cbd
 def free_port(host: str = '127.0.0.1') -> int:
@@ -187,8 +188,27 @@ def fetch_challenger(root: str | Path, # the project
         if not found: print(f"mlnb serve: the rollout's challenger {ro['challenger']} cannot be fetched {why}; the service answers with its champion alone", file=sys.stderr)
     return prepare
 
+def _backend(bento: str, env: dict, asked: list, timeout: float = 600) -> tuple[subprocess.Popen, str, str]:
+    "Start `bentoml serve BENTO` behind the front: on a free loopback port, with a BentoML home of its own (its /metrics apart); (process, URL, home) once it answers /readyz."
+    import httpx
+    port, home = free_port(), _own_home(env.get('BENTOML_HOME'))
+    proc, url = launch(bento, '127.0.0.1', port, {**env, 'BENTOML_HOME': home}), f'http://127.0.0.1:{port}'
+    deadline = time.monotonic() + timeout
+    while True:
+        why = (f'`bentoml serve {bento}` exited with code {proc.returncode} before it was ready (its output is above)' if proc.poll() is not None else
+               'mlnb serve was asked to stop' if asked else f'`bentoml serve {bento}` was not ready after {timeout:g} s' if time.monotonic() > deadline else None)
+        if why:
+            stop_group(proc); shutil.rmtree(home, ignore_errors=True)
+            raise MlnbError(why)
+        try:
+            if httpx.get(url + '/readyz', timeout=2).status_code == 200: return proc, url, home
+        except httpx.HTTPError: pass
+        _reap(keep=proc.pid)
+        time.sleep(0.2)
+
 def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3000, bento: str | None = None,
           insecure: bool = False, # beyond loopback, serve without the bearer token (see `exposure`)
+          swappable: bool = False, # listen with a front that takes another Bento with no dropped request (`mlnb serve --swap`)
          ) -> int:
     "Serve the latest build (or `bento`) in the foreground until SIGINT, SIGTERM or SIGHUP, then stop gracefully; returns the server's exit code."
     project = project or load_project()
@@ -205,27 +225,91 @@ def serve(project: Project | None = None, host: str = '127.0.0.1', port: int = 3
            'MLNB_SHUTDOWN_GRACE_S': str(cfg.shutdown_grace_s), **exposure(cfg, host, insecure)}
     follow = follow_flags(project.root, env['MLNB_FLAGS'], prepare=fetch_challenger(project.root)) # with a team's store, the flags file follows the store's flags
     _adopt_orphans() # a worker left by a killed `bentoml serve` becomes this process's child: it is waited for, or stopped
-    proc = launch(bento, host, port, env)
-    asked = []
+    asked, front, home = [], None, None
     def forward(signum, frame):
         asked.append(time.monotonic())
+        if front is not None or proc is None: return # the main loop stops the front first, then the Bento behind it
         try: os.killpg(proc.pid, signal.SIGTERM) # the arbiter stops its workers: each answers what is in flight, then ends
         except ProcessLookupError: pass
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    record = lambda **kw: write_record(project.root, port, listen=host, swappable=swappable, **kw)
+    proc = None
     try:
+        if swappable:
+            take_swap(project.root, port) # a request left for an earlier server on this port is not this one's
+            proc, url, home = _backend(bento, env, asked)
+            front = Front(host, port, url).start()
+        else: proc = launch(bento, host, port, env)
+        record(bento=bento, status='serving', message=f'serving {bento}')
         while True:
             try: return proc.wait(0.5)
             except subprocess.TimeoutExpired: _reap(keep=proc.pid)
             if follow is not None: follow()
+            if front is not None and asked and front._server is not None and not front._server.should_exit:
+                front.stop(cfg.shutdown_grace_s + 5) # the requests in flight are answered; then the Bento behind it stops
+                stop_group(proc, grace=cfg.shutdown_grace_s + 5)
+                continue
+            wanted = take_swap(project.root, port) if front is not None and not asked else None
+            if wanted:
+                proc, home = _swap(project.root, front, proc, home, bento, wanted, env, asked, record, cfg.shutdown_grace_s)
+                if proc.mlnb_bento == wanted: bento = wanted
             if len(asked) > 1 or (asked and time.monotonic() - asked[0] > cfg.shutdown_grace_s + 10):
                 print('mlnb serve: stopping the server now' + (' (asked twice)' if len(asked) > 1 else
                       f' (it did not stop within shutdown_grace_s = {cfg.shutdown_grace_s:g} s)'), file=sys.stderr)
                 stop_group(proc, grace=0)
     finally:
-        stop_group(proc)
+        (serving_dir(project.root) / f'{port}.json').unlink(missing_ok=True)
+        if front is not None: front.stop(5)
+        if proc is not None: stop_group(proc)
+        if home: shutil.rmtree(home, ignore_errors=True)
         _stop_adopted(cfg.shutdown_grace_s + 5)
         _adopt_orphans(False)
         for s, h in old.items(): signal.signal(s, h)
+
+def _swap(root, front: Front, proc, home, bento: str, wanted: str, env: dict, asked: list, record, grace: float):
+    "Start `wanted` beside the Bento serving now, send new requests to it once it is ready, stop the old one once it answered its own; (process, home) serving now."
+    from mlnb.objects import ensure
+    proc.mlnb_bento = bento
+    if wanted == bento:
+        record(bento=bento, status='serving', wanted=None, message=f'asked to swap in {wanted}, which it serves already')
+        return proc, home
+    print(f'mlnb serve: starting {wanted} beside {bento}', file=sys.stderr)
+    record(status='swapping', wanted=wanted, message=f'starting {wanted} beside {bento}; {bento} answers meanwhile')
+    try:
+        ensure(wanted, 'bento', root)
+        check_served(wanted)
+        new, url, new_home = _backend(wanted, env, asked)
+    except MlnbError as e:
+        print(f'mlnb serve: {wanted} cannot be swapped in: {e}; {bento} still answers', file=sys.stderr)
+        record(status='swap failed', wanted=wanted, message=str(e))
+        return proc, home
+    was = front.switch(url)
+    drained = front.drain(was, grace + 10)
+    stop_group(proc, grace=grace + 5) # it has answered every request the front gave it: it stops gracefully
+    if home: shutil.rmtree(home, ignore_errors=True)
+    new.mlnb_bento = wanted
+    said = f'serving {wanted} (swapped in for {bento}' + ('' if drained else f'; requests still in flight after {grace + 10:g} s were cut') + ')'
+    print(f'mlnb serve: {said}', file=sys.stderr)
+    record(bento=wanted, status='serving', wanted=None, message=said, swapped_at=time.time(), previous=bento)
+    return new, new_home
+
+
+# %% ../nbs/28_server.ipynb #0b0bc4fa
+def swap(project: Project | None = None, # the project (default: the current one)
+         port: int = 3000, # the port of the running `mlnb serve --swappable`
+         bento: str | None = None, # the Bento to serve (default: the latest `mlnb build`)
+         timeout: float = 600, # seconds to wait for the swap
+        ) -> dict:
+    "Have the `mlnb serve --swappable` running on `port` take `bento` with no dropped request; its record once it serves it (a `UsageError` saying why when it cannot)."
+    from mlnb.objects import ensure
+    from mlnb.swap import ask_swap, wait_swapped
+    project = project or load_project()
+    bento = bento or latest_build(project)['bento']
+    ensure(bento, 'bento', project.root)
+    check_served(bento) # refused here rather than by the server
+    since = time.time()
+    ask_swap(project.root, port, bento)
+    return wait_swapped(project.root, port, bento, timeout, since=since)
 
 # %% ../nbs/28_server.ipynb #f0b985f6
 def exposure(cfg: ServeConfig, # the project's [tool.mlnb.serve]

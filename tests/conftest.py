@@ -198,3 +198,33 @@ def postgres():
     yield cluster
     try: cluster.stop()
     finally: shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+def tags(root, env):
+    return {m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)}
+
+
+@pytest.fixture(scope='session')
+def live(scaffold_template, tmp_path_factory):
+    """The churn project routing live rollouts by customer_id: its champion built into a Bento; a second model trained with the
+    same code (the challenger); a third trained after the feature code changed. Shared by tests/test_live_rollout.py and tests/test_bento_swap.py (which copies it)."""
+    root = tmp_path_factory.mktemp('live') / 'churn'
+    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
+    toml = (root / 'pyproject.toml').read_text()
+    assert '[tool.mlnb.serve]\n' in toml
+    (root / 'pyproject.toml').write_text(toml.replace('[tool.mlnb.serve]\n', '[tool.mlnb.serve]\nrollout_key = "customer_id"\n', 1))
+    env = {'BENTOML_HOME': str(tmp_path_factory.mktemp('live_home'))}
+    mlnb('run', '--engine', 'fast', cwd=root, env=env)
+    bento = mlnb('build', cwd=root, env=env).stdout.split()[1].rstrip('.')
+    champion = tags(root, env).pop()
+    mlnb('run', '--engine', 'fast', '--force', '-p', 'n_estimators=20', '-p', 'max_depth=3', cwd=root, env=env)
+    challenger = (tags(root, env) - {champion}).pop()
+    import nbformat
+    nb_path = root / 'nbs' / '02_features.ipynb'
+    nb = nbformat.read(nb_path, 4)
+    cell = next(c for c in nb.cells if c.cell_type == 'code' and 'def prepare(' in c.source)
+    cell.source += '\n# the feature code, second version'
+    nbformat.write(nb, nb_path)
+    mlnb('run', '--engine', 'fast', '--force', cwd=root, env=env)
+    other = (tags(root, env) - {champion, challenger}).pop()
+    return root, env, bento, champion, challenger, other

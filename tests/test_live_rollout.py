@@ -5,40 +5,10 @@ import itertools, json, math, shutil, threading, time
 from pathlib import Path
 
 import httpx
-import nbformat
 import pytest
 
-from conftest import mlnb
+from conftest import mlnb, tags  # noqa: F401 (tags: for the tests that import it from here; the `live` fixture is in conftest)
 from test_monitor import request_rows
-
-
-def tags(root, env):
-    return {m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout)}
-
-
-@pytest.fixture(scope='module')
-def live(scaffold_template, tmp_path_factory):
-    """The churn project routing live rollouts by customer_id: its champion built into a Bento; a second model trained with the
-    same code (the challenger); a third trained after the feature code changed."""
-    root = tmp_path_factory.mktemp('live') / 'churn'
-    shutil.copytree(scaffold_template, root, ignore=shutil.ignore_patterns('.mlnb', '__pycache__'))
-    toml = (root / 'pyproject.toml').read_text()
-    assert '[tool.mlnb.serve]\n' in toml
-    (root / 'pyproject.toml').write_text(toml.replace('[tool.mlnb.serve]\n', '[tool.mlnb.serve]\nrollout_key = "customer_id"\n', 1))
-    env = {'BENTOML_HOME': str(tmp_path_factory.mktemp('live_home'))}
-    mlnb('run', '--engine', 'fast', cwd=root, env=env)
-    bento = mlnb('build', cwd=root, env=env).stdout.split()[1].rstrip('.')
-    champion = tags(root, env).pop()
-    mlnb('run', '--engine', 'fast', '--force', '-p', 'n_estimators=20', '-p', 'max_depth=3', cwd=root, env=env)
-    challenger = (tags(root, env) - {champion}).pop()
-    nb_path = root / 'nbs' / '02_features.ipynb'
-    nb = nbformat.read(nb_path, 4)
-    cell = next(c for c in nb.cells if c.cell_type == 'code' and 'def prepare(' in c.source)
-    cell.source += '\n# the feature code, second version'
-    nbformat.write(nb, nb_path)
-    mlnb('run', '--engine', 'fast', '--force', cwd=root, env=env)
-    other = (tags(root, env) - {champion, challenger}).pop()
-    return root, env, bento, champion, challenger, other
 
 
 class Traffic:
@@ -80,6 +50,15 @@ def wait_for(pred, what, timeout=30):
         if got: return got
         time.sleep(0.1)
     pytest.fail(f'not within {timeout} s: {what}')
+
+
+def wait_serving(url, proc, err, what):
+    "Wait until the `mlnb serve` process `proc` answers /readyz at `url`; fail with what it wrote to `err` if it exits first."
+    def ready():
+        try: return httpx.get(url + '/readyz', timeout=1).status_code == 200
+        except httpx.HTTPError: return proc.poll() is not None
+    wait_for(ready, what, timeout=180)
+    assert proc.poll() is None, err.read_text()[-3000:]
 
 
 def test_a_running_service_follows_the_rollout_state_live(live, tmp_path):
@@ -197,11 +176,7 @@ def test_a_rollout_set_on_one_machine_reaches_the_teams_server_on_another(scaffo
                                 stdout=subprocess.DEVNULL, stderr=f)
     url = f'http://127.0.0.1:{port}'
     try:
-        def ready():
-            try: return httpx.get(url + '/readyz', timeout=1).status_code == 200
-            except httpx.HTTPError: return proc.poll() is not None
-        wait_for(ready, 'mlnb serve on machine B', timeout=180)
-        assert proc.poll() is None, err.read_text()[-3000:]
+        wait_serving(url, proc, err, 'mlnb serve on machine B')
         name, version = challenger.split(':')
         assert not (home_b / 'models' / name / version).exists()  # B has the Bento's champion only
         mlnb('flag', 'rollout', 'on', '--challenger', challenger, '--stage', '1', '--reason', 'from A', cwd=root, env=a['env'])
