@@ -136,7 +136,7 @@ def test_a_running_service_follows_the_rollout_state_live(live, tmp_path):
             wait_for(lambda: len(traffic.since(refused)) >= 200, '200 rows after the refusal')
             assert {mdl for _, mdl in traffic.since(refused)} == {champion}
         assert traffic.failed == [], traffic.failed[:5]  # not one request failed through five state changes
-        assert len(traffic.seen) > 3000
+        assert len(traffic.seen) >= 2400  # at least the rows waited for above (2000 at stage 0.25, 200 after the rollback, 200 after the refusal), all answered
         out = srv.output()
     assert f'challenger {other} cannot be swapped in live' in out and 'Deploy a new Bento' in out, out[-3000:]
     assert 'churn:nosuchversion1 is not in the model store' in out, out[-3000:]
