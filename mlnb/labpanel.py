@@ -22,11 +22,12 @@ from .ledger import Ledger
 from .loop import decisions
 from .monitor import latest_verdict
 from .outputs import read
+from .plots import Svg, dag
 from .project import Project, load_project
 
 # %% auto #0
-__all__ = ['last_executions', 'step_state', 'panel_state', 'Launcher', 'step_outputs', 'preview', 'StateHandler', 'RunHandler',
-           'OutputsHandler']
+__all__ = ['STATE_COLORS', 'last_executions', 'step_state', 'panel_dag', 'panel_state', 'Launcher', 'step_outputs', 'preview',
+           'StateHandler', 'RunHandler', 'OutputsHandler']
 
 # %% ../nbs/34a_labpanel.ipynb #86144adf
 def _relative(project: Project, path: str | None) -> str | None:
@@ -73,6 +74,21 @@ def step_state(planned: Mapping, # what `dry_run` says of the step (or item)
             else f"ran by hand in run {last['run_id']}"
     return planned['status'], planned['why']
 
+# %% ../nbs/34a_labpanel.ipynb #2bdb9373
+STATE_COLORS = {'cached': '#388e3c', 'stale': '#f57c00', 'running': '#1976d2', 'failed': '#d32f2f', 'hand': '#0097a7'} # JupyterLab's light theme: success, warn, brand, error, info
+
+def panel_dag(steps: list[Mapping], # the steps of `panel_state`
+             ) -> Svg:
+    "The DAG the panel draws: one box per step stroked in its state's colour, with its state and its number of fan-out items (an item has no box), why as a tooltip; top to bottom, to fit the sidebar."
+    nodes = []
+    for s in steps:
+        if s['parent']: continue
+        n = sum(i['parent'] == s['name'] for i in steps)
+        state = 'ran by hand' if s['state'] == 'hand' else s['state']
+        nodes.append({'name': s['name'], 'needs': s['needs'], 'color': STATE_COLORS.get(s['state'], '#9e9e9e'), 'title': s['why'],
+                      'lines': [state + (f" · {n} item{'s' if n != 1 else ''}" if n else '')]})
+    return dag(nodes, vertical=True, box=(124, 40), gap=(22, 10), font=12, cls='mlnb-dag-svg')
+
 # %% ../nbs/34a_labpanel.ipynb #39768902
 def _champions(project: Project, limit: int = 50) -> list[dict]:
     "The champion of every model the recent runs' gates judged, with the verdict of its latest `mlnb monitor`, the latest live comparison with a challenger and the latest loop decision."
@@ -92,17 +108,17 @@ def _champions(project: Project, limit: int = 50) -> list[dict]:
 def panel_state(project: Project, # the project
                 launched: list[dict] = (), # the runs the panel started (`Launcher.state`)
                ) -> dict:
-    "What the mlnb panel shows: every step and fan-out item with its needs, state and why, newest execution and notebooks; the champions; the runs the panel started."
+    "What the mlnb panel shows: every step and fan-out item with its needs, state and why, newest execution and notebooks; the DAG drawn (`panel_dag`); the champions; the runs the panel started."
     last = last_executions(project)
     try: planned = dry_run(project, list(project.steps))
-    except MlnbError as e: return {'root': str(project.root), 'error': str(e), 'steps': [], 'champions': _champions(project), 'launched': list(launched)}
+    except MlnbError as e: return {'root': str(project.root), 'error': str(e), 'steps': [], 'dag': '', 'champions': _champions(project), 'launched': list(launched)}
     steps = []
     for p in planned['steps']:
         spec = project.steps[p['parent'] or p['step']]
         state, why = step_state(p, last.get(p['step']))
         steps.append({'name': p['step'], 'parent': p['parent'], 'needs': [] if p['parent'] else list(spec.needs), 'optional': spec.optional,
                       'notebook': spec.notebook.as_posix(), 'state': state, 'why': why, 'last': last.get(p['step'])})
-    return {'root': str(project.root), 'error': None, 'steps': steps, 'champions': _champions(project), 'launched': list(launched),
+    return {'root': str(project.root), 'error': None, 'steps': steps, 'dag': panel_dag(steps), 'champions': _champions(project), 'launched': list(launched),
             'running': any(s['state'] == 'running' for s in steps) or any(r['running'] for r in launched)}
 
 # %% ../nbs/34a_labpanel.ipynb #2f7b41c3

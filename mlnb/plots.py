@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 # %% auto #0
 __all__ = ['REFERENCE', 'CURRENT', 'ALERT', 'BAND', 'PALETTE', 'Svg', 'legend_lines', 'bars', 'histogram', 'lines', 'heatmap',
-           'xy', 'hbars', 'matrix']
+           'xy', 'hbars', 'matrix', 'dag']
 
 # %% ../nbs/02_plots.ipynb #b929d207
 REFERENCE, CURRENT, ALERT, BAND = '#9aa5b1', '#2b6cb0', '#c53030', '#c6f6d5'
@@ -268,3 +268,55 @@ def matrix(rows: Sequence[str], # the row labels (e.g. the true classes)
                    f'<text class="ylabel" x="10" y="{24 + cell * len(rows) / 2:.1f}" text-anchor="middle" font-size="10" fill="#4a5568" '
                    f'transform="rotate(-90 10 {24 + cell * len(rows) / 2:.1f})">{html.escape(ylabel)}</text>')
     return c.svg()
+
+# %% ../nbs/02_plots.ipynb #b397e315
+def _layers(nodes: Sequence[Mapping]) -> dict[str, int]:
+    "Each node's layer: one after the deepest node it needs (0 for a node that needs none in `nodes`)."
+    need = {n['name']: [u for u in n.get('needs') or () if u != n['name']] for n in nodes}
+    depth: dict[str, int] = {}
+    def d(n, seen=()):
+        if n not in depth:
+            ups = [u for u in need[n] if u in need and u not in seen]
+            depth[n] = 1 + max((d(u, (*seen, n)) for u in ups), default=-1)
+        return depth[n]
+    for n in need: d(n)
+    return depth
+
+def dag(nodes: Sequence[Mapping], # each {'name', 'needs': [names], 'color', 'lines': [text under the name], 'href': optional link, 'title': optional tooltip}
+        vertical: bool = False, # layers top to bottom (a narrow sidebar) instead of left to right
+        box: tuple[int, int] = (170, 62), # a box's width and height in pixels
+        gap: tuple[int, int] = (60, 18), # pixels between layers, and between the boxes of one layer
+        font: int = 14, # the names' font size in pixels (the lines below: 2 and 4 smaller)
+        cls: str = 'dag', # the `class` of the `<svg>`
+       ) -> Svg:
+    "A DAG as SVG: one box per node (its name, then its `lines`, the first in its `color`), in layers by depth, an arrow from each node to each node that needs it."
+    depth = _layers(nodes)
+    layers: dict[int, list[str]] = {}
+    for n in nodes: layers.setdefault(depth[n['name']], []).append(n['name'])
+    (bw, bh), (ga, gb) = box, gap
+    def at(layer: int, i: int) -> tuple[float, float]:
+        a, b = 16 + layer * ((bh if vertical else bw) + ga), 16 + i * ((bw if vertical else bh) + gb)
+        return (b, a) if vertical else (a, b)
+    pos = {n: at(l, i) for l, ns in layers.items() for i, n in enumerate(ns)}
+    across = 32 + len(layers) * ((bh if vertical else bw) + ga) - ga if layers else 40
+    along = 32 + max(len(ns) for ns in layers.values()) * ((bw if vertical else bh) + gb) - gb if layers else 40
+    width, height = (along, across) if vertical else (across, along)
+    items = ['<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto">'
+             '<path d="M0,0 L10,5 L0,10 z" fill="#718096"/></marker></defs>']
+    for n in nodes:
+        for u in n.get('needs') or ():
+            if u not in pos or u == n['name']: continue
+            (x1, y1), (x2, y2) = pos[u], pos[n['name']]
+            (x1, y1, x2, y2) = (x1 + bw / 2, y1 + bh, x2 + bw / 2, y2 - 2) if vertical else (x1 + bw, y1 + bh / 2, x2 - 2, y2 + bh / 2)
+            items.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#718096" marker-end="url(#arrow)"/>')
+    for n in nodes:
+        (x, y), color, lines = pos[n['name']], n.get('color') or REFERENCE, list(n.get('lines') or ())
+        text = ''.join(f'<text x="{x + 10}" y="{y + font + 6 + (font + 4) * min(i, 1) + (font + 2) * max(i - 1, 0)}" font-size="{font - (4 if i > 1 else 2)}" '
+                       f'fill="{color if i == 1 else "#4a5568"}">{html.escape(str(t))}</text>' for i, t in enumerate(lines, 1))
+        tip = f'<title>{html.escape(n["title"])}</title>' if n.get('title') else ''
+        body = (f'<g class="node" data-node="{html.escape(n["name"])}">{tip}'
+                f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="white" stroke="{color}" stroke-width="2.5"/>'
+                f'<text x="{x + 10}" y="{y + font + 6}" font-size="{font}" font-weight="600">{html.escape(n["name"])}</text>{text}</g>')
+        items.append(f'<a href="{html.escape(n["href"])}">{body}</a>' if n.get('href') else body)
+    return Svg(f'<svg xmlns="http://www.w3.org/2000/svg" class="{html.escape(cls)}" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+               f'font-family="sans-serif">{"".join(items)}</svg>')

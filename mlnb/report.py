@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from .errors import MlnbError, UsageError
 from .ledger import Ledger
 from .modelplots import model_plots
-from .plots import CURRENT, REFERENCE, ALERT, Svg, bars, histogram
+from .plots import CURRENT, REFERENCE, ALERT, Svg, bars, dag, histogram
 from .render import page, render_notebook
 
 # %% auto #0
@@ -31,40 +31,12 @@ def dag_svg(steps: list[Mapping], # the run's steps, as the ledger gives them
             links: Mapping[str, str] | None = None, # step -> URL of its rendered notebook
            ) -> Svg:
     "The run's DAG as SVG: one box per step (status, duration, origin), arrows from each step to those that need it."
-    names = [s['step'] for s in steps]
-    depth: dict[str, int] = {}
-    def d(n, seen=()):
-        if n not in depth:
-            ups = [u for u in _needs(next(s for s in steps if s['step'] == n)) if u in names and u not in seen]
-            depth[n] = 1 + max((d(u, (*seen, n)) for u in ups), default=-1)
-        return depth[n]
-    for n in names: d(n)
-    cols: dict[int, list[str]] = {}
-    for n in names: cols.setdefault(depth[n], []).append(n)
-    bw, bh, gx, gy = 170, 62, 60, 18
-    pos = {n: (16 + c * (bw + gx), 16 + i * (bh + gy)) for c, ns in cols.items() for i, n in enumerate(ns)}
-    width = 32 + len(cols) * (bw + gx) - gx
-    height = 32 + max(len(ns) for ns in cols.values()) * (bh + gy) - gy if cols else 40
-    items = ['<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto">'
-             '<path d="M0,0 L10,5 L0,10 z" fill="#718096"/></marker></defs>']
-    for s in steps:
-        for u in _needs(s):
-            if u not in pos: continue
-            (x1, y1), (x2, y2) = pos[u], pos[s['step']]
-            items.append(f'<line x1="{x1 + bw}" y1="{y1 + bh / 2}" x2="{x2 - 2}" y2="{y2 + bh / 2}" stroke="#718096" marker-end="url(#arrow)"/>')
-    for s in steps:
-        x, y = pos[s['step']]
-        color = STATUS_COLORS.get(s['status'], REFERENCE)
+    def lines(s):
         dur = f"{s['duration']:.2f} s" if s.get('duration') is not None and s['status'] != 'cached' else ''
         origin = f"from {s['cached_from']}" if s.get('cached_from') else 'executed' if s['status'] in ('ok', 'failed') else ''
-        box = (f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="6" fill="white" stroke="{color}" stroke-width="2.5"/>'
-               f'<text x="{x + 10}" y="{y + 20}" font-size="14" font-weight="600">{html.escape(s["step"])}</text>'
-               f'<text x="{x + 10}" y="{y + 38}" font-size="12" fill="{color}">{html.escape(s["status"])}{" · " + dur if dur else ""}</text>'
-               f'<text x="{x + 10}" y="{y + 54}" font-size="10" fill="#4a5568">{html.escape(origin[:30])}</text>')
-        href = (links or {}).get(s['step'])
-        items.append(f'<a href="{html.escape(href)}">{box}</a>' if href else box)
-    return Svg(f'<svg xmlns="http://www.w3.org/2000/svg" class="dag" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-               f'font-family="sans-serif">{"".join(items)}</svg>')
+        return [s['status'] + (' · ' + dur if dur else ''), origin[:30]]
+    return dag([{'name': s['step'], 'needs': _needs(s), 'color': STATUS_COLORS.get(s['status'], REFERENCE), 'lines': lines(s),
+                 'href': (links or {}).get(s['step'])} for s in steps])
 
 # %% ../nbs/32_report.ipynb #3732f032
 def profile_plots(profile: Mapping, # what `mlnb.contract.profile` returned

@@ -15,6 +15,8 @@ from lab_server import TOKEN, mlnb_lab, project_copy
 
 STEPS = ['data', 'features', 'train', 'evaluate']
 PANEL = '#mlnb-panel'
+DAG = f'{PANEL} .mlnb-dag svg'
+CACHED, STALE = '#388e3c', '#f57c00'  # mlnb.labpanel.STATE_COLORS
 
 
 @pytest.fixture(scope='module')
@@ -41,6 +43,12 @@ def states(page) -> dict:
 
 def step(page, name):
     return page.locator(f'{PANEL} li.mlnb-step[data-step="{name}"]').first
+
+
+def dag_boxes(page) -> dict:
+    "The boxes of the DAG drawn at the top of the panel: step -> (its texts, its box's stroke colour)."
+    return {k: tuple(v) for k, v in page.eval_on_selector_all(f'{DAG} g.node', """gs => gs.map(g => [g.dataset.node,
+        [Array.from(g.querySelectorAll('text')).map(t => t.textContent), g.querySelector('rect').getAttribute('stroke')]])""")}
 
 
 def wait_states(page, want: dict, timeout=90_000):
@@ -81,6 +89,18 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     assert list(states(page)) == STEPS + ['train_region', 'evaluate_region']  # the optional fan-out steps, with their items nested
     assert step(page, 'train_region').locator('li.mlnb-step').count() == 4
     assert 'needs data, features' in step(page, 'train').inner_text()
+    # the DAG drawn at the top: one box per step (a fanned-out step counts its items), an arrow per need, the state's colour
+    boxes = dag_boxes(page)
+    assert list(boxes) == STEPS + ['train_region', 'evaluate_region'], boxes
+    assert all(boxes[s] == ([s, 'cached'], CACHED) for s in STEPS), boxes
+    assert boxes['train_region'][0][1].endswith(' · 4 items') and boxes['evaluate_region'][0][1].endswith(' · 4 items'), boxes
+    assert page.locator(f'{DAG} line').count() == 9  # features, train, train_region, evaluate, evaluate_region need 1 + 2 + 2 + 2 + 2 steps
+    fits = page.evaluate(f"() => [document.querySelector('{DAG}').getBoundingClientRect().width, document.querySelector('{PANEL}').clientWidth]")
+    assert 0 < fits[0] <= fits[1], fits  # drawn top to bottom, scaled to the sidebar's width
+    page.locator(f'{DAG} g.node[data-node="evaluate"]').click()  # a click on a box shows its step in the list
+    page.wait_for_selector(f'{PANEL} li.mlnb-step.mlnb-highlight[data-step="evaluate"]', timeout=10_000)
+    assert page.locator(f'{PANEL} li.mlnb-highlight').count() == 1
+    page.locator(PANEL).screenshot(path=str(shots / 'dag.png'))
     champ = page.locator(f'{PANEL} .mlnb-champion[data-model="churn"]').inner_text()
     assert 'churn:' in champ and 'mlnb monitor: no verdict yet' in champ
     page.screenshot(path=str(shots / 'cached.png'))
@@ -97,6 +117,10 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     why = step(page, 'train').locator('.mlnb-why').first.inner_text()
     assert 'max_depth' in why and '8' in why and '6' in why, why
     assert 'train' in step(page, 'evaluate').locator('.mlnb-why').first.inner_text()
+    page.wait_for_function(f"""() => Array.from(document.querySelectorAll('{DAG} g.node[data-node="train"] text')).some(t => t.textContent === 'stale')""", timeout=30_000)
+    boxes = dag_boxes(page)
+    assert boxes['train'] == (['train', 'stale'], STALE) and boxes['evaluate'][1] == STALE and boxes['data'][1] == CACHED, boxes
+    assert 'max_depth' in page.locator(f'{DAG} g.node[data-node="train"] title').text_content()  # why, shown on hover
     page.screenshot(path=str(shots / 'stale.png'))
 
     # run evaluate from the panel: the runner runs train with it, reuses data and features
@@ -138,5 +162,5 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     page.locator(f'{PANEL} .mlnb-preview').scroll_into_view_if_needed()
     page.screenshot(path=str(shots / 'preview.png'))
     page.close()
-    for name in ('cached', 'stale', 'ran', 'executed-notebook', 'preview'):
+    for name in ('cached', 'dag', 'stale', 'ran', 'executed-notebook', 'preview'):
         assert (shots / f'{name}.png').stat().st_size > 10_000, name

@@ -11,7 +11,7 @@ interface Last { run_id: string; kind: string; status: string; notebook: string 
 interface Step { name: string; parent: string | null; needs: string[]; optional: boolean; notebook: string; state: string; why: string; last: Last | null; }
 interface Launched { targets: string[]; pid: number; log: string; running: boolean; returncode: number | null; tail: string[]; }
 interface Champion { model: string; champion: string | null; monitor: any; evidence: any; decision: any; }
-interface State { root: string; error: string | null; steps: Step[]; champions: Champion[]; launched: Launched[]; running: boolean; }
+interface State { root: string; error: string | null; steps: Step[]; dag: string; champions: Champion[]; launched: Launched[]; running: boolean; }
 
 async function api(path: string, init: RequestInit = {}): Promise<any> {
   const settings = ServerConnection.makeSettings();
@@ -30,6 +30,7 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string,
 }
 
 class MlnbPanel extends Widget {
+  private dag = el('div', { class: 'mlnb-dag' });
   private steps = el('div');
   private outputs = el('div', { class: 'mlnb-outputs' });
   private preview = el('div', { class: 'mlnb-preview' });
@@ -48,7 +49,7 @@ class MlnbPanel extends Widget {
     all.onclick = () => this.run([]);
     const refresh = el('button', { 'data-action': 'refresh' }, 'refresh');
     refresh.onclick = () => this.refresh();
-    this.node.append(head, all, refresh, this.message, this.steps, this.outputs, this.preview);
+    this.node.append(head, all, refresh, this.message, this.dag, this.steps, this.outputs, this.preview);
     void this.poll();
   }
 
@@ -124,7 +125,24 @@ class MlnbPanel extends Widget {
     return li;
   }
 
+  // the DAG drawn by the server (mlnb.labpanel.panel_dag: SVG whose text is escaped there); a click on a box shows the step in the list
+  private renderDag(svg: string) {
+    this.dag.innerHTML = svg || '';
+    this.dag.querySelectorAll<SVGGElement>('g.node[data-node]').forEach(g => {
+      g.onclick = () => this.showStep(g.dataset.node || '');
+    });
+  }
+
+  private showStep(name: string) {
+    const li = Array.from(this.steps.querySelectorAll<HTMLLIElement>('li.mlnb-step')).find(x => x.dataset.step === name);
+    if (!li) return;
+    li.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+    this.steps.querySelectorAll('.mlnb-highlight').forEach(x => x.classList.remove('mlnb-highlight'));
+    li.classList.add('mlnb-highlight');
+  }
+
   private render(state: State) {
+    this.renderDag(state.dag);
     const parts: HTMLElement[] = [];
     if (state.error) parts.push(el('div', { class: 'mlnb-error' }, state.error));
     const ul = el('ul', { class: 'mlnb-steps' });
