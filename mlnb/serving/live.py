@@ -159,23 +159,24 @@ class LiveRollout:
             return
         tag = entry['challenger'] if entry['on'] else champ
         if self.config.get('segments'): return self._refuse(rid, tag, 'a Bento of segments routes each row by its segment, and rolls out no challenger', tag == champ)
-        preds = {}
-        for t in dict.fromkeys(t for t in (champ, tag) if t): # the promoted champion first: the challenger is compared with it
+        preds, alone = {}, self._alone
+        for t in dict.fromkeys(t for t in (champ, tag) if t): # the promoted champion first: while the challenger loads, or when it is refused, it answers alone
             pred = self.loaded.get(t)
             if pred is None:
-                self.plan, self.status, self.message = self._alone, 'loading', f"loading {t}; the Bento's champion answers alone meanwhile"
+                self.plan, self.status, self.message = alone, 'loading', f"loading {t}; the champion answers alone meanwhile"
                 self._tried = time.monotonic()
                 try: pred = load_challenger(self.config, t, self.transform, self.store)
-                except Refused as e: return self._refuse(rid, t, str(e), t == champ)
+                except Refused as e: return self._refuse(rid, t, str(e), t == champ, alone)
                 except Exception as e:
-                    self.status, self.message = 'failed', f"{'the champion' if t == champ else 'the challenger'} cannot be loaded: {describe_error(e)}; the Bento's champion answers alone (tried again every {self.retry:g} s)"
+                    self.status, self.message = 'failed', f"{'the champion' if t == champ else 'the challenger'} cannot be loaded: {describe_error(e)}; the champion answers alone (tried again every {self.retry:g} s)"
                     log.error('rollout %s: %s', rid, self.message)
                     return
             preds[t] = pred
+            if t == champ: alone = (True, Stage(rid, champ, pred, 0.0, champ, pred)) # every row the promoted champion's
         self.loaded = {**self.known, **preds} # the Bento's own models and the last champion and challenger loaded, no more
         instead = f' ({champ} answers as the champion, in place of the Bento\'s {self.own})' if champ else ''
         if not entry['on']: # promoted: the champion answers every row
-            self.plan, self.status = (True, Stage(rid, champ, preds[champ], 0.0, champ, preds[champ])), 'off'
+            self.plan, self.status = alone, 'off'
             self.message = f'the rollout is off: the champion answers alone{instead}; deploy a Bento holding {champ} to make it its own'
             log.warning('rollout %s: %s', rid, self.message)
             return
@@ -185,8 +186,8 @@ class LiveRollout:
                         f"{tag} answers {share:g} of rows (routed by {self.key or 'request id'}), the champion the others") + instead
         log.warning('rollout %s: %s', rid, self.message)
 
-    def _refuse(self, rid: str, tag: str, why: str, champion: bool = False):
-        self.plan, self.status = self._alone, DEPLOY
+    def _refuse(self, rid: str, tag: str, why: str, champion: bool = False, alone: tuple | None = None):
+        self.plan, self.status = alone or self._alone, DEPLOY
         self.message = (f"champion {tag} cannot answer live in place of the Bento's champion {self.own}: {why}. Deploy a new Bento holding it (mlnb build); the Bento's champion answers alone"
                         if champion else f'challenger {tag} cannot be swapped in live: {why}. Deploy a new Bento (mlnb build --challenger {tag}); the champion answers alone')
         log.error('rollout %s: %s', rid, self.message)
