@@ -416,6 +416,7 @@ def loop_status(as_json: bool):
     if latest: click.echo(f"Latest decision ({_ago(latest['at'])}): {latest['action']}: {latest['reason']}")
     dep = s.get('deploy')
     if dep: click.echo(f"Deploy this Bento: {dep['bento']}; run `{dep['command']}`." if not dep['deployed'] else f"The service runs the Bento {dep['bento']}: the rollout goes on live.")
+    if s.get('served_champion'): click.echo(s['served_champion']['message'][0].upper() + s['served_champion']['message'][1:] + '.')
     if s['rows_needed']: click.echo(f"Rows still needed: {s['rows_needed']} labelled rows.")
     if s['lease']: click.echo(f"A pass is going on: {lease_message(s['lease']).split(': this pass')[0]}.")
 
@@ -654,14 +655,14 @@ def _flag_value(name: str, state: str, reason: str, challenger: str | None, stag
     from mlnb.flags import new_flag, rollout_state
     if name != 'rollout': return new_flag(state == 'on', reason)
     before = flags.get('rollout') or {}
-    if state == 'off': return rollout_state(before.get('challenger'), before.get('stage'), reason, before.get('id'), on=False)
+    if state == 'off': return rollout_state(before.get('challenger'), before.get('stage'), reason, before.get('id'), on=False, champion=before.get('champion')) # a promoted champion stays
     if not challenger or not stage:
         raise UsageError("`mlnb flag rollout on` needs --challenger TAG (the model to roll out) and --stage (shadow, or the share of rows it answers, e.g. 0.25).")
     if stage != 'shadow':
         try: stage = float(stage)
         except ValueError: raise UsageError(f"--stage must be shadow or a number above 0 and at most 1 (the share of rows the challenger answers), not {stage!r}.") from None
     if rollout_id is None and before.get('on') and before.get('challenger') == challenger: rollout_id = before['id']
-    return rollout_state(challenger, stage, reason, rollout_id)
+    return rollout_state(challenger, stage, reason, rollout_id, champion=before.get('champion'))
 
 # %% ../nbs/37_cli.ipynb #9359cb5a
 @main.command()

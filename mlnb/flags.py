@@ -19,7 +19,7 @@ from .store import Store, store_url
 # %% auto #0
 __all__ = ['flags_path', 'read_flags', 'new_flag', 'set_flag', 'write_flags', 'store_flag', 'stored_flags', 'shared_store',
            'sync_flags', 'follow_flags', 'new_rollout_id', 'rollout_state', 'read_rollout', 'set_rollout',
-           'clear_rollout']
+           'clear_rollout', 'promote_rollout']
 
 # %% ../nbs/12_flags.ipynb #e72df8bf
 def flags_path(project) -> Path:
@@ -145,9 +145,11 @@ def rollout_state(challenger: str, # the challenger's model tag, 'name:version'
                   reason: str = '', # why
                   rollout_id: str | None = None, # the rollout's id (default: a new one)
                   on: bool = True, # False: the rollout has ended (the champion answers alone)
+                  champion: str | None = None, # the model tag that answers as the champion in place of the Bento's own (a promoted challenger)
                  ) -> dict:
     "The `rollout` entry of the flags, checked as the service checks it (a `UsageError` saying what is wrong)."
-    value = {'on': on, **({'challenger': challenger} if challenger is not None else {}), **({'stage': stage} if stage is not None else {}),
+    value = {'on': on, **({'challenger': challenger} if challenger is not None else {}), **({'champion': champion} if champion is not None else {}),
+             **({'stage': stage} if stage is not None else {}),
              'id': rollout_id or new_rollout_id(), **{k: v for k, v in new_flag(on, reason).items() if k != 'on'}}
     try: parse_flags(json.dumps({'rollout': value}))
     except ValueError as e: raise UsageError(f"The rollout state cannot be set: {e}.") from None
@@ -171,18 +173,28 @@ def set_rollout(project_or_root: Project | str | Path, # the project (or a folde
                 stage: str | float, # 'shadow', or the share of rows the challenger answers (0 < share <= 1)
                 reason: str = '', # why (kept with it, shown by `mlnb flag` and GET /metadata)
                 rollout_id: str | None = None, # the rollout's id (default: the current one's when it rolls out the same challenger, else a new one)
+                champion: str | None = None, # the model tag that answers as the champion (default: the current entry's, if any: a promoted champion keeps answering)
                ) -> dict:
     "Roll `challenger` out at `stage` in every service of the project, live; returns the rollout state written."
     project = _project(project_or_root)
-    if rollout_id is None:
-        before = read_rollout(project) or {}
-        if before.get('on') and before.get('challenger') == challenger: rollout_id = before['id'] # the next stage of the same rollout
-    return _keep_rollout(project, rollout_state(challenger, stage, reason, rollout_id))
+    before = read_rollout(project) or {}
+    if rollout_id is None and before.get('on') and before.get('challenger') == challenger: rollout_id = before['id'] # the next stage of the same rollout
+    return _keep_rollout(project, rollout_state(challenger, stage, reason, rollout_id, champion=champion or before.get('champion')))
 
 def clear_rollout(project_or_root: Project | str | Path, # the project (or a folder inside it)
                   reason: str = '', # why (kept with it)
                  ) -> dict:
-    "End the rollout: the champion answers alone in every service of the project; returns the rollout state written."
+    "End the rollout: the champion answers alone in every service of the project (a promoted champion, when the entry names one); returns the rollout state written."
     project = _project(project_or_root)
     before = read_rollout(project) or {}
-    return _keep_rollout(project, rollout_state(before.get('challenger'), before.get('stage'), reason, before.get('id'), on=False))
+    return _keep_rollout(project, rollout_state(before.get('challenger'), before.get('stage'), reason, before.get('id'), on=False, champion=before.get('champion')))
+
+def promote_rollout(project_or_root: Project | str | Path, # the project (or a folder inside it)
+                    tag: str, # the promoted model's tag, 'name:version'
+                    reason: str = '', # why (kept with it)
+                   ) -> dict:
+    "End the rollout with `tag` promoted: it answers alone, as the champion, in every running service of the project (until a Bento holding it is deployed); returns the rollout state written."
+    project = _project(project_or_root)
+    before = read_rollout(project) or {}
+    same = before.get('challenger') == tag # the rollout of `tag`: its last stage and id stay, as a record
+    return _keep_rollout(project, rollout_state(tag, before.get('stage') if same else None, reason, before.get('id') if same else None, on=False, champion=tag))

@@ -15,7 +15,7 @@ from .champions import current_champion, move_champion
 from .config import LoopConfig, ServeConfig
 from .decide import decide_stage, deciding_stage, guardrail_readings, label_guard, next_stage, stage_name, triggers_fired
 from .errors import MlnbError, UsageError
-from .flags import clear_rollout, read_rollout, set_rollout
+from .flags import clear_rollout, promote_rollout, read_rollout, set_rollout
 from .ledger import Ledger, new_uid
 from .project import Project, load_project
 from .safe import verify_candidate
@@ -317,7 +317,7 @@ def _stage(project: Project, cfg: LoopConfig, name: str, champ: str, ro: dict, d
     elif d['action'] == 'promote':
         if not _promote(project, name, champ, tag, d['reason'], ev):
             return {**out, 'action': 'nothing', 'reason': f"the champion of {name} changed during the rollout: {tag} was not promoted; the rollout stays as it is"}
-        clear_rollout(project, f'mlnb loop: {tag} promoted')
+        promote_rollout(project, tag, f'mlnb loop: {tag} promoted') # the running services answer with it at once, though their Bento holds the old champion
     else:
         clear_rollout(project, f'mlnb loop: {d["reason"]}'[:1000])
         _settle_held(project, tag, f'rolled back by `mlnb loop` in stage {stage_name(stage)}: {d["reason"]}')
@@ -367,7 +367,10 @@ def loop_status(project: Project | None = None) -> dict:
         deploy = {'bento': b, 'deployed': done, 'command': None if done else deploy_command(b, rec), 'served_bento': served if rec else None,
                   'since': deploy['at'], 'message': f'the service runs {b}: the rollout goes on live' if done else
                   f"deploy this Bento: {b}; run `{deploy_command(b, rec)}` (the challenger's feature code differs from the running service's)"}
-    return {'model': serve.model, 'champion': _champion(project, serve.model)[0], 'rollout': ro, 'rolling_out': bool(rid),
+    promoted = (ro or {}).get('champion') # the model the running services answer with as the champion, in place of their Bento's own
+    served = {'tag': promoted, 'message': f"the running service answers with the champion {promoted} live (the rollout state names it), "
+              f"until a Bento holding it is deployed (`mlnb build`, then deploy it)"} if promoted else None
+    return {'model': serve.model, 'champion': _champion(project, serve.model)[0], 'rollout': ro, 'rolling_out': bool(rid), 'served_champion': served,
             'stage': stage_name(ro['stage']) if rid else None, 'latest': latest,
             'rows_needed': ((latest or {}).get('evidence') or {}).get('rows_needed') if rid else None,
             'decisions': mine if rid else [], 'lease': lease, 'deploy': deploy}

@@ -171,6 +171,9 @@ def test_a_better_challenger_goes_through_the_stages_and_is_promoted(project):
     test = third['evidence']['statistics']
     assert test['rows'] >= third['evidence']['horizon'] and test['test'] == "DeLong's test, independent ROC curves" and test['p_value'] < 0.05
     assert champion(root) == new and flags(root)['rollout']['on'] is False
+    assert flags(root)['rollout']['champion'] == new  # a running service answers with the new champion live, until its Bento is deployed
+    status = mlnb('loop', 'status', cwd=root).stdout
+    assert f'answers with the champion {new} live' in status and 'until a Bento holding it is deployed' in status, status
     history = json.loads(mlnb('history', 'churn', '--json', cwd=root).stdout)
     assert (history[-1]['kind'], history[-1]['previous'], history[-1]['tag']) == ('loop', tag, new)
     assert json.loads(mlnb('show', first['run_id'], '--json', cwd=root).stdout)['gates'][0]['status'] == 'applied'
@@ -192,6 +195,7 @@ def test_a_broken_guardrail_rolls_the_challenger_back_at_once(project):
     assert second['action'] == 'rollback' and 'rolled back at once: agreement' in second['reason'] and 'at least 0.99' in second['reason'], second
     assert second['evidence']['test'] == 'guardrails' and second['evidence']['threshold'] == {'agreement': 0.99}
     assert flags(root)['rollout']['on'] is False and champion(root) == tag
+    assert 'champion' not in flags(root)['rollout']  # no promotion ever: the Bento's champion answers
     gate = json.loads(mlnb('show', first['run_id'], '--json', cwd=root).stdout)['gates'][0]
     assert gate['status'] == 'declined' and gate['outcome'].startswith('rolled back by `mlnb loop` in stage shadow')
     assert [a['action'] for a in alerts_sent(root)] == ['start', 'rollback']

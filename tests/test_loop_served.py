@@ -118,6 +118,21 @@ def test_drift_to_promotion_against_a_served_model(stump):
             wait_for(lambda: live()['status'] == 'off', 'the rollout is off in the service', timeout=60)
             time.sleep(1)
         assert customers.failed == [], customers.failed[:5]  # not one request (nor one piece of ground truth) failed through the stage changes
+        # promoted: the running service answers with the new champion at once, although its Bento holds the old one
+        time.sleep(3)  # the service reads its flags every second
+        state = live()
+        assert (state['champion'], state['promoted'], state['challenger']) == (new, True, None), state
+        after = []
+        with httpx.Client(timeout=60) as client:
+            for i in range(3):
+                r = client.post(srv.url + '/predict', json={'rows': customers.rows[10 * i:10 * i + 10]})
+                assert r.status_code == 200, r.text[:300]
+                after += r.json()
+        assert {a['model'] for a in after} == {new}, {a['model'] for a in after}
+    mine = {a['request_id'] for a in after}  # the service has stopped: its prediction log is written out
+    lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+    logged = [(l['variant'], l['model']) for l in lines if l['request_id'] in mine]
+    assert logged == [('champion', new)] * len(after), logged  # the monitor of the new champion sees its rows
     acted = [d for d in passes if d['action'] != 'wait']
     assert [(d['action'], d['stage']) for d in acted] == [('start', 'shadow'), ('advance', 'shadow'), ('promote', 0.5)], \
         [(d['action'], d['stage'], d['reason']) for d in passes]
@@ -129,7 +144,7 @@ def test_drift_to_promotion_against_a_served_model(stump):
     assert models == {champion, new}, models
     # the champion changed, with its evidence, and every decision is in the ledger and in `mlnb history`
     assert next(m['tag'] for m in json.loads(mlnb('models', 'churn', '--json', cwd=root, env=env).stdout) if m['champion']) == new
-    assert flags()['on'] is False
+    assert (flags()['on'], flags()['champion']) == (False, new)  # promoted: the rollout state names the new champion
     changes = json.loads(mlnb('history', 'churn', '--json', cwd=root, env=env).stdout)
     assert (changes[-1]['kind'], changes[-1]['previous'], changes[-1]['tag']) == ('loop', champion, new), changes[-1]
     assert changes[-1]['evidence']['statistics']['test'] == passes[-1]['evidence']['statistics']['test']

@@ -76,11 +76,13 @@ def load_challenger(config: Mapping, # the service settings
 # %% ../../nbs/serving/04a_live.ipynb #de809af6
 @dataclass(frozen=True)
 class Stage:
-    "What a live rollout asks of a batch: which challenger (its tag and `Predictor`) answers which share of rows (None: it predicts every row in shadow)."
+    "What a live rollout asks of a batch: which challenger (its tag and `Predictor`) answers which share of rows (None: it predicts every row in shadow), and which model answers as the champion (None: the Bento's own)."
     rollout_id: str # the rollout's id
     challenger: str # the challenger's tag
     predictor: Predictor # the challenger, loaded
-    share: float | None # the share of rows it answers; None: shadow
+    share: float | None # the share of rows it answers (0: none, the champion answers alone); None: shadow
+    champion: str | None = None # the tag of the model that answers as the champion in place of the Bento's own (a promoted one)
+    champion_predictor: Predictor | None = None # that model, loaded
 
     def route(self, frame: 'pd.DataFrame', # the rows
               key: str | None, # the request field that routes a row (None: its request id)
@@ -110,6 +112,7 @@ class LiveRollout:
         self.config, self.transform, self.every, self.retry, self.store = config, transform, every, retry, store
         self.key = config.get('rollout_key') or (config.get('rollout') or {}).get('key')
         self.path, self.known = path, dict(known or {})
+        self.own = ((config.get('variants') or {}).get('champion') or {}).get('model') or config.get('model') # the Bento's own champion's tag
         self.loaded = dict(self.known)
         self.plan: tuple[bool, Stage | None] = (False, None) # (whether the flags govern, the stage): (False, None) is the Bento's own routing
         self._alone = (False, None) if config.get('segments') else (True, None) # the champion alone (a Bento of segments: its own routing)
@@ -148,38 +151,52 @@ class LiveRollout:
         if entry is None:
             self.plan, self.status, self.message = (False, None), 'none', "the flags hold no rollout: the Bento's own settings route the rows"
             return
-        rid = entry.get('id')
-        if not entry['on']:
+        rid, champ = entry.get('id'), entry.get('champion')
+        if champ == self.own: champ = None # the Bento's own champion: it answers as it is
+        if not entry['on'] and champ is None:
             self.plan, self.status, self.message = self._alone, 'off', 'the rollout is off: the champion answers alone'
             log.warning('rollout %s: %s', rid, self.message)
             return
-        tag = entry['challenger']
-        if self.config.get('segments'): return self._refuse(rid, tag, 'a Bento of segments routes each row by its segment, and rolls out no challenger')
-        pred = self.loaded.get(tag)
-        if pred is None:
-            self.plan, self.status, self.message = self._alone, 'loading', f'loading {tag}; the champion answers alone meanwhile'
-            self._tried = time.monotonic()
-            try: pred = load_challenger(self.config, tag, self.transform, self.store)
-            except Refused as e: return self._refuse(rid, tag, str(e))
-            except Exception as e:
-                self.status, self.message = 'failed', f'the challenger cannot be loaded: {describe_error(e)}; the champion answers alone (tried again every {self.retry:g} s)'
-                log.error('rollout %s: %s', rid, self.message)
-                return
-            self.loaded = {**self.known, tag: pred} # the Bento's own models and the last challenger loaded, no more
+        tag = entry['challenger'] if entry['on'] else champ
+        if self.config.get('segments'): return self._refuse(rid, tag, 'a Bento of segments routes each row by its segment, and rolls out no challenger', tag == champ)
+        preds, alone = {}, self._alone
+        for t in dict.fromkeys(t for t in (champ, tag) if t): # the promoted champion first: while the challenger loads, or when it is refused, it answers alone
+            pred = self.loaded.get(t)
+            if pred is None:
+                self.plan, self.status, self.message = alone, 'loading', f"loading {t}; the champion answers alone meanwhile"
+                self._tried = time.monotonic()
+                try: pred = load_challenger(self.config, t, self.transform, self.store)
+                except Refused as e: return self._refuse(rid, t, str(e), t == champ, alone)
+                except Exception as e:
+                    self.status, self.message = 'failed', f"{'the champion' if t == champ else 'the challenger'} cannot be loaded: {describe_error(e)}; the champion answers alone (tried again every {self.retry:g} s)"
+                    log.error('rollout %s: %s', rid, self.message)
+                    return
+            preds[t] = pred
+            if t == champ: alone = (True, Stage(rid, champ, pred, 0.0, champ, pred)) # every row the promoted champion's
+        self.loaded = {**self.known, **preds} # the Bento's own models and the last champion and challenger loaded, no more
+        instead = f' ({champ} answers as the champion, in place of the Bento\'s {self.own})' if champ else ''
+        if not entry['on']: # promoted: the champion answers every row
+            self.plan, self.status = alone, 'off'
+            self.message = f'the rollout is off: the champion answers alone{instead}; deploy a Bento holding {champ} to make it its own'
+            log.warning('rollout %s: %s', rid, self.message)
+            return
         share = None if entry['stage'] == 'shadow' else float(entry['stage'])
-        self.plan, self.status = (True, Stage(rid, tag, pred, share)), 'serving'
+        self.plan, self.status = (True, Stage(rid, tag, preds[tag], share, champ, preds.get(champ))), 'serving'
         self.message = (f'{tag} predicts every row in shadow; the champion answers' if share is None else
-                        f"{tag} answers {share:g} of rows (routed by {self.key or 'request id'}), the champion the others")
+                        f"{tag} answers {share:g} of rows (routed by {self.key or 'request id'}), the champion the others") + instead
         log.warning('rollout %s: %s', rid, self.message)
 
-    def _refuse(self, rid: str, tag: str, why: str):
-        self.plan, self.status = self._alone, DEPLOY
-        self.message = f'challenger {tag} cannot be swapped in live: {why}. Deploy a new Bento (mlnb build --challenger {tag}); the champion answers alone'
+    def _refuse(self, rid: str, tag: str, why: str, champion: bool = False, alone: tuple | None = None):
+        self.plan, self.status = alone or self._alone, DEPLOY
+        self.message = (f"champion {tag} cannot answer live in place of the Bento's champion {self.own}: {why}. Deploy a new Bento holding it (mlnb build); the Bento's champion answers alone"
+                        if champion else f'challenger {tag} cannot be swapped in live: {why}. Deploy a new Bento (mlnb build --challenger {tag}); the champion answers alone')
         log.error('rollout %s: %s', rid, self.message)
 
     def describe(self) -> dict:
-        "What GET /metadata says of the live rollout: who routes (the flags or the Bento), its status and why, the challenger and its stage."
+        "What GET /metadata says of the live rollout: who routes (the flags or the Bento), its status and why, the challenger and its stage, the model answering as the champion (and whether it is a promoted one, not the Bento's)."
         governs, stage = self.plan
+        rolling = stage is not None and self.status == 'serving' # a promoted champion alone is a stage of no challenger
         return {'source': 'flags' if governs else 'bento', 'status': self.status, 'message': self.message, 'state': self.entry,
-                'challenger': stage.challenger if stage else None, 'stage': (('shadow' if stage.share is None else stage.share) if stage else None),
+                'challenger': stage.challenger if rolling else None, 'stage': (('shadow' if stage.share is None else stage.share) if rolling else None),
+                'champion': stage.champion if stage is not None and stage.champion else self.own, 'promoted': bool(stage is not None and stage.champion),
                 'key': self.key or 'request id', 'since': _iso(self.since)}

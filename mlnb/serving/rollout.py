@@ -54,13 +54,13 @@ def _kind(v) -> str:
     if isinstance(v, bool) or v is None: return json.dumps(v)
     return {int: 'a number', float: 'a number', str: 'a string', list: 'a list', dict: 'an object'}.get(type(v), type(v).__name__)
 
-_ROLLOUT_KEYS = {'on': bool, 'challenger': str, 'stage': (str, int, float), 'id': str, 'reason': str, 'at': str, 'by': str}
+_ROLLOUT_KEYS = {'on': bool, 'challenger': str, 'champion': str, 'stage': (str, int, float), 'id': str, 'reason': str, 'at': str, 'by': str}
 _TAG = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}')
 
 def _check_rollout(flag: dict):
     "Raise a `ValueError` saying what is wrong with the `rollout` entry `flag` (see `parse_flags`)."
     unknown = [k for k in flag if k not in _ROLLOUT_KEYS]
-    if unknown: raise ValueError(f"flag 'rollout' has {', '.join(repr(k[:70]) for k in unknown[:3])}; the rollout has only on, challenger, stage, id, reason, at and by")
+    if unknown: raise ValueError(f"flag 'rollout' has {', '.join(repr(k[:70]) for k in unknown[:3])}; the rollout has only on, challenger, champion, stage, id, reason, at and by")
     if 'on' not in flag: raise ValueError('flag \'rollout\' has no "on" (true: the challenger answers its stage; false: the champion alone)')
     for k, t in _ROLLOUT_KEYS.items():
         if k not in flag or k == 'stage': continue
@@ -71,6 +71,9 @@ def _check_rollout(flag: dict):
         if missing: raise ValueError(f"flag 'rollout' is on without {' and '.join(missing)}: an active rollout names its challenger (a model tag), its stage and its id")
     if 'challenger' in flag and not _TAG.fullmatch(flag['challenger']):
         raise ValueError(f"flag 'rollout': challenger {flag['challenger'][:140]!r} is not a model tag like 'churn:5hxbqmrv2o3gk' (name:version, the version written out)")
+    if 'champion' in flag and not _TAG.fullmatch(flag['champion']):
+        raise ValueError(f"flag 'rollout': champion {flag['champion'][:140]!r} is not a model tag like 'churn:5hxbqmrv2o3gk' (name:version, the version written out): "
+                         "it names the model that answers as the champion in place of the Bento's own")
     if 'id' in flag and not flag['id'].strip(): raise ValueError("flag 'rollout': id is empty; give the rollout an id")
     if 'stage' in flag:
         s = flag['stage']

@@ -77,7 +77,7 @@ class Runtime:
         return status, body
 
     def _answer(self, frame: 'pd.DataFrame', names: 'np.ndarray', stage: Stage | None = None) -> tuple[list, dict, list]:
-        "Answers (with their model tag, variant, `_ms`: the call time of the model that answered, and `_failed`: the variant that failed the row first), errors by row, and each row's answer by a model (for the action limits); a live `stage` names the challenger; rows the challenger fails are answered by the champion."
+        "Answers (with their model tag, variant, `_ms`: the call time of the model that answered, and `_failed`: the variant that failed the row first), errors by row, and each row's answer by a model (for the action limits); a live `stage` names the challenger (and a promoted champion, which answers the champion's rows in place of the Bento's); rows the challenger fails are answered by the champion."
         import numpy as np
         n = len(frame)
         out, errors, models, failed = [None] * n, {}, [None] * n, {}
@@ -86,11 +86,12 @@ class Runtime:
             idx = np.flatnonzero(names == name)
             part = frame if len(idx) == n else frame.iloc[idx]
             live = stage is not None and name == 'challenger'
-            who = self.fallback if name == 'fallback' else stage.predictor if live else self.predictors[name]
+            promoted = stage is not None and stage.champion is not None and name == 'champion' # a promoted champion answers in place of the Bento's
+            who = self.fallback if name == 'fallback' else stage.predictor if live else stage.champion_predictor if promoted else self.predictors[name]
             t0 = time.perf_counter()
             got, errs = who.predict(part)
             ms = round((time.perf_counter() - t0) * 1000, 3)
-            tag = 'fallback' if name == 'fallback' else stage.challenger if live else self.tags[name]
+            tag = 'fallback' if name == 'fallback' else stage.challenger if live else stage.champion if promoted else self.tags[name]
             for j, a in enumerate(got):
                 if a is not None:
                     out[idx[j]] = {**a, 'model': tag, '_variant': name, '_ms': ms}
@@ -98,12 +99,13 @@ class Runtime:
             errors.update({int(idx[j]): e for j, e in errs.items()})
             if name != 'fallback': failed.update({int(idx[j]): name for j in errs})
         if (retry := [i for i in sorted(errors) if failed.get(i) == 'challenger']) and 'champion' in self.predictors:
-            t0 = time.perf_counter() # a row the challenger cannot answer is the champion's, as before the rollout
-            got, errs = self.predictors['champion'].predict(frame.iloc[retry])
+            t0 = time.perf_counter() # a row the challenger cannot answer is the champion's (a promoted one, when the stage has one), as before the rollout
+            champ, ctag = (stage.champion_predictor, stage.champion) if stage is not None and stage.champion is not None else (self.predictors['champion'], self.tags['champion'])
+            got, errs = champ.predict(frame.iloc[retry])
             ms = round((time.perf_counter() - t0) * 1000, 3)
             for j, a in enumerate(got):
                 if a is not None:
-                    out[retry[j]], models[retry[j]] = {**a, 'model': self.tags['champion'], '_variant': 'champion', '_ms': ms, '_failed': 'challenger'}, a
+                    out[retry[j]], models[retry[j]] = {**a, 'model': ctag, '_variant': 'champion', '_ms': ms, '_failed': 'challenger'}, a
                     errors.pop(retry[j])
         tripped = self.fallback is not None and self.limit_fallback and self._limits_broken()
         if self.fallback is not None:
