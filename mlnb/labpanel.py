@@ -18,7 +18,7 @@ from tornado import web
 from .champions import champion, latest_evidence
 from .dryrun import dry_run
 from .errors import MlnbError
-from .ledger import Ledger
+from .ledger import Ledger, compare_runs
 from .loop import decisions
 from .monitor import latest_verdict
 from .outputs import read
@@ -27,7 +27,8 @@ from .project import Project, load_project
 
 # %% auto #0
 __all__ = ['STATE_COLORS', 'last_executions', 'step_state', 'panel_dag', 'panel_state', 'Launcher', 'step_outputs', 'preview',
-           'StateHandler', 'RunHandler', 'OutputsHandler']
+           'panel_runs', 'panel_compare', 'StateHandler', 'RunHandler', 'OutputsHandler', 'RunsHandler',
+           'CompareHandler']
 
 # %% ../nbs/34a_labpanel.ipynb #86144adf
 def _relative(project: Project, path: str | None) -> str | None:
@@ -203,6 +204,22 @@ def preview(project: Project, # the project
                 'rows': json.loads(head.to_json(orient='values', date_format='iso', default_handler=str))}
     return {**base, **_describe(name, v), 'value': json.loads(json.dumps(v, default=str))}
 
+# %% ../nbs/34a_labpanel.ipynb #63dc71e5
+def panel_runs(project: Project, # the project
+               limit: int = 20, # how many of the latest runs
+              ) -> list[dict]:
+    "The latest `limit` runs in the ledger, newest first (what `mlnb runs` lists), as the panel offers them to compare: id, kind (pipeline or interactive), targets, status and start time."
+    try: led = Ledger(project.root, create=False)
+    except FileNotFoundError: return []
+    try: return [{k: r[k] for k in ('id', 'kind', 'targets', 'status', 'started')} for r in led.runs(limit)]
+    finally: led.close()
+
+def panel_compare(project: Project, # the project
+                  a: str, b: str, # two runs (a unique prefix of each id is enough)
+                 ) -> dict:
+    "Runs `a` and `b` side by side, as `mlnb runs --compare A B` shows them: per step, each parameter and metric in A and in B and whether they differ (`compare_runs`)."
+    return compare_runs(project.root, a, b)
+
 # %% ../nbs/34a_labpanel.ipynb #b5b121b4
 class _Handler(APIHandler):
     "The panel's API: JSON in, JSON out; an mlnb error is a 400 with its message."
@@ -243,6 +260,19 @@ class OutputsHandler(_Handler):
         if name: await self._answer(preview, self.project, step, name)
         else: await self._answer(step_outputs, self.project, step)
 
+class RunsHandler(_Handler):
+    @web.authenticated
+    async def get(self): await self._answer(panel_runs, self.project)
+
+class CompareHandler(_Handler):
+    @web.authenticated
+    async def get(self):
+        a, b = self.get_argument('a', ''), self.get_argument('b', '')
+        if not a or not b:
+            self.set_status(400)
+            return self.finish(json.dumps({'error': 'Give the two runs to compare: ?a=RUN&b=RUN (see /mlnb/runs or `mlnb runs` for run ids).'}))
+        await self._answer(panel_compare, self.project, a, b)
+
 # %% ../nbs/34a_labpanel.ipynb #c49b969f
 def _jupyter_server_extension_points():
     "Where the Jupyter server finds this extension (`jpserver_extensions`)."
@@ -257,5 +287,6 @@ def _load_jupyter_server_extension(serverapp):
     opts = {'project': project, 'launcher': Launcher(project), 'lock': threading.Lock()}
     base = serverapp.web_app.settings['base_url']
     serverapp.web_app.add_handlers('.*$', [(url_path_join(base, 'mlnb', path), h, opts) for path, h in
-                                           (('state', StateHandler), ('run', RunHandler), ('outputs', OutputsHandler))])
+                                           (('state', StateHandler), ('run', RunHandler), ('outputs', OutputsHandler),
+                                            ('runs', RunsHandler), ('compare', CompareHandler))])
     serverapp.log.info(f"mlnb panel: serving the steps of {project.root}")
