@@ -1,5 +1,5 @@
 """The mlnb panel in a real JupyterLab (`mlnb lab`) and a real headless Chromium: the steps of the scaffold with their state,
-a parameter changed by hand, a step run from the panel, its executed notebook opened and an output table previewed.
+a parameter changed by hand, a step run from the panel, its executed notebook opened, an output table previewed and the two runs compared.
 
 One JupyterLab server over a copy of the scaffold (after `mlnb run --engine fast`) serves the whole module.
 """
@@ -161,6 +161,31 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     assert 'churned' in page.inner_text(f'{PANEL} .mlnb-preview table tr >> nth=0')
     page.locator(f'{PANEL} .mlnb-preview').scroll_into_view_if_needed()
     page.screenshot(path=str(shots / 'preview.png'))
+
+    # the two pipeline runs compared side by side: train's max_depth 8 in the first, 6 in the one run from the panel
+    first = next(iter(before))
+    listed = httpx.get(f'{url}/mlnb/runs', params={'token': TOKEN}, timeout=10).json()
+    assert [(r['id'], r['kind']) for r in listed] == [(run_id, 'pipeline'), (first, 'pipeline')], listed
+    bad = httpx.get(f'{url}/mlnb/compare', params={'token': TOKEN, 'a': 'nope', 'b': run_id}, timeout=10)
+    assert bad.status_code == 400 and "No run matches 'nope'" in bad.json()['error']
+    bad = httpx.get(f'{url}/mlnb/compare', params={'token': TOKEN, 'a': first}, timeout=10)
+    assert bad.status_code == 400 and 'Give the two runs to compare' in bad.json()['error']
+    section = f'{PANEL} .mlnb-compare'
+    page.wait_for_selector(f'{section} select[data-run="b"] option[value="{run_id}"]', state='attached', timeout=30_000)
+    assert page.locator(f'{section} select[data-run="a"] option').count() == 2
+    assert 'pipeline evaluate' in page.locator(f'{section} select[data-run="a"] option[value="{run_id}"]').inner_text()
+    page.select_option(f'{section} select[data-run="a"]', first)
+    page.select_option(f'{section} select[data-run="b"]', run_id)
+    page.click(f'{section} button[data-action="compare"]')
+    row = page.locator(f'{section} tr[data-step="train"][data-name="max_depth"]')
+    row.wait_for(timeout=30_000)
+    assert row.locator('td').all_inner_texts() == ['train', 'param', 'max_depth', '8', '6', '*']
+    assert row.get_attribute('data-differs') == 'true' and 'bold' in row.locator('td').first.evaluate('td => getComputedStyle(td).fontWeight + (getComputedStyle(td).fontWeight >= 600 ? " bold" : "")')
+    same = page.locator(f'{section} tr[data-step="data"][data-differs]')
+    assert same.count() > 0 and all(r.get_attribute('data-differs') == 'false' for r in same.all())  # data was reused: nothing differs
+    assert f'A = {first}' in page.inner_text(f'{section} .mlnb-compare-result')
+    page.locator(section).scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / 'compare.png'))
     page.close()
-    for name in ('cached', 'dag', 'stale', 'ran', 'executed-notebook', 'preview'):
+    for name in ('cached', 'dag', 'stale', 'ran', 'executed-notebook', 'preview', 'compare'):
         assert (shots / f'{name}.png').stat().st_size > 10_000, name

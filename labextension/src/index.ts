@@ -11,6 +11,8 @@ interface Last { run_id: string; kind: string; status: string; notebook: string 
 interface Step { name: string; parent: string | null; needs: string[]; optional: boolean; notebook: string; state: string; why: string; last: Last | null; }
 interface Launched { targets: string[]; pid: number; log: string; running: boolean; returncode: number | null; tail: string[]; }
 interface Champion { model: string; champion: string | null; monitor: any; evidence: any; decision: any; }
+interface Run { id: string; kind: string; targets: string[]; status: string; started: number; }
+interface Compared { name: string; a: any; b: any; differs: boolean; }
 interface State { root: string; error: string | null; steps: Step[]; dag: string; champions: Champion[]; launched: Launched[]; running: boolean; }
 
 async function api(path: string, init: RequestInit = {}): Promise<any> {
@@ -35,6 +37,9 @@ class MlnbPanel extends Widget {
   private outputs = el('div', { class: 'mlnb-outputs' });
   private preview = el('div', { class: 'mlnb-preview' });
   private message = el('div', { class: 'mlnb-message' });
+  private runA = el('select', { 'data-run': 'a', title: 'run A' });
+  private runB = el('select', { 'data-run': 'b', title: 'run B' });
+  private compared = el('div', { class: 'mlnb-compare-result' });
   private seen = '';
   private timer: number | undefined;
 
@@ -49,7 +54,13 @@ class MlnbPanel extends Widget {
     all.onclick = () => this.run([]);
     const refresh = el('button', { 'data-action': 'refresh' }, 'refresh');
     refresh.onclick = () => this.refresh();
-    this.node.append(head, all, refresh, this.message, this.dag, this.steps, this.outputs, this.preview);
+    const compare = el('button', { 'data-action': 'compare', title: 'mlnb runs --compare A B: parameters and metrics side by side' }, 'compare');
+    compare.onclick = () => this.compare();
+    const section = el('div', { class: 'mlnb-compare' });
+    section.append(el('h3', {}, 'Compare runs'), el('div', {}, 'A '), el('div', {}, 'B '), compare, this.compared);
+    section.children[1].append(this.runA);
+    section.children[2].append(this.runB);
+    this.node.append(head, all, refresh, this.message, this.dag, this.steps, this.outputs, this.preview, section);
     void this.poll();
   }
 
@@ -169,6 +180,54 @@ class MlnbPanel extends Widget {
       parts.push(div);
     }
     this.steps.replaceChildren(...parts);
+    void this.loadRuns();
+  }
+
+  // the latest runs (GET /mlnb/runs) in both selects, keeping what is chosen; at first A is the run before the newest, B the newest
+  private async loadRuns() {
+    let runs: Run[];
+    try { runs = await api('runs'); } catch (e) { this.compared.replaceChildren(el('div', { class: 'mlnb-error' }, String(e))); return; }
+    const age = (t: number) => {
+      const s = Math.max(0, Date.now() / 1000 - t);
+      return s < 60 ? `${Math.round(s)}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago` : s < 86400 ? `${Math.round(s / 3600)}h ago` : `${Math.round(s / 86400)}d ago`;
+    };
+    [this.runA, this.runB].forEach((select, i) => {
+      const chosen = select.value || (runs[i === 0 ? Math.min(1, runs.length - 1) : 0] || { id: '' }).id;
+      select.replaceChildren(...runs.map(r => {
+        const kind = r.kind === 'interactive' ? 'hand' : r.kind;
+        return el('option', { value: r.id, title: `${r.id}: ${r.status}` }, `${r.id.slice(9)} ${kind} ${(r.targets || []).join(' ') || 'all'} (${age(r.started)})`);
+      }));
+      select.value = chosen;
+    });
+  }
+
+  // runs A and B side by side (GET /mlnb/compare): per step, each parameter and metric; a row that differs is bold with a *
+  private async compare() {
+    try {
+      const c = await api(`compare?a=${encodeURIComponent(this.runA.value)}&b=${encodeURIComponent(this.runB.value)}`);
+      const show = (v: any) => v === null || v === undefined ? '-' : typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : typeof v === 'object' ? JSON.stringify(v) : String(v);
+      const table = el('table');
+      const head = el('tr');
+      for (const h of ['step', 'kind', 'name', 'A', 'B', '']) head.append(el('th', {}, h));
+      table.append(head);
+      for (const s of c.steps) {
+        const rows: [string, Compared][] = [...s.params.map((r: Compared) => ['param', r]), ...s.metrics.map((r: Compared) => ['metric', r])];
+        if (!rows.length) {
+          const tr = el('tr', { 'data-step': s.step });
+          for (const v of [s.step, '', '(no parameters or metrics)', s.in_a ? '' : 'not in A', s.in_b ? '' : 'not in B', '']) tr.append(el('td', {}, v));
+          table.append(tr);
+        }
+        for (const [kind, r] of rows) {
+          const tr = el('tr', { 'data-step': s.step, 'data-name': r.name, 'data-differs': String(r.differs) });
+          if (r.differs) tr.classList.add('mlnb-differs');
+          for (const v of [s.step, kind, r.name, show(r.a), show(r.b), r.differs ? '*' : '']) tr.append(el('td', {}, v));
+          table.append(tr);
+        }
+      }
+      this.compared.replaceChildren(el('div', { class: 'mlnb-why' }, `A = ${c.a.id} (${c.a.kind}), B = ${c.b.id} (${c.b.kind}); * where they differ`), table);
+    } catch (e) {
+      this.compared.replaceChildren(el('div', { class: 'mlnb-error' }, String(e)));
+    }
   }
 
   private async showOutputs(step: string) {
