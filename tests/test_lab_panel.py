@@ -179,8 +179,10 @@ def test_panel_states_run_executed_notebook_and_preview(panel_lab, browser, tmp_
     page.click(f'{section} button[data-action="compare"]')
     row = page.locator(f'{section} tr[data-step="train"][data-name="max_depth"]')
     row.wait_for(timeout=30_000)
-    assert row.locator('td').all_inner_texts() == ['train', 'param', 'max_depth', '8', '6', '*']
-    assert row.get_attribute('data-differs') == 'true' and 'bold' in row.locator('td').first.evaluate('td => getComputedStyle(td).fontWeight + (getComputedStyle(td).fontWeight >= 600 ? " bold" : "")')
+    assert row.locator('td').all_inner_texts() == ['max_depth', '8', '6', '*']
+    assert (row.get_attribute('data-kind'), row.get_attribute('data-differs')) == ('param', 'true')
+    assert int(row.locator('td').first.evaluate('td => getComputedStyle(td).fontWeight')) >= 600  # shown in bold
+    assert page.locator(f'{section} tr.mlnb-compare-step[data-step="train"]').all_inner_texts() == ['train: parameters', 'train: metrics']
     same = page.locator(f'{section} tr[data-step="data"][data-differs]')
     assert same.count() > 0 and all(r.get_attribute('data-differs') == 'false' for r in same.all())  # data was reused: nothing differs
     assert f'A = {first}' in page.inner_text(f'{section} .mlnb-compare-result')

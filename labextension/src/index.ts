@@ -208,20 +208,26 @@ class MlnbPanel extends Widget {
       const show = (v: any) => v === null || v === undefined ? '-' : typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(4) : typeof v === 'object' ? JSON.stringify(v) : String(v);
       const table = el('table');
       const head = el('tr');
-      for (const h of ['step', 'kind', 'name', 'A', 'B', '']) head.append(el('th', {}, h));
+      for (const h of ['', 'A', 'B', '']) head.append(el('th', {}, h));
       table.append(head);
-      for (const s of c.steps) {
-        const rows: [string, Compared][] = [...s.params.map((r: Compared) => ['param', r]), ...s.metrics.map((r: Compared) => ['metric', r])];
-        if (!rows.length) {
-          const tr = el('tr', { 'data-step': s.step });
-          for (const v of [s.step, '', '(no parameters or metrics)', s.in_a ? '' : 'not in A', s.in_b ? '' : 'not in B', '']) tr.append(el('td', {}, v));
+      for (const s of c.steps) { // a heading row per step and kind (parameters, metrics), then a row per name
+        const parts: [string, Compared[]][] = [['param', s.params], ['metric', s.metrics]];
+        if (!s.params.length && !s.metrics.length) {
+          const tr = el('tr', { class: 'mlnb-compare-step', 'data-step': s.step });
+          tr.append(el('th', { colspan: '4' }, `${s.step}: no parameters or metrics${s.in_a ? '' : ', not in A'}${s.in_b ? '' : ', not in B'}`));
           table.append(tr);
         }
-        for (const [kind, r] of rows) {
-          const tr = el('tr', { 'data-step': s.step, 'data-name': r.name, 'data-differs': String(r.differs) });
-          if (r.differs) tr.classList.add('mlnb-differs');
-          for (const v of [s.step, kind, r.name, show(r.a), show(r.b), r.differs ? '*' : '']) tr.append(el('td', {}, v));
+        for (const [kind, rows] of parts) {
+          if (!rows.length) continue;
+          const tr = el('tr', { class: 'mlnb-compare-step', 'data-step': s.step });
+          tr.append(el('th', { colspan: '4' }, `${s.step}: ${kind === 'param' ? 'parameters' : 'metrics'}`));
           table.append(tr);
+          for (const r of rows) {
+            const row = el('tr', { 'data-step': s.step, 'data-kind': kind, 'data-name': r.name, 'data-differs': String(r.differs) });
+            if (r.differs) row.classList.add('mlnb-differs');
+            for (const v of [r.name, show(r.a), show(r.b), r.differs ? '*' : '']) row.append(el('td', {}, v));
+            table.append(row);
+          }
         }
       }
       this.compared.replaceChildren(el('div', { class: 'mlnb-why' }, `A = ${c.a.id} (${c.a.kind}), B = ${c.b.id} (${c.b.kind}); * where they differ`), table);

@@ -1,0 +1,31 @@
+"use strict";(self.rspackChunkmlnb_labextension=self.rspackChunkmlnb_labextension||[]).push([[700],{646(e,t,r){var n=r(601),o=r.n(n),a=r(314),l=(r.n(a))()(o());l.push([e.id,`.mlnb-panel { padding: 8px; overflow: auto; font-size: var(--jp-ui-font-size1); color: var(--jp-ui-font-color1); background: var(--jp-layout-color1); }
+.mlnb-panel h2 { font-size: var(--jp-ui-font-size2); margin: 4px 0 8px; }
+.mlnb-panel h3 { font-size: var(--jp-ui-font-size1); margin: 10px 0 4px; }
+.mlnb-panel button { margin: 0 4px 0 0; font-size: var(--jp-ui-font-size0); cursor: pointer; }
+.mlnb-panel a { color: var(--jp-content-link-color); cursor: pointer; margin-right: 6px; }
+.mlnb-steps { list-style: none; padding-left: 0; margin: 0; }
+.mlnb-steps .mlnb-steps { padding-left: 16px; }
+.mlnb-step { border-left: 4px solid var(--jp-border-color2); padding: 4px 6px; margin: 4px 0; }
+.mlnb-step[data-state='cached'] { border-left-color: var(--jp-success-color1); }
+.mlnb-step[data-state='stale'] { border-left-color: var(--jp-warn-color1); }
+.mlnb-step[data-state='running'] { border-left-color: var(--jp-brand-color1); }
+.mlnb-step[data-state='failed'] { border-left-color: var(--jp-error-color1); }
+.mlnb-step[data-state='hand'] { border-left-color: var(--jp-info-color1); }
+.mlnb-name { font-weight: bold; margin-right: 6px; }
+.mlnb-state { text-transform: uppercase; font-size: var(--jp-ui-font-size0); margin-right: 6px; }
+.mlnb-why, .mlnb-needs, .mlnb-last { color: var(--jp-ui-font-color2); font-size: var(--jp-ui-font-size0); }
+.mlnb-preview table, .mlnb-compare table { border-collapse: collapse; font-size: var(--jp-ui-font-size0); }
+.mlnb-preview td, .mlnb-preview th, .mlnb-compare td, .mlnb-compare th { border: 1px solid var(--jp-border-color2); padding: 1px 4px; }
+.mlnb-error { color: var(--jp-error-color1); }
+.mlnb-dag { overflow-x: auto; margin: 4px 0; }
+.mlnb-dag svg { max-width: 100%; height: auto; display: block; }
+.mlnb-dag g.node { cursor: pointer; }
+.mlnb-dag g.node rect { fill: var(--jp-layout-color1); }
+.mlnb-dag g.node text:first-of-type { fill: var(--jp-ui-font-color1); }
+.mlnb-step.mlnb-highlight { background: var(--jp-layout-color2); }
+.mlnb-compare select { max-width: 100%; margin: 2px 0; font-size: var(--jp-ui-font-size0); }
+.mlnb-compare tr.mlnb-differs td { font-weight: bold; }
+.mlnb-compare table { width: 100%; }
+.mlnb-compare td { overflow-wrap: anywhere; }
+.mlnb-compare tr.mlnb-compare-step th { text-align: left; background: var(--jp-layout-color2); }
+`,""]),r.d(t,{},{A:l})},314(e){e.exports=function(e){var t=[];return t.toString=function(){return this.map(function(t){var r="",n=void 0!==t[5];return t[4]&&(r+="@supports (".concat(t[4],") {")),t[2]&&(r+="@media ".concat(t[2]," {")),n&&(r+="@layer".concat(t[5].length>0?" ".concat(t[5]):""," {")),r+=e(t),n&&(r+="}"),t[2]&&(r+="}"),t[4]&&(r+="}"),r}).join("")},t.i=function(e,r,n,o,a){"string"==typeof e&&(e=[[null,e,void 0]]);var l={};if(n)for(var i=0;i<this.length;i++){var s=this[i][0];null!=s&&(l[s]=!0)}for(var p=0;p<e.length;p++){var c=[].concat(e[p]);n&&l[c[0]]||(void 0!==a&&(void 0===c[5]||(c[1]="@layer".concat(c[5].length>0?" ".concat(c[5]):""," {").concat(c[1],"}")),c[5]=a),r&&(c[2]&&(c[1]="@media ".concat(c[2]," {").concat(c[1],"}")),c[2]=r),o&&(c[4]?(c[1]="@supports (".concat(c[4],") {").concat(c[1],"}"),c[4]=o):c[4]="".concat(o)),t.push(c))}},t}},601(e){e.exports=function(e){return e[1]}},72(e){var t=[];function r(e){for(var r=-1,n=0;n<t.length;n++)if(t[n].identifier===e){r=n;break}return r}function n(e,n){for(var o={},a=[],l=0;l<e.length;l++){var i=e[l],s=n.base?i[0]+n.base:i[0],p=o[s]||0,c="".concat(s," ").concat(p);o[s]=p+1;var u=r(c),d={css:i[1],media:i[2],sourceMap:i[3],supports:i[4],layer:i[5]};if(-1!==u)t[u].references++,t[u].updater(d);else{var m=function(e,t){var r=t.domAPI(t);return r.update(e),function(t){t?(t.css!==e.css||t.media!==e.media||t.sourceMap!==e.sourceMap||t.supports!==e.supports||t.layer!==e.layer)&&r.update(e=t):r.remove()}}(d,n);n.byIndex=l,t.splice(l,0,{identifier:c,updater:m,references:1})}a.push(c)}return a}e.exports=function(e,o){var a=n(e=e||[],o=o||{});return function(e){e=e||[];for(var l=0;l<a.length;l++){var i=r(a[l]);t[i].references--}for(var s=n(e,o),p=0;p<a.length;p++){var c=r(a[p]);0===t[c].references&&(t[c].updater(),t.splice(c,1))}a=s}}},659(e){var t={};e.exports=function(e,r){var n=function(e){if(void 0===t[e]){var r=document.querySelector(e);if(window.HTMLIFrameElement&&r instanceof window.HTMLIFrameElement)try{r=r.contentDocument.head}catch(e){r=null}t[e]=r}return t[e]}(e);if(!n)throw Error("Couldn't find a style target. This probably means that the value for the 'insert' parameter is invalid.");n.appendChild(r)}},540(e){e.exports=function(e){var t=document.createElement("style");return e.setAttributes(t,e.attributes),e.insert(t,e.options),t}},56(e,t,r){e.exports=function(e){var t=r.nc;t&&e.setAttribute("nonce",t)}},825(e){e.exports=function(e){if("u"<typeof document)return{update:function(){},remove:function(){}};var t=e.insertStyleElement(e);return{update:function(r){var n,o,a;n="",r.supports&&(n+="@supports (".concat(r.supports,") {")),r.media&&(n+="@media ".concat(r.media," {")),(o=void 0!==r.layer)&&(n+="@layer".concat(r.layer.length>0?" ".concat(r.layer):""," {")),n+=r.css,o&&(n+="}"),r.media&&(n+="}"),r.supports&&(n+="}"),(a=r.sourceMap)&&"u">typeof btoa&&(n+="\n/*# sourceMappingURL=data:application/json;base64,".concat(btoa(unescape(encodeURIComponent(JSON.stringify(a))))," */")),e.styleTagTransform(n,t,e.options)},remove:function(){var e;null===(e=t).parentNode||e.parentNode.removeChild(e)}}}},113(e){e.exports=function(e,t){if(t.styleSheet)t.styleSheet.cssText=e;else{for(;t.firstChild;)t.removeChild(t.firstChild);t.appendChild(document.createTextNode(e))}}},959(e,t,r){var n=r(72),o=r.n(n),a=r(825),l=r.n(a),i=r(659),s=r.n(i),p=r(56),c=r.n(p),u=r(540),d=r.n(u),m=r(113),f=r.n(m),b=r(646),v={};v.styleTagTransform=f(),v.setAttributes=c(),v.insert=s().bind(null,"head"),v.domAPI=l(),v.insertStyleElement=d(),o()(b.A,v),b.A&&b.A.locals&&b.A.locals}}]);
