@@ -5,9 +5,9 @@ process of their own; the candidate's p99 latency and memory are held to `guardr
 On the scaffolded churn project (tests/test_loop.py's fixtures): a candidate of a thousand trees is stopped before any rollout; a normal one
 passes and its rollout starts. On the ported projects (a multiclass and a regression): one pass retrains, verifies and starts a rollout in
 the shadow; the shadow's rows, logged as the service logs them with their ground truth, take it to the next stage."""
-import json, os, sys, time, uuid
+import json, os, time, uuid
 
-from conftest import mlnb
+from conftest import mlnb, project_function
 from test_loop import alerts_sent, champion, flags, project, trained, write_log  # noqa: F401 (fixtures)
 
 
@@ -69,20 +69,17 @@ def shadow_log(root, p, tags):
     """The rows of the ported project's extract answered by both variants (`tags`: variant -> model tag), each model loaded from its file
     and fed by the project's feature function as the service does, logged as the service logs a shadow's rows; their ground truth beside."""
     import joblib, pandas as pd
-    from mlnb.serving import feedback_lines, feedback_path, load_function
+    from mlnb.serving import feedback_lines, feedback_path
     from mlnb.serving.live import stored_model
     from mlnb.serving.predict import answers
     df = pd.read_csv(root / p.csv)
     rows = df.drop(columns=p.label)
-    sys.path.insert(0, str(root))
-    try:
-        prepare = load_function(f'{p.name}.features:prepare')
-        got = {}
-        for variant, tag in tags.items():
-            model = joblib.load(stored_model(tag)[0] / 'saved_model.pkl')
-            kind, classes = ('regressor', None) if p.kind == 'regression' else ('classifier', [c.item() if hasattr(c, 'item') else c for c in model.classes_])
-            got[variant] = answers(model, prepare(rows), kind, classes)[0]
-    finally: sys.path.remove(str(root))
+    prepare = project_function(root, f'{p.name}.features:prepare')  # forgotten after: tests/test_new_data.py has its own project of that name
+    got = {}
+    for variant, tag in tags.items():
+        model = joblib.load(stored_model(tag)[0] / 'saved_model.pkl')
+        kind, classes = ('regressor', None) if p.kind == 'regression' else ('classifier', [c.item() if hasattr(c, 'item') else c for c in model.classes_])
+        got[variant] = answers(model, prepare(rows), kind, classes)[0]
     ts, ids = json.dumps(pd.Timestamp.now(tz='UTC').isoformat()), [uuid.uuid4().hex for _ in range(len(df))]
     js = rows.to_json(orient='records', lines=True, date_format='iso', double_precision=15).splitlines()
     log = root / '.mlnb' / 'predictions' / f'{p.name}.jsonl'

@@ -5,13 +5,13 @@ For each table of tests/tables.py (from packages that ship them), with no edit o
 notebook's model in this process, and `mlnb monitor` on them without an alert. Then the refusals: bad tables before
 anything is written, and settings that cannot fit the model at `mlnb build`. Real nbdev, papermill kernels, BentoML.
 """
-import json, re, sys, tomllib
+import json, re, tomllib
 
 import httpx
 import pandas as pd
 import pytest
 
-from conftest import git_snapshot, mlnb, run
+from conftest import git_snapshot, mlnb, project_function, run
 from tables import CASES, breast_cancer, penguins
 
 import mlnb as mlnb_api
@@ -87,9 +87,7 @@ def test_served_answers_are_the_notebooks_and_monitoring_is_quiet(made):
     case, root, env, out, steps = made
     test = latest(root, 'data', env)['test']
     model = latest(root, 'train', env)['model']
-    sys.path.insert(0, str(root))
-    try: prepare = __import__(f'{case.name}.features', fromlist=['prepare']).prepare
-    finally: sys.path.remove(str(root))
+    prepare = project_function(root, f'{case.name}.features:prepare')
     kind = model_kind(model)
     classes = [c.item() if hasattr(c, 'item') else c for c in model.classes_] if kind == 'classifier' else None
     expected, _ = answers(model, prepare(test), kind, classes)
