@@ -31,7 +31,7 @@ class Batcher:
                  observe: Callable[[int], None] | None = None, # called with each call's number of rows
                 ):
         self.work, self.max_rows, self.after, self.observe = work, max_rows, after, observe
-        self._queue, self._cv, self._thread = collections.deque(), threading.Condition(), None
+        self._queue, self._cv, self._thread, self._busy = collections.deque(), threading.Condition(), None, False
 
     async def submit(self, payload, n: int = 1):
         "The result of `work` for `payload` (`n` rows), computed together with what else is waiting."
@@ -42,12 +42,13 @@ class Batcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name='mlnb-batcher', daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            self._cv.notify_all() # the batcher's thread, and any `drain` waiting
         return await job.future
 
     def _next(self) -> list[_Job]:
         with self._cv:
             while not self._queue: self._cv.wait()
+            self._busy = True
             batch = [self._queue.popleft()]
             rows = batch[0].n
             while self._queue and rows + self._queue[0].n <= self.max_rows:
@@ -68,3 +69,10 @@ class Batcher:
                 if hook is None: continue
                 try: hook(*args)
                 except Exception as e: logging.getLogger('mlnb.service').warning('%s failed: %s', getattr(hook, '__name__', hook), describe_error(e))
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        "Wait until every request submitted so far is answered and its `after` hook (the prediction log) has run; False when `timeout` seconds pass first."
+        with self._cv: return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)

@@ -250,6 +250,7 @@ class Runtime:
     def close(self):
         "Make the shadow predictions still waiting, send the alerts still waiting (5 s at most), and hand what the logs hold to their file or topic."
         self.live_rollout.stop()
+        if not self.batcher.drain(10.0): log.warning('stopping with requests answered but not yet logged') # answered rows reach the log before it closes
         if not self.shadow.drain(): log.warning('stopping with %d shadow predictions not made', self.shadow.pending)
         if not self.alerting.drain(5.0): log.warning('stopping with %d action-limit alerts not sent', self.alerting.pending)
         for lg in {id(x): x for x in (self.log, self.feedback_log) if x is not None}.values(): lg.close()
