@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/drift.html.md"""
 
 # %% ../nbs/01_drift.ipynb #699e4fbe
 from __future__ import annotations
-import datetime as _dt, math
+import datetime as _dt, math, os
 from typing import Mapping
 
 import numpy as np
@@ -464,12 +464,18 @@ class Reconstruction:
         "Each row's reconstruction error: a chunk's score is their mean, so a window's rows are encoded once, whatever its chunks."
         out = np.empty(len(frame))
         shift = self.mean / self.scale + self.center
-        for a in range(0, len(frame), block):
+        def one(a):
             d = self._encode(frame.iloc[a:a + block]) # standardised and centred in place: (x - mean) / scale - center
             d /= self.scale
             d -= shift
             p = self.vt @ d.T # the part the components keep (multiplied this way round: 10x quicker for a tall matrix); the error is
             out[a:a + block] = np.sqrt(np.maximum(np.einsum('ij,ij->i', d, d) - np.einsum('ij,ij->j', p, p), 0.0)) # what is left, |d|^2 - |p|^2
+        starts = range(0, len(frame), block)
+        if len(starts) < 2 or (os.cpu_count() or 1) < 2:
+            for a in starts: one(a)
+        else: # a block on each core: numpy and arrow let go of Python's lock for the heavy parts
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(min(os.cpu_count(), len(starts))) as ex: list(ex.map(one, starts))
         return out
 
     def __call__(self, frame: pd.DataFrame) -> float:

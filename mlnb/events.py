@@ -218,10 +218,18 @@ def select(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
     return out
 
 def probabilities(df: pd.DataFrame) -> np.ndarray | None:
-    "The per-class probabilities of the rows of `df` as a matrix (rows x classes; NaN for a row without them, such as a fallback's answer), or None."
-    import pyarrow as pa, pyarrow.compute as pc
-    p = getattr(df.attrs.get('probabilities'), 'value', None)
+    "The per-class probabilities of the rows of `df` as a matrix (rows x classes; NaN for a row without them, such as a fallback's answer), or None; read-only, made once per frame."
+    held = df.attrs.get('probabilities')
+    if getattr(held, 'matrix', False) is not False: return held.matrix
+    p = getattr(held, 'value', None)
     if p is None or len(p) == 0 or p.null_count == len(p): return None
+    held.matrix = out = _matrix(p)
+    if out is not None: out.flags.writeable = False # shared by every caller
+    return out
+
+def _matrix(p) -> np.ndarray | None:
+    "An arrow list array of probabilities as a matrix (rows of the commonest length; the others NaN)."
+    import pyarrow as pa, pyarrow.compute as pc
     p = p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
     lens = pc.list_value_length(p).fill_null(0).to_numpy(zero_copy_only=False)
     if not lens.any(): return None

@@ -131,13 +131,17 @@ def _runs(flags: list, confirm: int) -> int | None:
         if run >= confirm: return i - confirm + 1
     return None
 
-def _reorder(events: pd.DataFrame, order: np.ndarray) -> pd.DataFrame:
-    "The rows of `events` in `order`, with their probabilities."
-    import pyarrow as pa
-    out = events.iloc[order].reset_index(drop=True)
-    p = getattr(events.attrs.get('probabilities'), 'value', None)
-    if p is not None: out.attrs['probabilities'] = type(events.attrs['probabilities'])(p.take(pa.array(order)))
-    return out
+def _part(x, part):
+    "The rows of `x` (an array, a Series or a frame) in a chunk: `part` is a (start, stop) slice, or the rows' positions (in time order)."
+    if isinstance(part, tuple): part = slice(*part)
+    return x[part] if isinstance(x, np.ndarray) else x.iloc[part]
+
+def _rows_of(part) -> np.ndarray:
+    "The positions of a chunk's rows."
+    return np.arange(*part) if isinstance(part, tuple) else np.asarray(part)
+
+def _size(part) -> int:
+    return part[1] - part[0] if isinstance(part, tuple) else len(part)
 
 def utc_times(values: pd.Series) -> pd.Series:
     "Times as UTC (a time with no zone taken as UTC; NaT where a value is none): arrow's ISO 8601 parser when every value is one (20 times quicker), else pandas'."
@@ -170,13 +174,13 @@ def predictions_time(events: pd.DataFrame, # the window's events
 def chunked_drift(values: pd.Series, # a column's values in the window, in time order
                   cref: Mapping, # its frozen reference
                   ref_values: pd.Series | None, # its reference rows (None: fixed thresholds)
-                  slices: list[tuple[int, int]], # the chunks
+                  slices: list, # the chunks: (start, stop) slices of the rows, or each chunk's row positions in time order
                   cfg: MonitorConfig, # thresholds
                   small: bool, # the reference is small (fixed thresholds: statistical tests)
                  ) -> dict:
     "The column's score, threshold and verdict per chunk, the first chunk of `confirm` drifted ones in a row, and how the threshold was set."
     from mlnb.drift import JensenShannon, learn_threshold
-    sizes = [b - a for a, b in slices]
+    sizes = [_size(s) for s in slices]
     if ref_values is not None and cfg.thresholds == 'learned' and ref_values.notna().sum() >= 4:
         js = JensenShannon(ref_values, cref['kind'])
         ref_at = js.bin_of(ref_values) # each value's bin found once: a chunk's counts are then a count of bin numbers
@@ -186,8 +190,8 @@ def chunked_drift(values: pd.Series, # a column's values in the window, in time 
             return {'method': 'jensen_shannon', 'threshold': thr, 'thresholds': 'learned', 'threshold_from': how, 'chunks': chunks,
                     'drifted_from': _runs([c['drifted'] for c in chunks], cfg.confirm)}
     chunks, method = [], None
-    for a, b in slices:
-        d = column_drift(cref, values.iloc[a:b], small, cfg.p_value, cfg.drift_threshold)
+    for s in slices:
+        d = column_drift(cref, _part(values, s), small, cfg.p_value, cfg.drift_threshold)
         method = method or d.get('method')
         chunks.append({'score': d.get('score'), 'threshold': d.get('threshold'), 'drifted': bool(d.get('drifted'))})
     why = 'thresholds = "fixed"' if cfg.thresholds == 'fixed' else 'the reference has no rows to learn from (a profile, or a model logged before they were kept)'
@@ -197,7 +201,7 @@ def chunked_drift(values: pd.Series, # a column's values in the window, in time 
 def multivariate_drift(events: pd.DataFrame, # the window's events, in time order
                        rows: pd.DataFrame, # the reference rows
                        kinds: Mapping[str, str], # tested request column -> 'numeric' or 'categorical'
-                       slices: list[tuple[int, int]], # the chunks
+                       slices: list, # the chunks: (start, stop) slices, or each chunk's row positions in time order
                        cfg: MonitorConfig, # sigmas, confirm
                       ) -> dict | None:
     "The reconstruction error of all tested request columns together per chunk, against a threshold learned on reference chunks (None with fewer than two columns)."
@@ -206,9 +210,9 @@ def multivariate_drift(events: pd.DataFrame, # the window's events, in time orde
     if len(cols) < 2 or len(rows) < 20: return None
     rec = Reconstruction(rows, cols)
     ref_err, err = rec.errors(rows), rec.errors(events[list(cols)]) # a chunk's score is the mean of its rows' errors
-    thr, how = learn_threshold(lambda i: float(ref_err[i].mean()), len(rows), int(np.median([b - a for a, b in slices])), cfg.sigmas)
+    thr, how = learn_threshold(lambda i: float(ref_err[i].mean()), len(rows), int(np.median([_size(s) for s in slices])), cfg.sigmas)
     mean = lambda e: float(e.mean()) if len(e) else float('nan')
-    chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (mean(err[a:b]) for a, b in slices)]
+    chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (mean(_part(err, p)) for p in slices)]
     first = _runs([c['drifted'] for c in chunks], cfg.confirm)
     return {'method': 'PCA reconstruction error', 'columns': [c[4:] for c in cols], 'components': rec.components,
             'reference': mean(ref_err), 'threshold': thr, 'threshold_from': how, 'chunks': chunks, 'drifted': first is not None, 'drifted_from': first}
@@ -224,7 +228,7 @@ def _metric_on(metric, y, frame, classes, proba):
 def chunked_performance(events: pd.DataFrame, # the window's events, in time order
                         y: pd.Series, # each event's ground truth (NaN: none yet)
                         rows: pd.DataFrame | None, # the reference rows
-                        slices: list[tuple[int, int]], # the chunks
+                        slices: list, # the chunks: (start, stop) slices, or each chunk's row positions in time order
                         metric: str, classes: list | None, # the gate's metric; a classifier's classes
                         cfg: MonitorConfig, # sigmas, confirm
                        ) -> dict:
@@ -232,9 +236,10 @@ def chunked_performance(events: pd.DataFrame, # the window's events, in time ord
     proba, ans = probabilities(events), _answer_columns(events)
     have = y.notna().to_numpy()
     chunks = []
-    for a, b in slices:
-        idx = a + np.flatnonzero(have[a:b])
-        c = {'rows': b - a, 'joined': int(len(idx)),
+    for s in slices:
+        at = _rows_of(s)
+        idx = at[have[at]]
+        c = {'rows': len(at), 'joined': int(len(idx)),
              'realised': _metric_on(metric, y.iloc[idx].to_numpy(), ans.iloc[idx], classes, proba[idx] if proba is not None else None)}
         if len(idx): # prediction bias in the chunk: answers against truth on the same labelled rows
             c.update({'predicted': float(events['prediction.value'].iloc[idx].mean()), 'observed': float(y.iloc[idx].astype(float).mean())}
@@ -278,7 +283,7 @@ def reference_band(rows: pd.DataFrame | None, # the reference rows
 
 def estimated_performance(events: pd.DataFrame, # the window's events, in time order
                           rows: pd.DataFrame | None, # the reference rows, with labels
-                          slices: list[tuple[int, int]], # the chunks
+                          slices: list, # the chunks: (start, stop) slices, or each chunk's row positions in time order
                           metric: str, kind: str, classes: list | None, # the metric; what the model answers
                           cfg: MonitorConfig, # sigmas, confirm
                           cache: Path | None = None, # a file keeping a classifier's calibration and band for the next run (they depend only on the reference)
@@ -287,7 +292,7 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
     "The metric estimated per chunk without ground truth (CBPE for a classifier, DLE for a regressor), fitted on the reference rows, with its band."
     from mlnb.estimate import CBPE, DLE
     if rows is None or 'label' not in rows or not len(rows): return None
-    est, size = {'metric': metric}, int(np.median([b - a for a, b in slices]))
+    est, size = {'metric': metric}, int(np.median([_size(s) for s in slices]))
     kept = None
     if cache is not None and kind != 'regressor':
         try: kept = json.loads(cache.read_text())
@@ -298,7 +303,7 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
             feats = [c for c in rows.columns if c.startswith('row.') and c in events]
             model = DLE.fit(rows[feats], rows['prediction.value'], rows['label'])
             est['method'] = 'DLE (direct loss estimation: models of the absolute and squared error learned on the reference)'
-            values = [model.estimate(events[feats].iloc[a:b], events['prediction.value'].iloc[a:b], metric) for a, b in slices]
+            values = [model.estimate(_part(events[feats], s), _part(events['prediction.value'], s), metric) for s in slices]
         else:
             rp, proba = _ref_proba(rows), probabilities(events)
             if len(classes or []) == 2: # a binary classifier's probability of its positive class is enough
@@ -308,7 +313,7 @@ def estimated_performance(events: pd.DataFrame, # the window's events, in time o
             model = CBPE.from_dict(kept['cbpe']) if kept else CBPE.from_dict(fitted) if fitted else CBPE.fit(rows['label'].to_numpy(), rp, classes)
             est['method'] = 'CBPE (the expected confusion matrix from probabilities calibrated on the reference)'
             labels = events['prediction.label'].to_numpy()
-            values = [model.estimate(proba[a:b], metric, labels[a:b]) for a, b in slices]
+            values = [model.estimate(_part(proba, s), metric, _part(labels, s)) for s in slices]
     except (UsageError, ValueError) as e: return {**est, 'chunks': [], 'why_none': str(e)}
     est['chunks'] = [{'estimated': v, **({'why_none': why} if v is None else {})} for v, why in values]
     est['band'], est['band_from'] = (kept['band'], kept['band_from']) if kept else reference_band(rows, metric, classes, size, cfg)
@@ -374,6 +379,22 @@ def _map(fn, items: list, threads: bool) -> list:
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(min(os.cpu_count(), len(items))) as ex: return list(ex.map(fn, items))
 
+class _Now:
+    "An executor that runs each job as it is given (one core, or a window too small to share)."
+    def submit(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+        f = Future()
+        try: f.set_result(fn(*args, **kwargs))
+        except Exception as e: f.set_exception(e)
+        return f
+    def __enter__(self): return self
+    def __exit__(self, *exc): pass
+
+def _matched(feedback: pd.DataFrame, ids: pd.Series) -> tuple:
+    "(`Truth` of `feedback`, and its `match` of `ids`)."
+    fb = Truth(feedback)
+    return (fb, *fb.match(ids))
+
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
           ref: Mapping, # the model's frozen reference
           cfg: MonitorConfig = MonitorConfig(), # thresholds and limits
@@ -391,11 +412,13 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     from mlnb.drift import chunk_slices
     kind, n = ref.get('kind'), len(events)
     small = ref.get('rows', 0) <= cfg.small_reference
-    when, when_from = predictions_time(events, ref, cfg.time)
-    if not when.is_monotonic_increasing:
+    stamps, when_from = predictions_time(events, ref, cfg.time)
+    when, order = stamps, None
+    if not when.is_monotonic_increasing: # the rows stay where they are: a chunk is the positions of its rows in time order
         order = np.argsort(when.to_numpy(dtype='datetime64[ns]').view('int64'), kind='stable') # as numbers: a tz-aware time sorts as objects, 50x slower
-        events, when = _reorder(events, order), when.iloc[order].reset_index(drop=True)
+        when = when.iloc[order].reset_index(drop=True)
     slices = chunk_slices(n, pd.Timedelta(parse_since(cfg.chunk)) if isinstance(cfg.chunk, str) else cfg.chunk, when)
+    parts = slices if order is None else [order[a:b] for a, b in slices]
     alerts, out = [], {'rows': n, 'reference_rows': ref.get('rows'), 'tests': 'statistical tests' if small else 'distances',
                        'thresholds': {'thresholds': cfg.thresholds if rows is not None else 'fixed', 'sigmas': cfg.sigmas, 'confirm': cfg.confirm,
                                       'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change},
@@ -404,100 +427,108 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None, f'row.{name}')
             for name, cref in ref.get('columns', {}).items() if f'row.{name}' in events]
     pjobs = [(name, pref, events[f'prediction.{name}'], None, f'prediction.{name}') for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
-    def judge(job):
-        d = column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3])
-        if d.get('method') is None:
-            return {**d, 'tested': False, 'described': {'key': 'a declared key', 'datetime': 'a timestamp', 'text': 'free text'}.get(d['kind'], 'no values')}
-        c = chunked_drift(job[2], job[1], rows[job[4]] if rows is not None and job[4] in rows else None, slices, cfg, small)
-        d['window'] = {k: d.get(k) for k in ('method', 'score', 'threshold', 'drifted')}
-        if c['thresholds'] == 'learned':
-            d.update(method=c['method'], score=max((x['score'] for x in c['chunks'] if x['score'] == x['score']), default=None),
-                     threshold=c['threshold'], drifted=c['drifted_from'] is not None)
-        return {**d, 'tested': True, **{k: c[k] for k in ('thresholds', 'threshold_from', 'drifted_from', 'chunks')}}
-    done = _map(judge, jobs + pjobs, threads=n >= 50_000)
-    cols = dict(zip([j[0] for j in jobs], done[:len(jobs)]))
-    for d in cols.values(): d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
-    out['columns'] = cols
-    drifted = [k for k, d in cols.items() if d.get('drifted')]
-    if drifted: alerts.append({'kind': 'drift', 'columns': drifted, 'from_chunk': {k: cols[k].get('drifted_from') for k in drifted},
-                               'message': f"{len(drifted)} of {len([d for d in cols.values() if d.get('tested')])} columns drifted: "
-                               + ', '.join(k + (f" (from chunk {cols[k]['drifted_from']}, {out['chunks'][cols[k]['drifted_from']]['from'][:19]})"
-                                                if cols[k].get('drifted_from') is not None else '') for k in drifted)})
-    if cfg.multivariate and rows is not None:
-        mv = multivariate_drift(events, rows, {k: d['kind'] for k, d in cols.items() if d.get('tested')}, slices, cfg)
-        out['multivariate'] = mv
-        if mv and mv['drifted']:
-            alerts.append({'kind': 'multivariate_drift', 'from_chunk': mv['drifted_from'],
-                           'message': f"the features together drifted (reconstruction error above {mv['threshold']:.4g} from chunk {mv['drifted_from']})"})
-    nulls = [k for k, d in cols.items() if d['null_rate_alert']]
-    if nulls: alerts.append({'kind': 'nulls', 'columns': nulls, 'message': 'the share of nulls moved by more than '
-                             f"{cfg.null_rate_change}: " + ', '.join(f"{k} {cols[k]['reference_null_rate']:.1%} -> {cols[k]['null_rate']:.1%}" for k in nulls)})
-    unseen = {k: d['unseen'] for k, d in cols.items() if d.get('unseen')}
-    if unseen: out['unseen'] = unseen
-    preds = dict(zip([j[0] for j in pjobs], done[len(jobs):]))
-    out['predictions'] = preds
-    moved = [k for k, d in preds.items() if d.get('drifted')]
-    if moved: alerts.append({'kind': 'prediction_drift', 'columns': moved, 'message': f"the answers drifted: {', '.join(moved)}"})
-    # prediction bias and realised performance
-    answered = events['prediction.value'] if kind == 'regressor' else events['prediction.label']
-    train = ref.get('labels') or {}
-    shares = None if kind == 'regressor' else _shares(answered)
-    bias = {'predicted': float(answered.mean()) if kind == 'regressor' else shares}
-    if train: bias['training'] = train.get('mean') if kind == 'regressor' else {k: c / max(sum(train['counts'].values()), 1) for k, c in train.get('counts', {}).items()}
-    perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
-    if feedback is not None and len(feedback):
-        fb = Truth(feedback)
-        hit, labelled = fb.match(events['request_id']) # looked up once, for the window, its chunks and its timeline
-        joined = _answer_columns(events)[hit]
-        y = fb.labels_of(labelled[hit])
-        in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
-        perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
-                    unmatched_feedback=int((~_in(feedback.loc[in_window, 'request_id'], known if known is not None else events['request_id'])).sum()))
-        if hit.any():
-            bias['observed'] = float(np.mean(y.astype(float))) if kind == 'regressor' else _shares(pd.Series(y))
-            bias['predicted_on_labelled'] = float(joined['prediction.value'].mean()) if kind == 'regressor' else _shares(joined['prediction.label'])
-            from mlnb.estimate import judge_bias
-            bias['judged'] = judge_bias(bias['predicted_on_labelled'], bias['observed'], int(hit.sum()), cfg.bias_bound, cfg.bias_min_rows,
-                                        std=float(np.std(y.astype(float))) if kind == 'regressor' else None)
-            if bias['judged'].get('alert'): alerts.append({'kind': 'bias', 'message': bias['judged']['message']})
-            if metric:
-                proba = probabilities(events)
-                perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
-    if metric and cfg.estimate and rows is not None:
-        perf['estimated'] = est = estimated_performance(events, rows, slices, metric, kind, classes, cfg, cache, ref.get('cbpe'))
-        if est and est.get('outside_from') is not None:
-            lo, hi = est['band']
-            alerts.append({'kind': 'performance', 'estimated': True, 'from_chunk': est['outside_from'],
-                           'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
-                           f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
-    if metric and feedback is not None and len(feedback):
-        y = pd.Series(labelled)
-        perf['chunks'] = chunked_performance(events, y, rows, slices, metric, classes, cfg)
-        first = perf['chunks'].get('outside_from')
-        if first is not None:
-            lo, hi = perf['chunks']['band']
-            alerts.append({'kind': 'performance', 'from_chunk': first, 'message': f"realised {metric} is outside its band [{lo:.4f}, {hi:.4f}] "
-                           f"(learned from the reference) from chunk {first}: " + ', '.join(f"{c['realised']:.4f}" for c in perf['chunks']['chunks'][first:] if c['realised'] is not None)})
-    out['bias'], out['performance'] = bias, perf
-    r = perf.get('realised')
-    if r is not None and floor is not None and (r < floor if direction == 'maximize' else r > floor):
-        alerts.append({'kind': 'performance', 'message': f"realised {metric} {r:.4f} is {'below' if direction == 'maximize' else 'above'} the gate's floor {floor}"})
-    # action limits over the window
-    current = {'rows': n, 'mean': float(answered.mean())} if kind == 'regressor' else {'rows': n, 'share': dict(shares)}
-    broken = {}
-    for name, (lo, hi) in cfg.action_limits.items():
-        v = current.get('mean') if name == 'mean' else current.get('share', {}).get(str(name), 0.0)
-        if v is not None and not lo <= v <= hi: broken[str(name)] = v
-    out['action_limits'] = {'limits': {str(k): list(v) for k, v in cfg.action_limits.items()}, 'current': current, 'breached': broken}
-    if broken: alerts.append({'kind': 'action_limit', 'limits': broken, 'message': 'action limits broken: ' + ', '.join(
-        f"{'mean' if k == 'mean' else 'share of ' + k} {v:.3f} outside {list(cfg.action_limits[k])}" for k, v in broken.items())})
-    out['timeline'] = timeline(events.assign(ts=when), kind, cfg.buckets, feedback, metric, classes,
-                               (fb, hit, labelled) if feedback is not None and len(feedback) else None)
-    out['alerts'] = alerts
-    return out
+    threads = n >= 50_000 and (os.cpu_count() or 1) >= 2
+    from concurrent.futures import ThreadPoolExecutor
+    with (ThreadPoolExecutor(1) if threads else _Now()) as aside: # what needs no drift result (the estimate, the ground truth, the timeline) runs beside the drift tests
+        with_truth = feedback is not None and len(feedback) > 0
+        estimating = bool(metric and cfg.estimate and rows is not None)
+        est_job = aside.submit(estimated_performance, events, rows, parts, metric, kind, classes, cfg, cache, ref.get('cbpe')) if estimating else None
+        truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth else None # looked up once, for the window, its chunks and its timeline
+        timeline_job = aside.submit(lambda: timeline(events.assign(ts=stamps), kind, cfg.buckets, feedback, metric, classes,
+                                                     truth_job.result() if with_truth else None, order))
+        def judge(job):
+            d = column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3])
+            if d.get('method') is None:
+                return {**d, 'tested': False, 'described': {'key': 'a declared key', 'datetime': 'a timestamp', 'text': 'free text'}.get(d['kind'], 'no values')}
+            c = chunked_drift(job[2], job[1], rows[job[4]] if rows is not None and job[4] in rows else None, parts, cfg, small)
+            d['window'] = {k: d.get(k) for k in ('method', 'score', 'threshold', 'drifted')}
+            if c['thresholds'] == 'learned':
+                d.update(method=c['method'], score=max((x['score'] for x in c['chunks'] if x['score'] == x['score']), default=None),
+                         threshold=c['threshold'], drifted=c['drifted_from'] is not None)
+            return {**d, 'tested': True, **{k: c[k] for k in ('thresholds', 'threshold_from', 'drifted_from', 'chunks')}}
+        done = _map(judge, jobs + pjobs, threads=threads)
+        cols = dict(zip([j[0] for j in jobs], done[:len(jobs)]))
+        for d in cols.values(): d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
+        out['columns'] = cols
+        drifted = [k for k, d in cols.items() if d.get('drifted')]
+        if drifted: alerts.append({'kind': 'drift', 'columns': drifted, 'from_chunk': {k: cols[k].get('drifted_from') for k in drifted},
+                                   'message': f"{len(drifted)} of {len([d for d in cols.values() if d.get('tested')])} columns drifted: "
+                                   + ', '.join(k + (f" (from chunk {cols[k]['drifted_from']}, {out['chunks'][cols[k]['drifted_from']]['from'][:19]})"
+                                                    if cols[k].get('drifted_from') is not None else '') for k in drifted)})
+        if cfg.multivariate and rows is not None:
+            mv = multivariate_drift(events, rows, {k: d['kind'] for k, d in cols.items() if d.get('tested')}, parts, cfg)
+            out['multivariate'] = mv
+            if mv and mv['drifted']:
+                alerts.append({'kind': 'multivariate_drift', 'from_chunk': mv['drifted_from'],
+                               'message': f"the features together drifted (reconstruction error above {mv['threshold']:.4g} from chunk {mv['drifted_from']})"})
+        nulls = [k for k, d in cols.items() if d['null_rate_alert']]
+        if nulls: alerts.append({'kind': 'nulls', 'columns': nulls, 'message': 'the share of nulls moved by more than '
+                                 f"{cfg.null_rate_change}: " + ', '.join(f"{k} {cols[k]['reference_null_rate']:.1%} -> {cols[k]['null_rate']:.1%}" for k in nulls)})
+        unseen = {k: d['unseen'] for k, d in cols.items() if d.get('unseen')}
+        if unseen: out['unseen'] = unseen
+        preds = dict(zip([j[0] for j in pjobs], done[len(jobs):]))
+        out['predictions'] = preds
+        moved = [k for k, d in preds.items() if d.get('drifted')]
+        if moved: alerts.append({'kind': 'prediction_drift', 'columns': moved, 'message': f"the answers drifted: {', '.join(moved)}"})
+        # prediction bias and realised performance
+        answered = events['prediction.value'] if kind == 'regressor' else events['prediction.label']
+        train = ref.get('labels') or {}
+        shares = None if kind == 'regressor' else _shares(answered)
+        bias = {'predicted': float(answered.mean()) if kind == 'regressor' else shares}
+        if train: bias['training'] = train.get('mean') if kind == 'regressor' else {k: c / max(sum(train['counts'].values()), 1) for k, c in train.get('counts', {}).items()}
+        perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
+        if with_truth:
+            fb, hit, labelled = truth_job.result()
+            joined = _answer_columns(events)[hit]
+            y = fb.labels_of(labelled[hit])
+            in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
+            perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
+                        unmatched_feedback=int((~_in(feedback.loc[in_window, 'request_id'], known if known is not None else events['request_id'])).sum()))
+            if hit.any():
+                bias['observed'] = float(np.mean(y.astype(float))) if kind == 'regressor' else _shares(pd.Series(y))
+                bias['predicted_on_labelled'] = float(joined['prediction.value'].mean()) if kind == 'regressor' else _shares(joined['prediction.label'])
+                from mlnb.estimate import judge_bias
+                bias['judged'] = judge_bias(bias['predicted_on_labelled'], bias['observed'], int(hit.sum()), cfg.bias_bound, cfg.bias_min_rows,
+                                            std=float(np.std(y.astype(float))) if kind == 'regressor' else None)
+                if bias['judged'].get('alert'): alerts.append({'kind': 'bias', 'message': bias['judged']['message']})
+                if metric:
+                    proba = probabilities(events)
+                    perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
+        if estimating:
+            perf['estimated'] = est = est_job.result()
+            if est and est.get('outside_from') is not None:
+                lo, hi = est['band']
+                alerts.append({'kind': 'performance', 'estimated': True, 'from_chunk': est['outside_from'],
+                               'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
+                               f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
+        if metric and with_truth:
+            y = pd.Series(labelled)
+            perf['chunks'] = chunked_performance(events, y, rows, parts, metric, classes, cfg)
+            first = perf['chunks'].get('outside_from')
+            if first is not None:
+                lo, hi = perf['chunks']['band']
+                alerts.append({'kind': 'performance', 'from_chunk': first, 'message': f"realised {metric} is outside its band [{lo:.4f}, {hi:.4f}] "
+                               f"(learned from the reference) from chunk {first}: " + ', '.join(f"{c['realised']:.4f}" for c in perf['chunks']['chunks'][first:] if c['realised'] is not None)})
+        out['bias'], out['performance'] = bias, perf
+        r = perf.get('realised')
+        if r is not None and floor is not None and (r < floor if direction == 'maximize' else r > floor):
+            alerts.append({'kind': 'performance', 'message': f"realised {metric} {r:.4f} is {'below' if direction == 'maximize' else 'above'} the gate's floor {floor}"})
+        # action limits over the window
+        current = {'rows': n, 'mean': float(answered.mean())} if kind == 'regressor' else {'rows': n, 'share': dict(shares)}
+        broken = {}
+        for name, (lo, hi) in cfg.action_limits.items():
+            v = current.get('mean') if name == 'mean' else current.get('share', {}).get(str(name), 0.0)
+            if v is not None and not lo <= v <= hi: broken[str(name)] = v
+        out['action_limits'] = {'limits': {str(k): list(v) for k, v in cfg.action_limits.items()}, 'current': current, 'breached': broken}
+        if broken: alerts.append({'kind': 'action_limit', 'limits': broken, 'message': 'action limits broken: ' + ', '.join(
+            f"{'mean' if k == 'mean' else 'share of ' + k} {v:.3f} outside {list(cfg.action_limits[k])}" for k, v in broken.items())})
+        out['timeline'] = timeline_job.result()
+        out['alerts'] = alerts
+        return out
 
 def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metric=None, classes=None,
              matched: tuple | None = None, # (`Truth`, and its `match` of the events' request ids), when the caller has them
+             order: np.ndarray | None = None, # the rows' positions in time order, when they are not in it
             ) -> list[dict]:
     "Equal slices of the window: rows, label shares or mean value, and the realised metric where ground truth allows."
     if not len(events): return []
@@ -508,6 +539,12 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     if kind == 'regressor': values = events['prediction.value']
     else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
         codes, labels = pd.factorize(events['prediction.label'].astype(str))
+        if order is not None and len(labels) > 1: # numbered as they first appear in time
+            seen = pd.unique(codes[order])
+            seen = seen[seen >= 0]
+            renumber = np.empty(len(labels), dtype=codes.dtype)
+            renumber[seen] = np.arange(len(seen))
+            codes, labels = np.where(codes >= 0, renumber[np.maximum(codes, 0)], -1), labels[seen]
         counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
     if matched: fb, hit, labelled = matched
     elif feedback is not None and len(feedback):
@@ -761,8 +798,9 @@ def monitor(project=None, # the project (default: the current one)
     res['alerts'] += damage_alerts
     if res['alerts'] and alert:
         res['alert_command'] = send_alert(project.root, {'kind': 'monitor', 'model': tag, 'window': res['window'], 'alerts': res['alerts']})
-    try: keep_verdict(project.state, res) # the latest verdict of the model, for the mlnb panel
-    except OSError: pass # a project folder this user cannot write: the check stands without it
+    if record: # a dry run (`mlnb loop --dry-run`) leaves no trace
+        try: keep_verdict(project.state, res) # the latest verdict of the model, for the mlnb panel
+        except OSError: pass # a project folder this user cannot write: the check stands without it
     return res
 
 # %% ../nbs/30_monitor.ipynb #ff7f3740
@@ -779,13 +817,16 @@ def keep_verdict(state: Path, # the project's state folder (`.mlnb/`)
                  result: Mapping) -> Path:
     "Keep the verdict of `result` as the latest of its model in `.mlnb/monitor/latest.json` (replaced whole, never half written)."
     path = Path(state) / 'monitor' / 'latest.json'
+    import fcntl
     path.parent.mkdir(parents=True, exist_ok=True)
-    try: kept = json.loads(path.read_text())
-    except (OSError, ValueError): kept = {}
-    kept[result['model']] = verdict(result)
-    tmp = path.with_name(f'.latest.{os.getpid()}.json')
-    tmp.write_text(json.dumps(kept, indent=1, default=str))
-    os.replace(tmp, path)
+    with open(path.with_name('.latest.lock'), 'a') as lock: # one monitor at a time reads, changes and replaces it: none loses another's entry
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try: kept = json.loads(path.read_text())
+        except (OSError, ValueError): kept = {}
+        kept[result['model']] = verdict(result)
+        tmp = path.with_name(f'.latest.{os.getpid()}.json')
+        tmp.write_text(json.dumps(kept, indent=1, default=str))
+        os.replace(tmp, path)
     return path
 
 def latest_verdict(state: Path, # the project's state folder (`.mlnb/`)

@@ -101,6 +101,7 @@ def test_two_passes_at_once_and_stale_production_data(project):
     write_log(root, {'champion': tag}, as_of='2020-01-31')  # answered today, about customers whose snapshot is years old: the contract's freshness fails
     dry = mlnb('loop', '--dry-run', cwd=root).stdout
     assert 'would retrain' in dry and 'new_labels' in dry and 'source=production' in dry, dry
+    assert not (root / '.mlnb' / 'monitor' / 'latest.json').exists()  # the dry run monitored, and kept no verdict
     # two passes started together: one takes the lease and acts, the other names the holder and exits 0
     procs = [subprocess.Popen([MLNB, 'loop', '--json'], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
