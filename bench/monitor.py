@@ -18,10 +18,14 @@ Measured, each in a fresh process, median of REPEAT runs:
 - Evidently: `Report([DataDriftPreset()]).run(current, reference)` on the same 11 columns and the answers, with the
   held-out rows as the reference and the ROWS rows as current data, both already loaded as DataFrames (reading them is
   not timed).
+- mlnb's computation alone: `mlnb.monitor.check` timed inside a run with the ground truth (the lines already read and
+  joined, as Evidently and NannyML are given DataFrames already in memory): every statistic of the window, its chunks and
+  its timeline, the work beside NannyML's below.
 - NannyML: `UnivariateDriftCalculator` (Kolmogorov-Smirnov and chi-squared, the same columns) and a realised
   `PerformanceCalculator` (ROC AUC), each `.fit(reference)` then `.calculate(current)` in 10 chunks (mlnb's default),
   DataFrames already loaded.
-Evidently and NannyML are each installed in a virtual environment of their own (made on the first run), never
+mlnb's own modules are compiled to bytecode first, as pip does when it installs a wheel (an editable install on a machine
+that sets PYTHONDONTWRITEBYTECODE would compile them again on every run). Evidently and NannyML are each installed in a virtual environment of their own (made on the first run), never
 dependencies of mlnb; with 10^7 rows they are not run (each would need tens of GB of memory and minutes).
 
 The serving side's cost of the copy is measured too: `JsonLinesLog.write` per batch, with and without the columnar
@@ -63,6 +67,19 @@ perf = nml.PerformanceCalculator(y_pred_proba='probability', y_pred='label', y_t
 t2 = time.perf_counter()
 print(json.dumps({'seconds': t2 - t0, 'drift': t1 - t0, 'performance': t2 - t1, 'chunks': len(drift.filter(period='analysis').to_df()),
                   'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+COMPUTE = '''
+import json, sys, time
+import mlnb.monitor as M
+took, check = {}, M.check
+def timed(*a, **k):
+    t0 = time.perf_counter()
+    try: return check(*a, **k)
+    finally: took['seconds'] = time.perf_counter() - t0
+M.check = timed
+M.monitor(model=sys.argv[1], log=sys.argv[2], last=int(sys.argv[3]), alert=False, record=False)
+print(json.dumps(took))
 '''
 
 MEASURED = '''
@@ -172,6 +189,8 @@ def main():
     load = f'{os.getloadavg()[0]:.2f}'
     cost = write_cost(tmp)
     mlnb = str(Path(sys.executable).parent / 'mlnb')
+    import compileall, mlnb as package
+    compileall.compile_dir(str(Path(package.__file__).parent), quiet=1)
     sh([mlnb, 'new', str(tmp / 'churn')], tmp, env)
     proj = tmp / 'churn'
     sh([mlnb, 'run', '-q', '--engine', 'fast'], proj, env)
@@ -204,8 +223,9 @@ def main():
     first, plain, nxt = 'drift only, first run', 'drift only, first, JSON only', 'drift only, next run'
     gfirst, gnxt = 'ground truth too, first run', 'ground truth too, next run'
     ev, nml = 'Evidently DataDriftPreset', 'NannyML drift + performance'
+    comp = 'mlnb computation (check)'
     truthful = not args.no_ground_truth
-    runs = {first: [], plain: [], nxt: [], **({gfirst: []} if truthful else {}), **({gnxt: [], ev: [], nml: []} if baselines else {})}
+    runs = {first: [], plain: [], nxt: [], **({gfirst: []} if truthful else {}), **({gnxt: [], comp: [], ev: [], nml: []} if baselines else {})}
     cmd = [sys.executable, '-c', MEASURED, mlnb, 'monitor', '--model', tag, '--log', str(log), '--last', str(args.rows), '--json']
     fb = feedback_path(log)
     copies = [columns_dir(log), *([columns_dir(fb)] if truthful else [])]
@@ -231,6 +251,7 @@ def main():
         if truthful: runs[gfirst].append(measured())
         if baselines:
             runs[gnxt].append(json.loads(sh(cmd, proj, env)))
+            runs[comp].append(json.loads(sh([sys.executable, '-c', COMPUTE, tag, str(log), str(args.rows)], proj, env)) | {'max_rss_mb': 0})
             runs[ev].append(json.loads(sh([ev_python, '-c', EVIDENTLY, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
             runs[nml].append(json.loads(sh([nml_python, '-c', NANNYML, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
     med = {k: statistics.median(r['seconds'] for r in v) for k, v in runs.items()}
@@ -242,7 +263,7 @@ def main():
     print(f"{os.cpu_count()} cores; load average before: {load}; after: {os.getloadavg()[0]:.2f}; reference: 1250 held-out rows; current: {args.rows} predictions; median of {args.repeat}\n")
     print(f"{'':30} {'seconds':>8} {'peak MiB':>9}" + (f" {'Evidently / this':>17} {'NannyML / this':>15}" if baselines else ''))
     for k in runs:
-        print(f"{k:30} {med[k]:8.2f} {mem[k]:9.0f}" + (f" {med[ev] / med[k]:16.1f}x {med[nml] / med[k]:14.1f}x" if baselines else ''))
+        print(f"{k:30} {med[k]:8.2f} {(f'{mem[k]:.0f}' if mem[k] else '-'):>9}" + (f" {med[ev] / med[k]:16.1f}x {med[nml] / med[k]:14.1f}x" if baselines else ''))
     print("(drift only: the feedback log moved away, so no realised performance: the work Evidently's preset does; "
           "ground truth too: the work NannyML's two calculators do)")
     if baselines:

@@ -59,9 +59,17 @@ def _auc(truth: np.ndarray, # True for the positive rows
          s: np.ndarray, # their scores
         ) -> float:
     "ROC AUC of scores `s` for `truth`: the Mann-Whitney statistic, ties counted half (as the area under scikit-learn's ROC curve)."
-    pos = int(truth.sum())
-    ranks = pd.Series(s).rank(method='average').to_numpy()
-    return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (len(s) - pos)))
+    pos, n = int(truth.sum()), len(s)
+    if not 0 < pos < n: return float('nan')
+    o = np.argsort(s) # each distinct score once, in order: the negatives below it and beside it count for the positives at it
+    ss, tt = s[o], truth[o]
+    new = np.empty(n, dtype=bool)
+    new[:1] = True
+    np.not_equal(ss[1:], ss[:-1], out=new[1:])
+    at = np.cumsum(new) - 1
+    cp = np.bincount(at[tt], minlength=at[-1] + 1).astype('float64')
+    cn = np.bincount(at, minlength=at[-1] + 1).astype('float64') - cp
+    return float((cp @ (np.cumsum(cn) - cn) + 0.5 * (cp @ cn)) / (pos * (n - pos))) # counts of pairs: whole numbers, exact in floats
 
 def _per_class(y: np.ndarray, labels: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "True positives, answered and true counts of each of `classes`."
