@@ -179,7 +179,7 @@ def predictions_time(events: pd.DataFrame, # the window's events
     t = utc_times(events[f'row.{name}'])
     return t.fillna(events['ts']), f'request column {name!r}' + (' (the log\'s time where it is missing)' if t.isna().any() else '')
 
-def chunked_drift(values: pd.Series, # a column's values in the window, in time order
+def chunked_drift(values: pd.Series, # a column's values in the window, in the log's order
                   cref: Mapping, # its frozen reference
                   ref_values: pd.Series | None, # its reference rows (None: fixed thresholds)
                   slices: list, # the chunks: (start, stop) slices of the rows, or each chunk's row positions in time order
@@ -206,7 +206,7 @@ def chunked_drift(values: pd.Series, # a column's values in the window, in time 
     return {'method': method, 'thresholds': 'fixed', 'threshold_from': why, 'chunks': chunks,
             'drifted_from': next((i for i, c in enumerate(chunks) if c['drifted']), None)}
 
-def multivariate_drift(events: pd.DataFrame, # the window's events, in time order
+def multivariate_drift(events: pd.DataFrame, # the window's events, in the log's order
                        rows: pd.DataFrame, # the reference rows
                        kinds: Mapping[str, str], # tested request column -> 'numeric' or 'categorical'
                        slices: list, # the chunks: (start, stop) slices, or each chunk's row positions in time order
@@ -233,7 +233,7 @@ def _metric_on(metric, y, frame, classes, proba):
     "`score` of the rows with a label in `y` (NaN-free), or None."
     return score(metric, y, frame, classes, proba)[0] if len(y) else None
 
-def chunked_performance(events: pd.DataFrame, # the window's events, in time order
+def chunked_performance(events: pd.DataFrame, # the window's events, in the log's order
                         y: pd.Series, # each event's ground truth (NaN: none yet)
                         rows: pd.DataFrame | None, # the reference rows
                         slices: list, # the chunks: (start, stop) slices, or each chunk's row positions in time order
@@ -289,7 +289,7 @@ def reference_band(rows: pd.DataFrame | None, # the reference rows
     lo, hi = metric_band(vals, cfg.sigmas * widen, metric)
     return [lo, hi], how
 
-def estimated_performance(events: pd.DataFrame, # the window's events, in time order
+def estimated_performance(events: pd.DataFrame, # the window's events, in the log's order
                           rows: pd.DataFrame | None, # the reference rows, with labels
                           slices: list, # the chunks: (start, stop) slices, or each chunk's row positions in time order
                           metric: str, kind: str, classes: list | None, # the metric; what the model answers
