@@ -349,7 +349,8 @@ class JensenShannon:
                  leave_out: bool = False, # `values` are reference rows: score them against the reference without them
                 ) -> float:
         "The distance of `values` (NaN when none is present)."
-        return self._distance(*self._counts(values), leave_out)
+        cur, m = self._counts(values)
+        return float(self._distances(cur[None, :], np.array([m], dtype='float64'), leave_out)[0])
 
     def bin_of(self, values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         "Each value's bin or category (-1: none of them) and whether it is present, found once for a whole column."
@@ -369,19 +370,32 @@ class JensenShannon:
                leave_out: bool = False, # the column is the reference's: each part scored against the reference without it
               ) -> list[float]:
         "The distance of each part of a column whose bins are known: as `__call__` of each part, with one pass over the column."
-        nb, out = len(self.counts), []
-        for part in parts:
+        nb = len(self.counts)
+        cur, m = np.empty((len(parts), nb)), np.empty(len(parts))
+        for j, part in enumerate(parts):
             a, p = (at[part[0]:part[1]], present[part[0]:part[1]]) if isinstance(part, tuple) else (at[part], present[part])
-            out.append(self._distance(np.bincount(a[a >= 0], minlength=nb).astype('float64'), int(p.sum()), leave_out))
-        return out
+            cur[j], m[j] = np.bincount(a[a >= 0], minlength=nb), np.count_nonzero(p)
+        return self._distances(cur, m, leave_out).tolist()
 
-    def _distance(self, cur: np.ndarray, m: int, leave_out: bool) -> float:
-        ref = self.counts - cur if leave_out else self.counts
-        if not m or ref.sum() <= 0: return float('nan')
-        cur, ref = cur / m, ref / ref.sum()
-        rest = 1.0 - cur.sum()
-        if rest > 1e-12: cur, ref = np.append(cur, rest), np.append(ref, 0.0)
-        return _jensenshannon(ref, cur) / math.sqrt(math.log(2))
+    def _distances(self, cur: np.ndarray, # counts in the reference's bins, a row per part
+                   m: np.ndarray, # values present in each part (those in no bin make a bin of their own)
+                   leave_out: bool) -> np.ndarray:
+        "The distance of each part, all at once (NaN for a part with no value, or a reference left empty)."
+        ref = self.counts - cur if leave_out else np.broadcast_to(self.counts, cur.shape)
+        total = ref.sum(axis=1)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            cur, ref = cur / m[:, None], ref / total[:, None]
+            rest = 1.0 - cur.sum(axis=1)
+            cur = np.column_stack([cur, np.where(rest > 1e-12, rest, 0.0)]) # the share in no bin of the reference: a bin the reference has none of
+            ref = np.column_stack([ref, np.zeros(len(ref))])
+            d = _jensenshannon_rows(ref, cur) / math.sqrt(math.log(2))
+        return np.where((m > 0) & (total > 0), d, np.nan)
+
+def _jensenshannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    "`_jensenshannon` of each row of `p` with the same row of `q`."
+    p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+    m = (p + q) / 2.0
+    return np.sqrt((rel_entr(p, m).sum(axis=1) + rel_entr(q, m).sum(axis=1)) / 2.0)
 
 def _numbers(values) -> np.ndarray:
     x = pd.to_numeric(pd.Series(values), errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
@@ -396,6 +410,7 @@ def learn_threshold(score, # score(rows) -> the score of the reference rows `row
                     draws: int = 50, # random samples
                     seed: int = 0, # of the samples
                     distance: bool = False, # the score is a distance between two samples' distributions: scale it to the chunk's size
+                    many=None, # many(list of rows) -> their scores at once, quicker than `score` of each (default: `score` of each)
                    ) -> tuple[float | None, str]:
     "A threshold learned from the scores of reference chunks, and a sentence saying from what."
     size, m = max(int(size), 1), min(max(int(size), 1), n // 2)
@@ -403,11 +418,11 @@ def learn_threshold(score, # score(rows) -> the score of the reference rows `row
     # a distance between samples of a and b rows of one population is about sqrt(c (1/a + 1/b)): a threshold learned on
     # samples of s rows against the other n - s is carried over to a chunk of `size` rows against all n of the reference
     fit = (lambda s: math.sqrt((1 / size + 1 / n) / (1 / s + 1 / max(n - s, 1)))) if distance else (lambda s: 1.0)
-    rng = np.random.default_rng(seed)
-    sampled = learned_threshold([score(np.sort(rng.choice(n, m, replace=False))) for _ in range(draws)], sigmas, fit(m))
+    rng, many = np.random.default_rng(seed), many or (lambda sets: [score(s) for s in sets])
+    sampled = learned_threshold(many([np.sort(rng.choice(n, m, replace=False)) for _ in range(draws)]), sigmas, fit(m))
     how = f'{draws} random samples of {m} reference rows' + ((', scaled to chunks of ' + f'{size} rows' if distance else ' (fewer rows than a chunk: a cautious threshold)') if m < size else '')
     if n // size < min_chunks: return sampled, how
-    chunked = learned_threshold([score(np.arange(i * size, (i + 1) * size)) for i in range(n // size)], sigmas, fit(size))
+    chunked = learned_threshold(many([np.arange(i * size, (i + 1) * size) for i in range(n // size)]), sigmas, fit(size))
     if sampled is None or (chunked is not None and chunked > sampled): return chunked, f'{n // size} contiguous reference chunks of {size} rows'
     return sampled, how
 

@@ -192,7 +192,8 @@ def chunked_drift(values: pd.Series, # a column's values in the window, in the l
     if ref_values is not None and cfg.thresholds == 'learned' and ref_values.notna().sum() >= 4:
         js = JensenShannon(ref_values, cref['kind'])
         ref_at = js.bin_of(ref_values) # each value's bin found once: a chunk's counts are then a count of bin numbers
-        thr, how = learn_threshold(lambda i: js.scores(*ref_at, [i], leave_out=True)[0], len(ref_values), int(np.median(sizes)), cfg.sigmas, distance=True)
+        thr, how = learn_threshold(lambda i: js.scores(*ref_at, [i], leave_out=True)[0], len(ref_values), int(np.median(sizes)), cfg.sigmas, distance=True,
+                                   many=lambda sets: js.scores(*ref_at, sets, leave_out=True))
         if thr is not None:
             chunks = [{'score': s, 'threshold': thr, 'drifted': bool(s > thr)} for s in js.scores(*js.bin_of(values), slices)]
             return {'method': 'jensen_shannon', 'threshold': thr, 'thresholds': 'learned', 'threshold_from': how, 'chunks': chunks,
