@@ -18,9 +18,9 @@ Measured, each in a fresh process, median of REPEAT runs:
 - Evidently: `Report([DataDriftPreset()]).run(current, reference)` on the same 11 columns and the answers, with the
   held-out rows as the reference and the ROWS rows as current data, both already loaded as DataFrames (reading them is
   not timed).
-- mlnb's computation alone: `mlnb.monitor.check` timed inside a run with the ground truth (the lines already read and
-  joined, as Evidently and NannyML are given DataFrames already in memory): every statistic of the window, its chunks and
-  its timeline, the work beside NannyML's below.
+- mlnb's computation alone: `mlnb.monitor.check` timed inside a run with the ground truth (the lines already read, as
+  Evidently and NannyML are given DataFrames already in memory; the lookup of each prediction's ground truth is inside):
+  every statistic of the window, its chunks and its timeline, the work beside NannyML's below.
 - NannyML: `UnivariateDriftCalculator` (Kolmogorov-Smirnov and chi-squared, the same columns) and a realised
   `PerformanceCalculator` (ROC AUC), each `.fit(reference)` then `.calculate(current)` in 10 chunks (mlnb's default),
   DataFrames already loaded.

@@ -16,8 +16,8 @@ import pandas as pd
 __all__ = ['N_QUANTILES', 'MAX_EXACT', 'MAX_CATEGORIES', 'SMALL_REFERENCE', 'DEFAULT_CHUNKS', 'MIN_CHUNK_ROWS', 'REFERENCE_ROWS',
            'MAX_REFERENCE_ROWS', 'column_kind', 'column_reference', 'kolmogorov_sf', 'chi2_sf', 'rel_entr', 'psi',
            'histogram', 'numeric_drift', 'text_counts', 'categorical_drift', 'answer_columns', 'reference', 'drift',
-           'from_profile', 'chunk_slices', 'JensenShannon', 'learn_threshold', 'learned_threshold', 'Reconstruction',
-           'reference_rows', 'parquet_bytes']
+           'from_profile', 'chunk_slices', 'JensenShannon', 'learn_threshold', 'learned_threshold', 'on_cores',
+           'Reconstruction', 'reference_rows', 'parquet_bytes']
 
 # %% ../nbs/01_drift.ipynb #1be36814
 N_QUANTILES = 101 # 0%, 1%, ..., 100%
@@ -202,9 +202,13 @@ def _chisquare(observed: np.ndarray, expected: np.ndarray) -> tuple[float, float
 
 def _jensenshannon(p: np.ndarray, q: np.ndarray) -> float:
     "The Jensen-Shannon distance (natural logarithm), as `scipy.spatial.distance.jensenshannon` computes it, without importing scipy."
-    p, q = p / np.sum(p), q / np.sum(q)
+    return float(_jensenshannon_rows(np.asarray(p, dtype='float64')[None, :], np.asarray(q, dtype='float64')[None, :])[0])
+
+def _jensenshannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    "`_jensenshannon` of each row of `p` with the same row of `q`."
+    p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
     m = (p + q) / 2.0
-    return float(np.sqrt((np.sum(rel_entr(p, m)) + np.sum(rel_entr(q, m))) / 2.0))
+    return np.sqrt((rel_entr(p, m).sum(axis=1) + rel_entr(q, m).sum(axis=1)) / 2.0)
 
 def categorical_drift(ref: Mapping, # a categorical column reference
                       values: pd.Series, # the current values
@@ -391,12 +395,6 @@ class JensenShannon:
             d = _jensenshannon_rows(ref, cur) / math.sqrt(math.log(2))
         return np.where((m > 0) & (total > 0), d, np.nan)
 
-def _jensenshannon_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    "`_jensenshannon` of each row of `p` with the same row of `q`."
-    p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
-    m = (p + q) / 2.0
-    return np.sqrt((rel_entr(p, m).sum(axis=1) + rel_entr(q, m).sum(axis=1)) / 2.0)
-
 def _numbers(values) -> np.ndarray:
     x = pd.to_numeric(pd.Series(values), errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
     return x[np.isfinite(x)]
@@ -436,6 +434,13 @@ def learned_threshold(scores, # a column's scores on the reference chunks
     return float(s.mean() * scale + sigmas * s.std() * math.sqrt(scale)) if len(s) else None
 
 # %% ../nbs/01_drift.ipynb #c43ac634
+def on_cores(fn, items, threads: bool = True) -> list:
+    "`fn` of each item; on every core when `threads` (numpy, pandas and arrow let go of Python's lock for the heavy parts)."
+    items = list(items)
+    if not threads or (os.cpu_count() or 1) < 2 or len(items) < 2: return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(min(os.cpu_count(), len(items))) as ex: return list(ex.map(fn, items))
+
 class Reconstruction:
     "The data reconstruction error of rows by the principal components of the reference (the multivariate drift score)."
     def __init__(self, frame: pd.DataFrame, # the reference rows
@@ -485,12 +490,7 @@ class Reconstruction:
             d -= shift
             p = self.vt @ d.T # the part the components keep (multiplied this way round: 10x quicker for a tall matrix); the error is
             out[a:a + block] = np.sqrt(np.maximum(np.einsum('ij,ij->i', d, d) - np.einsum('ij,ij->j', p, p), 0.0)) # what is left, |d|^2 - |p|^2
-        starts = range(0, len(frame), block)
-        if len(starts) < 2 or (os.cpu_count() or 1) < 2:
-            for a in starts: one(a)
-        else: # a block on each core: numpy and arrow let go of Python's lock for the heavy parts
-            from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(min(os.cpu_count(), len(starts))) as ex: list(ex.map(one, starts))
+        on_cores(one, range(0, len(frame), block)) # a block on each core
         return out
 
     def __call__(self, frame: pd.DataFrame) -> float:

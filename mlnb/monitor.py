@@ -15,7 +15,7 @@ import pandas as pd
 
 from .alerts import send_alert
 from .config import GateConfig, MonitorConfig, ServeConfig, parse_since
-from .drift import drift as column_drift, text_counts
+from .drift import drift as column_drift, on_cores, text_counts
 from .errors import MlnbError, UsageError
 from .events import log_files, probabilities, read_events, read_feedback, select, too_damaged
 from .project import load_project
@@ -382,12 +382,6 @@ def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
     return {str(k): float(v) / n for k, v in text_counts(s).items()} if n else {}
 
-def _map(fn, items: list, threads: bool) -> list:
-    "`fn` of each item; on every core when `threads` (numpy, pandas and arrow let go of Python's lock for the heavy parts)."
-    if not threads or (os.cpu_count() or 1) < 2 or len(items) < 2: return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(min(os.cpu_count(), len(items))) as ex: return list(ex.map(fn, items))
-
 class _Now:
     "An executor that runs each job as it is given (one core, or a window too small to share)."
     def submit(self, fn, *args, **kwargs):
@@ -455,7 +449,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                 d.update(method=c['method'], score=max((x['score'] for x in c['chunks'] if x['score'] == x['score']), default=None),
                          threshold=c['threshold'], drifted=c['drifted_from'] is not None)
             return {**d, 'tested': True, **{k: c[k] for k in ('thresholds', 'threshold_from', 'drifted_from', 'chunks')}}
-        done = _map(judge, jobs + pjobs, threads=threads)
+        done = on_cores(judge, jobs + pjobs, threads)
         cols = dict(zip([j[0] for j in jobs], done[:len(jobs)]))
         for d in cols.values(): d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
         out['columns'] = cols

@@ -37,11 +37,10 @@ def hand_kernel(root, notebook):
 def project_function(root, spec: str):
     """The function `spec` ('package.module:function') of the project at `root`, imported in this process; the project's package
     is then forgotten (sys.modules), so a later project whose package has the same name imports its own."""
-    import importlib
-    mod, _, fn = spec.partition(':')
-    package = mod.split('.')[0]
+    from mlnb.serving import load_function
+    package = spec.split('.')[0].split(':')[0]
     sys.path.insert(0, str(root))
-    try: return getattr(importlib.import_module(mod), fn)
+    try: return load_function(spec)
     finally:
         sys.path.remove(str(root))
         for m in [m for m in sys.modules if m == package or m.startswith(package + '.')]: del sys.modules[m]
