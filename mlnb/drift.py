@@ -190,7 +190,11 @@ def numeric_drift(ref: Mapping, # a numeric column reference
 
 # %% ../nbs/01_drift.ipynb #64ed0d6b
 def text_counts(values: pd.Series) -> pd.Series:
-    "`values.astype(str).value_counts()`, without first turning a column of integers or booleans into a million strings."
+    "`values.astype(str).value_counts()`, without first turning a column of integers, booleans or categories into a million strings."
+    if isinstance(values.dtype, pd.CategoricalDtype): # counted by code, in the same order (most first, then as first seen)
+        counts = pd.Series(values.cat.codes.to_numpy()).value_counts()
+        counts = counts[counts.index >= 0]
+        return counts.set_axis(values.cat.categories[counts.index.to_numpy()].astype(str))
     if not (isinstance(values.dtype, np.dtype) and values.dtype.kind in 'iub'): return values.astype(str).value_counts()
     counts = values.value_counts()
     return counts.set_axis(counts.index.astype(str))

@@ -6,9 +6,9 @@ Docs: https://mlnb.github.io/mlnb/api/events.html.md"""
 
 # %% ../nbs/18_events.ipynb #c27717f3
 from __future__ import annotations
-import datetime as _dt, json, math, os, re, time, uuid
+import datetime as _dt, json, math, os, re, time, uuid, weakref
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,42 @@ def _lines_end(view: memoryview) -> int:
     return 0
 
 _CACHE_VERSION, _CACHE_SEGMENTS, _CACHE_HASHED, _CACHE_GRAIN = 2, 8, 4096, 2_000_000_000 # grain: ns within which a file's time may not tell two writes apart
+_MAPPED = weakref.WeakSet() # the files `_mapped` mapped that something still reads
+
+def _mapped(path: Path):
+    "The bytes of the columnar file at `path` as an arrow buffer, mapped into memory (read-only): tables read from it share its pages."
+    import mmap, pyarrow as pa
+    with open(path, 'rb') as f: m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    _MAPPED.add(m)
+    return pa.py_buffer(m)
+
+def _frame(held: list, # one table, taken out of the list: nothing else may hold it, so each column's memory goes once it is copied
+           dictionary: Sequence[str] = (), # text columns to make categoricals
+          ) -> pd.DataFrame:
+    "`table.to_pandas()`, made a column at a time so that memory peaks at the frame, not at the frame and the table: a column's mapped pages are handed back once copied, and text is copied out of the files' small batches (or coded, if named in `dictionary`), so no page of a file stays resident for it."
+    import pyarrow as pa
+    from concurrent.futures import ThreadPoolExecutor
+    table = held.pop()
+    coded = [n for n in dictionary if n in table.column_names and (pa.types.is_string(t := table.schema.field(n).type) or pa.types.is_large_string(t))]
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex: # arrow's hashing lets go of Python's lock
+        for n, c in zip(coded, ex.map(lambda n: table.column(n).dictionary_encode(), coded)): table = table.set_column(table.column_names.index(n), n, c)
+    if not table.num_columns: return table.to_pandas()
+    parts = []
+    while table.num_columns:
+        c = table.column(0)
+        if pa.types.is_string(c.type) or pa.types.is_large_string(c.type): c = c.cast(pa.large_string()).combine_chunks() # pandas keeps text as large_string
+        parts.append(pa.table([c], names=[table.column_names[0]]).to_pandas())
+        table = table.remove_column(0)
+        _hand_back()
+    return pd.concat(parts, axis=1)
+
+def _hand_back():
+    "Let go of the pages read so far from the mapped files. A frame copies its numbers out of them, so the pages would stay resident, twice what the numbers need; the text it shares is read in again from the page cache as it is used."
+    import mmap
+    if not hasattr(mmap, 'MADV_DONTNEED'): return
+    for m in list(_MAPPED):
+        try: m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError): pass # closed meanwhile
 
 def _cache_key(st: os.stat_result, reader: Reader) -> str:
     "The name of the columnar copy of a log file read by `reader`: the file's identity (it survives rotation), the schema and the checks."
@@ -63,7 +99,7 @@ def _cached(cache: Path, key: str, view: memoryview, st: os.stat_result) -> tupl
         rewritten = len(view) < size or (len(view) == size and (st.st_mtime_ns != meta['mtime'] or meta['mtime'] >= meta['at'] - _CACHE_GRAIN))
         if meta.get('version') != _CACHE_VERSION or rewritten or end > len(view) or _ends(view, end) != (meta['head'], meta['tail']):
             return [], {} # truncated, rewritten in place (or written too close to when it was cached to tell), or not the same start
-        return [pa.ipc.open_file(pa.memory_map(str(cache / s))).read_all() for s in meta['segments']], meta
+        return [pa.ipc.open_file(_mapped(cache / s)).read_all() for s in meta['segments']], meta
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException): return [], {}
 
 def _write_cache(cache: Path, key: str, base: Path, view: memoryview, st: os.stat_result, tables: list, meta: dict, end: int, skipped: dict | None):
@@ -159,17 +195,17 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
 
 def _last_of(df: pd.DataFrame, of: str, last: int) -> np.ndarray:
     "The rows of the window of the last `last` predictions model `of` answered as the champion: those, the other variants' answers to the same requests (a shadow's), and the other rows logged from the first of them on (a canary's, an A/B test's, the fallback's)."
-    at, rid = np.arange(len(df)), df['request_id'].to_numpy()
     mine = ((df['model'] == of) & (df['variant'] != 'challenger')).to_numpy()
     start = np.flatnonzero(mine)[-last] if mine.sum() >= last else 0
-    window = mine & (at >= start)
+    window, later = mine.copy(), np.zeros(len(df), dtype=bool)
+    window[:start], later[start:] = False, True
     if mine.all(): return window
-    codes = pd.factorize(rid)[0] # each request id hashed once (every usable line has one)
+    codes = pd.factorize(df['request_id'])[0] # each request id hashed once (every usable line has one), as arrow text: no Python string per row
     answered, shown = np.zeros(codes.max() + 1, dtype=bool), np.zeros(codes.max() + 1, dtype=bool)
     answered[codes[mine]], shown[codes[window]] = True, True
     shadow = ~mine & answered[codes] # another variant answered a request the model answered
     paired = shadow & shown[codes] # ... one of the window's
-    alone = ~mine & ~shadow & (at >= start)
+    alone = ~mine & ~shadow & later
     challenger = (df['variant'] == 'challenger').to_numpy() & ~mine
     if challenger.any() and shadow[challenger].mean() > 0.5: alone &= ~challenger # a shadow's log: a challenger's line without the champion's shadows a request answered before what was read
     return window | paired | alone
@@ -185,17 +221,22 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
                 cache: str | Path | None = None, # a directory for columnar copies of the parsed files: each line is parsed once
                 classes: int | None = None, # a classifier's number of classes: probabilities of another length make a line unusable (default: as most lines)
                 last_of: str | None = None, # with `last`: the last `last` predictions this model answered as the champion, and the other variants' rows beside them
+                dictionary: Sequence[str] = (), # text columns of few distinct values read as categoricals: one copy of each text (a tenth of the memory), counted by code
                ) -> pd.DataFrame:
     "Logged predictions as a frame: request_id, ts (UTC), model, variant, `row.<field>` and `prediction.<key>` columns; lines that cannot be used are skipped, and counted in `attrs['source']['damaged']`."
     import pyarrow as pa
     reader = make_reader(log_schema(columns, label, regressor, with_probabilities),
                      ('request_id', 'ts', 'model', 'variant', 'row', 'prediction', 'prediction.value' if regressor else 'prediction.label'), classes)
     tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None, last_of)
-    table = pa.concat_tables(tables) if tables else check_rows(reader.schema.empty_table(), reader)[0]
+    table = (pa.concat_tables(tables) if tables else check_rows(reader.schema.empty_table(), reader)[0]).flatten()
+    del tables
     if str(path).startswith('kafka://') and len(table): table = table.sort_by('ts') # partitions interleave
-    flat = table.flatten()
-    probs = flat.column('prediction.probabilities') if 'prediction.probabilities' in flat.column_names else None
-    df = flat.drop_columns(['prediction.probabilities']).to_pandas() if probs is not None else flat.to_pandas()
+    probs = None
+    if 'prediction.probabilities' in table.column_names:
+        probs, table = table.column('prediction.probabilities').combine_chunks(), table.drop_columns(['prediction.probabilities'])
+    held = [table]
+    del table
+    df = _frame(held, dictionary)
     if probs is not None: df.attrs['probabilities'] = _Shared(probs)
     keep = np.ones(len(df), dtype=bool)
     if since is not None: keep &= (df['ts'] >= pd.Timestamp(since)).to_numpy()
@@ -286,7 +327,7 @@ def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int) 
     found = []
     for p, _ in names:
         try:
-            t = pa.ipc.open_file(pa.memory_map(str(p))).read_all()
+            t = pa.ipc.open_file(_mapped(p)).read_all()
             meta = json.loads(t.schema.metadata[b'mlnb.columns'])
             if meta['version'] != 1 or (meta['dev'], meta['ino']) != (st.st_dev, st.st_ino) or sum(r[2] for r in meta['runs']) != t.num_rows: continue
             row, mine = 0, []

@@ -769,14 +769,15 @@ def monitor(project=None, # the project (default: the current one)
     feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
     events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None,
                          cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None,
-                         last_of=tag) # --last N: N predictions of the model, with the challenger's beside them
+                         last_of=tag, # --last N: N predictions of the model, with the challenger's beside them
+                         dictionary=['model', 'variant', *(f'row.{k}' for k, c in ref['columns'].items() if c['kind'] == 'categorical')])
     damaged = {'bound': cfg.damaged_share, 'predictions': events.attrs['source']['damaged'],
                'feedback': feedback.attrs['source']['damaged'] if feedback is not None else None}
     damage_alerts = [{'kind': 'damaged_log', 'log': str(p), 'message': m} for d, p in ((damaged['predictions'], path), (damaged['feedback'], fb_path))
                      if (m := too_damaged(d, cfg.damaged_share, p))]
     everything = events
     mine = ((events['model'] == tag) & (events['variant'] != 'challenger')).to_numpy()
-    others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items()}
+    others = {str(k): int(v) for k, v in events.loc[~mine, 'model'].value_counts().items() if v} # a categorical counts every tag it knows
     events = select(events, mine)
     window = f'the last {last} predictions' if last is not None else f'the last {since or cfg.since}'
     if len(events) < cfg.min_rows:
