@@ -53,16 +53,21 @@ def _mapped(path: Path):
     _MAPPED.add(m)
     return pa.py_buffer(m)
 
-def _frame(held: list, # one table, taken out of the list: nothing else may hold it, so each column's memory goes once it is copied
-           dictionary: Sequence[str] = (), # text columns to make categoricals
-          ) -> pd.DataFrame:
-    "`table.to_pandas()`, made a column at a time so that memory peaks at the frame, not at the frame and the table: a column's mapped pages are handed back once copied, and text is copied out of the files' small batches (or coded, if named in `dictionary`), so no page of a file stays resident for it."
+def _coded(table, names: Sequence[str]):
+    "`table` with its text columns named in `names` dictionary-encoded (pandas reads them as categoricals): one copy of each distinct text."
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
-    table = held.pop()
-    coded = [n for n in dictionary if n in table.column_names and (pa.types.is_string(t := table.schema.field(n).type) or pa.types.is_large_string(t))]
+    coded = [n for n in names if n in table.column_names and (pa.types.is_string(t := table.schema.field(n).type) or pa.types.is_large_string(t))]
+    if not coded: return table
     with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex: # arrow's hashing lets go of Python's lock
         for n, c in zip(coded, ex.map(lambda n: table.column(n).dictionary_encode(), coded)): table = table.set_column(table.column_names.index(n), n, c)
+    return table
+
+def _frame(held: list, # one table, taken out of the list: nothing else may hold it, so each column's memory goes once it is copied
+          ) -> pd.DataFrame:
+    "`table.to_pandas()`, made a column at a time so that memory peaks at the frame, not at the frame and the table: a column's mapped pages are handed back once copied, and text is copied out of the files' small batches, so no page of a file stays resident for it."
+    import pyarrow as pa
+    table = held.pop()
     if not table.num_columns: return table.to_pandas()
     parts = []
     while table.num_columns:
@@ -168,8 +173,11 @@ def _counted(t, of: str | None) -> int:
     if of is None: return len(t)
     return int(pc.sum(pc.and_(pc.equal(t['model'], of), pc.not_equal(t['variant'], 'challenger'))).as_py() or 0)
 
-def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None, of: str | None = None) -> tuple[list, dict]:
+def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None, of: str | None = None,
+            each=None, # made of each table read (a file's, or the topic's), before the next is read
+           ) -> tuple[list, dict]:
     "The usable rows of a log (files or a kafka:// topic) that can hold the window, and where they came from: files or partitions, and the lines skipped."
+    each = each or (lambda t: t)
     import pyarrow as pa
     if str(path).startswith('kafka://'):
         want = last
@@ -178,7 +186,7 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
             t, bad = read_lines(pa.py_buffer(data), reader)
             if of is None or last is None or _counted(t, of) >= last or all(hi - lo < want for lo, hi in info['partitions'].values()): break
             want *= 2
-        return [t], {**info, 'damaged': _damage([(str(path), {'lines': bad[0], 'first': bad[1] + 1, 'why': bad[2]})] if bad else [], len(t), 'message')}
+        return [each(t)], {**info, 'damaged': _damage([(str(path), {'lines': bad[0], 'first': bad[1] + 1, 'why': bad[2]})] if bad else [], len(t), 'message')}
     base = Path(path).resolve()
     files = log_files(path, since)
     if last is not None: files = files[::-1]
@@ -186,8 +194,8 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
     for f in files:
         if not f.stat().st_size: continue
         t, skipped = _file_table(f, reader, cache, base)
-        tables.append(t)
         n, counted = n + len(t), counted + _counted(t, of)
+        tables.append(each(t))
         if skipped: found.append((str(f), skipped))
         if last is not None and counted >= last: break
     if cache is not None: _forget(cache, base, log_files(path))
@@ -227,8 +235,9 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
     import pyarrow as pa
     reader = make_reader(log_schema(columns, label, regressor, with_probabilities),
                      ('request_id', 'ts', 'model', 'variant', 'row', 'prediction', 'prediction.value' if regressor else 'prediction.label'), classes)
-    tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None, last_of)
-    table = (pa.concat_tables(tables) if tables else check_rows(reader.schema.empty_table(), reader)[0]).flatten()
+    flat = lambda t: _coded(t.flatten(), dictionary) # a file at a time: the text coded before the next file is read
+    tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None, last_of, flat)
+    table = pa.concat_tables(tables) if tables else flat(check_rows(reader.schema.empty_table(), reader)[0])
     del tables
     if str(path).startswith('kafka://') and len(table): table = table.sort_by('ts') # partitions interleave
     probs = None
@@ -236,7 +245,7 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
         probs, table = table.column('prediction.probabilities').combine_chunks(), table.drop_columns(['prediction.probabilities'])
     held = [table]
     del table
-    df = _frame(held, dictionary)
+    df = _frame(held)
     if probs is not None: df.attrs['probabilities'] = _Shared(probs)
     keep = np.ones(len(df), dtype=bool)
     if since is not None: keep &= (df['ts'] >= pd.Timestamp(since)).to_numpy()
