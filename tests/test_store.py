@@ -2,6 +2,8 @@
 import json, os, secrets, shutil, sqlite3, subprocess, sys, time
 from pathlib import Path
 
+import pytest
+
 from conftest import MLNB, mlnb, postgres_cluster, step_notebook as _notebook
 
 HERE = Path(__file__).parent
@@ -290,3 +292,34 @@ def test_the_scaffold_in_two_clones_shares_one_team_store_and_writes_no_password
         assert {'runs', 'steps', 'gates', 'champions', 'builds', 'evidence', 'flags', 'alembic_version'} <= set(tables)
         dump = ''.join(str(c.execute(f'select * from "{t}"').fetchall()) for t in tables)
     assert strong in dump and pw not in dump and 'mlnb:***@' not in dump
+
+
+@pytest.mark.parametrize('backend', ['sqlite', 'postgresql'])
+def test_the_newest_outputs_go_by_when_they_were_made_in_either_store(backend, request, tmp_path, monkeypatch):
+    "A cached run reuses outputs made earlier: `Ledger.newest` (what a hand run reads upstream) orders by when outputs were made, never by when a run reused them, in SQLite and in PostgreSQL alike."
+    from mlnb.ledger import Ledger, new_run_id
+    from mlnb.store import Store
+    root = tmp_path / 'p'
+    root.mkdir()
+    (root / 'pyproject.toml').write_text('[project]\nname = "p"\n[tool.mlnb]\n')
+    if backend == 'postgresql':
+        pg = request.getfixturevalue('postgres')
+        db = 'made_' + secrets.token_hex(4)
+        pg.new_database(db)
+        monkeypatch.setenv('MLNB_STORE', pg.url(db, password=True))
+        Store(pg.url(db, password=True), check=False).upgrade()
+    led = Ledger(root)
+    assert (led.path is None) == (backend == 'postgresql')
+    led.start_run(made := new_run_id(), root=root)
+    led.start_step(made, 'data', params={'seed': 1}, fingerprint='fp1', notebook=None, parts={'params': {'seed': 1}})
+    led.finish_step(made, 'data', 'ok', outputs={'n_rows': 11})
+    time.sleep(0.01)
+    led.record_interactive(hand := 'hand-' + new_run_id(), 'data', root=root, notebook='nbs/01_data.ipynb', params={'seed': 4}, name='n_rows', payload=12)
+    time.sleep(0.01)
+    led.start_run(reuse := new_run_id(), root=root)
+    led.finish_step(reuse, 'data', 'cached', outputs={'n_rows': 11}, cached_from=made) # reuses what `made` made, after the hand run
+    n, p = led.newest('data'), led.newest('data', 'pipeline')
+    assert (n['run_id'], n['kind'], n['outputs']) == (hand, 'interactive', {'n_rows': 12}) # the hand run's outputs are newer than the reused ones
+    assert (p['run_id'], p['reused_by'], p['outputs']) == (made, reuse, {'n_rows': 11}) and p['made'] < n['made']
+    assert led.newest('data', run=reuse)['run_id'] == made and led.newest('data', 'hand')['run_id'] == hand
+    led.close()
