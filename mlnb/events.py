@@ -459,8 +459,9 @@ def read_feedback(path: str | Path, # the feedback log (its rotated files are re
     except UsageError:
         if not str(path).startswith('kafka://'): raise
         tables, info = [], {'source': str(path), 'damaged': _damage([], 0)} # no feedback topic yet: no ground truth yet
-    df = (pa.concat_tables(tables) if tables else check_rows(reader.schema.empty_table(), reader)[0]).to_pandas()
-    out = df.drop_duplicates('request_id', keep='last').reset_index(drop=True)
+    held = [pa.concat_tables(tables) if tables else check_rows(reader.schema.empty_table(), reader)[0]]
+    del tables
+    out = _frame(held).drop_duplicates('request_id', keep='last').reset_index(drop=True)
     out.attrs['source'] = info
     return out
 
