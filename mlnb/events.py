@@ -76,7 +76,7 @@ def _frame(held: list, # one table, taken out of the list: nothing else may hold
         parts.append(pa.table([c], names=[table.column_names[0]]).to_pandas())
         table = table.remove_column(0)
         _hand_back()
-        pa.default_memory_pool().release_unused() # the columns let go of (arrow's allocator keeps freed memory for reuse: 2 GiB of a log parsed from JSON)
+        pa.default_memory_pool().release_unused() # arrow's allocator keeps freed memory for reuse: give back what the copied columns held (2 GiB of a log of 10^7 parsed from JSON)
     return pd.concat(parts, axis=1)
 
 def _hand_back():
