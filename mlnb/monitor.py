@@ -61,15 +61,23 @@ def _auc(truth: np.ndarray, # True for the positive rows
     "ROC AUC of scores `s` for `truth`: the Mann-Whitney statistic, ties counted half (as the area under scikit-learn's ROC curve)."
     pos, n = int(truth.sum()), len(s)
     if not 0 < pos < n: return float('nan')
-    o = np.argsort(s) # each distinct score once, in order: the negatives below it and beside it count for the positives at it
+    o = np.argsort(s) # the runs of equal scores, in order: a positive's rank is the middle of its run's ranks
     ss, tt = s[o], truth[o]
+    del o
     new = np.empty(n, dtype=bool)
     new[:1] = True
     np.not_equal(ss[1:], ss[:-1], out=new[1:])
-    at = np.cumsum(new) - 1
-    cp = np.bincount(at[tt], minlength=at[-1] + 1).astype('float64')
-    cn = np.bincount(at, minlength=at[-1] + 1).astype('float64') - cp
-    return float((cp @ (np.cumsum(cn) - cn) + 0.5 * (cp @ cn)) / (pos * (n - pos))) # counts of pairs: whole numbers, exact in floats
+    del ss
+    start = np.flatnonzero(new)
+    del new
+    cp = np.add.reduceat(tt, start, dtype=np.int64) # the positives of each run
+    mid = np.empty_like(start) # twice the middle rank of each run, counting from 1: start + end + 1
+    mid[:-1] = start[1:]
+    mid[-1] = n
+    mid += start
+    mid += 1
+    twice_u = int(cp @ mid) - pos * (pos + 1) # twice the Mann-Whitney U: whole numbers, exact
+    return twice_u / (2 * pos * (n - pos))
 
 def _per_class(y: np.ndarray, labels: np.ndarray, classes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "True positives, answered and true counts of each of `classes`."
@@ -88,13 +96,15 @@ def score(metric: str, # the gate's metric
           answers: pd.DataFrame, # the joined answers: prediction.label / prediction.probability, or prediction.value
           classes: list | None = None, # a classifier's classes
           proba: np.ndarray | None = None, # per-class probabilities of the joined rows
+          rows: np.ndarray | None = None, # which rows of `answers` and `proba` are the joined ones (a mask or positions; default: all)
          ) -> tuple[float | None, str | None]:
     "(value, why it is None) of `metric` on the joined rows, as scikit-learn's metrics compute it (without importing it: a second of a monitor's run)."
+    col = lambda c, **kw: answers[c].to_numpy(**kw) if rows is None else answers[c].to_numpy(**kw)[rows] # a column of the joined rows, taken when read
     if metric not in METRICS: return None, f"mlnb cannot compute '{metric}' from the log; it knows {', '.join(METRICS)}"
     if not len(y): return None, 'no prediction has ground truth yet'
     if metric in ('rmse', 'mse', 'mae', 'r2'):
         if 'prediction.value' not in answers: return None, f"'{metric}' is a regressor's metric"
-        v = answers['prediction.value'].to_numpy(dtype='float64'); y = np.asarray(y, dtype='float64')
+        v = col('prediction.value', dtype='float64'); y = np.asarray(y, dtype='float64')
         if metric == 'r2' and len(y) < 2: return None, 'r2 needs two rows'
         if metric == 'mae': return float(np.mean(np.abs(y - v))), None
         mse = float(np.mean((y - v) ** 2))
@@ -103,24 +113,33 @@ def score(metric: str, # the gate's metric
             return (1.0 - mse * len(y) / total if total else (1.0 if mse == 0 else 0.0)), None # scikit-learn's answer for a constant truth
         return (math.sqrt(mse) if metric == 'rmse' else mse), None
     if 'prediction.label' not in answers: return None, f"'{metric}' is a classifier's metric"
-    labels, binary, classes = answers['prediction.label'].to_numpy(), len(classes or []) == 2, list(classes or [])
+    binary, classes = len(classes or []) == 2, list(classes or [])
     y = np.asarray(y)
-    unknown = pd.Index(classes).get_indexer(pd.Index(y)) < 0
+    t = pd.Index(classes).get_indexer(pd.Index(y)) # each label's class, looked up once
+    unknown = t < 0
     if unknown.any(): return None, f"ground truth {sorted({str(v) for v in y[unknown]})[:5]} is none of the model's classes {classes}"
     if metric in ('roc_auc', 'log_loss'):
-        q = answers['prediction.probability'].to_numpy(dtype='float64') if binary and 'prediction.probability' in answers else None
-        p = proba if proba is not None else np.c_[1 - q, q] if q is not None else None
-        if p is None: return None, f'{metric} needs probabilities'
-        have = np.isfinite(p).all(axis=1) & (np.isfinite(q) if q is not None else True) # an answer without probabilities (a fallback's) is left out
-        y = y[have]
-        if len(set(y.tolist())) < 2: return None, f'{metric} needs ground truth of two classes at least' + (' among the answers with probabilities' if not have.all() else '')
-        t = pd.Index(classes).get_indexer(pd.Index(y))
+        q = col('prediction.probability', dtype='float64') if binary and 'prediction.probability' in answers else None
+        if q is None and proba is None: return None, f'{metric} needs probabilities'
+        finite = None if proba is None else np.isfinite(proba).all(axis=1)
+        if proba is not None and rows is not None:
+            finite = finite[rows]
+            if not (binary and q is not None and metric == 'roc_auc'): proba = proba[rows] # (a binary ROC AUC reads the probability column alone)
+        have = np.isfinite(q) if q is not None else np.ones(len(y), dtype=bool) # an answer without probabilities (a fallback's) is left out
+        if finite is not None: have &= finite
+        every = bool(have.all()) # (no copies of a million rows when every answer has them)
+        pick = (lambda a: a) if every else (lambda a: a[have])
+        t = pick(t)
+        if len(np.unique(t)) < 2: return None, f'{metric} needs ground truth of two classes at least' + (' among the answers with probabilities' if not every else '')
         if metric == 'log_loss':
             eps = np.finfo('float64').eps
-            return float(-np.mean(np.log(np.clip(p[have], eps, 1 - eps)[np.arange(len(t)), t]))), None
-        if binary: return _auc(t == 1, (q if q is not None else p[:, 1])[have]), None
-        if len(set(t.tolist())) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
-        return float(np.mean([_auc(t == j, p[have][:, j]) for j in range(len(classes))])), None # one-vs-rest, each class alike
+            p = proba if proba is not None else np.c_[1 - q, q]
+            return float(-np.mean(np.log(np.clip(pick(p), eps, 1 - eps)[np.arange(len(t)), t]))), None
+        if binary: return _auc(t == 1, pick(q if q is not None else proba[:, 1])), None
+        if len(np.unique(t)) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
+        p = pick(proba)
+        return float(np.mean([_auc(t == j, p[:, j]) for j in range(len(classes))])), None # one-vs-rest, each class alike
+    labels = col('prediction.label')
     tp, answered, true = _per_class(y, labels, classes)
     if metric == 'accuracy': return float(np.mean(pd.Series(y, dtype=object).to_numpy() == pd.Series(labels, dtype=object).to_numpy())), None
     if metric == 'balanced_accuracy': return float(np.mean(tp[true > 0] / true[true > 0])), None
@@ -345,28 +364,42 @@ class Truth:
     def __init__(self, feedback: pd.DataFrame): # columns request_id and label
         import pyarrow as pa
         # newest first: arrow's lookup finds a value's first place in the set, so the last label sent for an id wins (no pass to drop the others)
-        self.ids, self.labels = pa.array(feedback['request_id'].astype(str), type=pa.string())[::-1], feedback['label'].to_numpy()[::-1]
+        # the ids as arrow holds them (a frame of `mlnb.events` shares its text: a cast to another text type would copy it)
+        self.ids, self.labels = pa.array(feedback['request_id'].astype(str))[::-1], feedback['label'].to_numpy()[::-1]
+        self._coded = None
 
-    def _at(self, ids) -> np.ndarray:
+    def positions(self, ids) -> np.ndarray:
+        "Where each of `ids` is among the labels, newest first (-1: none)."
         import pyarrow as pa, pyarrow.compute as pc
-        return pc.index_in(pa.array(pd.Series(ids).astype(str), type=pa.string()), value_set=self.ids).fill_null(-1).to_numpy(zero_copy_only=False)
+        return pc.index_in(pa.array(pd.Series(ids).astype(str)), value_set=self.ids).fill_null(-1).to_numpy(zero_copy_only=False)
+
+    def unmatched(self, among: np.ndarray, # which labels count, in the feedback's order (a mask)
+                  *found: np.ndarray, # `positions` of the request ids of predictions
+                 ) -> int:
+        "How many of the labels `among` no prediction's request id came to (each request id labelled once, as `read_feedback` leaves them)."
+        seen = np.zeros(len(self.labels), dtype=bool)
+        for at in found: seen[at[at >= 0]] = True
+        return int((np.asarray(among, dtype=bool) & ~seen[::-1]).sum())
 
     def has(self, ids) -> np.ndarray:
         "Whether each of `ids` has ground truth."
-        return self._at(ids) >= 0
+        return self.positions(ids) >= 0
 
     def of(self, ids) -> np.ndarray:
         "The label of each of `ids` (None where there is none)."
-        return self._labels(self._at(ids))
+        return self._labels(self.positions(ids))
 
-    def match(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        "Whether each of `ids` has ground truth, and its label (None where there is none), with one lookup (each builds a hash table of every label's id)."
-        at = self._at(ids)
-        return at >= 0, self._labels(at)
-
-    def labels_of(self, labelled: np.ndarray) -> np.ndarray:
-        "Labels taken from `match`'s (where each has one), in the labels' own type."
-        return labelled.astype(self.labels.dtype, copy=False) if len(self.labels) else labelled
+    def column(self, at: np.ndarray, # `positions` of a window's request ids
+              ) -> pd.Series:
+        "The label at each of `at` as a column, missing where there is none: numbers as floats, other labels as a categorical (a code a row, no object a row)."
+        if not len(self.labels): return pd.Series(np.full(len(at), np.nan))
+        if self.labels.dtype.kind == 'f':
+            out = self.labels[np.maximum(at, 0)]
+            out[at < 0] = np.nan
+            return pd.Series(out)
+        if self._coded is None: self._coded = pd.factorize(self.labels) # once, for every column of this truth
+        codes, uniques = self._coded
+        return pd.Series(pd.Categorical.from_codes(np.where(at >= 0, codes[np.maximum(at, 0)], -1), categories=uniques))
 
     def _labels(self, at: np.ndarray) -> np.ndarray:
         out = self.labels[np.maximum(at, 0)] if len(self.labels) else np.full(len(at), None, dtype=object)
@@ -376,7 +409,7 @@ class Truth:
 def _in(values: pd.Series, others: pd.Series) -> np.ndarray:
     "`values.isin(others)` for text ids, by arrow's hash tables."
     import pyarrow as pa, pyarrow.compute as pc
-    return pc.is_in(pa.array(values.astype(str), type=pa.string()), value_set=pa.array(pd.Series(others).astype(str), type=pa.string())).to_numpy(zero_copy_only=False)
+    return pc.is_in(pa.array(values.astype(str)), value_set=pa.array(pd.Series(others).astype(str))).to_numpy(zero_copy_only=False)
 
 def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
@@ -394,9 +427,10 @@ class _Now:
     def __exit__(self, *exc): pass
 
 def _matched(feedback: pd.DataFrame, ids: pd.Series) -> tuple:
-    "(`Truth` of `feedback`, and its `match` of `ids`)."
+    "(`Truth` of `feedback`, whether each of `ids` has a label, the labels as a `Truth.column`, and their `positions`)."
     fb = Truth(feedback)
-    return (fb, *fb.match(ids))
+    at = fb.positions(ids)
+    return fb, at >= 0, fb.column(at), at
 
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
           ref: Mapping, # the model's frozen reference
@@ -408,7 +442,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
           direction: str = 'maximize', # the gate's direction
           classes: list | None = None, # a classifier's classes
           rows: pd.DataFrame | None = None, # the reference rows (`mlnb.drift.reference_rows`): learned thresholds, multivariate drift, bands
-          known: pd.Series | None = None, # the request ids of every variant's predictions in the window (for ground truth matching none)
+          known: pd.Series | None = None, # the request ids of the other variants' predictions in the window (ground truth matching them is not unmatched)
           cache: Path | None = None, # where the estimate's calibration is kept for the next run (default: not kept)
          ) -> dict:
     "Drift, bias, performance and action limits of `events` against `ref`, per chunk and over the window; `alerts` says what to act on."
@@ -437,8 +471,9 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         estimating = bool(metric and cfg.estimate and rows is not None)
         est_job = aside.submit(estimated_performance, events, rows, parts, metric, kind, classes, cfg, cache, ref.get('cbpe')) if estimating else None
         truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth else None # looked up once, for the window, its chunks and its timeline
-        timeline_job = aside.submit(lambda: timeline(events.assign(ts=stamps), kind, cfg.buckets, feedback, metric, classes,
-                                                     truth_job.result() if with_truth else None, order))
+        slots = lambda matched: timeline(events.assign(ts=stamps), kind, cfg.buckets, feedback, metric, classes, matched, order)
+        # with ground truth the timeline waits for the window's realised metric: the two would hold their copies of the labelled rows at once
+        timeline_job = None if with_truth else aside.submit(slots, None)
         def judge(job):
             d = column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3])
             if d.get('method') is None:
@@ -481,22 +516,25 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         if train: bias['training'] = train.get('mean') if kind == 'regressor' else {k: c / max(sum(train['counts'].values()), 1) for k, c in train.get('counts', {}).items()}
         perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
         if with_truth:
-            fb, hit, labelled = truth_job.result()
-            joined = _answer_columns(events)[hit]
-            y = fb.labels_of(labelled[hit])
-            in_window = feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()
-            perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()),
-                        unmatched_feedback=int((~_in(feedback.loc[in_window, 'request_id'], known if known is not None else events['request_id'])).sum()))
+            fb, hit, truth, at = truth_job.result()
+            y = truth[hit].to_numpy() # the labels' own type
+            in_window = (feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()).to_numpy()
+            perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()), # no second hash table of the window's ids: the lookup's positions
+                        unmatched_feedback=fb.unmatched(in_window, at, *([] if known is None or not len(known) else [fb.positions(known)])))
             if hit.any():
                 bias['observed'] = float(np.mean(y.astype(float))) if kind == 'regressor' else _shares(pd.Series(y))
-                bias['predicted_on_labelled'] = float(joined['prediction.value'].mean()) if kind == 'regressor' else _shares(joined['prediction.label'])
+                answered_labelled = events['prediction.value' if kind == 'regressor' else 'prediction.label'][hit] # (the rows with ground truth)
+                bias['predicted_on_labelled'] = float(answered_labelled.mean()) if kind == 'regressor' else _shares(answered_labelled)
+                del answered_labelled
                 from mlnb.estimate import judge_bias
                 bias['judged'] = judge_bias(bias['predicted_on_labelled'], bias['observed'], int(hit.sum()), cfg.bias_bound, cfg.bias_min_rows,
                                             std=float(np.std(y.astype(float))) if kind == 'regressor' else None)
                 if bias['judged'].get('alert'): alerts.append({'kind': 'bias', 'message': bias['judged']['message']})
                 if metric:
                     proba = probabilities(events)
-                    perf['realised'], perf['why_none'] = score(metric, y, joined, classes, proba[hit] if proba is not None else None)
+                    perf['realised'], perf['why_none'] = score(metric, y, _answer_columns(events), classes, proba, rows=hit) # no copies of the labelled rows
+            del y
+            timeline_job = aside.submit(slots, (fb, hit, truth))
         if estimating:
             perf['estimated'] = est = est_job.result()
             if est and est.get('outside_from') is not None:
@@ -505,7 +543,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                                'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
                                f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
         if metric and with_truth:
-            y = pd.Series(labelled)
+            y = truth
             perf['chunks'] = chunked_performance(events, y, rows, parts, metric, classes, cfg)
             first = perf['chunks'].get('outside_from')
             if first is not None:
@@ -537,23 +575,28 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     if not len(events): return []
     t0, t1 = events['ts'].min(), events['ts'].max()
     step = max((t1 - t0) / buckets, pd.Timedelta(seconds=1))
-    slot = np.minimum((events['ts'] - t0).to_numpy() // step.to_timedelta64(), buckets - 1).astype(int)
+    slot = ((events['ts'] - t0).to_numpy() // step.to_timedelta64()).astype(np.int32) # (a tenth of a million rows' worth of int64s less)
+    np.minimum(slot, buckets - 1, out=slot)
     rows = np.bincount(slot, minlength=buckets)
     if kind == 'regressor': values = events['prediction.value']
     else: # label counts per slot; equal counts keep the order in which the labels first appear in the window
-        codes, labels = pd.factorize(events['prediction.label'].astype(str))
+        answered = events['prediction.label']
+        # numbers or categories group as their text does; other labels (objects: 1 and '1') are grouped as text
+        fast = answered.dtype.kind in 'iufb' or isinstance(answered.dtype, pd.CategoricalDtype)
+        codes, labels = pd.factorize(answered) if fast else pd.factorize(answered.astype(str))
+        codes, labels = codes.astype(np.int32), pd.Index(labels).astype(str)
         if order is not None and len(labels) > 1: # numbered as they first appear in time
             seen = pd.unique(codes[order])
             seen = seen[seen >= 0]
             renumber = np.empty(len(labels), dtype=codes.dtype)
             renumber[seen] = np.arange(len(seen))
             codes, labels = np.where(codes >= 0, renumber[np.maximum(codes, 0)], -1), labels[seen]
-        counts = np.bincount(slot[codes >= 0] * len(labels) + codes[codes >= 0], minlength=buckets * len(labels)).reshape(buckets, -1)
-    if matched: fb, hit, labelled = matched
-    elif feedback is not None and len(feedback):
-        fb = Truth(feedback)
-        hit, labelled = fb.match(events['request_id'])
-    else: fb = hit = labelled = None
+        known = codes >= 0
+        cell = slot * len(labels) + codes if known.all() else slot[known] * len(labels) + codes[known]
+        counts = np.bincount(cell, minlength=buckets * len(labels)).reshape(buckets, -1)
+    if matched: fb, hit, truth = matched[:3]
+    elif feedback is not None and len(feedback): fb, hit, truth, _ = _matched(feedback, events['request_id'])
+    else: fb = hit = truth = None
     if fb is not None and metric: proba, ans = probabilities(events), _answer_columns(events)
     out = []
     for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
@@ -564,7 +607,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
             idx = np.flatnonzero((slot == b) & hit)
             if len(idx):
                 item['joined'] = len(idx)
-                item[metric] = score(metric, fb.labels_of(labelled[idx]), ans.iloc[idx], classes, proba[idx] if proba is not None else None)[0]
+                item[metric] = score(metric, truth.iloc[idx].to_numpy(), ans.iloc[idx], classes, proba[idx] if proba is not None else None)[0]
         out.append(item)
     return out
 
@@ -788,7 +831,7 @@ def monitor(project=None, # the project (default: the current one)
     gate = GateConfig.from_settings(project.settings)
     metric, evaluation = _evaluation(project.root, tag)
     res = check(events, ref, cfg, feedback, metric or gate.metric, evaluation, gate.floor, gate.direction, classes,
-                rows=reference_frame(tag), known=everything['request_id'],
+                rows=reference_frame(tag), known=None if mine.all() else everything.loc[~mine, 'request_id'],
                 cache=project.root / '.mlnb' / 'cache' / 'estimates' / f"{tag.replace(':', '-')}-{metric or gate.metric}.json" if cfg.cache else None)
     variants = compare_variants(everything, tag, kind, classes, feedback, gate, cfg)
     if variants is not None:
