@@ -197,6 +197,7 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
         t, skipped = _file_table(f, reader, cache, base)
         n, counted = n + len(t), counted + _counted(t, of)
         tables.append(each(t))
+        _hand_back() # the tables share the pages of the columnar files they came from: resident, 2.4 GiB for 10^7 rows, until the frame is made
         if skipped: found.append((str(f), skipped))
         if last is not None and counted >= last: break
     if cache is not None: _forget(cache, base, log_files(path))
