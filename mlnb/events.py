@@ -6,7 +6,7 @@ Docs: https://mlnb.github.io/mlnb/api/events.html.md"""
 
 # %% ../nbs/18_events.ipynb #c27717f3
 from __future__ import annotations
-import datetime as _dt, json, math, os, re, time, uuid, weakref
+import contextlib, datetime as _dt, json, math, os, re, threading, time, uuid, weakref
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -18,7 +18,7 @@ from .lines import Reader, check_rows, log_schema, make_reader, newlines, read_l
 from .serving import columns_dir, parse_kafka
 
 # %% auto #0
-__all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'too_damaged']
+__all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'system_pool', 'too_damaged']
 
 # %% ../nbs/18_events.ipynb #835b4246
 def log_files(path: str | Path, # the current log file
@@ -152,7 +152,6 @@ def _file_table(f: Path, reader: Reader, cache: Path | None = None, base: Path |
 
 def _forget(cache: Path, base: Path, files: list[Path]):
     "Remove the cached copies of the log at `base` whose file is gone."
-    import contextlib
     alive = {f"{st.st_dev}-{st.st_ino}-" for st in (f.stat() for f in files)}
     for m in cache.glob('*.json') if cache.is_dir() else []:
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -465,7 +464,26 @@ def read_feedback(path: str | Path, # the feedback log (its rotated files are re
     del tables
     out = _frame(held).drop_duplicates('request_id', keep='last').reset_index(drop=True)
     out.attrs['source'] = info
+    out.attrs['one_label_per_id'] = len(out) # a frame of as many rows (not a part or a sum of such frames) has no request id twice
     return out
+
+# %% ../nbs/18_events.ipynb #6358fbc1
+_POOL = {'depth': 0, 'before': None}
+_POOL_LOCK = threading.Lock()
+
+@contextlib.contextmanager
+def system_pool():
+    "Arrow's allocations meanwhile in the system allocator, which gives large blocks back as they are freed (nested and concurrent uses share it)."
+    import pyarrow as pa
+    with _POOL_LOCK:
+        if not _POOL['depth']: _POOL['before'] = pa.default_memory_pool()
+        _POOL['depth'] += 1
+        pa.set_memory_pool(pa.system_memory_pool())
+    try: yield
+    finally:
+        with _POOL_LOCK:
+            _POOL['depth'] -= 1
+            if not _POOL['depth']: pa.set_memory_pool(_POOL['before'])
 
 # %% ../nbs/18_events.ipynb #db93372e
 def too_damaged(damaged: Mapping | None, # what a reader skipped: `attrs['source']['damaged']` of `read_events` or `read_feedback`

@@ -17,7 +17,7 @@ from .alerts import send_alert
 from .config import GateConfig, MonitorConfig, ServeConfig, parse_since
 from .drift import drift as column_drift, on_cores, text_counts
 from .errors import MlnbError, UsageError
-from .events import log_files, probabilities, read_events, read_feedback, select, too_damaged
+from .events import log_files, probabilities, read_events, read_feedback, select, system_pool, too_damaged
 from .project import load_project
 
 # %% auto #0
@@ -363,13 +363,15 @@ class Truth:
     "Ground truth by request id (the last label of a request id wins), looked up with arrow's hash tables: pandas' `isin` on a million text ids takes seconds."
     def __init__(self, feedback: pd.DataFrame): # columns request_id and label
         import pyarrow as pa
-        # newest first: arrow's lookup finds a value's first place in the set, so the last label sent for an id wins (no pass to drop the others)
-        # the ids as arrow holds them (a frame of `mlnb.events` shares its text: a cast to another text type would copy it)
-        self.ids, self.labels = pa.array(feedback['request_id'].astype(str))[::-1], feedback['label'].to_numpy()[::-1]
+        # the ids as arrow holds them (a frame of `mlnb.events` shares its text: a cast to another text type would copy it); newest first
+        # unless `read_feedback` left one label a request id: arrow's lookup finds a value's first place in the set, so the last label wins
+        ids, labels = pa.array(feedback['request_id'].astype(str)), feedback['label'].to_numpy()
+        self.newest_first = feedback.attrs.get('one_label_per_id') != len(feedback)
+        self.ids, self.labels = (ids[::-1], labels[::-1]) if self.newest_first else (ids, labels)
         self._coded = None
 
     def positions(self, ids) -> np.ndarray:
-        "Where each of `ids` is among the labels, newest first (-1: none)."
+        "Where the label of each of `ids` is among the labels (-1: none)."
         import pyarrow as pa, pyarrow.compute as pc
         return pc.index_in(pa.array(pd.Series(ids).astype(str)), value_set=self.ids).fill_null(-1).to_numpy(zero_copy_only=False)
 
@@ -379,7 +381,7 @@ class Truth:
         "How many of the labels `among` no prediction's request id came to (each request id labelled once, as `read_feedback` leaves them)."
         seen = np.zeros(len(self.labels), dtype=bool)
         for at in found: seen[at[at >= 0]] = True
-        return int((np.asarray(among, dtype=bool) & ~seen[::-1]).sum())
+        return int((np.asarray(among, dtype=bool) & ~(seen[::-1] if self.newest_first else seen)).sum())
 
     def has(self, ids) -> np.ndarray:
         "Whether each of `ids` has ground truth."
@@ -790,6 +792,10 @@ def monitor(project=None, # the project (default: the current one)
             record: bool = True, # keep the comparison of champion and challenger in the ledger (for the champion history)
            ) -> dict:
     "Check a window of logged predictions against the model's frozen reference; see `check`."
+    with system_pool(): # arrow's allocator would keep part of what reading and judging the window free: 360 MiB more at 10^7 predictions
+        return _monitor(project, model, bento, log, since, last, alert, record)
+
+def _monitor(project, model, bento, log, since, last, alert, record) -> dict:
     from mlnb.serving import feedback_path
     project = project or load_project()
     serve = ServeConfig.from_project(project)
