@@ -393,7 +393,7 @@ class Truth:
 
     def column(self, at: np.ndarray, # `positions` of a window's request ids
               ) -> pd.Series:
-        "The label at each of `at` as a column, missing where there is none: numbers as floats, other labels as a categorical (a code a row, no object a row)."
+        "The label at each of `at` as a column, missing where there is none: numbers as floats, other labels as a categorical (one code per row rather than one object per row)."
         if not len(self.labels): return pd.Series(np.full(len(at), np.nan))
         if self.labels.dtype.kind == 'f':
             out = self.labels[np.maximum(at, 0)]
@@ -577,7 +577,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     if not len(events): return []
     t0, t1 = events['ts'].min(), events['ts'].max()
     step = max((t1 - t0) / buckets, pd.Timedelta(seconds=1))
-    slot = ((events['ts'] - t0).to_numpy() // step.to_timedelta64()).astype(np.int32) # (a tenth of a million rows' worth of int64s less)
+    slot = ((events['ts'] - t0).to_numpy() // step.to_timedelta64()).astype(np.int32) # 32 bits: half of int64's 80 MB at 10^7 rows
     np.minimum(slot, buckets - 1, out=slot)
     rows = np.bincount(slot, minlength=buckets)
     if kind == 'regressor': values = events['prediction.value']
