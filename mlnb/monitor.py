@@ -378,10 +378,13 @@ class Truth:
     def unmatched(self, among: np.ndarray, # which labels count, in the feedback's order (a mask)
                   *found: np.ndarray, # `positions` of the request ids of predictions
                  ) -> int:
-        "How many of the labels `among` no prediction's request id came to (each request id labelled once, as `read_feedback` leaves them)."
+        "How many of the labels `among` no prediction's request id came to (a request id labelled twice counts twice)."
+        import pyarrow.compute as pc
         seen = np.zeros(len(self.labels), dtype=bool)
         for at in found: seen[at[at >= 0]] = True
-        return int((np.asarray(among, dtype=bool) & ~(seen[::-1] if self.newest_first else seen)).sum())
+        if self.newest_first: # a lookup finds an id's newest label: an older label of the same id was seen when the newest was
+            seen = seen[pc.index_in(self.ids, value_set=self.ids).to_numpy(zero_copy_only=False)][::-1]
+        return int((np.asarray(among, dtype=bool) & ~seen).sum())
 
     def has(self, ids) -> np.ndarray:
         "Whether each of `ids` has ground truth."
@@ -545,8 +548,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                                'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
                                f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
         if metric and with_truth:
-            y = truth
-            perf['chunks'] = chunked_performance(events, y, rows, parts, metric, classes, cfg)
+            perf['chunks'] = chunked_performance(events, truth, rows, parts, metric, classes, cfg)
             first = perf['chunks'].get('outside_from')
             if first is not None:
                 lo, hi = perf['chunks']['band']
