@@ -21,9 +21,15 @@ Measured, each in a fresh process, median of REPEAT runs:
 - mlnb's computation alone: `mlnb.monitor.check` timed inside a run with the ground truth (the lines already read, as
   Evidently and NannyML are given DataFrames already in memory; the lookup of each prediction's ground truth is inside):
   every statistic of the window, its chunks and its timeline, the work beside NannyML's below.
+- mlnb's computation of NannyML's work: the same, with `multivariate = false` and `estimate = false` (no PCA reconstruction
+  error, no CBPE): the univariate drift of each column per chunk against its learned threshold and the realised metric per chunk
+  with its band, what NannyML's two calculators compute (plus the window's own statistics and timeline, which mlnb always gives).
+  The difference between the two computation rows is the cost of the multivariate score and the estimate.
 - NannyML: `UnivariateDriftCalculator` (Kolmogorov-Smirnov and chi-squared, the same columns) and a realised
   `PerformanceCalculator` (ROC AUC), each `.fit(reference)` then `.calculate(current)` in 10 chunks (mlnb's default),
   DataFrames already loaded.
+- Start and imports: a fresh Python importing what `mlnb monitor` imports (`mlnb.cli`, `mlnb.monitor`: pandas, pyarrow,
+  NumPy), timed as the runs above are: the part of every end-to-end run that no work on the rows can shorten.
 mlnb's own modules are compiled to bytecode first, as pip does when it installs a wheel (an editable install on a machine
 that sets PYTHONDONTWRITEBYTECODE would compile them again on every run). Evidently and NannyML are each installed in a virtual environment of their own (made on the first run), never
 dependencies of mlnb; with 10^7 rows they are not run (each would need tens of GB of memory and minutes).
@@ -70,12 +76,13 @@ print(json.dumps({'seconds': t2 - t0, 'drift': t1 - t0, 'performance': t2 - t1, 
 '''
 
 COMPUTE = '''
-import json, sys, time
+import dataclasses, json, sys, time
 import mlnb.monitor as M
 took, check = {}, M.check
-def timed(*a, **k):
+def timed(events, ref, cfg, *a, **k):
+    if sys.argv[4] == 'same': cfg = dataclasses.replace(cfg, multivariate=False, estimate=False)
     t0 = time.perf_counter()
-    try: return check(*a, **k)
+    try: return check(events, ref, cfg, *a, **k)
     finally: took['seconds'] = time.perf_counter() - t0
 M.check = timed
 M.monitor(model=sys.argv[1], log=sys.argv[2], last=int(sys.argv[3]), alert=False, record=False)
@@ -91,7 +98,15 @@ if res.returncode not in (0, 1): sys.exit(res.stderr)
 out = json.loads(res.stdout)
 print(json.dumps({'seconds': secs, 'max_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   'drifted': [k for k, d in out['columns'].items() if d['drifted']], 'rows': out['window']['rows'],
-                  'timings': out.get('timings'), 'performance': out.get('performance')}))
+                  'performance': out.get('performance')}))
+'''
+
+
+FLOOR = '''
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+subprocess.run([sys.executable, '-c', 'import mlnb.cli, mlnb.monitor'], check=True)
+print(json.dumps({'seconds': time.perf_counter() - t0, 'max_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 '''
 
 
@@ -223,9 +238,10 @@ def main():
     first, plain, nxt = 'drift only, first run', 'drift only, first, JSON only', 'drift only, next run'
     gfirst, gnxt = 'ground truth too, first run', 'ground truth too, next run'
     ev, nml = 'Evidently DataDriftPreset', 'NannyML drift + performance'
-    comp = 'mlnb computation (check)'
+    comp, same = 'mlnb computation (check)', "mlnb computation, NannyML's work"
+    floor = 'start and imports alone'
     truthful = not args.no_ground_truth
-    runs = {first: [], plain: [], nxt: [], **({gfirst: []} if truthful else {}), **({gnxt: [], comp: [], ev: [], nml: []} if baselines else {})}
+    runs = {floor: [], first: [], plain: [], nxt: [], **({gfirst: []} if truthful else {}), **({gnxt: [], comp: [], same: [], ev: [], nml: []} if baselines else {})}
     cmd = [sys.executable, '-c', MEASURED, mlnb, 'monitor', '--model', tag, '--log', str(log), '--last', str(args.rows), '--json']
     fb = feedback_path(log)
     copies = [columns_dir(log), *([columns_dir(fb)] if truthful else [])]
@@ -242,6 +258,7 @@ def main():
 
     for _ in range(args.repeat):  # alternate, so the machine's noise is shared
         truth = [*log_files(fb), columns_dir(fb)] if truthful else []
+        runs[floor].append(json.loads(sh([sys.executable, '-c', FLOOR], proj, env)))
         runs[first].append(measured(truth))
         for p in truth: p.rename(away / p.name)  # the next run, drift only
         try: runs[nxt].append(json.loads(sh(cmd, proj, env)))
@@ -251,7 +268,8 @@ def main():
         if truthful: runs[gfirst].append(measured())
         if baselines:
             runs[gnxt].append(json.loads(sh(cmd, proj, env)))
-            runs[comp].append(json.loads(sh([sys.executable, '-c', COMPUTE, tag, str(log), str(args.rows)], proj, env)) | {'max_rss_mb': 0})
+            for k, how in ((comp, 'all'), (same, 'same')):
+                runs[k].append(json.loads(sh([sys.executable, '-c', COMPUTE, tag, str(log), str(args.rows), how], proj, env)) | {'max_rss_mb': 0})
             runs[ev].append(json.loads(sh([ev_python, '-c', EVIDENTLY, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
             runs[nml].append(json.loads(sh([nml_python, '-c', NANNYML, str(tmp / 'ref.parquet'), str(tmp / 'cur.parquet')], tmp, env)))
     med = {k: statistics.median(r['seconds'] for r in v) for k, v in runs.items()}
@@ -261,17 +279,19 @@ def main():
     if baselines: assert runs[gfirst][0]['performance'] == runs[gnxt][0]['performance']
     cached = sum(f.stat().st_size for f in (proj / '.mlnb' / 'cache').rglob('*.arrow'))
     print(f"{os.cpu_count()} cores; load average before: {load}; after: {os.getloadavg()[0]:.2f}; reference: 1250 held-out rows; current: {args.rows} predictions; median of {args.repeat}\n")
-    print(f"{'':30} {'seconds':>8} {'peak MiB':>9}" + (f" {'Evidently / this':>17} {'NannyML / this':>15}" if baselines else ''))
+    print(f"{'':34} {'seconds':>8} {'peak MiB':>9}" + (f" {'Evidently / this':>17} {'NannyML / this':>15}" if baselines else ''))
     for k in runs:
-        print(f"{k:30} {med[k]:8.2f} {(f'{mem[k]:.0f}' if mem[k] else '-'):>9}" + (f" {med[ev] / med[k]:16.1f}x {med[nml] / med[k]:14.1f}x" if baselines else ''))
+        print(f"{k:34} {med[k]:8.2f} {(f'{mem[k]:.0f}' if mem[k] else '-'):>9}" + (f" {med[ev] / med[k]:16.1f}x {med[nml] / med[k]:14.1f}x" if baselines else ''))
+    print(f"(start and imports alone: no end-to-end run can take less; Evidently's {med[ev] if baselines else 0:.2f} s over them is the largest ratio an "
+          "end-to-end run could reach)" if baselines else '')
     print("(drift only: the feedback log moved away, so no realised performance: the work Evidently's preset does; "
           "ground truth too: the work NannyML's two calculators do)")
     if baselines:
         print(f"\nNannyML: drift {statistics.median(r['drift'] for r in runs[nml]):.2f} s, realised performance "
               f"{statistics.median(r['performance'] for r in runs[nml]):.2f} s ({runs[nml][0]['chunks']} chunks of the current rows)")
-    t = runs[gfirst if truthful else first][0].get('timings')
-    print('\n[chunked and multivariate tests] ' + (json.dumps(t) if t else
-          'not measured separately: `mlnb monitor --json` reports no timings by phase on this version (they are inside the runs above)'))
+    if baselines:
+        print(f"\nthe multivariate score and the estimate (CBPE) together: {med[comp] - med[same]:.2f} s of mlnb's computation "
+              "(each alone, and the learned thresholds against fixed ones: bench/monitor_tests.py)")
     print(f"\nmlnb read and judged {runs[first][0]['rows']} rows end to end (JSON lines {size / 2**20:.0f} MiB, columnar copy "
           f"{copy / 2**20:.0f} MiB; the cache of the next runs: {cached / 2**20:.0f} MiB); drifted: {', '.join(runs[first][0]['drifted'])}.")
     if baselines: print("Evidently and NannyML were given the DataFrames in memory.")
