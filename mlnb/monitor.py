@@ -474,9 +474,9 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     with (ThreadPoolExecutor(1) if threads else _Now()) as aside: # what needs no drift result (the estimate, the ground truth, the timeline) runs beside the drift tests
         with_truth = feedback is not None and len(feedback) > 0
         estimating = bool(metric and cfg.estimate and rows is not None)
-        # the ground truth first: the realised metrics wait for it once the drift tests are done, the estimate is wanted only at the end
-        truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth else None # looked up once, for the window, its chunks and its timeline
         est_job = aside.submit(estimated_performance, events, rows, parts, metric, kind, classes, cfg, cache, ref.get('cbpe')) if estimating else None
+        # the ground truth after the estimate: looked up first, its hash table of the labels' ids (800 MiB for 10^7) lies beside the univariate tests' peak
+        truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth else None # looked up once, for the window, its chunks and its timeline
         slots = lambda matched: timeline(events.assign(ts=stamps), kind, cfg.buckets, feedback, metric, classes, matched, order)
         # with ground truth the timeline waits for the window's realised metric: the two would hold their copies of the labelled rows at once
         timeline_job = None if with_truth else aside.submit(slots, None)
