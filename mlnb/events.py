@@ -18,7 +18,8 @@ from .lines import Reader, check_rows, log_schema, make_reader, newlines, read_l
 from .serving import columns_dir, parse_kafka
 
 # %% auto #0
-__all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'system_pool', 'too_damaged']
+__all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'one_label_per_id',
+           'system_pool', 'too_damaged']
 
 # %% ../nbs/18_events.ipynb #835b4246
 def log_files(path: str | Path, # the current log file
@@ -464,8 +465,14 @@ def read_feedback(path: str | Path, # the feedback log (its rotated files are re
     del tables
     out = _frame(held).drop_duplicates('request_id', keep='last').reset_index(drop=True)
     out.attrs['source'] = info
-    out.attrs['one_label_per_id'] = len(out) # a frame of as many rows (not a part or a sum of such frames) has no request id twice
+    _ONE_LABEL[id(out)] = out # this very frame has no request id twice (a frame made from it, even of as many rows, may)
     return out
+
+_ONE_LABEL = weakref.WeakValueDictionary() # the frames `read_feedback` returned, by id, as long as they live
+
+def one_label_per_id(frame: pd.DataFrame) -> bool:
+    "Whether `frame` is a frame `read_feedback` returned, so that no request id has two labels in it (not a frame made from one: pandas copies `attrs` onto those)."
+    return _ONE_LABEL.get(id(frame)) is frame
 
 # %% ../nbs/18_events.ipynb #6358fbc1
 _POOL = {'depth': 0, 'before': None}

@@ -17,7 +17,7 @@ from .alerts import send_alert
 from .config import GateConfig, MonitorConfig, ServeConfig, parse_since
 from .drift import drift as column_drift, on_cores, text_counts
 from .errors import MlnbError, UsageError
-from .events import log_files, probabilities, read_events, read_feedback, select, system_pool, too_damaged
+from .events import log_files, one_label_per_id, probabilities, read_events, read_feedback, select, system_pool, too_damaged
 from .project import load_project
 
 # %% auto #0
@@ -366,7 +366,7 @@ class Truth:
         # the ids as arrow holds them (a frame of `mlnb.events` shares its text: a cast to another text type would copy it); newest first
         # unless `read_feedback` left one label a request id: arrow's lookup finds a value's first place in the set, so the last label wins
         ids, labels = pa.array(feedback['request_id'].astype(str)), feedback['label'].to_numpy()
-        self.newest_first = feedback.attrs.get('one_label_per_id') != len(feedback)
+        self.newest_first = not one_label_per_id(feedback)
         self.ids, self.labels = (ids[::-1], labels[::-1]) if self.newest_first else (ids, labels)
         self._coded = None
 
