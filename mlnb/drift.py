@@ -470,26 +470,26 @@ class Reconstruction:
         self.components = int(min(np.searchsorted(ratio, variance, side='right') + 1, len(sv)))
         self.center, self.vt = z.mean(axis=0), vt[:self.components]
 
-    def _encode(self, frame: pd.DataFrame) -> np.ndarray:
+    def _encode(self, frame: pd.DataFrame, rows: slice = slice(None)) -> np.ndarray:
         cols = []
         for c, k in self.kinds.items():
             if k == 'numeric':
-                x = pd.to_numeric(frame[c], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
+                x = pd.to_numeric(frame[c].iloc[rows], errors='coerce').to_numpy(dtype='float64', na_value=np.nan)
                 cols.append(np.where(np.isfinite(x), x, self.fill[c]))
             else: # each distinct value's share in the reference (0 if never seen; a missing value: the most frequent's)
-                codes, uniq = pd.factorize(frame[c])
+                codes, uniq = pd.factorize(frame[c].iloc[rows])
                 share = pd.Series(uniq).astype(str).map(self.freq[c]).fillna(0.0).to_numpy(dtype='float64')
                 cols.append(np.where(codes >= 0, share[np.maximum(codes, 0)] if len(share) else 0.0, self.freq[c].get(self.fill[c], 0.0)))
         return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
 
-    def errors(self, frame: pd.DataFrame, # the rows
+    def errors(self, frame: pd.DataFrame, # the rows (other columns are left alone: the columns used are read a block at a time, never copied whole)
                block: int = 500_000, # rows encoded at a time (the memory of a window of millions stays small)
               ) -> np.ndarray:
         "Each row's reconstruction error: a chunk's score is their mean, so a window's rows are encoded once, whatever its chunks."
         out = np.empty(len(frame))
         shift = self.mean / self.scale + self.center
         def one(a):
-            d = self._encode(frame.iloc[a:a + block]) # standardised and centred in place: (x - mean) / scale - center
+            d = self._encode(frame, slice(a, a + block)) # standardised and centred in place: (x - mean) / scale - center
             d /= self.scale
             d -= shift
             p = self.vt @ d.T # the part the components keep (multiplied this way round: 10x quicker for a tall matrix); the error is

@@ -64,16 +64,25 @@ def _coded(table, names: Sequence[str]):
         for n, c in zip(coded, ex.map(lambda n: table.column(n).dictionary_encode(), coded)): table = table.set_column(table.column_names.index(n), n, c)
     return table
 
+_FRAME_AT_ONCE = 512 * 2**20 # a table of fewer bytes is made a frame at once, on every core: its copy beside the frame costs little
+
 def _frame(held: list, # one table, taken out of the list: nothing else may hold it, so each column's memory goes once it is copied
           ) -> pd.DataFrame:
-    "`table.to_pandas()`, made a column at a time so that memory peaks at the frame, not at the frame and the table: a column's mapped pages are handed back once copied, and text is copied out of the files' small batches, so no page of a file stays resident for it."
+    "`table.to_pandas()`. A large table is made a column at a time so that memory peaks at the frame, not at the frame and the table: a column's mapped pages are handed back once copied, and text is copied out of the files' small batches, so no page of a file stays resident for it."
     import pyarrow as pa
     table = held.pop()
     if not table.num_columns: return table.to_pandas()
+    text = lambda c: c.cast(pa.large_string()).combine_chunks() if pa.types.is_string(c.type) or pa.types.is_large_string(c.type) else c # pandas keeps text as large_string
+    if table.nbytes < _FRAME_AT_ONCE: # (a million predictions: 150 MiB, made in half the time)
+        table = pa.table([text(c) for c in table.columns], names=table.column_names)
+        df = table.to_pandas(use_threads=True)
+        del table
+        _hand_back()
+        pa.default_memory_pool().release_unused()
+        return df
     parts = []
     while table.num_columns:
-        c = table.column(0)
-        if pa.types.is_string(c.type) or pa.types.is_large_string(c.type): c = c.cast(pa.large_string()).combine_chunks() # pandas keeps text as large_string
+        c = text(table.column(0))
         parts.append(pa.table([c], names=[table.column_names[0]]).to_pandas())
         table = table.remove_column(0)
         _hand_back()
@@ -174,12 +183,15 @@ def _counted(t, of: str | None) -> int:
     if of is None: return len(t)
     return int(pc.sum(pc.and_(pc.equal(t['model'], of), pc.not_equal(t['variant'], 'challenger'))).as_py() or 0)
 
+_TWO_AT_ONCE = 1 << 30 # a log of fewer bytes is read two files at a time, one on each core (a few million predictions); a larger one a file at a time, so its memory is one file's
+
 def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None = None, cache: Path | None = None, of: str | None = None,
-            each=None, # made of each table read (a file's, or the topic's), before the next is read
+            each=None, # made of each table read (a file's, or the topic's) as soon as it is read, on the thread that read it
            ) -> tuple[list, dict]:
     "The usable rows of a log (files or a kafka:// topic) that can hold the window, and where they came from: files or partitions, and the lines skipped."
     each = each or (lambda t: t)
     import pyarrow as pa
+    from concurrent.futures import ThreadPoolExecutor
     if str(path).startswith('kafka://'):
         want = last
         while True: # the last N of one model's answers: read twice as many messages until they hold N, or the partitions hold no more
@@ -191,15 +203,29 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
     base = Path(path).resolve()
     files = log_files(path, since)
     if last is not None: files = files[::-1]
-    tables, found, n, counted = [], [], 0, 0
-    for f in files:
-        if not f.stat().st_size: continue
+    todo = [(f, s) for f in files if (s := f.stat().st_size)]
+    two = len(todo) > 2 and sum(s for _, s in todo) < _TWO_AT_ONCE and (os.cpu_count() or 1) >= 2
+    def read(f): # a file's rows, those the window counts, its table as made by `each`, and the lines skipped
         t, skipped = _file_table(f, reader, cache, base)
-        n, counted = n + len(t), counted + _counted(t, of)
-        tables.append(each(t))
-        _hand_back() # the tables share the pages of the columnar files they came from: resident, 2.4 GiB for 10^7 rows, until the frame is made
-        if skipped: found.append((str(f), skipped))
-        if last is not None and counted >= last: break
+        return len(t), _counted(t, of), each(t), skipped
+    tables, found, n, counted, done, jobs = [], [], 0, 0, 0, {}
+    ex = ThreadPoolExecutor(2) if two else None
+    try:
+        for i, (f, size) in enumerate(todo):
+            job = jobs.pop(i, None)
+            rows, mine, t, skipped = job.result() if job else read(f)
+            n, counted, done = n + rows, counted + mine, done + size
+            tables.append(t)
+            if not two: _hand_back() # the tables share the pages of the columnar files they came from: resident, 2.4 GiB for 10^7 rows, until the frame is made
+            if skipped: found.append((str(f), skipped))
+            if last is not None and counted >= last: break
+            ahead = counted # the rows expected before each next file, at the rows per byte read so far: a file not needed is not read
+            for j in range(i + 1, min(i + 3, len(todo))) if two else ():
+                if last is not None and ahead >= last: break
+                if j not in jobs: jobs[j] = ex.submit(read, todo[j][0])
+                ahead += counted / done * todo[j][1]
+    finally:
+        if ex is not None: ex.shutdown(wait=False, cancel_futures=True) # a file read ahead that is not needed after all is finished aside
     if cache is not None: _forget(cache, base, log_files(path))
     return (tables[::-1] if last is not None else tables), {'source': str(path), 'files': [str(f) for f in files], 'damaged': _damage(found, n)}
 

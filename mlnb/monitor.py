@@ -237,7 +237,7 @@ def multivariate_drift(events: pd.DataFrame, # the window's events, in the log's
     cols = {f'row.{k}': v for k, v in kinds.items() if f'row.{k}' in rows and f'row.{k}' in events}
     if len(cols) < 2 or len(rows) < 20: return None
     rec = Reconstruction(rows, cols)
-    ref_err, err = rec.errors(rows), rec.errors(events[list(cols)]) # a chunk's score is the mean of its rows' errors
+    ref_err, err = rec.errors(rows), rec.errors(events) # a chunk's score is the mean of its rows' errors
     thr, how = learn_threshold(lambda i: float(ref_err[i].mean()), len(rows), int(np.median([_size(s) for s in slices])), cfg.sigmas)
     mean = lambda e: float(e.mean()) if len(e) else float('nan')
     chunks = [{'score': s, 'threshold': thr, 'drifted': thr is not None and bool(s > thr)} for s in (mean(_part(err, p)) for p in slices)]
