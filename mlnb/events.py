@@ -45,13 +45,13 @@ def _lines_end(view: memoryview) -> int:
     return 0
 
 _CACHE_VERSION, _CACHE_SEGMENTS, _CACHE_HASHED, _CACHE_GRAIN = 2, 8, 4096, 2_000_000_000 # grain: ns within which a file's time may not tell two writes apart
-_MAPPED = weakref.WeakSet() # the files `_mapped` mapped that something still reads
+_MAPPED, _MAPPED_LOCK = weakref.WeakSet(), threading.Lock() # the files `_mapped` mapped that something still reads (files are read on two threads)
 
 def _mapped(path: Path):
     "The bytes of the columnar file at `path` as an arrow buffer, mapped into memory (read-only): tables read from it share its pages."
     import mmap, pyarrow as pa
     with open(path, 'rb') as f: m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    _MAPPED.add(m)
+    with _MAPPED_LOCK: _MAPPED.add(m)
     return pa.py_buffer(m)
 
 def _coded(table, names: Sequence[str]):
@@ -93,7 +93,8 @@ def _hand_back():
     "Let go of the pages read so far from the mapped files. A frame copies its numbers out of them, so the pages would stay resident, twice what the numbers need; the text it shares is read in again from the page cache as it is used."
     import mmap
     if not hasattr(mmap, 'MADV_DONTNEED'): return
-    for m in list(_MAPPED):
+    with _MAPPED_LOCK: maps = list(_MAPPED)
+    for m in maps:
         try: m.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError): pass # closed meanwhile
 
@@ -151,7 +152,7 @@ def _file_table(f: Path, reader: Reader, cache: Path | None = None, base: Path |
         tables, meta = _cached(cache, key, view, st) if cache is not None else ([], {})
         done, skipped = meta.get('end', 0), meta.get('skipped')
         if end > done:
-            t, bad = _read_span(data, view, done, end, reader, base, st) # from the service's columnar copy where it holds the lines
+            t, bad = _read_span(data, view, done, end, reader, base, st, f) # from the service's columnar copy where it holds the lines
             tables.append(t)
             if bad: # lines are numbered from the file's start
                 first = (newlines(np.frombuffer(data.slice(0, done), np.uint8)).size if done else 0) + bad[1] + 1
@@ -216,7 +217,7 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
             rows, mine, t, skipped = job.result() if job else read(f)
             n, counted, done = n + rows, counted + mine, done + size
             tables.append(t)
-            if not two: _hand_back() # the tables share the pages of the columnar files they came from: resident, 2.4 GiB for 10^7 rows, until the frame is made
+            _hand_back() # the tables share the pages of the columnar files they came from: resident, 2.4 GiB for 10^7 rows, until the frame is made
             if skipped: found.append((str(f), skipped))
             if last is not None and counted >= last: break
             ahead = counted # the rows expected before each next file, at the rows per byte read so far: a file not needed is not read
@@ -344,8 +345,8 @@ def _conform_table(t, schema):
         cols.append(pa.chunked_array(chunks, f.type))
     return pa.Table.from_arrays(cols, schema=schema)
 
-def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int) -> list:
-    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`) within bytes `lo` to `hi` whose bytes are still the ones copied (same CRC-32, on line boundaries): (start, end, lines, segment table, first row), sorted, not overlapping."
+def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int, path: Path | None = None) -> list:
+    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`, at `path`) within bytes `lo` to `hi` whose bytes are still the ones copied (same CRC-32, on line boundaries): (start, end, lines, segment table, first row), sorted, not overlapping."
     import pyarrow as pa, zlib
     from concurrent.futures import ThreadPoolExecutor
     def named(p): # DEV-INO.FIRST-LAST.PID.CRC.arrow, holding lines between bytes FIRST and LAST
@@ -374,18 +375,27 @@ def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int) 
             found += mine
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, pa.ArrowException): continue # not a segment this reader knows: parsed instead
     if not found: return []
-    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex:
-        same = list(ex.map(lambda r: zlib.crc32(view[r[0]:r[1]]) == r[3], found))
+    def crc(s, e): # the bytes read, not mapped: mapped, a file's pages stay in this process until it is read (256 MiB each, two files read at once)
+        if fd is None: return zlib.crc32(view[s:e])
+        c = 0
+        for at in range(s, e, 1 << 22): c = zlib.crc32(os.pread(fd, min(1 << 22, e - at), at), c)
+        return c
+    with contextlib.ExitStack() as stack:
+        try: fd = os.open(path, os.O_RDONLY) if path is not None and os.stat(path).st_ino == st.st_ino else None
+        except OSError: fd = None # gone meanwhile (rotated, removed): the mapped bytes
+        if fd is not None: stack.callback(os.close, fd)
+        with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex:
+            same = list(ex.map(lambda r: crc(r[0], r[1]) == r[3], found))
     runs, at = [], lo
     for r in sorted((r for r, ok in zip(found, same) if ok), key=lambda r: r[0]):
         if r[0] >= at: runs.append(r[:3] + r[4:]); at = r[1]
     return runs
 
-def _read_span(data, view: memoryview, lo: int, hi: int, reader: Reader, base: Path | None, st: os.stat_result) -> tuple:
+def _read_span(data, view: memoryview, lo: int, hi: int, reader: Reader, base: Path | None, st: os.stat_result, path: Path | None = None) -> tuple:
     "The rows of the whole lines in bytes `lo` to `hi` of a log file and the lines that cannot be used, as `read_lines` returns them: taken from the service's columnar copy where it verifiably holds them, parsed elsewhere."
     import pyarrow as pa
     probs = 'prediction' in reader.schema.names and any(f.name == 'probabilities' for f in reader.schema.field('prediction').type)
-    runs = _copied(base, st, view, lo, hi) if base is not None and (reader.classes or not probs) else [] # "as most lines" is decided on what one parse sees
+    runs = _copied(base, st, view, lo, hi, path) if base is not None and (reader.classes or not probs) else [] # "as most lines" is decided on what one parse sees
     if not runs: return read_lines(data.slice(lo, hi - lo), reader)
     segments, first_row = {}, {} # each segment once: the rows used, in the reader's schema (None: the reader would read them otherwise)
     for i, (s, e, n, t, row) in enumerate(runs): segments.setdefault(id(t), (t, []))[1].append(i)
