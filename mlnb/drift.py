@@ -480,7 +480,7 @@ class Reconstruction:
                 codes, uniq = pd.factorize(frame[c].iloc[rows])
                 share = pd.Series(uniq).astype(str).map(self.freq[c]).fillna(0.0).to_numpy(dtype='float64')
                 cols.append(np.where(codes >= 0, share[np.maximum(codes, 0)] if len(share) else 0.0, self.freq[c].get(self.fill[c], 0.0)))
-        return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+        return np.column_stack(cols) if cols else np.zeros((len(range(len(frame))[rows]), 0))
 
     def errors(self, frame: pd.DataFrame, # the rows (other columns are left alone: the columns used are read a block at a time, never copied whole)
                block: int = 500_000, # rows encoded at a time (the memory of a window of millions stays small)

@@ -205,7 +205,7 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
     files = log_files(path, since)
     if last is not None: files = files[::-1]
     todo = [(f, s) for f in files if (s := f.stat().st_size)]
-    two = len(todo) > 2 and sum(s for _, s in todo) < _TWO_AT_ONCE and (os.cpu_count() or 1) >= 2
+    two = len(todo) > 2 and sum(s for _, s in todo) < _TWO_AT_ONCE and (os.cpu_count() or 1) >= 2 # the first file is read alone: its rows per byte say which files the window needs
     def read(f): # a file's rows, those the window counts, its table as made by `each`, and the lines skipped
         t, skipped = _file_table(f, reader, cache, base)
         return len(t), _counted(t, of), each(t), skipped
