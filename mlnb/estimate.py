@@ -182,14 +182,16 @@ class CBPE:
         p, k = _rows(proba, len(self.classes)), len(self.classes)
         have = np.isfinite(p).all(axis=1) & (self._answers(p, labels) >= 0) # an answer without probabilities (a fallback's) is left out
         if not have.any(): return None, 'no answer of the chunk has probabilities'
-        p, labels = p[have], (None if labels is None else np.asarray(labels, dtype=object)[have])
-        if metric in ('log_loss', 'roc_auc'):
+        every = bool(have.all()) # (no copy of the chunk when every answer has them)
+        if not every: p = p[have]
+        if metric in ('log_loss', 'roc_auc'): # from the probabilities alone
             cal = self.calibrate(p)
             if metric == 'log_loss':
                 eps = np.finfo('float64').eps
                 return float(-np.mean(np.sum(cal * np.log(np.clip(p, eps, 1 - eps)), axis=1))), None
             v = float(np.mean([_roc_auc(cal[:, j], p[:, j]) for j in ([1] if k == 2 else range(k))]))
             return (v, None) if math.isfinite(v) else (None, 'the calibrated probabilities expect a single class in the chunk')
+        if labels is not None: labels = np.asarray(labels, dtype=object) if every else np.asarray(labels, dtype=object)[have]
         cm = self.confusion(p, labels)
         tp, truth, answered = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
         ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)

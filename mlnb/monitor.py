@@ -451,7 +451,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
           cache: Path | None = None, # where the estimate's calibration is kept for the next run (default: not kept)
          ) -> dict:
     "Drift, bias, performance and action limits of `events` against `ref`, per chunk and over the window; `alerts` says what to act on."
-    from mlnb.drift import chunk_slices
+    from mlnb.drift import Chunks, chunk_slices
     kind, n = ref.get('kind'), len(events)
     small = ref.get('rows', 0) <= cfg.small_reference
     stamps, when_from = predictions_time(events, ref, cfg.time)
@@ -460,7 +460,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         order = np.argsort(when.to_numpy(dtype='datetime64[ns]').view('int64'), kind='stable') # as numbers: a tz-aware time sorts as objects, 50x slower
         when = when.iloc[order].reset_index(drop=True)
     slices = chunk_slices(n, pd.Timedelta(parse_since(cfg.chunk)) if isinstance(cfg.chunk, str) else cfg.chunk, when)
-    parts = slices if order is None else [order[a:b] for a, b in slices]
+    parts = slices if order is None else Chunks([order[a:b] for a, b in slices], n)
     alerts, out = [], {'rows': n, 'reference_rows': ref.get('rows'), 'tests': 'statistical tests' if small else 'distances',
                        'thresholds': {'thresholds': cfg.thresholds if rows is not None else 'fixed', 'sigmas': cfg.sigmas, 'confirm': cfg.confirm,
                                       'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change},
