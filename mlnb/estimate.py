@@ -16,8 +16,8 @@ import pandas as pd
 from .errors import UsageError
 
 # %% auto #0
-__all__ = ['SHARE_METRICS', 'LOSS_METRICS', 'MAX_LEVELS', 'metric_range', 'metric_band', 'needs_calibration', 'CBPE', 'DLE',
-           'judge_bias']
+__all__ = ['SHARE_METRICS', 'LOSS_METRICS', 'MAX_LEVELS', 'metric_range', 'metric_band', 'needs_calibration', 'finite_rows',
+           'CBPE', 'DLE', 'judge_bias']
 
 # %% ../nbs/01a_estimate.ipynb #595212af
 SHARE_METRICS = ('roc_auc', 'accuracy', 'balanced_accuracy', 'f1', 'f1_macro', 'f1_weighted', 'precision', 'precision_macro',
@@ -77,6 +77,15 @@ def needs_calibration(y: np.ndarray, # the 0/1 truth of one class
     return _ece(truth, before, edges) > _ece(truth, after, edges)
 
 # %% ../nbs/01a_estimate.ipynb #72e57170
+def finite_rows(x: np.ndarray, # a 2-D array: a row per answer, a column per class
+               ) -> np.ndarray:
+    "Whether each row of `x` is finite throughout: `np.isfinite(x).all(axis=1)`, a column at a time (a reduction along rows of a few values each is 20 times slower: 40 ms for a million rows of two)."
+    x = np.asarray(x)
+    if x.ndim != 2 or not x.shape[1]: return np.isfinite(x).all(axis=1)
+    out = np.isfinite(x[:, 0])
+    for j in range(1, x.shape[1]): out &= np.isfinite(x[:, j])
+    return out
+
 def _rows(proba, k: int) -> np.ndarray:
     "Probabilities as an (n, k) array; a binary classifier's may be given as the positive class's alone."
     p = np.asarray(proba, dtype='float64')
@@ -111,7 +120,7 @@ class CBPE:
         from sklearn.isotonic import IsotonicRegression
         classes = list(classes)
         p, y = _rows(proba, len(classes)), np.asarray(y, dtype=object)
-        keep = np.isfinite(p).all(axis=1) & np.isin(y, np.asarray(classes, dtype=object))
+        keep = finite_rows(p) & np.isin(y, np.asarray(classes, dtype=object))
         if not keep.any():
             raise UsageError(f"None of the reference's {len(y)} rows has both probabilities and a label among the classes {classes}: "
                              "give the true labels as the model's classes (the same type: 1 is not '1').")
@@ -180,7 +189,7 @@ class CBPE:
         "(estimate, why it is None) of `metric` on a chunk, from its probabilities alone."
         if metric not in SHARE_METRICS + ('log_loss',): return None, f"CBPE estimates a classifier's metrics; '{metric}' is not one"
         p, k = _rows(proba, len(self.classes)), len(self.classes)
-        have = np.isfinite(p).all(axis=1) & (self._answers(p, labels) >= 0) # an answer without probabilities (a fallback's) is left out
+        have = finite_rows(p) & (self._answers(p, labels) >= 0) # an answer without probabilities (a fallback's) is left out
         if not have.any(): return None, 'no answer of the chunk has probabilities'
         every = bool(have.all()) # (no copy of the chunk when every answer has them)
         if not every: p = p[have]

@@ -17,6 +17,7 @@ from .alerts import send_alert
 from .config import GateConfig, MonitorConfig, ServeConfig, parse_since
 from .drift import drift as column_drift, on_cores, text_counts
 from .errors import MlnbError, UsageError
+from .estimate import finite_rows
 from .events import log_files, one_label_per_id, probabilities, read_events, read_feedback, select, system_pool, too_damaged
 from .project import load_project
 
@@ -97,6 +98,7 @@ def score(metric: str, # the gate's metric
           classes: list | None = None, # a classifier's classes
           proba: np.ndarray | None = None, # per-class probabilities of the joined rows
           rows: np.ndarray | None = None, # which rows of `answers` and `proba` are the joined ones (a mask or positions; default: all)
+          finite: np.ndarray | None = None, # `finite_rows(proba)`, from a caller that scores many parts of the same rows
          ) -> tuple[float | None, str | None]:
     "(value, why it is None) of `metric` on the joined rows, as scikit-learn's metrics compute it (without importing it: a second of a monitor's run)."
     col = lambda c, **kw: answers[c].to_numpy(**kw) if rows is None else answers[c].to_numpy(**kw)[rows] # a column of the joined rows, taken when read
@@ -121,7 +123,7 @@ def score(metric: str, # the gate's metric
     if metric in ('roc_auc', 'log_loss'):
         q = col('prediction.probability', dtype='float64') if binary and 'prediction.probability' in answers else None
         if q is None and proba is None: return None, f'{metric} needs probabilities'
-        finite = None if proba is None else np.isfinite(proba).all(axis=1)
+        finite = None if proba is None else finite_rows(proba) if finite is None else finite
         if proba is not None and rows is not None:
             finite = finite[rows]
             if not (binary and q is not None and metric == 'roc_auc'): proba = proba[rows] # (a binary ROC AUC reads the probability column alone)
@@ -249,9 +251,9 @@ def _answer_columns(frame: pd.DataFrame) -> pd.DataFrame:
     "The answers' columns of `frame`, all a metric reads (taking rows of them alone is quicker than of every column)."
     return frame[[c for c in frame.columns if c.startswith('prediction.')]]
 
-def _metric_on(metric, y, frame, classes, proba):
-    "`score` of the rows with a label in `y` (NaN-free), or None."
-    return score(metric, y, frame, classes, proba)[0] if len(y) else None
+def _metric_on(metric, y, frame, classes, proba, rows=None, finite=None):
+    "`score` of the rows with a label in `y` (NaN-free), or None; `rows`: which rows of `frame` and `proba` they are (default: all)."
+    return score(metric, y, frame, classes, proba, rows, finite)[0] if len(y) else None
 
 def chunked_performance(events: pd.DataFrame, # the window's events, in the log's order
                         y: pd.Series, # each event's ground truth (NaN: none yet)
@@ -262,13 +264,14 @@ def chunked_performance(events: pd.DataFrame, # the window's events, in the log'
                        ) -> dict:
     "The realised metric per chunk of its labelled rows, with a band learned from reference chunks of as many labelled rows."
     proba, ans = probabilities(events), _answer_columns(events)
+    finite = finite_rows(proba) if proba is not None else None # once, for every chunk
     have = y.notna().to_numpy()
     chunks = []
     for s in slices:
         at = _rows_of(s)
         idx = at[have[at]]
         c = {'rows': len(at), 'joined': int(len(idx)),
-             'realised': _metric_on(metric, y.iloc[idx].to_numpy(), ans.iloc[idx], classes, proba[idx] if proba is not None else None)}
+             'realised': _metric_on(metric, y.iloc[idx].to_numpy(), ans, classes, proba, idx, finite)} # the chunk's rows taken as read: no frame of them
         if len(idx): # prediction bias in the chunk: answers against truth on the same labelled rows
             c.update({'predicted': float(events['prediction.value'].iloc[idx].mean()), 'observed': float(y.iloc[idx].astype(float).mean())}
                      if 'prediction.value' in events else {'predicted': _shares(events['prediction.label'].iloc[idx]), 'observed': _shares(y.iloc[idx])})
@@ -304,7 +307,7 @@ def reference_band(rows: pd.DataFrame | None, # the reference rows
         # samples of m of the n rows vary less than chunks of new rows would: the finite population correction, undone
         sets, how, widen = [np.sort(rng.choice(n, m, replace=False)) for _ in range(50)], f'50 random samples of {m} reference rows', math.sqrt((n - 1) / (n - m))
     rp, yr, ans = _ref_proba(rows), rows['label'].to_numpy(), _answer_columns(rows)
-    vals = [v for v in (_metric_on(metric, yr[i], ans.iloc[i], classes, rp[i] if rp is not None else None) for i in sets) if v is not None]
+    vals = [v for v in (_metric_on(metric, yr[i], ans, classes, rp, i) for i in sets) if v is not None]
     if len(vals) < 5: return None, f'too few reference chunks with a {metric} ({len(vals)})'
     lo, hi = metric_band(vals, cfg.sigmas * widen, metric)
     return [lo, hi], how
@@ -602,7 +605,9 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     if matched: fb, hit, truth = matched[:3]
     elif feedback is not None and len(feedback): fb, hit, truth, _ = _matched(feedback, events['request_id'])
     else: fb = hit = truth = None
-    if fb is not None and metric: proba, ans = probabilities(events), _answer_columns(events)
+    if fb is not None and metric:
+        proba, ans = probabilities(events), _answer_columns(events)
+        finite = finite_rows(proba) if proba is not None else None # once, for every slice
     out = []
     for b, n in ((int(b), int(rows[b])) for b in np.flatnonzero(rows)):
         item = {'from': (t0 + b * step).isoformat(), 'to': (t0 + (b + 1) * step).isoformat(), 'rows': n}
@@ -612,7 +617,7 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
             idx = np.flatnonzero((slot == b) & hit)
             if len(idx):
                 item['joined'] = len(idx)
-                item[metric] = score(metric, truth.iloc[idx].to_numpy(), ans.iloc[idx], classes, proba[idx] if proba is not None else None)[0]
+                item[metric] = score(metric, truth.iloc[idx].to_numpy(), ans, classes, proba, idx, finite)[0] # the slice's rows taken as read
         out.append(item)
     return out
 
