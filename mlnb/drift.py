@@ -344,7 +344,7 @@ class Chunks(list):
                  n: int, # rows
                 ):
         super().__init__(parts)
-        self.of = np.full(n, len(parts), dtype=np.int32) # (half a row's 8 bytes of a column: 40 MB for 10^7 rows)
+        self.of = np.full(n, len(parts), dtype=np.int16 if len(parts) < 2**15 - 1 else np.int32) # (2 bytes a row: 20 MB for 10^7 rows)
         for j, p in enumerate(parts): self.of[p] = j
 
 # %% ../nbs/01_drift.ipynb #b00b87a1
@@ -399,7 +399,7 @@ class JensenShannon:
             k, w, step = len(parts), nb + 1, 1 << 20 # (a block of rows at a time: the cells of a column of millions stay small)
             cur, missing = np.zeros((k + 1) * w), np.zeros(k + 1) # (row k: the rows of no chunk; column 0: the values in no bin)
             for a in range(0, len(at), step):
-                o = of[a:a + step]
+                o = of[a:a + step].astype(np.int64)
                 cur += np.bincount(o * w + at[a:a + step] + 1, minlength=(k + 1) * w)
                 missing += np.bincount(o[~present[a:a + step]], minlength=k + 1)
             m = np.array([len(p) for p in parts], dtype='float64') - missing[:k] # the values present: a chunk's rows but the missing
