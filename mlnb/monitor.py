@@ -22,10 +22,10 @@ from .events import log_files, one_label_per_id, probabilities, read_events, rea
 from .project import load_project
 
 # %% auto #0
-__all__ = ['METRICS', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift', 'multivariate_drift',
-           'chunked_performance', 'reference_band', 'estimated_performance', 'Truth', 'check', 'timeline',
-           'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor', 'verdict',
-           'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
+__all__ = ['METRICS', 'TOGETHER', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift',
+           'multivariate_drift', 'chunked_performance', 'reference_band', 'estimated_performance', 'Truth', 'check',
+           'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor',
+           'verdict', 'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -803,6 +803,14 @@ def monitor(project=None, # the project (default: the current one)
     with system_pool(): # arrow's allocator would keep part of what reading and judging the window free: 360 MiB more at 10^7 predictions
         return _monitor(project, model, bento, log, since, last, alert, record)
 
+TOGETHER = 1 << 30 # logs of fewer bytes (predictions and ground truth) are read at once, one on each core; larger ones one after the other, so that memory peaks at one
+
+def _together(path, fb_path) -> bool:
+    "Whether the prediction log and the feedback log are read at once: files of fewer than `TOGETHER` bytes together, on two cores."
+    if (os.cpu_count() or 1) < 2 or any(str(p).startswith('kafka://') for p in (path, fb_path)): return False
+    try: return sum(f.stat().st_size for p in (path, fb_path) for f in log_files(p)) < TOGETHER
+    except OSError: return False # a file rotated away meanwhile: one after the other, as the readers find them
+
 def _monitor(project, model, bento, log, since, last, alert, record) -> dict:
     from mlnb.serving import feedback_path
     project = project or load_project()
@@ -823,11 +831,16 @@ def _monitor(project, model, bento, log, since, last, alert, record) -> dict:
     fb_path = serve.feedback_log if (serve.feedback_log and not log) else feedback_path(path)
     if not str(fb_path).startswith('kafka://') and not Path(fb_path).is_absolute(): fb_path = project.root / fb_path
     label_type = 'float64' if kind == 'regressor' else _label_arrow(classes)
-    feedback = read_feedback(fb_path, label_type, serve.kafka) if str(fb_path).startswith('kafka://') or log_files(fb_path) else None
-    events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=feedback is not None,
-                         cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None,
-                         last_of=tag, # --last N: N predictions of the model, with the challenger's beside them
-                         dictionary=['model', 'variant', *(f'row.{k}' for k, c in ref['columns'].items() if c['kind'] == 'categorical')])
+    labelled = str(fb_path).startswith('kafka://') or bool(log_files(fb_path))
+    from concurrent.futures import ThreadPoolExecutor
+    with (ThreadPoolExecutor(1) if labelled and _together(path, fb_path) else _Now()) as aside: # the ground truth read beside the predictions
+        fb_job = aside.submit(read_feedback, fb_path, label_type, serve.kafka) if labelled else None
+        try:
+            events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=labelled,
+                                 cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None,
+                                 last_of=tag, # --last N: N predictions of the model, with the challenger's beside them
+                                 dictionary=['model', 'variant', *(f'row.{k}' for k, c in ref['columns'].items() if c['kind'] == 'categorical')])
+        finally: feedback = fb_job.result() if fb_job is not None else None # (its error first, as when it was read first)
     damaged = {'bound': cfg.damaged_share, 'predictions': events.attrs['source']['damaged'],
                'feedback': feedback.attrs['source']['damaged'] if feedback is not None else None}
     damage_alerts = [{'kind': 'damaged_log', 'log': str(p), 'message': m} for d, p in ((damaged['predictions'], path), (damaged['feedback'], fb_path))
