@@ -489,11 +489,12 @@ def _last_timestamp(c, topic: str, p: int, hi: int, timeout: float) -> int:
 def read_feedback(path: str | Path, # the feedback log (its rotated files are read too), or a kafka:// topic
                   label: str | None = None, # the arrow type of the labels ('int64', 'string', 'bool', 'float64')
                   kafka: Mapping | None = None, # librdkafka settings, for a topic
+                  cache: Path | None = None, # a folder for the columnar copies of lines read before (as `read_events`'s; the default: none)
                  ) -> pd.DataFrame:
     "Ground truth: request_id, label, ts; the latest label of each request id. Lines that cannot be used are skipped, and counted in `attrs['source']['damaged']`."
     import pyarrow as pa
     reader = make_reader(pa.schema([('request_id', pa.string()), ('label', pa.type_for_alias(label or 'string')), ('ts', pa.string())]), ('request_id', 'label', 'ts'))
-    try: tables, info = _tables(path, reader, kafka=kafka)
+    try: tables, info = _tables(path, reader, kafka=kafka, cache=cache)
     except UsageError:
         if not str(path).startswith('kafka://'): raise
         tables, info = [], {'source': str(path), 'damaged': _damage([], 0)} # no feedback topic yet: no ground truth yet

@@ -834,10 +834,11 @@ def _monitor(project, model, bento, log, since, last, alert, record) -> dict:
     labelled = str(fb_path).startswith('kafka://') or bool(log_files(fb_path))
     from concurrent.futures import ThreadPoolExecutor
     with (ThreadPoolExecutor(1) if labelled and _together(path, fb_path) else _Now()) as aside: # the ground truth read beside the predictions
-        fb_job = aside.submit(read_feedback, fb_path, label_type, serve.kafka) if labelled else None
+        cache = project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None
+        fb_job = aside.submit(read_feedback, fb_path, label_type, serve.kafka, cache) if labelled else None
         try:
             events = read_events(path, columns, _label_arrow(classes), kind == 'regressor', start, last, serve.kafka, with_probabilities=labelled,
-                                 cache=project.root / '.mlnb' / 'cache' / 'logs' if cfg.cache else None, classes=len(classes) if classes and kind != 'regressor' else None,
+                                 cache=cache, classes=len(classes) if classes and kind != 'regressor' else None,
                                  last_of=tag, # --last N: N predictions of the model, with the challenger's beside them
                                  dictionary=['model', 'variant', *(f'row.{k}' for k, c in ref['columns'].items() if c['kind'] == 'categorical')])
         finally: feedback = fb_job.result() if fb_job is not None else None # (its error first, as when it was read first)
