@@ -414,11 +414,6 @@ class Truth:
         if (at < 0).any(): out = out.astype(object); out[at < 0] = None
         return out
 
-def _in(values: pd.Series, others: pd.Series) -> np.ndarray:
-    "`values.isin(others)` for text ids, by arrow's hash tables."
-    import pyarrow as pa, pyarrow.compute as pc
-    return pc.is_in(pa.array(values.astype(str)), value_set=pa.array(pd.Series(others).astype(str))).to_numpy(zero_copy_only=False)
-
 def _shares(s: pd.Series) -> dict[str, float]:
     n = len(s)
     return {str(k): float(v) / n for k, v in text_counts(s).items()} if n else {}
@@ -622,7 +617,18 @@ def timeline(events: pd.DataFrame, kind: str, buckets: int, feedback=None, metri
     return out
 
 # %% ../nbs/30_monitor.ipynb #4f825d97
-def _tested(parts: Mapping, fb: pd.Series, paired: bool, classes: list | None, gate, cfg: MonitorConfig) -> dict:
+def _last_labelled(at: np.ndarray, # `Truth.positions` of a part's request ids
+                  ) -> np.ndarray:
+    "Which rows have ground truth and are the last of their request id (`(at >= 0) & ~ids.duplicated(keep='last')`: a labelled request id is its label's position, so numbers are compared, not text)."
+    keep = np.zeros(len(at), dtype=bool)
+    rows = np.flatnonzero(at >= 0)[::-1]
+    _, i = np.unique(at[rows], return_index=True) # the first of each position from the end: the last row
+    keep[rows[i]] = True
+    return keep
+
+def _tested(parts: Mapping, fb: Truth, paired: bool, classes: list | None, gate, cfg: MonitorConfig,
+            at: Mapping, # each part's `fb.positions` of its request ids
+           ) -> dict:
     "`mlnb.compare.compare` of the gate's metric on the variants' rows with ground truth: the requests both answered (a shadow), or each variant's own (a canary, an A/B test)."
     from mlnb.compare import answers_needed, compare
     need = answers_needed(gate.metric)
@@ -631,13 +637,16 @@ def _tested(parts: Mapping, fb: pd.Series, paired: bool, classes: list | None, g
         if len(classes or []) == 2 and 'prediction.probability' in part: return part['prediction.probability'].to_numpy(dtype='float64')
         p = probabilities(part)
         return p if p is not None else np.full(len(part), np.nan)
-    a, b = (select(p, fb.has(p['request_id']) & ~p['request_id'].duplicated(keep='last').to_numpy()) for p in (parts['champion'], parts['challenger']))
-    if paired: # the same requests, in the champion's order
-        a = select(a, _in(a['request_id'], b['request_id']))
-        at = pd.Index(b['request_id']).get_indexer(a['request_id'])
-        return compare(gate.metric, fb.of(a['request_id']), answers(a), answers(b)[at], None, classes, gate.direction,
+    keep = {k: _last_labelled(at[k]) for k in ('champion', 'challenger')}
+    (a, la), (b, lb) = ((select(parts[k], keep[k]), at[k][keep[k]]) for k in ('champion', 'challenger'))
+    if paired: # the same requests, in the champion's order: a labelled request id is its label's position, so they are matched as numbers
+        where = np.full(len(fb.labels), -1, dtype=np.int64)
+        where[lb] = np.arange(len(lb)) # (b's request ids are unique)
+        ib = where[la]
+        a, la, ib = select(a, ib >= 0), la[ib >= 0], ib[ib >= 0]
+        return compare(gate.metric, fb._labels(la), answers(a), answers(b)[ib], None, classes, gate.direction,
                        cfg.significance, cfg.power, cfg.min_difference)
-    return compare(gate.metric, fb.of(a['request_id']), answers(a), answers(b), fb.of(b['request_id']), classes,
+    return compare(gate.metric, fb._labels(la), answers(a), answers(b), fb._labels(lb), classes,
                    gate.direction, cfg.significance, cfg.power, cfg.min_difference)
 
 def _stated(t: Mapping) -> str:
@@ -653,6 +662,25 @@ def _served(part: pd.DataFrame, failed: int) -> dict:
     calls = part[['ts', 'latency_ms']].dropna().drop_duplicates()['latency_ms'].to_numpy(dtype='float64') # a call's rows share its time and its batch's ts
     return {'calls': int(len(calls)), 'p99_ms': percentile(calls, 99), 'errors': int(failed), 'error_rate': failed / (len(part) + failed)}
 
+def _shadowed(both: pd.DataFrame, # the champion's and the challenger's rows
+              key: str, # the answers' column
+              ordered: bool = False, # in the order of the request ids, as `pivot_table` sorts them (a sum over the pairs then adds in the same order)
+             ) -> tuple[np.ndarray, np.ndarray]:
+    "The champion's and the challenger's first answer (a missing one passed over) to each request both answered, in the order the requests first came (or of their ids): as `pivot_table(aggfunc='first').dropna()` pairs them, with one hash of the request ids (a quarter of its time)."
+    codes, uniques = pd.factorize(both['request_id'], sort=ordered)
+    values = both[key]
+    usable, variant = values.notna().to_numpy(), both['variant']
+    firsts = []
+    for v in ('champion', 'challenger'):
+        rows = np.flatnonzero(usable & (variant == v).to_numpy())
+        first = np.full(len(uniques), -1, dtype=np.int64)
+        u, i = np.unique(codes[rows], return_index=True) # (the index of each code's first row)
+        first[u] = rows[i]
+        firsts.append(first)
+    paired = (firsts[0] >= 0) & (firsts[1] >= 0)
+    values = values.to_numpy()
+    return values[firsts[0][paired]], values[firsts[1][paired]]
+
 def compare_variants(events: pd.DataFrame, # the window's events of every variant
                      champion: str, # the champion's tag
                      kind: str, classes: list | None = None, # what the models answer
@@ -661,13 +689,13 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
                      cfg: MonitorConfig = MonitorConfig(), # significance, power and min_difference of the test
                     ) -> dict | None:
     "Champion against challenger on the same window: rows, answers, model calls, p99 latency and error rate, agreement on shadowed rows, realised metric, a significance test of its difference, and the verdict; None without a challenger."
-    ch = events[(events['variant'] == 'challenger').to_numpy()]
-    if not len(ch): return None
-    challenger = str(ch['model'].mode().iloc[0])
+    ch = (events['variant'] == 'challenger').to_numpy()
+    if not ch.any(): return None
+    challenger = str(events['model'][ch].mode().iloc[0])
     key = 'prediction.value' if kind == 'regressor' else 'prediction.label'
     out = {'champion': champion, 'challenger': challenger, 'mode': None, 'variants': {}}
     fb = Truth(feedback) if feedback is not None and len(feedback) else None
-    parts = {}
+    parts, at = {}, {}
     unanswered = (events['failed'].notna() & (events['variant'] == 'challenger')).to_numpy() if 'failed' in events else np.zeros(len(events), bool) # a shadow's failed rows
     for name, tag in (('champion', champion), ('challenger', challenger)):
         mask = ((events['model'] == tag) & (events['variant'] == name)).to_numpy() & ~unanswered
@@ -675,25 +703,26 @@ def compare_variants(events: pd.DataFrame, # the window's events of every varian
         v = {'model': tag, 'rows': int(len(part))}
         v.update({'mean': float(part[key].mean())} if kind == 'regressor' else {'share': _shares(part[key])})
         v.update(_served(part, int((events['failed'] == name).sum()) if 'failed' in events else 0))
+        if fb is not None: at[name] = fb.positions(part['request_id']) # each request id looked up once, for what follows and the test
         if fb is not None and len(part):
-            hit = fb.has(part['request_id']) # ground truth belongs to the variant that answered its request
+            hit = at[name] >= 0 # ground truth belongs to the variant that answered its request
             v['joined'] = int(hit.sum())
             if gate is not None:
                 proba = probabilities(part)
-                v[gate.metric], why = score(gate.metric, fb.of(part['request_id'][hit]), part[hit], classes,
+                v[gate.metric], why = score(gate.metric, fb._labels(at[name][hit]), part[hit], classes,
                                             proba[hit] if proba is not None else None) if hit.any() else (None, 'no ground truth')
         out['variants'][name] = v
-    both = events[events['variant'].isin(['champion', 'challenger']).to_numpy() & ~unanswered]
-    pairs = both.pivot_table(index='request_id', columns='variant', values=key, aggfunc='first').dropna()
-    if len(pairs) and {'champion', 'challenger'} <= set(pairs.columns):
-        out['shadowed_rows'] = int(len(pairs))
-        out['agreement'] = (float((pairs['champion'] - pairs['challenger']).abs().mean()) if kind == 'regressor'
-                            else float((pairs['champion'].astype(str) == pairs['challenger'].astype(str)).mean()))
+    both = events[['request_id', 'variant', key]][events['variant'].isin(['champion', 'challenger']).to_numpy() & ~unanswered] # (the columns read)
+    a, b = _shadowed(both, key, ordered=kind == 'regressor') # (a mean of differences in the same order: the same to the last bit)
+    if len(a):
+        out['shadowed_rows'] = int(len(a))
+        out['agreement'] = (float(np.mean(np.abs(a.astype('float64') - b.astype('float64')))) if kind == 'regressor' else
+                            float(np.mean(a == b if a.dtype.kind in 'iub' and b.dtype.kind in 'iub' else a.astype(str) == b.astype(str))))
     out['mode'] = 'shadow' if out.get('shadowed_rows', 0) * 2 > len(parts['challenger']) else 'canary/ab'
     a, b = out['variants']['champion'], out['variants']['challenger']
     out['p99_ratio'] = b['p99_ms'] / a['p99_ms'] if a['p99_ms'] and b['p99_ms'] is not None else None
     out['error_ratio'] = b['error_rate'] / a['error_rate'] if a['error_rate'] and b['error_rate'] is not None else None
-    t = out['statistics'] = _tested(parts, fb, out['mode'] == 'shadow', classes, gate, cfg) if fb is not None and gate is not None and gate.metric in METRICS else None
+    t = out['statistics'] = _tested(parts, fb, out['mode'] == 'shadow', classes, gate, cfg, at) if fb is not None and gate is not None and gate.metric in METRICS else None
     out['verdict'] = t['verdict'] if t else 'not enough evidence yet'
     if t and t['champion_value'] is not None:
         out.update(metric=gate.metric, champion_value=t['champion_value'], challenger_value=t['challenger_value'])
