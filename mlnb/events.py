@@ -45,6 +45,7 @@ def _lines_end(view: memoryview) -> int:
     return 0
 
 _CACHE_VERSION, _CACHE_SEGMENTS, _CACHE_HASHED, _CACHE_GRAIN = 2, 8, 4096, 2_000_000_000 # grain: ns within which a file's time may not tell two writes apart
+_CACHE_READERS = 3 # copies of one file kept, for as many readers (schemas and checks): the most recently used
 _MAPPED, _MAPPED_LOCK = weakref.WeakSet(), threading.Lock() # the files `_mapped` mapped that something still reads (files are read on two threads)
 
 def _mapped(path: Path):
@@ -116,7 +117,9 @@ def _cached(cache: Path, key: str, view: memoryview, st: os.stat_result) -> tupl
         rewritten = len(view) < size or (len(view) == size and (st.st_mtime_ns != meta['mtime'] or meta['mtime'] >= meta['at'] - _CACHE_GRAIN))
         if meta.get('version') != _CACHE_VERSION or rewritten or end > len(view) or _ends(view, end) != (meta['head'], meta['tail']):
             return [], {} # truncated, rewritten in place (or written too close to when it was cached to tell), or not the same start
-        return [pa.ipc.open_file(_mapped(cache / s)).read_all() for s in meta['segments']], meta
+        tables = [pa.ipc.open_file(_mapped(cache / s)).read_all() for s in meta['segments']]
+        with contextlib.suppress(OSError): os.utime(cache / f'{key}.json') # used now: the last copy of this file `_forget` removes
+        return tables, meta
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException): return [], {}
 
 def _write_cache(cache: Path, key: str, base: Path, view: memoryview, st: os.stat_result, tables: list, meta: dict, end: int, skipped: dict | None):
@@ -162,14 +165,22 @@ def _file_table(f: Path, reader: Reader, cache: Path | None = None, base: Path |
         return (pa.concat_tables(tables) if len(tables) != 1 else tables[0]), skipped
 
 def _forget(cache: Path, base: Path, files: list[Path]):
-    "Remove the cached copies of the log at `base` whose file is gone."
+    "Remove the cached copies of the log at `base` whose file is gone, and of each file those of all but its `_CACHE_READERS` most recently used readers (a schema that changed, with the model, leaves its copies behind)."
     alive = {f"{st.st_dev}-{st.st_ino}-" for st in (f.stat() for f in files)}
+    def drop(m, meta):
+        for s in meta['segments']: (cache / s).unlink(missing_ok=True)
+        m.unlink()
+    kept = {}
     for m in cache.glob('*.json') if cache.is_dir() else []:
         with contextlib.suppress(OSError, ValueError, KeyError):
             meta = json.loads(m.read_text())
-            if meta['log'] == str(base) and not any(m.name.startswith(a) for a in alive):
-                for s in meta['segments']: (cache / s).unlink(missing_ok=True)
-                m.unlink()
+            if meta['log'] != str(base): continue
+            file = next((a for a in alive if m.name.startswith(a)), None)
+            if file is None: drop(m, meta)
+            else: kept.setdefault(file, []).append((m.stat().st_mtime_ns, m, meta))
+    for copies in kept.values():
+        for _, m, meta in sorted(copies, key=lambda c: c[0], reverse=True)[_CACHE_READERS:]:
+            with contextlib.suppress(OSError, KeyError): drop(m, meta)
 
 def _damage(found: list[tuple[str, dict]], rows: int, unit: str = 'line') -> dict:
     "What reading a log passed over: lines skipped, lines read, their share, and for each file the count, the first line and why."
