@@ -644,10 +644,12 @@ def flag(name, state, reason, path, challenger, stage, rollout_id, as_json, sync
          [[k, _flag_state(k, v), v.get('at', ''), v.get('by', ''), v.get('reason', '')] for k, v in d.items()]))
 
 def _flag_state(name: str, v: dict) -> str:
-    "A flag's state in words: on or off; for the rollout, which challenger answers which stage."
-    if name != 'rollout' or not v.get('on'): return 'on' if v.get('on') else 'off'
+    "A flag's state in words: on or off; for the rollout, which challenger answers which stage, and the model promoted to answer as the champion."
+    if name != 'rollout': return 'on' if v.get('on') else 'off'
+    champion = f"; {v['champion']} answers as the champion (promoted)" if v.get('champion') else ''
+    if not v.get('on'): return 'off' + champion
     stage = 'in shadow' if v['stage'] == 'shadow' else f"answering {v['stage']:g} of rows"
-    return f"on: {v['challenger']} {stage} (rollout {v['id']})"
+    return f"on: {v['challenger']} {stage} (rollout {v['id']})" + champion
 
 def _flag_value(name: str, state: str, reason: str, challenger: str | None, stage: str | None, rollout_id: str | None, flags: dict) -> dict:
     "The new state of flag `name` that `mlnb flag` writes (`flags`: the file's flags, for the rollout's id)."

@@ -78,8 +78,8 @@ def load_challenger(config: Mapping, # the service settings
 class Stage:
     "What a live rollout asks of a batch: which challenger (its tag and `Predictor`) answers which share of rows (None: it predicts every row in shadow), and which model answers as the champion (None: the Bento's own)."
     rollout_id: str # the rollout's id
-    challenger: str # the challenger's tag
-    predictor: Predictor # the challenger, loaded
+    challenger: str | None # the challenger's tag (None: a promoted champion answers alone)
+    predictor: Predictor | None # the challenger, loaded
     share: float | None # the share of rows it answers (0: none, the champion answers alone); None: shadow
     champion: str | None = None # the tag of the model that answers as the champion in place of the Bento's own (a promoted one)
     champion_predictor: Predictor | None = None # that model, loaded
@@ -172,7 +172,7 @@ class LiveRollout:
                     log.error('rollout %s: %s', rid, self.message)
                     return
             preds[t] = pred
-            if t == champ: alone = (True, Stage(rid, champ, pred, 0.0, champ, pred)) # every row the promoted champion's
+            if t == champ: alone = (True, Stage(rid, None, None, 0.0, champ, pred)) # every row the promoted champion's; no challenger
         self.loaded = {**self.known, **preds} # the Bento's own models and the last champion and challenger loaded, no more
         instead = f' ({champ} answers as the champion, in place of the Bento\'s {self.own})' if champ else ''
         if not entry['on']: # promoted: the champion answers every row

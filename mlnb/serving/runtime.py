@@ -85,7 +85,7 @@ class Runtime:
         for name in dict.fromkeys(names.tolist()):
             idx = np.flatnonzero(names == name)
             part = frame if len(idx) == n else frame.iloc[idx]
-            live = stage is not None and name == 'challenger'
+            live = stage is not None and stage.challenger is not None and name == 'challenger' # (no live challenger: a row forced to the challenger is the Bento's own's)
             promoted = stage is not None and stage.champion is not None and name == 'champion' # a promoted champion answers in place of the Bento's
             who = self.fallback if name == 'fallback' else stage.predictor if live else stage.champion_predictor if promoted else self.predictors[name]
             t0 = time.perf_counter()
@@ -107,7 +107,7 @@ class Runtime:
                 if a is not None:
                     out[retry[j]], models[retry[j]] = {**a, 'model': ctag, '_variant': 'champion', '_ms': ms, '_failed': 'challenger'}, a
                     errors.pop(retry[j])
-        tripped = self.fallback is not None and self.limit_fallback and self._limits_broken()
+        tripped = self.fallback is not None and self.limit_fallback and self._limits_broken(stage.champion if stage is not None and stage.champion else None)
         if self.fallback is not None:
             redo = [i for i in range(n) if out[i] is not None and out[i]['model'] != 'fallback'] if tripped else []
             redo += sorted(errors)
@@ -121,20 +121,22 @@ class Runtime:
                         errors.pop(redo[j], None)
         return out, errors, models
 
-    def _limits_broken(self) -> bool:
+    def _limits_broken(self, champion: str | None = None, # the model answering as the champion, when a promoted one does (default: the Bento's own)
+                      ) -> bool:
         "Whether the action limits keep the fallback on now (`LimitSwitch`); on entering and on leaving, the alert command runs in the background."
         since = self.switch.since
         change = self.switch.update()
-        if change and self.alerts.get('command'): self.alerting.submit(self._limit_alert(change, since))
+        if change and self.alerts.get('command'): self.alerting.submit(self._limit_alert(change, since, champion))
         return self.switch.on
 
     def _limit_alert(self, change: str, # 'entered' or 'left'
                      since: float | None, # when the episode that left began (Unix time)
+                     champion: str | None = None, # the model answering as the champion (default: the Bento's own)
                     ) -> dict:
-        "The alert document of the action-limit fallback entering or leaving."
+        "The alert document of the action-limit fallback entering or leaving; `model` is the model whose answers broke the limits (a promoted champion, when one answers)."
         sw, now = self.switch, _dt.datetime.now(_dt.timezone.utc)
         values = lambda d: ', '.join(f'{k} = {v:.3f}' for k, v in d.items())
-        doc = {'kind': 'action_limit', 'state': change, 'model': self.tags.get('champion'), 'at': now.isoformat()}
+        doc = {'kind': 'action_limit', 'state': change, 'model': champion or self.tags.get('champion'), 'at': now.isoformat()}
         if change == 'entered':
             return {**doc, 'limits': dict(sw.holding), 'since': _iso(sw.since),
                     'alerts': [{'kind': 'action_limit', 'message': f'the service answers with its fallback: action limits broken: {values(sw.holding)}; '
