@@ -477,6 +477,9 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         est_job = aside.submit(estimated_performance, events, rows, parts, metric, kind, classes, cfg, cache, ref.get('cbpe')) if estimating else None
         # the ground truth after the estimate: looked up first, its hash table of the labels' ids (800 MiB for 10^7) lies beside the univariate tests' peak
         truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth else None # looked up once, for the window, its chunks and its timeline
+        # the multivariate score beside the univariate tests, of the columns they will test as the reference says (one with no value in the window is not tested: then again after them)
+        mv_kinds = {name: cref['kind'] for name, cref, *_ in jobs if cref.get('kind') in ('numeric', 'categorical')}
+        mv_job = aside.submit(multivariate_drift, events, rows, mv_kinds, parts, cfg) if cfg.multivariate and rows is not None else None
         slots = lambda matched: timeline(events.assign(ts=stamps), kind, cfg.buckets, feedback, metric, classes, matched, order)
         # with ground truth the timeline waits for the window's realised metric: the two would hold their copies of the labelled rows at once
         timeline_job = None if with_truth else aside.submit(slots, None)
@@ -500,7 +503,8 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                                    + ', '.join(k + (f" (from chunk {cols[k]['drifted_from']}, {out['chunks'][cols[k]['drifted_from']]['from'][:19]})"
                                                     if cols[k].get('drifted_from') is not None else '') for k in drifted)})
         if cfg.multivariate and rows is not None:
-            mv = multivariate_drift(events, rows, {k: d['kind'] for k, d in cols.items() if d.get('tested')}, parts, cfg)
+            tested = {k: d['kind'] for k, d in cols.items() if d.get('tested')}
+            mv = mv_job.result() if tested == mv_kinds else multivariate_drift(events, rows, tested, parts, cfg)
             out['multivariate'] = mv
             if mv and mv['drifted']:
                 alerts.append({'kind': 'multivariate_drift', 'from_chunk': mv['drifted_from'],

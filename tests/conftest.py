@@ -14,7 +14,6 @@ def run(cmd, cwd, check=True, env=None, timeout=600, **kw):
     return res
 
 
-
 # Seconds each test file took (`python -m pytest -v --durations=0`, both cores busy; a file's share of the session fixtures it
 # made included). pytest-xdist hands whole files to its processes in the order collected (`--no-loadscope-reorder` in
 # pyproject.toml), so the longest go first and the short ones fill in at the end: the two processes end near each other.
