@@ -35,6 +35,7 @@ def pytest_collection_modifyitems(config, items):
         return SECONDS.get(name, float('inf'))
     items.sort(key=seconds, reverse=True)  # (a stable sort: a file's tests stay in order, and together)
 
+
 MLNB = str(Path(sys.executable).parent / 'mlnb') if (Path(sys.executable).parent / 'mlnb').exists() else shutil.which('mlnb')
 
 
