@@ -22,7 +22,7 @@ from .events import log_files, one_label_per_id, probabilities, read_events, rea
 from .project import load_project
 
 # %% auto #0
-__all__ = ['METRICS', 'TOGETHER', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift',
+__all__ = ['METRICS', 'SIDE_BY_SIDE', 'TOGETHER', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift',
            'multivariate_drift', 'chunked_performance', 'reference_band', 'estimated_performance', 'Truth', 'check',
            'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor',
            'verdict', 'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
@@ -437,6 +437,8 @@ def _matched(feedback: pd.DataFrame, ids: pd.Series) -> tuple:
     at = fb.positions(ids)
     return fb, at >= 0, fb.column(at), at
 
+SIDE_BY_SIDE = 2_000_000 # windows of up to this many rows run two side jobs of `check` at once; larger ones one at a time, so that 10^7 rows stay under 4 GB
+
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
           ref: Mapping, # the model's frozen reference
           cfg: MonitorConfig = MonitorConfig(), # thresholds and limits
@@ -452,31 +454,37 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
          ) -> dict:
     "Drift, bias, performance and action limits of `events` against `ref`, per chunk and over the window; `alerts` says what to act on."
     from mlnb.drift import Chunks, chunk_slices
+    from concurrent.futures import ThreadPoolExecutor
     kind, n = ref.get('kind'), len(events)
     small = ref.get('rows', 0) <= cfg.small_reference
-    stamps, when_from = predictions_time(events, ref, cfg.time)
-    when, order = stamps, None
-    if not when.is_monotonic_increasing: # the rows stay where they are: a chunk is the positions of its rows in time order
-        order = np.argsort(when.to_numpy(dtype='datetime64[ns]').view('int64'), kind='stable') # as numbers: a tz-aware time sorts as objects, 50x slower
-        when = when.iloc[order].reset_index(drop=True)
-    slices = chunk_slices(n, pd.Timedelta(parse_since(cfg.chunk)) if isinstance(cfg.chunk, str) else cfg.chunk, when)
-    parts = slices if order is None else Chunks([order[a:b] for a, b in slices], n)
-    alerts, out = [], {'rows': n, 'reference_rows': ref.get('rows'), 'tests': 'statistical tests' if small else 'distances',
-                       'thresholds': {'thresholds': cfg.thresholds if rows is not None else 'fixed', 'sigmas': cfg.sigmas, 'confirm': cfg.confirm,
-                                      'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change},
-                       'time': when_from,
-                       'chunks': [{'chunk': i, 'rows': b - a, 'from': when.iloc[a].isoformat(), 'to': when.iloc[b - 1].isoformat()} for i, (a, b) in enumerate(slices)]}
-    jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None, f'row.{name}')
-            for name, cref in ref.get('columns', {}).items() if f'row.{name}' in events]
-    pjobs = [(name, pref, events[f'prediction.{name}'], None, f'prediction.{name}') for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
     threads = n >= 50_000 and (os.cpu_count() or 1) >= 2
-    from concurrent.futures import ThreadPoolExecutor
-    with (ThreadPoolExecutor(1) if threads else _Now()) as aside: # what needs no drift result (the estimate, the ground truth, the timeline) runs beside the drift tests
-        with_truth = feedback is not None and len(feedback) > 0
+    both = threads and n <= SIDE_BY_SIDE # two side jobs at once
+    with_truth = feedback is not None and len(feedback) > 0
+    # what needs no drift result (the ground truth, the estimate, the multivariate score, the timeline) runs beside the drift tests
+    with (ThreadPoolExecutor(2 if both else 1) if threads else _Now()) as aside:
+        # two at once: the ground truth is looked up from the start (it needs no chunk), and the answers' probabilities are read beside it
+        truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth and both else None
+        if both and metric and (with_truth or cfg.estimate): aside.submit(probabilities, events) # (kept with the frame for every reader)
+        stamps, when_from = predictions_time(events, ref, cfg.time)
+        when, order = stamps, None
+        if not when.is_monotonic_increasing: # the rows stay where they are: a chunk is the positions of its rows in time order
+            order = np.argsort(when.to_numpy(dtype='datetime64[ns]').view('int64'), kind='stable') # as numbers: a tz-aware time sorts as objects, 50x slower
+            when = when.iloc[order].reset_index(drop=True)
+        slices = chunk_slices(n, pd.Timedelta(parse_since(cfg.chunk)) if isinstance(cfg.chunk, str) else cfg.chunk, when)
+        parts = slices if order is None else Chunks([order[a:b] for a, b in slices], n)
+        alerts, out = [], {'rows': n, 'reference_rows': ref.get('rows'), 'tests': 'statistical tests' if small else 'distances',
+                           'thresholds': {'thresholds': cfg.thresholds if rows is not None else 'fixed', 'sigmas': cfg.sigmas, 'confirm': cfg.confirm,
+                                          'drift_threshold': cfg.drift_threshold, 'p_value': cfg.p_value, 'null_rate_change': cfg.null_rate_change},
+                           'time': when_from,
+                           'chunks': [{'chunk': i, 'rows': b - a, 'from': when.iloc[a].isoformat(), 'to': when.iloc[b - 1].isoformat()} for i, (a, b) in enumerate(slices)]}
+        jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None, f'row.{name}')
+                for name, cref in ref.get('columns', {}).items() if f'row.{name}' in events]
+        pjobs = [(name, pref, events[f'prediction.{name}'], None, f'prediction.{name}') for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
         estimating = bool(metric and cfg.estimate and rows is not None)
         est_job = aside.submit(estimated_performance, events, rows, parts, metric, kind, classes, cfg, cache, ref.get('cbpe')) if estimating else None
-        # the ground truth after the estimate: looked up first, its hash table of the labels' ids (800 MiB for 10^7) lies beside the univariate tests' peak
-        truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth else None # looked up once, for the window, its chunks and its timeline
+        # one at a time (a large window), the ground truth after the estimate: looked up first, its hash table of the labels' ids (800 MiB for 10^7)
+        # would lie beside the univariate tests' peak
+        if with_truth and not both: truth_job = aside.submit(_matched, feedback, events['request_id']) # looked up once, for the window, its chunks and its timeline
         # the multivariate score beside the univariate tests, of the columns they will test as the reference says (one with no value in the window is not tested: then again after them)
         mv_kinds = {name: cref['kind'] for name, cref, *_ in jobs if cref.get('kind') in ('numeric', 'categorical')}
         mv_job = aside.submit(multivariate_drift, events, rows, mv_kinds, parts, cfg) if cfg.multivariate and rows is not None else None
