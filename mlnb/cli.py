@@ -16,9 +16,10 @@ from . import __version__
 from .errors import MlnbError
 
 # %% auto #0
-__all__ = ['main', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback', 'lineage',
-           'loop', 'loop_status', 'export', 'export_airflow', 'build', 'serve', 'verify', 'pull', 'reproduce',
-           'monitor', 'feedback', 'flag', 'report', 'lab', 'store', 'store_status', 'store_upgrade', 'store_push']
+__all__ = ['main', 'entry', 'emit', 'new', 'steps', 'run', 'runs', 'show', 'check', 'models', 'history', 'promote', 'rollback',
+           'lineage', 'loop', 'loop_status', 'export', 'export_airflow', 'build', 'serve', 'verify', 'pull',
+           'reproduce', 'monitor', 'feedback', 'flag', 'report', 'lab', 'store', 'store_status', 'store_upgrade',
+           'store_push']
 
 # %% ../nbs/37_cli.ipynb #e4d3243a
 class _Group(click.Group):
@@ -33,6 +34,30 @@ class _Group(click.Group):
 @click.version_option(__version__, '-V', '--version', prog_name='mlnb')
 def main():
     "mlnb: from parameterised notebooks to a served, monitored model, with no rewrite."
+
+# %% ../nbs/37_cli.ipynb #aef184ed
+_QUICK_EXIT = {'on': False} # set by a command whose process may end without Python's teardown of its modules
+
+def _leave(code: int):
+    "End the process with `code` as Python's exit does, but without the teardown of every module: threads at work waited for, exit handlers run, output flushed."
+    import atexit, os, threading
+    shutdown = getattr(threading, '_shutdown', None) # (what Python's exit calls first: the threads' exit hooks, then a join of each thread still at work)
+    if shutdown is None: sys.exit(code)
+    shutdown()
+    atexit._run_exitfuncs()
+    try: sys.stdout.flush(); sys.stderr.flush()
+    except (OSError, ValueError): code = code or 120 # (as Python's exit: output that cannot be written)
+    os._exit(code)
+
+def entry():
+    "The `mlnb` program: `main`, and after a command that asks for it, `_leave` with its exit code."
+    try:
+        main()
+        code = 0
+    except SystemExit as e: code = e.code
+    if not _QUICK_EXIT['on']: sys.exit(code)
+    if code is not None and not isinstance(code, int): print(code, file=sys.stderr); code = 1
+    _leave(code or 0)
 
 # %% ../nbs/37_cli.ipynb #d14e7e45
 def emit(data: Any, # what to print: JSON-able
@@ -583,6 +608,7 @@ def _monitor_table(r: dict):
 def monitor(model, bento, log, since, last, as_json, report):
     "Check logged predictions against the reference frozen with the model: drift, bias, ground truth, action limits."
     from mlnb.monitor import monitor as check, report as write_report
+    _QUICK_EXIT['on'] = report is None # (a report runs a notebook: its process ends as usual)
     res = check(model=model, bento=bento, log=log, since=since, last=last)
     if report is not None: res['report'] = str(write_report(res, report))
     emit(res, as_json, _monitor_table)
