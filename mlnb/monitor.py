@@ -460,11 +460,12 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     threads = n >= 50_000 and (os.cpu_count() or 1) >= 2
     both = threads and n <= SIDE_BY_SIDE # two side jobs at once
     with_truth = feedback is not None and len(feedback) > 0
+    estimating = bool(metric and cfg.estimate and rows is not None)
     # what needs no drift result (the ground truth, the estimate, the multivariate score, the timeline) runs beside the drift tests
     with (ThreadPoolExecutor(2 if both else 1) if threads else _Now()) as aside:
         # two at once: the ground truth is looked up from the start (it needs no chunk), and the answers' probabilities are read beside it
         truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth and both else None
-        if both and metric and (with_truth or cfg.estimate): aside.submit(probabilities, events) # (kept with the frame for every reader)
+        if both and metric and (with_truth or estimating): aside.submit(probabilities, events) # (kept with the frame for every reader)
         stamps, when_from = predictions_time(events, ref, cfg.time)
         when, order = stamps, None
         if not when.is_monotonic_increasing: # the rows stay where they are: a chunk is the positions of its rows in time order
@@ -480,7 +481,6 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         jobs = [(name, cref, events[f'row.{name}'], tuple(cref['bounds']) if cref.get('bounds') else None, f'row.{name}')
                 for name, cref in ref.get('columns', {}).items() if f'row.{name}' in events]
         pjobs = [(name, pref, events[f'prediction.{name}'], None, f'prediction.{name}') for name, pref in (ref.get('predictions') or {}).items() if f'prediction.{name}' in events]
-        estimating = bool(metric and cfg.estimate and rows is not None)
         est_job = aside.submit(estimated_performance, events, rows, parts, metric, kind, classes, cfg, cache, ref.get('cbpe')) if estimating else None
         # one at a time (a large window), the ground truth after the estimate: looked up first, its hash table of the labels' ids (800 MiB for 10^7)
         # would lie beside the univariate tests' peak
