@@ -94,29 +94,42 @@ def stop_group(proc: subprocess.Popen, grace: float = 15):
     proc.wait()
     if getattr(proc, 'mlnb_cwd', None): shutil.rmtree(proc.mlnb_cwd, ignore_errors=True)
 
+def _lost_a_port(output: str, host: str = '127.0.0.1', asked: int | None = None) -> bool:
+    "Whether `bentoml serve`, by its `output`, stopped because a port chosen free (by `free_port`, or by BentoML for its own control sockets) was taken before it was bound; not when the port `asked` for on `host` is in use."
+    return 'address already in use' in output.lower() and not (asked and _port_in_use(host, asked))
+
 class Server:
     "A running `bentoml serve` process."
     def __init__(self, bento: str, host: str = '127.0.0.1', port: int | None = None, log_path: str | None = None,
-                 own_home: bool = True, timeout: float = 120, env: dict | None = None, flags: str | None = None):
-        self.host, self.port = host, port or free_port(host)
-        self.url = f'http://{host}:{self.port}'
+                 own_home: bool = True, timeout: float = 120, env: dict | None = None, flags: str | None = None,
+                 tries: int = 3): # starts when a port chosen free was taken meanwhile by another process
         env = {**os.environ, **(env or {})}
         if own_home: env['BENTOML_HOME'] = self.home = _own_home(env.get('BENTOML_HOME'))
         else: self.home = None
         if log_path: env['MLNB_PREDICTION_LOG'] = str(log_path)
         if flags: env['MLNB_FLAGS'] = str(flags)
-        self.out = tempfile.TemporaryFile()
-        self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT)
-        self._wait(timeout)
+        self.host, self.tries = host, 0
+        while True:
+            self.tries += 1
+            self.port = port or free_port(host)
+            self.url = f'http://{host}:{self.port}'
+            self.out = tempfile.TemporaryFile()
+            self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT)
+            if self._wait(timeout, again=self.tries < tries, asked=port): return
+            self.out.close()
 
-    def _wait(self, timeout):
+    def _wait(self, timeout, again: bool = False, asked: int | None = None) -> bool:
+        "True once the server answers `/readyz`; with `again`, False when it stopped because another process took a port it chose (not the one `asked` for)."
         import httpx
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
+                if again and _lost_a_port(self.output(), self.host, asked):
+                    stop_group(self.proc)
+                    return False
                 raise MlnbError(f"`bentoml serve` exited with code {self.proc.returncode} before it was ready:\n{self.output()[-3000:]}")
             try:
-                if httpx.get(self.url + '/readyz', timeout=1).status_code == 200: return
+                if httpx.get(self.url + '/readyz', timeout=1).status_code == 200: return True
             except httpx.HTTPError: pass
             time.sleep(0.1)
         self.stop()

@@ -310,6 +310,28 @@ def test_a_broken_log_never_fails_a_prediction(served, tmp_path):
         assert 'could not write the prediction log' in srv.output()
 
 
+def test_a_port_taken_before_the_server_binds_it_is_chosen_again(served, tmp_path, monkeypatch):
+    "Another process takes the port chosen free before `bentoml serve` binds it: the server starts again on another; a port asked for and in use fails at once."
+    import socket
+    import mlnb.server as server
+    from mlnb.errors import MlnbError
+    root, env, bento = served
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0)); taken.listen()
+        port, chosen = taken.getsockname()[1], iter([taken.getsockname()[1]])
+        free = server.free_port
+        monkeypatch.setattr(server, 'free_port', lambda host='127.0.0.1': next(chosen, None) or free(host))
+        with server.Server(bento, log_path=tmp_path / 'predictions.jsonl', env=env) as srv:
+            _, gold = golden(root, env)
+            r = httpx.post(srv.url + '/predict', json={'rows': gold['rows'][:1]}, timeout=30)
+            assert (srv.tries, srv.port != port, r.status_code) == (2, True, 200)
+        launched, launch = [], server.launch
+        monkeypatch.setattr(server, 'launch', lambda *a, **kw: launched.append(a[2]) or launch(*a, **kw))
+        with pytest.raises(MlnbError, match='already in use'):
+            server.Server(bento, port=port, log_path=tmp_path / 'asked.jsonl', env=env, tries=5)
+        assert launched == [port] # started once, not five times
+
+
 def test_many_rows_in_one_request_and_adaptive_batching(server, served):
     root, env, bento = served
     from churn_rows import rows_like
