@@ -108,15 +108,19 @@ class Server:
         else: self.home = None
         if log_path: env['MLNB_PREDICTION_LOG'] = str(log_path)
         if flags: env['MLNB_FLAGS'] = str(flags)
-        self.host, self.tries = host, 0
-        while True:
-            self.tries += 1
-            self.port = port or free_port(host)
-            self.url = f'http://{host}:{self.port}'
-            self.out = tempfile.TemporaryFile()
-            self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT)
-            if self._wait(timeout, again=self.tries < tries, asked=port): return
-            self.out.close()
+        self.host, self.tries, self.proc = host, 0, None
+        try:
+            while True:
+                self.tries += 1
+                self.port = port or free_port(host)
+                self.url = f'http://{host}:{self.port}'
+                self.out = tempfile.TemporaryFile()
+                self.proc = launch(bento, host, self.port, env, stdout=self.out, stderr=subprocess.STDOUT)
+                if self._wait(timeout, again=self.tries < tries, asked=port): return
+                self.out.close()
+        except BaseException: # it did not start (or was interrupted): nothing of it is left, not even its home
+            self.stop()
+            raise
 
     def _wait(self, timeout, again: bool = False, asked: int | None = None) -> bool:
         "True once the server answers `/readyz`; with `again`, False when it stopped because another process took a port it chose (not the one `asked` for)."
@@ -142,7 +146,7 @@ class Server:
 
     def stop(self):
         "Stop the server and everything it started."
-        stop_group(self.proc)
+        if self.proc is not None: stop_group(self.proc)
         if self.home: shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self): return self

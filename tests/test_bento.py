@@ -312,7 +312,7 @@ def test_a_broken_log_never_fails_a_prediction(served, tmp_path):
 
 def test_a_port_taken_before_the_server_binds_it_is_chosen_again(served, tmp_path, monkeypatch):
     "Another process takes the port chosen free before `bentoml serve` binds it: the server starts again on another; a port asked for and in use fails at once."
-    import socket
+    import socket, tempfile
     import mlnb.server as server
     from mlnb.errors import MlnbError
     root, env, bento = served
@@ -327,9 +327,11 @@ def test_a_port_taken_before_the_server_binds_it_is_chosen_again(served, tmp_pat
             assert (srv.tries, srv.port != port, r.status_code) == (2, True, 200)
         launched, launch = [], server.launch
         monkeypatch.setattr(server, 'launch', lambda *a, **kw: launched.append(a[2]) or launch(*a, **kw))
+        homes = lambda: {h for h in Path(tempfile.gettempdir()).glob('mlnb-bentoml-*') if (h / 'models').resolve() == (Path(env['BENTOML_HOME']) / 'models').resolve()}
+        before = homes()
         with pytest.raises(MlnbError, match='already in use'):
             server.Server(bento, port=port, log_path=tmp_path / 'asked.jsonl', env=env, tries=5)
-        assert launched == [port] # started once, not five times
+        assert (launched, homes()) == ([port], before) # started once, not five times, and its BentoML home removed
 
 
 def test_many_rows_in_one_request_and_adaptive_batching(server, served):
