@@ -491,6 +491,15 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         slots = lambda matched: timeline(events.assign(ts=stamps), kind, cfg.buckets, feedback, metric, classes, matched, order)
         # with ground truth the timeline waits for the window's realised metric: the two would hold their copies of the labelled rows at once
         timeline_job = None if with_truth else aside.submit(slots, None)
+        # two side jobs at once: the realised metric of the window, of its chunks and of the timeline's slices need only the lookup,
+        # so they run beside the drift tests too (one at a time, a large window keeps them after the tests, as below)
+        realised_jobs = None
+        if with_truth and both and metric:
+            def realised(): # (the window's labelled rows as they are read: no copies of them)
+                fb, hit, truth, _ = truth_job.result()
+                return score(metric, truth[hit].to_numpy(), _answer_columns(events), classes, probabilities(events), rows=hit) if hit.any() else (None, None)
+            realised_jobs = (aside.submit(realised), aside.submit(lambda: chunked_performance(events, truth_job.result()[2], rows, parts, metric, classes, cfg)))
+            timeline_job = aside.submit(lambda: slots(truth_job.result()[:3]))
         def judge(job):
             d = column_drift(job[1], job[2], small, cfg.p_value, cfg.drift_threshold, job[3])
             if d.get('method') is None:
@@ -549,10 +558,10 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                                             std=float(np.std(y.astype(float))) if kind == 'regressor' else None)
                 if bias['judged'].get('alert'): alerts.append({'kind': 'bias', 'message': bias['judged']['message']})
                 if metric:
-                    proba = probabilities(events)
-                    perf['realised'], perf['why_none'] = score(metric, y, _answer_columns(events), classes, proba, rows=hit) # no copies of the labelled rows
+                    perf['realised'], perf['why_none'] = realised_jobs[0].result() if realised_jobs else \
+                        score(metric, y, _answer_columns(events), classes, probabilities(events), rows=hit) # no copies of the labelled rows
             del y
-            timeline_job = aside.submit(slots, (fb, hit, truth))
+            if timeline_job is None: timeline_job = aside.submit(slots, (fb, hit, truth))
         if estimating:
             perf['estimated'] = est = est_job.result()
             if est and est.get('outside_from') is not None:
@@ -561,7 +570,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                                'message': f"estimated {metric} ({est['method'].split(' ')[0]}, no ground truth needed) is outside its band [{lo:.4f}, {hi:.4f}] from chunk "
                                f"{est['outside_from']}: " + ', '.join(f"{c['estimated']:.4f}" for c in est['chunks'][est['outside_from']:] if c['estimated'] is not None)})
         if metric and with_truth:
-            perf['chunks'] = chunked_performance(events, truth, rows, parts, metric, classes, cfg)
+            perf['chunks'] = realised_jobs[1].result() if realised_jobs else chunked_performance(events, truth, rows, parts, metric, classes, cfg)
             first = perf['chunks'].get('outside_from')
             if first is not None:
                 lo, hi = perf['chunks']['band']
