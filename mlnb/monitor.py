@@ -495,9 +495,10 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         # so they run beside the drift tests too (one at a time, a large window keeps them after the tests, as below)
         realised_jobs = None
         if with_truth and both and metric:
-            def realised(): # (the window's labelled rows as they are read: no copies of them)
+            def realised(): # the labels of the window's labelled rows (for the bias too), and their metric (the rows as they are read: no copies of them)
                 fb, hit, truth, _ = truth_job.result()
-                return score(metric, truth[hit].to_numpy(), _answer_columns(events), classes, probabilities(events), rows=hit) if hit.any() else (None, None)
+                y = truth[hit].to_numpy()
+                return y, score(metric, y, _answer_columns(events), classes, probabilities(events), rows=hit) if hit.any() else (None, None)
             realised_jobs = (aside.submit(realised), aside.submit(lambda: chunked_performance(events, truth_job.result()[2], rows, parts, metric, classes, cfg)))
             timeline_job = aside.submit(lambda: slots(truth_job.result()[:3]))
         def judge(job):
@@ -544,7 +545,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         perf = {'metric': metric, 'evaluation': evaluation, 'floor': floor, 'joined': 0, 'without_feedback': n, 'unmatched_feedback': 0}
         if with_truth:
             fb, hit, truth, at = truth_job.result()
-            y = truth[hit].to_numpy() # the labels' own type
+            y, window_metric = realised_jobs[0].result() if realised_jobs else (truth[hit].to_numpy(), None) # the labels' own type
             in_window = (feedback['ts'] >= events['ts'].min() if n else feedback['ts'].notna()).to_numpy()
             perf.update(joined=int(hit.sum()), without_feedback=int(n - hit.sum()), # no second hash table of the window's ids: the lookup's positions
                         unmatched_feedback=fb.unmatched(in_window, at, *([] if known is None or not len(known) else [fb.positions(known)])))
@@ -558,7 +559,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                                             std=float(np.std(y.astype(float))) if kind == 'regressor' else None)
                 if bias['judged'].get('alert'): alerts.append({'kind': 'bias', 'message': bias['judged']['message']})
                 if metric:
-                    perf['realised'], perf['why_none'] = realised_jobs[0].result() if realised_jobs else \
+                    perf['realised'], perf['why_none'] = window_metric if realised_jobs else \
                         score(metric, y, _answer_columns(events), classes, probabilities(events), rows=hit) # no copies of the labelled rows
             del y
             if timeline_job is None: timeline_job = aside.submit(slots, (fb, hit, truth))
