@@ -6,15 +6,61 @@ Docs: https://mlnb.github.io/mlnb/api/engines.html.md"""
 
 # %% ../nbs/11_engines.ipynb #c2cbf929
 from __future__ import annotations
-import atexit, json, multiprocessing as mp, os, sys, threading, traceback
+import atexit, json, multiprocessing as mp, os, sys, threading, traceback, types
 from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator
 
 from .errors import UsageError
 
 # %% auto #0
-__all__ = ['ENGINES', 'PRELOAD', 'papermill_engine', 'Worker', 'WorkerPool', 'pool', 'default_pool', 'close_pool', 'FastEngine',
-           'WarmKernel', 'KernelPool', 'kernels', 'kernel_pool', 'KernelEngine']
+__all__ = ['ENGINES', 'PRELOAD', 'defer_iri_syntax', 'import_papermill', 'papermill_engine', 'Worker', 'WorkerPool', 'pool',
+           'default_pool', 'close_pool', 'FastEngine', 'WarmKernel', 'KernelPool', 'kernels', 'kernel_pool',
+           'KernelEngine']
+
+# %% ../nbs/11_engines.ipynb #76ad0103
+_IRI = 'rfc3987_syntax'
+_IRI_LOCK = threading.RLock()
+
+class _DeferredIRI(types.ModuleType):
+    "Stands in for `rfc3987_syntax` until one of its names is used."
+    def __getattr__(self, name):
+        if name.startswith('__'): raise AttributeError(name) # tools that probe modules (`__file__`, `__wrapped__`) load nothing
+        try: return getattr(_real_iri(), name)
+        except ImportError as e: raise AttributeError(name) from e
+
+def _real_iri():
+    "The real `rfc3987_syntax`, imported now if its stand-in is in its place."
+    import importlib
+    with _IRI_LOCK:
+        mod = sys.modules.get(_IRI)
+        if isinstance(mod, _DeferredIRI):
+            del sys.modules[_IRI]
+            try: mod = importlib.import_module(_IRI)
+            except BaseException:
+                sys.modules[_IRI] = mod
+                raise
+        return mod
+
+def _is_valid_syntax(*args, **kwargs): return _real_iri().is_valid_syntax(*args, **kwargs)
+
+def defer_iri_syntax() -> bool:
+    "Put off importing `rfc3987_syntax` (jsonschema's `iri` checker) until it is used; True if its stand-in is in its place."
+    import importlib.util
+    with _IRI_LOCK:
+        if _IRI in sys.modules or 'jsonschema' in sys.modules: return isinstance(sys.modules.get(_IRI), _DeferredIRI)
+        spec = importlib.util.find_spec(_IRI)
+        if spec is None or importlib.util.find_spec('lark') is None: return False
+        stand_in = _DeferredIRI(_IRI, _DeferredIRI.__doc__)
+        stand_in.__path__ = list(spec.submodule_search_locations or []) # a package: `from rfc3987_syntax import x` looks for it
+        stand_in.is_valid_syntax = _is_valid_syntax
+        sys.modules[_IRI] = stand_in
+        return True
+
+def import_papermill():
+    "papermill, imported without building jsonschema's `iri` parsers first (`defer_iri_syntax`)."
+    defer_iri_syntax()
+    import papermill
+    return papermill
 
 # %% ../nbs/11_engines.ipynb #3e8c03bf
 ENGINES = {'kernel': 'mlnb_kernel', 'fast': 'mlnb_fast'}
@@ -25,6 +71,7 @@ def papermill_engine(name: str | None, # 'kernel', 'fast', or any registered pap
     name = name or 'kernel'
     if name in ENGINES: return ENGINES[name]
     pm_name = name
+    import_papermill()
     from papermill.engines import papermill_engines
     if pm_name not in papermill_engines._engines:
         known = sorted(set(ENGINES) | {k for k in papermill_engines._engines if k})
@@ -230,6 +277,7 @@ _MANAGER: list = [None]
 def _manager():
     "papermill's execution manager, saving the notebook at most once a second while it runs, and always when it ends."
     if _MANAGER[0] is None:
+        import_papermill()
         from papermill.engines import NotebookExecutionManager
         class Manager(NotebookExecutionManager):
             "Saves at each cell as papermill does, but not more than once a second (writing a notebook costs milliseconds per cell)."

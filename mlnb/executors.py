@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from .artifacts import REF_KEY, ArtifactStore
 from .config import DaskConfig
-from .engines import close_pool, default_pool, pool
+from .engines import close_pool, default_pool, import_papermill, pool
 from .errors import MlnbError, StepFailed, UsageError, did_you_mean
 from .objects import restore_input, unpack_project
 from .outputs import read_refs
@@ -206,7 +206,7 @@ def execute_step(step: PlannedStep, # what to run
                  context: Mapping[str, Any] | None = None, # the `mlnb_run` parameter
                 ) -> dict[str, Any]:
     "Execute `step` with papermill and return the outputs it recorded (artifact references as references)."
-    import papermill as pm
+    pm = import_papermill()
     _quiet_papermill()
     name = (context or {}).get('step') or step.name # a fan-out item is named after its values
     params = dict(step.overrides) # the notebook's own defaults stay as the notebook wrote them

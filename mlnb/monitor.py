@@ -991,8 +991,9 @@ def report(result: Mapping, # what `monitor` returned
            project=None, # the project (default: the current one)
           ) -> Path:
     "Execute the project's monitoring notebook on `result` and render it to `out`; returns the path written."
-    import papermill as pm
+    from mlnb.engines import import_papermill
     from mlnb.render import render_notebook
+    pm = import_papermill()
     project = project or load_project()
     cfg = MonitorConfig.from_settings(project.settings)
     nb = project.root / cfg.report
