@@ -277,7 +277,6 @@ _MANAGER: list = [None]
 def _manager():
     "papermill's execution manager, saving the notebook at most once a second while it runs, and always when it ends."
     if _MANAGER[0] is None:
-        import_papermill()
         from papermill.engines import NotebookExecutionManager
         class Manager(NotebookExecutionManager):
             "Saves at each cell as papermill does, but not more than once a second (writing a notebook costs milliseconds per cell)."
