@@ -71,7 +71,7 @@ def check_fit(facts: dict, # `model_facts` of the model
     if problems: raise UsageError('The settings do not fit the model:\n' + '\n'.join(f'- {p}' for p in problems))
 
 # %% ../nbs/27_bento.ipynb #31a996a3
-_RUNTIME = ('joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn') # what the runtime and a scikit-learn model import
+_RUNTIME = ('joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'scikit-learn', 'xxhash') # what the runtime (its log's columnar copy: xxhash) and a scikit-learn model import
 
 def uses_kafka(cfg: ServeConfig) -> bool:
     "Whether the service logs to Kafka."

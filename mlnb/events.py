@@ -15,7 +15,7 @@ import pandas as pd
 
 from .errors import MlnbError, UsageError
 from .lines import Reader, check_rows, log_schema, make_reader, newlines, read_lines
-from .serving import columns_dir, parse_kafka
+from .serving import Checksum, columns_dir, parse_kafka
 
 # %% auto #0
 __all__ = ['log_files', 'read_events', 'select', 'probabilities', 'read_kafka', 'read_feedback', 'one_label_per_id',
@@ -357,46 +357,46 @@ def _conform_table(t, schema):
     return pa.Table.from_arrays(cols, schema=schema)
 
 def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int, path: Path | None = None) -> list:
-    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`, at `path`) within bytes `lo` to `hi` whose bytes are still the ones copied (same CRC-32, on line boundaries): (start, end, lines, segment table, first row), sorted, not overlapping."
-    import pyarrow as pa, zlib
+    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`, at `path`) within bytes `lo` to `hi` whose bytes are still the ones copied (same checksum, on line boundaries): (start, end, lines, segment table, first row), sorted, not overlapping."
+    import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
-    def named(p): # DEV-INO.FIRST-LAST.PID.CRC.arrow, holding lines between bytes FIRST and LAST
+    def named(p): # DEV-INO.FIRST-LAST.PID.CHECKSUM.arrow, holding lines between bytes FIRST and LAST
         try:
-            _, span, _, crc, ext = p.name.split('.')
+            _, span, _, ck, ext = p.name.split('.')
             first, last = map(int, span.split('-'))
-            return ext == 'arrow' and first < hi and last > lo and (p, int(crc, 16))
+            return ext == 'arrow' and first < hi and last > lo and Checksum.named(ck) is not None and (p, int(ck, 16), Checksum.named(ck))
         except ValueError: return False
     try: names = [n for p in columns_dir(base).iterdir() if p.name.startswith(f'{st.st_dev}-{st.st_ino}.') and (n := named(p))]
     except OSError: return []
-    def whole(n): # the segment's bytes have the CRC-32 its name says
+    def whole(n): # the segment's bytes have the checksum its name says
         try:
-            with pa.memory_map(str(n[0])) as m: return zlib.crc32(memoryview(m.read_buffer())) == n[1]
+            with pa.memory_map(str(n[0])) as m: return Checksum.of(memoryview(m.read_buffer()), n[2]) == n[1]
         except OSError: return False
-    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex: names = [n for n, ok in zip(names, ex.map(whole, names)) if ok] # zlib lets go of Python's lock
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex: names = [n for n, ok in zip(names, ex.map(whole, names)) if ok] # the checksums let go of Python's lock
     found = []
-    for p, _ in names:
+    for p, *_ in names:
         try:
             t = pa.ipc.open_file(_mapped(p)).read_all()
             meta = json.loads(t.schema.metadata[b'mlnb.columns'])
-            if meta['version'] != 1 or (meta['dev'], meta['ino']) != (st.st_dev, st.st_ino) or sum(r[2] for r in meta['runs']) != t.num_rows: continue
+            if meta['version'] not in (1, 2) or (meta['dev'], meta['ino']) != (st.st_dev, st.st_ino) or sum(r[2] for r in meta['runs']) != t.num_rows: continue
             row, mine = 0, []
-            for s, e, n, crc in meta['runs']:
-                if lo <= s < e <= hi and (s == 0 or view[s - 1] == 10) and view[e - 1] == 10: mine.append((s, e, n, crc, t, row))
+            for s, e, n, ck in meta['runs']:
+                if lo <= s < e <= hi and (s == 0 or view[s - 1] == 10) and view[e - 1] == 10: mine.append((s, e, n, (ck, meta['version']), t, row))
                 row += n
             found += mine
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, pa.ArrowException): continue # not a segment this reader knows: parsed instead
     if not found: return []
-    def crc(s, e): # the bytes read, not mapped: mapped, a file's pages stay in this process until it is read (256 MiB each, two files read at once)
-        if fd is None: return zlib.crc32(view[s:e])
-        c = 0
-        for at in range(s, e, 1 << 22): c = zlib.crc32(os.pread(fd, min(1 << 22, e - at), at), c)
-        return c
+    def digest(s, e, version): # the bytes read, not mapped: mapped, a file's pages stay in this process until it is read (256 MiB each, two files read at once)
+        if fd is None: return Checksum.of(view[s:e], version)
+        c = Checksum(version)
+        for at in range(s, e, 1 << 22): c.update(os.pread(fd, min(1 << 22, e - at), at))
+        return c.value()
     with contextlib.ExitStack() as stack:
         try: fd = os.open(path, os.O_RDONLY) if path is not None and os.stat(path).st_ino == st.st_ino else None
         except OSError: fd = None # gone meanwhile (rotated, removed): the mapped bytes
         if fd is not None: stack.callback(os.close, fd)
         with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as ex:
-            same = list(ex.map(lambda r: crc(r[0], r[1]) == r[3], found))
+            same = list(ex.map(lambda r: digest(r[0], r[1], r[3][1]) == r[3][0], found))
     runs, at = [], lo
     for r in sorted((r for r, ok in zip(found, same) if ok), key=lambda r: r[0]):
         if r[0] >= at: runs.append(r[:3] + r[4:]); at = r[1]

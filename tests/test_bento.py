@@ -33,10 +33,10 @@ def test_build_makes_a_current_bento_with_the_runtime_inside(served):
                 if not (isinstance(n, ast.ImportFrom) and n.level)} # the package's modules import one another relatively
     third_party = imported - set(sys.stdlib_module_names)
     # never mlnb: an image needs no mlnb; the Kafka client only when a log is a kafka:// topic (imported there, not at start);
-    # pydantic_core is pydantic's own core (pinned by the pinned pydantic); pyarrow writes the log's columnar copy (a pinned
-    # requirement of every Bento, `mlnb.bento._RUNTIME`); yaml is PyYAML, a requirement of bentoml (a live rollout reads a challenger's
+    # pydantic_core is pydantic's own core (pinned by the pinned pydantic); pyarrow writes the log's columnar copy and xxhash its
+    # checksums (pinned requirements of every Bento, `mlnb.bento._RUNTIME`); yaml is PyYAML, a requirement of bentoml (a live rollout reads a challenger's
     # model.yaml in BentoML's model store)
-    assert third_party == {'bentoml', 'joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'pydantic_core', 'starlette', 'confluent_kafka', 'yaml'}, third_party
+    assert third_party == {'bentoml', 'joblib', 'numpy', 'pandas', 'pyarrow', 'pydantic', 'pydantic_core', 'starlette', 'confluent_kafka', 'xxhash', 'yaml'}, third_party
     loaded = subprocess.run([sys.executable, '-c', 'import sys, mlnb_serving; print(sorted(m for m in sys.modules if m == "mlnb" or m.startswith(("mlnb.", "confluent_kafka"))))'],
                             cwd=path / 'src', capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == '[]', loaded
@@ -54,7 +54,7 @@ def test_build_makes_a_current_bento_with_the_runtime_inside(served):
     # requirements: the project's declared dependencies and the runtime's, pinned; never mlnb itself
     reqs = (path / 'env' / 'python' / 'requirements.txt').read_text()
     from importlib.metadata import version
-    for p in ('pandas', 'numpy', 'scikit-learn', 'pydantic', 'pyarrow'):
+    for p in ('pandas', 'numpy', 'scikit-learn', 'pydantic', 'pyarrow', 'xxhash'):
         assert f'{p}=={version(p)}' in reqs, (p, reqs)
     assert 'mlnb' not in reqs
 

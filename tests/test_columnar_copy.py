@@ -2,7 +2,7 @@
 and returns exactly the rows (and the skipped lines) of a parse of the JSON lines, whatever happened to the copy or to the
 log: damaged, truncated or missing segments, segments of another file, a log rewritten or truncated under its copy,
 rotation, writers killed mid-write, and the real service writing it."""
-import json, os, random, shutil, subprocess, sys, time, zlib
+import json, os, random, shutil, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
@@ -101,15 +101,16 @@ def truncated(log):
     for s in _segments(log)[::2]: s.write_bytes(s.read_bytes()[:s.stat().st_size // 2])
 
 
-def flipped(log):  # a byte of each segment changed, the name kept: its CRC-32 tells
+def flipped(log):  # a byte of each segment changed, the name kept: its checksum tells
     for s in _segments(log):
         b = bytearray(s.read_bytes()); b[len(b) // 2] ^= 0x55; s.write_bytes(bytes(b))
 
 
-def renamed_garbage(log):  # not an Arrow file, named with its right CRC-32
-    for s in _segments(log)[:10]:
+def renamed_garbage(log):  # not an Arrow file, named with its right checksum (as the service writes them, and as format 1 did)
+    from mlnb.serving import Checksum
+    for i, s in enumerate(_segments(log)[:10]):
         junk = os.urandom(500)
-        s.unlink(); s.with_name('.'.join(s.name.split('.')[:3] + [f'{zlib.crc32(junk):08x}', 'arrow'])).write_bytes(junk)
+        s.unlink(); s.with_name('.'.join(s.name.split('.')[:3] + [Checksum(2 - i % 2).update(junk).hex(), 'arrow'])).write_bytes(junk)
 
 
 def missing(log):
