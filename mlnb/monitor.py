@@ -22,10 +22,10 @@ from .events import log_files, one_label_per_id, probabilities, read_events, rea
 from .project import load_project
 
 # %% auto #0
-__all__ = ['METRICS', 'SIDE_BY_SIDE', 'TOGETHER', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'chunked_drift',
-           'multivariate_drift', 'chunked_performance', 'reference_band', 'estimated_performance', 'Truth', 'check',
-           'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch', 'monitor',
-           'verdict', 'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
+__all__ = ['METRICS', 'SIDE_BY_SIDE', 'TOGETHER', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'time_order',
+           'chunked_drift', 'multivariate_drift', 'chunked_performance', 'reference_band', 'estimated_performance',
+           'Truth', 'check', 'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch',
+           'monitor', 'verdict', 'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -199,6 +199,18 @@ def predictions_time(events: pd.DataFrame, # the window's events
     if name is None: return events['ts'], "the log's time"
     t = utc_times(events[f'row.{name}'])
     return t.fillna(events['ts']), f'request column {name!r}' + (' (the log\'s time where it is missing)' if t.isna().any() else '')
+
+def time_order(t: np.ndarray, # times as integers (ns since the epoch)
+              ) -> np.ndarray:
+    "The positions of `t` in time order, equal times in their order: `np.argsort(t, kind='stable')`, three times quicker for times that repeat (dates, hours) by a radix sort of their ranks."
+    sample = t[::max(1, len(t) // 1000)]
+    if len(np.unique(sample)) < 0.9 * len(sample): # a sample of a thousand with repeats: a few distinct times, likely
+        codes, distinct = pd.factorize(t)
+        if len(distinct) <= 1 << 16:
+            rank = np.empty(len(distinct), np.uint16)
+            rank[np.argsort(distinct, kind='stable')] = np.arange(len(distinct), dtype=np.uint16)
+            return np.argsort(rank[codes], kind='stable') # numpy's stable sort of 16-bit keys is a radix sort
+    return np.argsort(t, kind='stable')
 
 def chunked_drift(values: pd.Series, # a column's values in the window, in the log's order
                   cref: Mapping, # its frozen reference
@@ -469,7 +481,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
         stamps, when_from = predictions_time(events, ref, cfg.time)
         when, order = stamps, None
         if not when.is_monotonic_increasing: # the rows stay where they are: a chunk is the positions of its rows in time order
-            order = np.argsort(when.to_numpy(dtype='datetime64[ns]').view('int64'), kind='stable') # as numbers: a tz-aware time sorts as objects, 50x slower
+            order = time_order(when.to_numpy(dtype='datetime64[ns]').view('int64')) # as numbers: a tz-aware time sorts as objects, 50x slower
             when = when.iloc[order].reset_index(drop=True)
         slices = chunk_slices(n, pd.Timedelta(parse_since(cfg.chunk)) if isinstance(cfg.chunk, str) else cfg.chunk, when)
         parts = slices if order is None else Chunks([order[a:b] for a, b in slices], n)
