@@ -95,7 +95,7 @@ class JsonLinesLog:
                     raise
                 finally: fcntl.flock(fd, fcntl.LOCK_UN)
                 self.written += n
-                if self.copy is not None: self.copy.add(self.ident, start, data, n)
+                if self.copy is not None: self.copy.add(self.ident, start, data, n) # (never raises: the lines are written)
                 return True
             except Exception as e:
                 self._close()
@@ -207,7 +207,13 @@ class ColumnarCopy:
 
     def add(self, ident: tuple, # (device, inode) of the file written
             start: int, data: bytes, lines: int):
-        "Record `lines` lines (`data`) written at byte `start` of the file `ident`."
+        "Record `lines` lines (`data`) written at byte `start` of the file `ident`; what cannot be recorded is left to the reader to parse, never raised (the lines are in the log)."
+        try: self._add(ident, start, data, lines)
+        except Exception as e:
+            self.failed += 1
+            if self.failed == 1 or self.failed % 1000 == 0: log.warning('could not keep a columnar copy of lines of the log in %s: %s', self.dir, describe_error(e))
+
+    def _add(self, ident: tuple, start: int, data: bytes, lines: int):
         with self.cond:
             b = self.batch
             if b is not None and b['ident'] != ident: self.ready.append(b); b = self.batch = None # a segment holds the lines of one file
