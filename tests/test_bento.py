@@ -365,18 +365,26 @@ def test_many_rows_in_one_request_and_adaptive_batching(server, served):
 def test_mlnb_serve_leaves_no_server_behind(served, sig):
     "`mlnb serve` stopped by a signal (even SIGKILL) stops `bentoml serve` and its workers."
     import signal, socket, time
-    from mlnb.server import _descendants, free_port
+    import tempfile
+    from mlnb.server import _descendants, _lost_a_port, free_port
     root, env, bento = served
-    port = free_port()
-    proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+    for attempt in range(3): # a port chosen free can be taken by another process before it is bound: then on a new one
+        port, out = free_port(), tempfile.TemporaryFile()
+        proc = subprocess.Popen([MLNB, 'serve', '--port', str(port)], cwd=root, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        output = lambda: (out.seek(0), out.read().decode(errors='replace'))[1]
+        deadline, ready = time.time() + 120, False
+        while time.time() < deadline and proc.poll() is None:
             try:
-                if httpx.get(f'http://127.0.0.1:{port}/readyz', timeout=1).status_code == 200: break
+                if httpx.get(f'http://127.0.0.1:{port}/readyz', timeout=1).status_code == 200:
+                    ready = True
+                    break
             except httpx.HTTPError: time.sleep(0.2)
-        else: pytest.fail('mlnb serve never became ready')
+        if ready: break
+        if proc.poll() is None: proc.kill()
+        proc.wait()
+        if attempt == 2 or not _lost_a_port(output()):
+            pytest.fail(f'mlnb serve never became ready (exit code {proc.returncode}):\n{output()[-3000:]}')
+    try:
         family = _descendants(proc.pid)
         assert len(family) >= 2  # bentoml serve and at least one worker
         proc.send_signal(getattr(signal, sig))
