@@ -468,12 +468,16 @@ def learned_threshold(scores, # a column's scores on the reference chunks
     return float(s.mean() * scale + sigmas * s.std() * math.sqrt(scale)) if len(s) else None
 
 # %% ../nbs/01_drift.ipynb #c43ac634
-def on_cores(fn, items, threads: bool = True) -> list:
-    "`fn` of each item; on every core when `threads` (numpy, pandas and arrow let go of Python's lock for the heavy parts)."
+def on_cores(fn, items, threads: bool = True,
+             cost=None, # an item's expected cost, to start the longest first (the last to end is then a short one); default: in order
+            ) -> list:
+    "`fn` of each item, in the items' order; on every core when `threads` (numpy, pandas and arrow let go of Python's lock for the heavy parts)."
     items = list(items)
     if not threads or (os.cpu_count() or 1) < 2 or len(items) < 2: return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(min(os.cpu_count(), len(items))) as ex: return list(ex.map(fn, items))
+    order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else range(len(items)) # (a stable sort: equal costs in order)
+    with ThreadPoolExecutor(min(os.cpu_count(), len(items))) as ex: futures = {i: ex.submit(fn, items[i]) for i in order}
+    return [futures[i].result() for i in range(len(items))]
 
 class Reconstruction:
     "The data reconstruction error of rows by the principal components of the reference (the multivariate drift score)."

@@ -523,7 +523,8 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
                 d.update(method=c['method'], score=max((x['score'] for x in c['chunks'] if x['score'] == x['score']), default=None),
                          threshold=c['threshold'], drifted=c['drifted_from'] is not None)
             return {**d, 'tested': True, **{k: c[k] for k in ('thresholds', 'threshold_from', 'drifted_from', 'chunks')}}
-        done = on_cores(judge, jobs + pjobs, threads)
+        # the costliest first, so that the two threads end together: numbers (each value's bin searched), then categories; keys, times and text are only described
+        done = on_cores(judge, jobs + pjobs, threads, cost=lambda job: {'numeric': 2, 'categorical': 1}.get(job[1].get('kind'), 0) + 0.5 * job[4].startswith('prediction.'))
         cols = dict(zip([j[0] for j in jobs], done[:len(jobs)]))
         for d in cols.values(): d['null_rate_alert'] = abs(d['null_rate'] - d['reference_null_rate']) > cfg.null_rate_change
         out['columns'] = cols
