@@ -99,9 +99,17 @@ def _hand_back():
         try: m.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError): pass # closed meanwhile
 
-def _cache_key(st: os.stat_result, reader: Reader) -> str:
-    "The name of the columnar copy of a log file read by `reader`: the file's identity (it survives rotation), the schema and the checks."
-    return f"{st.st_dev}-{st.st_ino}-{reader.key()}"
+def _cache_key(st: os.stat_result, reader: Reader, each=None) -> str:
+    "The name of the columnar copy of a log file read by `reader`: the file's identity (it survives rotation), the schema and the checks, and how its tables are made (`each`, a `_Flat`)."
+    return f"{st.st_dev}-{st.st_ino}-{reader.key()}" + (f"-{each.key()}" if hasattr(each, 'key') else '')
+
+class _Flat:
+    "A file's table as a window of predictions reads it: flat (`row.<field>` columns), the text columns `names` dictionary-encoded. Made before the table is cached, so a next run reads the codes instead of hashing the text again."
+    def __init__(self, names: Sequence[str]): self.names = tuple(names)
+    def __call__(self, table): return _coded(table.flatten(), self.names)
+    def key(self) -> str:
+        import hashlib
+        return 'f' + hashlib.sha1('\0'.join(self.names).encode()).hexdigest()[:8]
 
 def _ends(view: memoryview, end: int) -> tuple[str, str]:
     "Hashes of the first and the last bytes of `view[:end]`: what a cached copy checks the file still starts with."
@@ -127,6 +135,7 @@ def _write_cache(cache: Path, key: str, base: Path, view: memoryview, st: os.sta
     import pyarrow as pa
     def write(name, table):
         tmp = cache / f'.{name}.{os.getpid()}.tmp'
+        table = table.unify_dictionaries() # (a file holds one dictionary a column: the segments' codes joined are made to agree)
         with pa.OSFile(str(tmp), 'wb') as sink, pa.ipc.new_file(sink, table.schema) as w: w.write_table(table)
         os.replace(tmp, cache / name)
     try: # a cache that cannot be written only costs the next run a parse
@@ -144,24 +153,27 @@ def _write_cache(cache: Path, key: str, base: Path, view: memoryview, st: os.sta
             if s.name not in segments: s.unlink(missing_ok=True)
     except OSError: pass
 
-def _file_table(f: Path, reader: Reader, cache: Path | None = None, base: Path | None = None) -> tuple:
-    "The usable lines of the log file `f` as a table, and the lines skipped ({'lines', 'first', 'why'}, or None). With a `cache` directory, lines read before come from their columnar copy there and only the new ones are parsed."
+def _file_table(f: Path, reader: Reader, cache: Path | None = None, base: Path | None = None,
+                each=None, # made of the table of the lines read (a `_Flat`), before it is cached
+               ) -> tuple:
+    "The usable lines of the log file `f` as a table (made by `each`), and the lines skipped ({'lines', 'first', 'why'}, or None). With a `cache` directory, lines read before come from their columnar copy there and only the new ones are parsed."
     import pyarrow as pa
     st = f.stat()
     with pa.memory_map(str(f)) as src:
         data = src.read_buffer()
         view = memoryview(data)
-        key, end = _cache_key(st, reader), _lines_end(view)
+        key, end = _cache_key(st, reader, each), _lines_end(view)
+        each = each or (lambda t: t)
         tables, meta = _cached(cache, key, view, st) if cache is not None else ([], {})
         done, skipped = meta.get('end', 0), meta.get('skipped')
         if end > done:
             t, bad = _read_span(data, view, done, end, reader, base, st, f) # from the service's columnar copy where it holds the lines
-            tables.append(t)
+            tables.append(each(t))
             if bad: # lines are numbered from the file's start
                 first = (newlines(np.frombuffer(data.slice(0, done), np.uint8)).size if done else 0) + bad[1] + 1
                 skipped = {'lines': bad[0] + (skipped or {}).get('lines', 0), 'first': (skipped or {}).get('first', first), 'why': (skipped or {}).get('why', bad[2])}
             if cache is not None: _write_cache(cache, key, base or f.resolve(), view, st, tables, meta, end, skipped)
-        if len(data) > end: tables.append(read_lines(data.slice(end), reader)[0]) # a last line still being written: read when whole, not kept, never counted
+        if len(data) > end: tables.append(each(read_lines(data.slice(end), reader)[0])) # a last line still being written: read when whole, not kept, never counted
         return (pa.concat_tables(tables) if len(tables) != 1 else tables[0]), skipped
 
 def _forget(cache: Path, base: Path, files: list[Path]):
@@ -218,8 +230,8 @@ def _tables(path, reader: Reader, since=None, last=None, kafka: Mapping | None =
     todo = [(f, s) for f in files if (s := f.stat().st_size)]
     two = len(todo) > 2 and sum(s for _, s in todo) < _TWO_AT_ONCE and (os.cpu_count() or 1) >= 2 # the first file is read alone: its rows per byte say which files the window needs
     def read(f): # a file's rows, those the window counts, its table as made by `each`, and the lines skipped
-        t, skipped = _file_table(f, reader, cache, base)
-        return len(t), _counted(t, of), each(t), skipped
+        t, skipped = _file_table(f, reader, cache, base, each)
+        return len(t), _counted(t, of), t, skipped
     tables, found, n, counted, done, jobs = [], [], 0, 0, 0, {}
     ex = ThreadPoolExecutor(2) if two else None
     try:
@@ -275,7 +287,7 @@ def read_events(path: str | Path, # the prediction log (its rotated files are re
     import pyarrow as pa
     reader = make_reader(log_schema(columns, label, regressor, with_probabilities),
                      ('request_id', 'ts', 'model', 'variant', 'row', 'prediction', 'prediction.value' if regressor else 'prediction.label'), classes)
-    flat = lambda t: _coded(t.flatten(), dictionary) # a file at a time: the text coded before the next file is read
+    flat = _Flat(dictionary) # a file at a time: the text coded before the next file is read (and cached coded)
     tables, info = _tables(path, reader, since, last, kafka, Path(cache) if cache is not None else None, last_of, flat)
     table = pa.concat_tables(tables) if tables else flat(check_rows(reader.schema.empty_table(), reader)[0])
     del tables
