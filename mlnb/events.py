@@ -422,6 +422,7 @@ def _read_span(data, view: memoryview, lo: int, hi: int, reader: Reader, base: P
     if not runs: return read_lines(data.slice(lo, hi - lo), reader)
     segments, first_row = {}, {} # each segment once: the rows used, in the reader's schema (None: the reader would read them otherwise)
     for i, (s, e, n, t, row) in enumerate(runs): segments.setdefault(id(t), (t, []))[1].append(i)
+    utf8 = all(json.loads(t.schema.metadata[b'mlnb.columns']).get('utf8') is True for t, _ in segments.values()) # each segment's text checked when it was made
     for k, (t, used) in segments.items():
         rows, ns = [runs[i][4] for i in used], [runs[i][2] for i in used]
         segments[k] = _conform_table(t if sum(ns) == t.num_rows else t.take(np.concatenate([np.arange(r, r + n) for r, n in zip(rows, ns)])), reader.schema)
@@ -431,7 +432,7 @@ def _read_span(data, view: memoryview, lo: int, hi: int, reader: Reader, base: P
     if runs: # the copy's rows in the file's order, checked at once
         copy = pa.concat_tables([t for *_, t in runs])
         if len(runs) > 256: copy = copy.combine_chunks()
-        copy, bad, why = check_rows(copy, reader)
+        copy, bad, why = check_rows(copy, reader, utf8)
         ends = np.cumsum([n for _, _, n, _ in runs])
         kept = ends - np.searchsorted(bad, ends) # rows kept up to the end of each run
         runs = [(s, e, n, copy.slice(int(k0), int(k1 - k0)), bad[(bad >= x0) & (bad < x1)] - x0, bool(len(bad)) and x0 <= bad[0] < x1)

@@ -148,7 +148,9 @@ def _not_utf8(col) -> np.ndarray:
         except UnicodeDecodeError: out[i] = True
     return out
 
-def check_rows(t, reader: Reader) -> tuple:
+def check_rows(t, reader: Reader,
+               utf8: bool = False, # every text of `t` is known to be UTF-8 (a columnar copy that checked it when it was made)
+              ) -> tuple:
     "The rows of the parsed table `t` that can be used (ts as UTC times), the positions of those that cannot, and why the first cannot."
     import pyarrow as pa, pyarrow.compute as pc
     flat, code, whys = t.flatten(), np.zeros(t.num_rows, np.int16), []
@@ -157,7 +159,7 @@ def check_rows(t, reader: Reader) -> tuple:
         code[np.asarray(bad, dtype=bool) & (code == 0)] = len(whys)
     for name in flat.column_names:
         col = flat.column(name)
-        if pa.types.is_string(col.type) and col.null_count < len(col):
+        if not utf8 and pa.types.is_string(col.type) and col.null_count < len(col):
             try: col.validate(full=True)
             except pa.ArrowInvalid: fail(_not_utf8(col), f'{name} is text that is not UTF-8')
     failed = np.asarray(flat.column('failed').is_valid()) if 'failed' in flat.column_names else np.zeros(t.num_rows, bool)

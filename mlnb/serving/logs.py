@@ -187,6 +187,13 @@ def _plain(t):
     if pa.types.is_list(t): return pa.list_(_plain(t.value_type))
     return t
 
+def _utf8(t) -> bool:
+    "Whether every text of the table `t` is UTF-8 (pyarrow's JSON reader keeps the bytes of a line as they are): a copy that says so spares its readers the check."
+    import pyarrow as pa
+    try: t.validate(full=True)
+    except pa.ArrowInvalid: return False
+    return True
+
 def _timed(t) -> bool:
     "Whether the arrow type `t` holds a time (pyarrow guesses them from text)."
     import pyarrow as pa
@@ -278,7 +285,7 @@ class ColumnarCopy:
                 self.failed += 1
                 return
             (dev, ino), runs = b['ident'], [[s, e, n, c.value()] for s, e, n, c in b['runs']]
-            meta = json.dumps({'version': _COPY_VERSION, 'dev': dev, 'ino': ino, 'runs': runs})
+            meta = json.dumps({'version': _COPY_VERSION, 'dev': dev, 'ino': ino, 'runs': runs, 'utf8': _utf8(t)})
             t = t.replace_schema_metadata({'mlnb.columns': meta})
             self.dir.mkdir(parents=True, exist_ok=True)
             sink = pa.BufferOutputStream()
