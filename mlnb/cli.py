@@ -597,6 +597,14 @@ def _monitor_table(r: dict):
     if sent: alerts += '\n' + (f"alert command: {sent['message']}" if sent['ok'] else f"[red]{sent['message']}[/]")
     return Group(*parts, alerts)
 
+def _numpy_one_thread():
+    "Load NumPy with its BLAS on one thread (`OPENBLAS_NUM_THREADS=1`, unless it is set): `mlnb monitor` computes on every core with threads of its own (`mlnb.monitor.blas_alone`), and OpenBLAS's threads spin as the library loads. The variable is taken back once NumPy is loaded, so the processes the command starts (the alert command, a report's notebook) do not inherit it."
+    import os
+    if 'numpy' in sys.modules or 'OPENBLAS_NUM_THREADS' in os.environ: return
+    os.environ['OPENBLAS_NUM_THREADS'] = '1'
+    try: import numpy
+    finally: del os.environ['OPENBLAS_NUM_THREADS']
+
 @main.command()
 @click.option('--model', 'model', help='Model tag to watch (default: the model of the latest build, else the champion).')
 @click.option('--bento', help='Watch the model of this Bento.')
@@ -607,6 +615,7 @@ def _monitor_table(r: dict):
 @click.option('--report', type=click.Path(path_type=Path), help='Also write an HTML report (the project\'s monitoring notebook, executed).')
 def monitor(model, bento, log, since, last, as_json, report):
     "Check logged predictions against the reference frozen with the model: drift, bias, ground truth, action limits."
+    _numpy_one_thread()
     from mlnb.monitor import monitor as check, report as write_report
     _QUICK_EXIT['on'] = report is None # (a report runs a notebook: its process ends as usual)
     res = check(model=model, bento=bento, log=log, since=since, last=last)
