@@ -378,14 +378,24 @@ class JensenShannon:
     def bin_of(self, values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         "Each value's bin or category (-1: none of them) and whether it is present, found once for a whole column."
         if self.kind == 'numeric':
-            x, nb = _floats(values), len(self.bins) - 1
-            at = np.searchsorted(self.bins, x, side='right') - 1 # as np.histogram: [a, b) but the last bin [a, b]
-            at[x == self.bins[-1]] = nb - 1
-            at[at == nb] = -1 # above the last edge, +inf and NaN (sorted last); below the first and -inf are -1 already
-            return at, np.isfinite(x)
+            v = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+            if v.dtype.kind in 'iu' and len(v) > 1 << 12: # whole numbers (counts, months) span few values: each one's bin is looked up, not searched
+                lo, hi = int(v.min()), int(v.max())
+                if hi - lo < len(v) // 4 and hi - lo < 1 << 20:
+                    return self._bins(np.arange(lo, hi + 1, dtype='float64'))[np.subtract(v, lo, dtype=np.int64, casting='unsafe')], np.ones(len(v), dtype=bool)
+            x = _floats(values)
+            return self._bins(x), np.isfinite(x)
         codes, uniq = _codes(pd.Series(values))
         pos = pd.Index(self.cats).get_indexer(pd.Index(uniq).astype(str)) if len(uniq) else np.zeros(0, dtype=int)
         return (np.where(codes >= 0, pos[np.maximum(codes, 0)] if len(pos) else -1, -1), codes >= 0)
+
+    def _bins(self, x: np.ndarray) -> np.ndarray:
+        "The bin of each number of `x` (-1: none): as np.histogram, [a, b) but the last bin [a, b]."
+        nb = len(self.bins) - 1
+        at = np.searchsorted(self.bins, x, side='right') - 1
+        at[x == self.bins[-1]] = nb - 1
+        at[at == nb] = -1 # above the last edge, +inf and NaN (sorted last); below the first and -inf are -1 already
+        return at
 
     def scores(self, at: np.ndarray, # `bin_of`'s bins of a column
                present: np.ndarray, # and which values are present
