@@ -132,13 +132,14 @@ def score(metric: str, # the gate's metric
         every = bool(have.all()) # (no copies of a million rows when every answer has them)
         pick = (lambda a: a) if every else (lambda a: a[have])
         t = pick(t)
-        if len(np.unique(t)) < 2: return None, f'{metric} needs ground truth of two classes at least' + (' among the answers with probabilities' if not every else '')
+        if not len(t) or t.min() == t.max(): # (the classes' positions: no hash of them)
+            return None, f'{metric} needs ground truth of two classes at least' + (' among the answers with probabilities' if not every else '')
         if metric == 'log_loss':
             eps = np.finfo('float64').eps
             p = proba if proba is not None else np.c_[1 - q, q]
             return float(-np.mean(np.log(np.clip(pick(p), eps, 1 - eps)[np.arange(len(t)), t]))), None
         if binary: return _auc(t == 1, pick(q if q is not None else proba[:, 1])), None
-        if len(np.unique(t)) < len(classes): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
+        if not np.bincount(t, minlength=len(classes)).all(): return None, 'one-vs-rest ROC AUC needs ground truth of every class'
         p = pick(proba)
         return float(np.mean([_auc(t == j, p[:, j]) for j in range(len(classes))])), None # one-vs-rest, each class alike
     labels = col('prediction.label')
