@@ -24,8 +24,8 @@ from .project import load_project
 # %% auto #0
 __all__ = ['METRICS', 'SIDE_BY_SIDE', 'TOGETHER', 'feedback_rows', 'score', 'utc_times', 'predictions_time', 'time_order',
            'chunked_drift', 'multivariate_drift', 'chunked_performance', 'reference_band', 'estimated_performance',
-           'Truth', 'check', 'timeline', 'compare_variants', 'frozen_reference', 'reference_frame', 'model_to_watch',
-           'blas_alone', 'monitor', 'verdict', 'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
+           'Truth', 'blas_alone', 'check', 'timeline', 'compare_variants', 'frozen_reference', 'reference_frame',
+           'model_to_watch', 'monitor', 'verdict', 'keep_verdict', 'latest_verdict', 'feedback_from_file', 'report']
 
 # %% ../nbs/30_monitor.ipynb #e8de4995
 def feedback_rows(frame: pd.DataFrame, # columns request_id and label
@@ -450,6 +450,12 @@ def _matched(feedback: pd.DataFrame, ids: pd.Series) -> tuple:
     at = fb.positions(ids)
     return fb, at >= 0, fb.column(at), at
 
+def blas_alone():
+    "A context in which BLAS (NumPy's OpenBLAS) computes on one thread, as it was before once it ends; `check` judges in it. Its jobs already run on every core; OpenBLAS's own threads wait for work by spinning after each product, so they took the cores from those jobs (0.3 s of CPU, 0.1 s of a first `mlnb monitor` of 10^6 predictions on 2 cores)."
+    try: from threadpoolctl import threadpool_limits
+    except ImportError: return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api='blas')
+
 SIDE_BY_SIDE = 2_000_000 # windows of up to this many rows run two side jobs of `check` at once; larger ones one at a time, so that 10^7 rows stay under 4 GB
 
 def check(events: pd.DataFrame, # the window's predictions of one model (`read_events`)
@@ -475,7 +481,7 @@ def check(events: pd.DataFrame, # the window's predictions of one model (`read_e
     with_truth = feedback is not None and len(feedback) > 0
     estimating = bool(metric and cfg.estimate and rows is not None)
     # what needs no drift result (the ground truth, the estimate, the multivariate score, the timeline) runs beside the drift tests
-    with (ThreadPoolExecutor(2 if both else 1) if threads else _Now()) as aside:
+    with blas_alone(), (ThreadPoolExecutor(2 if both else 1) if threads else _Now()) as aside: # (BLAS on one thread: the jobs below use the cores)
         # two at once: the ground truth is looked up from the start (it needs no chunk), and the answers' probabilities are read beside it
         truth_job = aside.submit(_matched, feedback, events['request_id']) if with_truth and both else None
         if both and metric and (with_truth or estimating): aside.submit(probabilities, events) # (kept with the frame for every reader)
@@ -857,12 +863,6 @@ def _label_arrow(classes) -> str | None:
     if all(isinstance(c, int) for c in classes): return 'int64'
     return 'string'
 
-def blas_alone():
-    "A context in which BLAS (NumPy's OpenBLAS) computes on one thread, as it was before once it ends. The monitor's jobs already run on every core; OpenBLAS's own threads wait for work by spinning after each product, so they took the cores from those jobs (0.3 s of CPU, 0.1 s of a first `mlnb monitor` of 10^6 predictions on 2 cores)."
-    try: from threadpoolctl import threadpool_limits
-    except ImportError: return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api='blas')
-
 def monitor(project=None, # the project (default: the current one)
             model: str | None = None, # the model tag to watch
             bento: str | None = None, # or the Bento whose model to watch
@@ -873,7 +873,7 @@ def monitor(project=None, # the project (default: the current one)
             record: bool = True, # keep the comparison of champion and challenger in the ledger (for the champion history)
            ) -> dict:
     "Check a window of logged predictions against the model's frozen reference; see `check`."
-    with system_pool(), blas_alone(): # arrow's allocator would keep part of what reading and judging the window free: 360 MiB more at 10^7 predictions
+    with system_pool(): # arrow's allocator would keep part of what reading and judging the window free: 360 MiB more at 10^7 predictions
         return _monitor(project, model, bento, log, since, last, alert, record)
 
 TOGETHER = 1 << 30 # logs of fewer bytes (predictions and ground truth) are read at once, one on each core; larger ones one after the other, so that memory peaks at one
