@@ -369,7 +369,7 @@ def _conform_table(t, schema):
     return pa.Table.from_arrays(cols, schema=schema)
 
 def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int, path: Path | None = None) -> list:
-    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`, at `path`) within bytes `lo` to `hi` whose bytes are still the ones copied (same checksum, on line boundaries): (start, end, lines, segment table, first row), sorted, not overlapping."
+    "The runs of the service's columnar copy (`mlnb.serving.ColumnarCopy`) of the log file (stat `st`, bytes `view`, at `path`) within bytes `lo` to `hi` whose bytes are still the ones copied (same checksum, on line boundaries): (start, end, lines, segment table, first row, whether the segment's text was checked UTF-8), sorted, not overlapping."
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
     def named(p): # DEV-INO.FIRST-LAST.PID.CHECKSUM.arrow, holding lines between bytes FIRST and LAST
@@ -393,7 +393,7 @@ def _copied(base: Path, st: os.stat_result, view: memoryview, lo: int, hi: int, 
             if meta['version'] not in (1, 2) or (meta['dev'], meta['ino']) != (st.st_dev, st.st_ino) or sum(r[2] for r in meta['runs']) != t.num_rows: continue
             row, mine = 0, []
             for s, e, n, ck in meta['runs']:
-                if lo <= s < e <= hi and (s == 0 or view[s - 1] == 10) and view[e - 1] == 10: mine.append((s, e, n, (ck, meta['version']), t, row))
+                if lo <= s < e <= hi and (s == 0 or view[s - 1] == 10) and view[e - 1] == 10: mine.append((s, e, n, (ck, meta['version']), t, row, meta.get('utf8') is True))
                 row += n
             found += mine
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, pa.ArrowException): continue # not a segment this reader knows: parsed instead
@@ -421,13 +421,13 @@ def _read_span(data, view: memoryview, lo: int, hi: int, reader: Reader, base: P
     runs = _copied(base, st, view, lo, hi, path) if base is not None and (reader.classes or not probs) else [] # "as most lines" is decided on what one parse sees
     if not runs: return read_lines(data.slice(lo, hi - lo), reader)
     segments, first_row = {}, {} # each segment once: the rows used, in the reader's schema (None: the reader would read them otherwise)
-    for i, (s, e, n, t, row) in enumerate(runs): segments.setdefault(id(t), (t, []))[1].append(i)
-    utf8 = all(json.loads(t.schema.metadata[b'mlnb.columns']).get('utf8') is True for t, _ in segments.values()) # each segment's text checked when it was made
+    for i, (s, e, n, t, row, _) in enumerate(runs): segments.setdefault(id(t), (t, []))[1].append(i)
+    utf8 = all(r[5] for r in runs) # each segment's text checked when it was made
     for k, (t, used) in segments.items():
         rows, ns = [runs[i][4] for i in used], [runs[i][2] for i in used]
         segments[k] = _conform_table(t if sum(ns) == t.num_rows else t.take(np.concatenate([np.arange(r, r + n) for r, n in zip(rows, ns)])), reader.schema)
         first_row.update(zip(used, np.cumsum([0] + ns[:-1]).tolist()))
-    runs = [(s, e, n, segments[id(t)].slice(first_row[i], n)) for i, (s, e, n, t, _) in enumerate(runs) if segments[id(t)] is not None]
+    runs = [(s, e, n, segments[id(t)].slice(first_row[i], n)) for i, (s, e, n, t, *_) in enumerate(runs) if segments[id(t)] is not None]
     tables, bads, at, lines = [], [], lo, 0
     if runs: # the copy's rows in the file's order, checked at once
         copy = pa.concat_tables([t for *_, t in runs])

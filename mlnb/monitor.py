@@ -451,7 +451,7 @@ def _matched(feedback: pd.DataFrame, ids: pd.Series) -> tuple:
     return fb, at >= 0, fb.column(at), at
 
 def blas_alone():
-    "A context in which BLAS (NumPy's OpenBLAS) computes on one thread, as it was before once it ends; `check` judges in it. Its jobs already run on every core; OpenBLAS's own threads wait for work by spinning after each product, so they took the cores from those jobs (0.3 s of CPU, 0.1 s of a first `mlnb monitor` of 10^6 predictions on 2 cores)."
+    "A context in which BLAS (NumPy's OpenBLAS) computes on one thread, as it was before once it ends; `check` judges in it. Its jobs already run on every core; OpenBLAS's own threads wait for work by spinning after each product, so they took the cores from those jobs (with NumPy loaded on one BLAS thread too, by `mlnb monitor`: 0.23 s of CPU and 0.07 s of a first run of 10^6 predictions on 2 cores)."
     try: from threadpoolctl import threadpool_limits
     except ImportError: return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api='blas')
